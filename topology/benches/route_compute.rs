@@ -1,0 +1,182 @@
+//! Full route recomputation against petgraph's Floyd–Warshall, on meshes of 50 to 1,000 sites.
+//!
+//! The mesh starts from the measured Azure matrix (`data/azure-2025`) and grows with synthetic
+//! sites on the globe, each near a real one (data centers cluster where people are), whose RTT
+//! to every other site is the great-circle estimate × a noisy inflation factor; 3% of links
+//! carry 0.5–5% loss and every link 0–3 ms of jitter. `axon/{N}` is one `RouteEngine::compute`:
+//! cost matrix, primaries and backups with `max_relays = 2`, hysteresis for every pair.
+//! `petgraph_floyd_warshall/{N}` is petgraph's all-pairs shortest paths on the same costs
+//! (which computes less: no hop limit, no backups). A summary table is printed at the end.
+//!
+//! `AXON_BENCH_SIZES=50,200` limits the sizes.
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion};
+use petgraph::graph::DiGraph;
+use topology::data::world_from_csv;
+use topology::link::LinkView;
+use topology::whatif::estimated_rtt_ms;
+use topology::{CostMatrix, EngineConfig, Epoch, LinkHealth, LinkMetrics, RouteEngine, Site, Version, World};
+
+const SIZES: [usize; 4] = [50, 200, 500, 1000];
+
+/// splitmix64: a tiny seeded generator so every run builds the same mesh.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn mesh(n: usize, seed: u64) -> World {
+    let dir = format!("{}/../data/azure-2025", env!("CARGO_MANIFEST_DIR"));
+    let real = world_from_csv(
+        "sites.csv",
+        &std::fs::read_to_string(format!("{dir}/sites.csv")).unwrap(),
+        "rtt.csv",
+        &std::fs::read_to_string(format!("{dir}/rtt.csv")).unwrap(),
+    )
+    .unwrap();
+    let mut rng = Rng(seed);
+    let base = real.inventory.sites();
+    let mut sites: Vec<Site> = base.iter().take(n).cloned().collect();
+    while sites.len() < n {
+        let anchor = &base[(rng.next() % base.len() as u64) as usize];
+        let lat = (anchor.lat + (rng.unit() - 0.5) * 20.0).clamp(-60.0, 70.0);
+        let lon = ((anchor.lon + (rng.unit() - 0.5) * 30.0 + 540.0) % 360.0) - 180.0;
+        let i = sites.len();
+        sites.push(
+            Site::new(
+                &format!("syn-{i}"),
+                anchor.region.as_str(),
+                "metal",
+                lat,
+                lon,
+                1000,
+            )
+            .unwrap(),
+        );
+    }
+    let inv = topology::Inventory::new(sites).unwrap();
+    let mut world = World::new(inv);
+    let links = std::sync::Arc::make_mut(&mut world.links);
+    for a in 0..n {
+        for b in 0..n {
+            if a == b {
+                continue;
+            }
+            let (ai, bi) = (a as u16, b as u16);
+            let measured = (a < base.len() && b < base.len())
+                .then(|| real.links.get(ai, bi))
+                .flatten();
+            let rtt = match measured {
+                Some(v) => v.metrics.rtt_ms,
+                None => {
+                    let (sa, sb) = (world.inventory.site(ai), world.inventory.site(bi));
+                    estimated_rtt_ms(sa, sb) * (0.85 + 0.5 * rng.unit())
+                }
+            };
+            let loss = if rng.unit() < 0.03 {
+                0.005 + 0.045 * rng.unit()
+            } else {
+                0.0
+            };
+            let metrics = LinkMetrics {
+                rtt_ms: rtt,
+                loss,
+                jitter_ms: 3.0 * rng.unit(),
+            };
+            links.set(
+                ai,
+                bi,
+                Some(LinkView {
+                    metrics,
+                    health: LinkHealth::Up,
+                }),
+            );
+        }
+    }
+    world
+}
+
+fn sizes() -> Vec<usize> {
+    match std::env::var("AXON_BENCH_SIZES") {
+        Ok(v) => v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
+        Err(_) => SIZES.to_vec(),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_compute");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    for n in sizes() {
+        let world = mesh(n, 42);
+        let cfg = EngineConfig::default();
+        let mut engine = RouteEngine::new(cfg.clone(), Epoch(1), Version(1)).unwrap();
+        // Warm the hysteresis memory so every iteration is a steady-state recomputation.
+        engine.compute(&world, 0);
+        let mut now = 1000;
+        group.bench_with_input(BenchmarkId::new("axon", n), &world, |b, w| {
+            b.iter(|| {
+                now += 1000;
+                black_box(engine.compute(w, now).table.id())
+            })
+        });
+        let cm = CostMatrix::build(&world, &cfg.cost, &cfg.prices);
+        let mut g = DiGraph::<(), f32>::with_capacity(n, n * n);
+        let nodes: Vec<_> = (0..n).map(|_| g.add_node(())).collect();
+        for a in 0..n {
+            for b in 0..n {
+                let w = cm.cost(a, b);
+                if w.is_finite() {
+                    g.add_edge(nodes[a], nodes[b], w);
+                }
+            }
+        }
+        group.bench_with_input(BenchmarkId::new("petgraph_floyd_warshall", n), &g, |b, g| {
+            b.iter(|| black_box(petgraph::algo::floyd_warshall(g, |e| *e.weight()).unwrap().len()))
+        });
+    }
+    group.finish();
+}
+
+/// Median in ms from criterion's saved estimates.
+fn median_ms(id: &str, n: usize) -> Option<f64> {
+    let dir = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| format!("{}/../target", env!("CARGO_MANIFEST_DIR")));
+    let path = format!("{dir}/criterion/route_compute/{id}/{n}/new/estimates.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    Some(v["median"]["point_estimate"].as_f64()? / 1e6)
+}
+
+fn main() {
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c);
+    c.final_summary();
+    println!("\nroute_compute (median of criterion samples)");
+    println!(
+        "{:>6} {:>12} {:>22} {:>8}",
+        "N", "axon ms", "floyd_warshall ms", "ratio"
+    );
+    for n in sizes() {
+        if let (Some(a), Some(f)) = (median_ms("axon", n), median_ms("petgraph_floyd_warshall", n)) {
+            println!("{n:>6} {a:>12.3} {f:>22.3} {:>7.1}x", f / a);
+        }
+    }
+}

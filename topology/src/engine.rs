@@ -1,0 +1,138 @@
+//! The route engine: one call turns a world snapshot into the next route table.
+//!
+//! It owns what must survive between computations — hysteresis memory, the last table, the
+//! version counter — and nothing else. Versions move only when a primary or backup path
+//! changes, so agents are not woken by cost noise; a table is never modified after it is
+//! returned.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cost::{CostWeights, PriceBook};
+use crate::error::TopologyError;
+use crate::hysteresis::{HysteresisConfig, HysteresisState};
+use crate::link::TimestampMs;
+use crate::matrix::CostMatrix;
+use crate::paths::{PathConfig, compute_routes};
+use crate::site::SiteId;
+use crate::table::{Epoch, RouteTable, TableId, Version};
+use crate::world::World;
+
+/// Every knob of a computation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Link cost weights.
+    pub cost: CostWeights,
+    /// Optional egress prices.
+    pub prices: PriceBook,
+    /// Path search.
+    pub paths: PathConfig,
+    /// Path switching.
+    pub hysteresis: HysteresisConfig,
+}
+
+impl EngineConfig {
+    /// Checks every section.
+    pub fn validate(&self) -> Result<(), TopologyError> {
+        self.cost.validate()?;
+        self.prices.validate()?;
+        self.paths.validate()?;
+        self.hysteresis.validate()
+    }
+}
+
+/// The result of one computation.
+#[derive(Debug, Clone)]
+pub struct Computation {
+    /// The table now in force (the previous one when nothing changed).
+    pub table: RouteTable,
+    /// Whether this computation produced a new version.
+    pub changed: bool,
+}
+
+/// Computes route tables, one version after another.
+#[derive(Debug, Clone)]
+pub struct RouteEngine {
+    cfg: EngineConfig,
+    state: HysteresisState,
+    last: Option<RouteTable>,
+    epoch: Epoch,
+    next_version: Version,
+}
+
+impl RouteEngine {
+    /// An engine that will number its first table `(epoch, first_version)`; a restarted
+    /// controller passes the version after the last one it published.
+    pub fn new(cfg: EngineConfig, epoch: Epoch, first_version: Version) -> Result<Self, TopologyError> {
+        cfg.validate()?;
+        Ok(RouteEngine {
+            cfg,
+            state: HysteresisState::default(),
+            last: None,
+            epoch,
+            next_version: first_version,
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// The last table returned.
+    pub fn last(&self) -> Option<&RouteTable> {
+        self.last.as_ref()
+    }
+
+    /// Hysteresis memory, for `explain`.
+    pub fn hysteresis(&self) -> &HysteresisState {
+        &self.state
+    }
+
+    /// Moves to a new fencing epoch (a new leadership term); the next table is a new version.
+    pub fn set_epoch(&mut self, epoch: Epoch) {
+        if epoch != self.epoch {
+            self.epoch = epoch;
+            self.last = None;
+        }
+    }
+
+    /// Computes the next table from a world snapshot taken at `now`.
+    pub fn compute(&mut self, world: &World, now: TimestampMs) -> Computation {
+        self.state.align(&world.inventory);
+        let cm = CostMatrix::build(world, &self.cfg.cost, &self.cfg.prices);
+        let routes = compute_routes(
+            &cm,
+            &self.cfg.paths,
+            Some((&self.cfg.hysteresis, &mut self.state)),
+        );
+        let sites: Arc<[SiteId]> = match &self.last {
+            Some(t) if t.sites().iter().eq(world.inventory.sites().iter().map(|s| &s.id)) => t.sites_arc(),
+            _ => world.inventory.sites().iter().map(|s| s.id.clone()).collect(),
+        };
+        if let Some(last) = &self.last
+            && last.sites() == &*sites
+            && last
+                .routes()
+                .pairs()
+                .iter()
+                .zip(routes.pairs())
+                .all(|(x, y)| x.primary == y.primary && x.backup == y.backup)
+        {
+            return Computation {
+                table: last.clone(),
+                changed: false,
+            };
+        }
+        let id = TableId {
+            epoch: self.epoch,
+            version: self.next_version,
+        };
+        self.next_version = Version(self.next_version.0 + 1);
+        let table = RouteTable::new(id, now, sites, routes, world.links.clone());
+        self.last = Some(table.clone());
+        Computation { table, changed: true }
+    }
+}

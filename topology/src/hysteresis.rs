@@ -1,0 +1,430 @@
+//! Hysteresis: keep routes calm on noise and move them at once on failure.
+//!
+//! Every pair remembers the path it is on. A better candidate replaces it only after winning by
+//! at least `max(switch_ratio·cost, switch_min_ms)` for `switch_after` computations in a row;
+//! a current path that is down or degraded is left at once — for the previous backup when that
+//! one is healthy and about as good as the candidate (agents already hold it, and it spares a
+//! second switch), else for the candidate. Each decision carries its reason.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cost::check_range;
+use crate::error::TopologyError;
+use crate::path::{Path, PathEval};
+use crate::site::{Inventory, SiteId, SiteIdx};
+
+/// When to move a pair to a better path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HysteresisConfig {
+    /// Relative gain a candidate needs over the current cost. Default 0.1 (10%).
+    pub switch_ratio: f64,
+    /// Absolute gain a candidate needs, ms of cost. Default 5.
+    pub switch_min_ms: f64,
+    /// Consecutive computations the candidate must win. Default 3.
+    pub switch_after: u32,
+}
+
+impl Default for HysteresisConfig {
+    fn default() -> Self {
+        HysteresisConfig {
+            switch_ratio: 0.1,
+            switch_min_ms: 5.0,
+            switch_after: 3,
+        }
+    }
+}
+
+impl HysteresisConfig {
+    /// Refuses negative margins and a zero `switch_after`.
+    pub fn validate(&self) -> Result<(), TopologyError> {
+        check_range("switch_ratio", self.switch_ratio, 0.0, 10.0)?;
+        check_range("switch_min_ms", self.switch_min_ms, 0.0, 1e6)?;
+        if self.switch_after == 0 {
+            return Err(TopologyError::InvalidValue {
+                field: "switch_after",
+                detail: "0 (must be at least 1)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The gain a candidate needs over a current path of this cost.
+    pub fn margin(&self, current_cost: f32) -> f32 {
+        (self.switch_ratio as f32 * current_cost).max(self.switch_min_ms as f32)
+    }
+}
+
+/// What one pair remembers between computations.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PairMemory {
+    /// The path the pair is on (`Path::NONE` before the first computation).
+    pub current: Path,
+    /// The backup published with it.
+    pub backup: Path,
+    /// The candidate that is winning, and for how many computations.
+    pub pending: Path,
+    /// Consecutive wins of `pending`.
+    pub streak: u32,
+}
+
+/// Why a switch happened.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum SwitchReason {
+    /// The pair had no path before.
+    New,
+    /// The current path lost a link or a relay.
+    CurrentDown,
+    /// A link of the current path is degraded.
+    CurrentDegraded,
+    /// The candidate won by `gain_ms` for `after` computations.
+    Better {
+        /// Cost gained, ms.
+        gain_ms: f32,
+        /// Consecutive wins.
+        after: u32,
+    },
+}
+
+/// What hysteresis decided for one pair.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Decision {
+    /// The candidate is the current path already (or there is none): nothing to say.
+    Steady,
+    /// The current path stays although the candidate is better.
+    Kept {
+        /// The current path's cost now.
+        current_cost: f32,
+        /// The gain the candidate would need.
+        gain_needed: f32,
+        /// Consecutive wins of the candidate so far (0 when it is within the margin).
+        streak: u32,
+    },
+    /// The pair moved to `path`.
+    Switched {
+        /// The path switched to (the candidate or the previous backup).
+        path: Path,
+        /// Why.
+        reason: SwitchReason,
+    },
+}
+
+/// Decides one pair. `eval` judges a path on the current matrix. Updates `mem` so that
+/// `mem.current` is the chosen path afterwards (its backup is filled in by the caller).
+pub fn decide(
+    cfg: &HysteresisConfig,
+    mem: &mut PairMemory,
+    candidate: Path,
+    candidate_cost: f32,
+    eval: impl Fn(&Path) -> PathEval,
+) -> Decision {
+    if candidate.is_none() {
+        *mem = PairMemory::default();
+        return Decision::Steady;
+    }
+    if mem.current == candidate {
+        mem.pending = Path::NONE;
+        mem.streak = 0;
+        return Decision::Steady;
+    }
+    let switch = |mem: &mut PairMemory, path: Path, reason| {
+        mem.current = path;
+        mem.pending = Path::NONE;
+        mem.streak = 0;
+        Decision::Switched { path, reason }
+    };
+    if mem.current.is_none() {
+        return switch(mem, candidate, SwitchReason::New);
+    }
+    let current = eval(&mem.current);
+    if !current.cost.is_finite() || current.degraded {
+        let reason = if current.cost.is_finite() {
+            SwitchReason::CurrentDegraded
+        } else {
+            SwitchReason::CurrentDown
+        };
+        // The previous backup is preferred when healthy and not clearly worse than the
+        // candidate: agents hold it already and it spares a second switch.
+        if !mem.backup.is_none() && mem.backup != mem.current {
+            let b = eval(&mem.backup);
+            if b.cost.is_finite() && !b.degraded && b.cost - candidate_cost < cfg.margin(b.cost) {
+                let backup = mem.backup;
+                return switch(mem, backup, reason);
+            }
+        }
+        return switch(mem, candidate, reason);
+    }
+    let gain = current.cost - candidate_cost;
+    let needed = cfg.margin(current.cost);
+    if gain >= needed {
+        mem.streak = if mem.pending == candidate {
+            mem.streak + 1
+        } else {
+            1
+        };
+        mem.pending = candidate;
+        if mem.streak >= cfg.switch_after {
+            let after = mem.streak;
+            return switch(mem, candidate, SwitchReason::Better { gain_ms: gain, after });
+        }
+    } else {
+        mem.pending = Path::NONE;
+        mem.streak = 0;
+    }
+    Decision::Kept {
+        current_cost: current.cost,
+        gain_needed: needed,
+        streak: mem.streak,
+    }
+}
+
+/// The memory of every pair, dense over the inventory it was built for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HysteresisState {
+    sites: Vec<SiteId>,
+    mem: Vec<PairMemory>,
+}
+
+impl HysteresisState {
+    /// Makes the memory match an inventory: kept as is when the sites are the same; remapped by
+    /// site id when sites were added, removed or reordered (paths through a removed site are
+    /// forgotten).
+    pub fn align(&mut self, inv: &Inventory) {
+        let n = inv.len();
+        let same = self.sites.len() == n && inv.sites().iter().zip(&self.sites).all(|(s, id)| &s.id == id);
+        if same {
+            return;
+        }
+        let new_index: HashMap<&SiteId, SiteIdx> = inv
+            .sites()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (&s.id, i as SiteIdx))
+            .collect();
+        let old_to_new: Vec<Option<SiteIdx>> =
+            self.sites.iter().map(|id| new_index.get(id).copied()).collect();
+        let remap = |p: &Path| -> Path {
+            if p.is_none() || p.sites().iter().any(|&i| old_to_new[usize::from(i)].is_none()) {
+                Path::NONE
+            } else {
+                p.map(|i| old_to_new[usize::from(i)].unwrap_or_default())
+            }
+        };
+        let mut mem = vec![PairMemory::default(); n * n];
+        let old_n = self.sites.len();
+        for a in 0..old_n {
+            for b in 0..old_n {
+                if let (Some(na), Some(nb)) = (old_to_new[a], old_to_new[b]) {
+                    let m = &self.mem[a * old_n + b];
+                    mem[usize::from(na) * n + usize::from(nb)] = PairMemory {
+                        current: remap(&m.current),
+                        backup: remap(&m.backup),
+                        pending: remap(&m.pending),
+                        streak: m.streak,
+                    };
+                }
+            }
+        }
+        self.sites = inv.sites().iter().map(|s| s.id.clone()).collect();
+        self.mem = mem;
+    }
+
+    /// The memory of one pair.
+    pub fn get(&self, a: SiteIdx, b: SiteIdx) -> Option<&PairMemory> {
+        self.mem.get(usize::from(a) * self.sites.len() + usize::from(b))
+    }
+
+    pub(crate) fn rows_mut(&mut self) -> &mut [PairMemory] {
+        &mut self.mem
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eval_with(costs: Vec<(Path, f32, bool)>) -> impl Fn(&Path) -> PathEval {
+        move |p| {
+            costs
+                .iter()
+                .find(|(q, _, _)| q == p)
+                .map(|&(_, cost, degraded)| PathEval { cost, degraded })
+                .unwrap_or(PathEval {
+                    cost: f32::INFINITY,
+                    degraded: false,
+                })
+        }
+    }
+
+    #[test]
+    fn noise_within_the_margin_never_switches() {
+        let cfg = HysteresisConfig::default();
+        let direct = Path::new(&[0, 1]);
+        let relay = Path::new(&[0, 2, 1]);
+        let mut mem = PairMemory {
+            current: direct,
+            ..Default::default()
+        };
+        for i in 0..1000 {
+            // The relay wins by up to 9% of 100 ms: less than the 10% margin.
+            let candidate_cost = 91.0 + (i % 7) as f32;
+            let d = decide(
+                &cfg,
+                &mut mem,
+                relay,
+                candidate_cost,
+                eval_with(vec![(direct, 100.0, false)]),
+            );
+            assert!(matches!(d, Decision::Kept { streak: 0, .. }), "{d:?}");
+        }
+        assert_eq!(mem.current, direct);
+    }
+
+    #[test]
+    fn a_clear_win_switches_after_the_configured_count() {
+        let cfg = HysteresisConfig::default();
+        let direct = Path::new(&[0, 1]);
+        let relay = Path::new(&[0, 2, 1]);
+        let mut mem = PairMemory {
+            current: direct,
+            ..Default::default()
+        };
+        let e = || eval_with(vec![(direct, 100.0, false)]);
+        assert!(matches!(
+            decide(&cfg, &mut mem, relay, 80.0, e()),
+            Decision::Kept { streak: 1, .. }
+        ));
+        assert!(matches!(
+            decide(&cfg, &mut mem, relay, 80.0, e()),
+            Decision::Kept { streak: 2, .. }
+        ));
+        let d = decide(&cfg, &mut mem, relay, 80.0, e());
+        assert_eq!(
+            d,
+            Decision::Switched {
+                path: relay,
+                reason: SwitchReason::Better {
+                    gain_ms: 20.0,
+                    after: 3
+                }
+            }
+        );
+        assert_eq!(mem.current, relay);
+    }
+
+    #[test]
+    fn an_interrupted_win_starts_counting_again() {
+        let cfg = HysteresisConfig::default();
+        let direct = Path::new(&[0, 1]);
+        let relay = Path::new(&[0, 2, 1]);
+        let mut mem = PairMemory {
+            current: direct,
+            ..Default::default()
+        };
+        let e = || eval_with(vec![(direct, 100.0, false)]);
+        decide(&cfg, &mut mem, relay, 80.0, e());
+        decide(&cfg, &mut mem, relay, 80.0, e());
+        decide(&cfg, &mut mem, relay, 99.0, e()); // within the margin: streak resets
+        assert!(matches!(
+            decide(&cfg, &mut mem, relay, 80.0, e()),
+            Decision::Kept { streak: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn down_primary_switches_in_the_same_computation_preferring_the_backup() {
+        let cfg = HysteresisConfig::default();
+        let direct = Path::new(&[0, 1]);
+        let backup = Path::new(&[0, 3, 1]);
+        let candidate = Path::new(&[0, 2, 1]);
+        let mut mem = PairMemory {
+            current: direct,
+            backup,
+            ..Default::default()
+        };
+        // Direct is down; the backup costs 105 and the candidate 101: within the margin.
+        let d = decide(
+            &cfg,
+            &mut mem,
+            candidate,
+            101.0,
+            eval_with(vec![(backup, 105.0, false)]),
+        );
+        assert_eq!(
+            d,
+            Decision::Switched {
+                path: backup,
+                reason: SwitchReason::CurrentDown
+            }
+        );
+        // Were the backup much worse, the candidate is taken instead.
+        let mut mem = PairMemory {
+            current: direct,
+            backup,
+            ..Default::default()
+        };
+        let d = decide(
+            &cfg,
+            &mut mem,
+            candidate,
+            60.0,
+            eval_with(vec![(backup, 105.0, false)]),
+        );
+        assert_eq!(
+            d,
+            Decision::Switched {
+                path: candidate,
+                reason: SwitchReason::CurrentDown
+            }
+        );
+    }
+
+    #[test]
+    fn degraded_primary_switches_at_once() {
+        let cfg = HysteresisConfig::default();
+        let direct = Path::new(&[0, 1]);
+        let candidate = Path::new(&[0, 2, 1]);
+        let mut mem = PairMemory {
+            current: direct,
+            ..Default::default()
+        };
+        let d = decide(
+            &cfg,
+            &mut mem,
+            candidate,
+            99.0,
+            eval_with(vec![(direct, 100.0, true)]),
+        );
+        assert_eq!(
+            d,
+            Decision::Switched {
+                path: candidate,
+                reason: SwitchReason::CurrentDegraded
+            }
+        );
+    }
+
+    #[test]
+    fn align_remaps_memory_by_site_id() {
+        use crate::site::Site;
+        let s = |id: &str| Site::new(id, "r", "p", 0.0, 0.0, 1).unwrap();
+        let inv1 = Inventory::new(vec![s("a"), s("b"), s("c")]).unwrap();
+        let mut st = HysteresisState::default();
+        st.align(&inv1);
+        st.rows_mut()[1] = PairMemory {
+            current: Path::new(&[0, 2, 1]),
+            ..Default::default()
+        };
+        // Reorder and drop nothing: a→b via c must follow the ids.
+        let inv2 = Inventory::new(vec![s("c"), s("b"), s("a")]).unwrap();
+        st.align(&inv2);
+        assert_eq!(st.get(2, 1).unwrap().current, Path::new(&[2, 0, 1]));
+        // Remove c: the path through it is forgotten.
+        let inv3 = Inventory::new(vec![s("a"), s("b")]).unwrap();
+        st.align(&inv3);
+        assert!(st.get(0, 1).unwrap().current.is_none());
+    }
+}

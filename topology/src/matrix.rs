@@ -1,0 +1,144 @@
+//! The dense cost matrix: the world flattened into what the path search reads.
+//!
+//! One `f32` per directed link in a row-major `n × n` array, `INFINITY` where a link may not be
+//! used (down, never measured, or a self-link). `f32` halves the memory traffic of `f64`, and
+//! the search only ever adds three terms, so its rounding stays far below a microsecond.
+
+use crate::cost::{CostWeights, PriceBook};
+use crate::link::LinkHealth;
+use crate::site::SiteIdx;
+use crate::world::World;
+
+/// Link costs, relay and endpoint eligibility, and link health flags, all dense.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CostMatrix {
+    n: usize,
+    cost: Vec<f32>,
+    degraded: Vec<bool>,
+    relay_ok: Vec<bool>,
+    endpoint_ok: Vec<bool>,
+    relay_penalty: f32,
+}
+
+impl CostMatrix {
+    /// Flattens a world: down links are unusable, stale links carry `stale_penalty_ms`,
+    /// prices are added per link, shadow and drained sites never relay, shadow sites are no
+    /// endpoints.
+    pub fn build(world: &World, weights: &CostWeights, prices: &PriceBook) -> Self {
+        let inv = &world.inventory;
+        let n = inv.len();
+        let mut cost = vec![f32::INFINITY; n * n];
+        let mut degraded = vec![false; n * n];
+        for a in 0..n {
+            for b in 0..n {
+                if a == b {
+                    continue;
+                }
+                let Some(view) = world.links.get(a as SiteIdx, b as SiteIdx) else {
+                    continue;
+                };
+                if !view.health.usable() {
+                    continue;
+                }
+                let mut c = weights.link_cost(&view.metrics);
+                if view.health == LinkHealth::Stale {
+                    c += weights.stale_penalty_ms;
+                }
+                c += prices.cost_ms(&inv.sites()[a].provider, &inv.sites()[b].provider);
+                cost[a * n + b] = c as f32;
+                degraded[a * n + b] = view.health == LinkHealth::Degraded;
+            }
+        }
+        CostMatrix {
+            n,
+            cost,
+            degraded,
+            relay_ok: world.relay_mask(),
+            endpoint_ok: world.endpoint_mask(),
+            relay_penalty: weights.relay_penalty_ms as f32,
+        }
+    }
+
+    /// A matrix from raw costs (row-major, `INFINITY` for no link), for tests and benchmarks.
+    /// Non-finite or non-positive entries and the diagonal are made unusable.
+    pub fn from_costs(
+        n: usize,
+        mut cost: Vec<f32>,
+        relay_ok: Vec<bool>,
+        endpoint_ok: Vec<bool>,
+        relay_penalty: f32,
+    ) -> Self {
+        assert_eq!(cost.len(), n * n, "cost matrix must be n*n");
+        assert_eq!(relay_ok.len(), n, "relay mask must have n entries");
+        assert_eq!(endpoint_ok.len(), n, "endpoint mask must have n entries");
+        for (i, c) in cost.iter_mut().enumerate() {
+            if i / n == i % n || !c.is_finite() || *c <= 0.0 {
+                *c = f32::INFINITY;
+            }
+        }
+        CostMatrix {
+            n,
+            cost,
+            degraded: vec![false; n * n],
+            relay_ok,
+            endpoint_ok,
+            relay_penalty: relay_penalty.max(0.0),
+        }
+    }
+
+    /// Number of sites.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// True for an empty mesh.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Cost of link `a → b` (`INFINITY` when unusable).
+    #[inline]
+    pub fn cost(&self, a: usize, b: usize) -> f32 {
+        self.cost[a * self.n + b]
+    }
+
+    /// One row of costs: every link out of `a`.
+    #[inline]
+    pub fn row(&self, a: usize) -> &[f32] {
+        &self.cost[a * self.n..(a + 1) * self.n]
+    }
+
+    /// Whether link `a → b` is degraded.
+    pub fn degraded(&self, a: usize, b: usize) -> bool {
+        self.degraded[a * self.n + b]
+    }
+
+    /// Whether site `i` may relay.
+    #[inline]
+    pub fn relay_ok(&self, i: usize) -> bool {
+        self.relay_ok[i]
+    }
+
+    /// Whether site `i` is an endpoint of routes.
+    #[inline]
+    pub fn endpoint_ok(&self, i: usize) -> bool {
+        self.endpoint_ok[i]
+    }
+
+    /// Cost added per relay.
+    pub fn relay_penalty(&self) -> f32 {
+        self.relay_penalty
+    }
+
+    /// Marks a link degraded (tests and what-if).
+    pub fn set_degraded(&mut self, a: usize, b: usize, degraded: bool) {
+        self.degraded[a * self.n + b] = degraded;
+    }
+}
+
+impl CostMatrix {
+    /// The whole cost array, row-major.
+    pub fn row_major(&self) -> &[f32] {
+        &self.cost
+    }
+}
