@@ -142,3 +142,26 @@ impl CostMatrix {
         &self.cost
     }
 }
+
+impl CostMatrix {
+    /// The same matrix with sites renumbered: site `p` of the result is site `order[p]` here.
+    pub fn permuted(&self, order: &[u32]) -> CostMatrix {
+        let n = self.n;
+        assert_eq!(order.len(), n, "a permutation of every site");
+        let mut cost = Vec::with_capacity(n * n);
+        let mut degraded = Vec::with_capacity(n * n);
+        for &a in order {
+            let row = a as usize * n;
+            cost.extend(order.iter().map(|&b| self.cost[row + b as usize]));
+            degraded.extend(order.iter().map(|&b| self.degraded[row + b as usize]));
+        }
+        CostMatrix {
+            n,
+            cost,
+            degraded,
+            relay_ok: order.iter().map(|&i| self.relay_ok[i as usize]).collect(),
+            endpoint_ok: order.iter().map(|&i| self.endpoint_ok[i as usize]).collect(),
+            relay_penalty: self.relay_penalty,
+        }
+    }
+}

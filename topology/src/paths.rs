@@ -26,6 +26,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::TopologyError;
 use crate::hysteresis::{Decision, HysteresisConfig, HysteresisState, PairMemory, SwitchReason, decide};
+use crate::kernels::{
+    ABSENT, BackupResult, Backups, Grid, INF, NEG, NONE, OneRelay, block_minima, blocked, one_relay,
+    parallel_rows, sorted_relays, two_relay,
+};
+use crate::locality::locality_order;
 use crate::matrix::CostMatrix;
 use crate::path::Path;
 use crate::site::SiteIdx;
@@ -33,9 +38,6 @@ use crate::site::SiteIdx;
 /// Destinations handled together by the inner loop: wide enough for SIMD, small enough that
 /// the block's worst cost stays a tight bound.
 pub const BLOCK: usize = 32;
-
-const NONE: u32 = u32::MAX;
-const INF: f32 = f32::INFINITY;
 
 /// How paths are searched.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -168,40 +170,14 @@ impl Routes {
     }
 }
 
-/// Best ≤1-relay paths from every site, with a second-best through another relay.
-struct OneRelay {
-    h: Vec<f32>,
-    m: Vec<u32>,
-    hs: Vec<f32>,
-    ms: Vec<u32>,
-}
+type ChosenRow<'a> = (
+    &'a mut [Chosen],
+    (&'a mut [u32], &'a mut [u32]),
+    (&'a mut [f32], &'a mut [u32]),
+);
 
-/// Per-thread buffers, reused across rows.
-struct Scratch {
-    relays: Vec<(f32, u32)>,
-    best: Vec<f32>,
-    arg: Vec<u32>,
-    x1: Vec<u32>,
-    x2: Vec<u32>,
-    barg1: Vec<u32>,
-    barg2: Vec<u32>,
-    chosen: Vec<(Path, f32, Reason)>,
-}
-
-impl Scratch {
-    fn new(n: usize) -> Self {
-        Scratch {
-            relays: Vec::with_capacity(n),
-            best: vec![INF; n],
-            arg: vec![NONE; n],
-            x1: vec![NONE; n],
-            x2: vec![NONE; n],
-            barg1: vec![NONE; n],
-            barg2: vec![NONE; n],
-            chosen: vec![(Path::NONE, INF, Reason::NoRoute); n],
-        }
-    }
-}
+/// A pair's chosen primary (in site numbering), its cost and why.
+type Chosen = (Path, f32, Reason);
 
 /// Computes every pair's primary and backup. With `hysteresis`, primaries follow the
 /// hysteresis rules and the state is updated; without, the best path is always taken.
@@ -213,203 +189,169 @@ pub fn compute_routes(
     let n = cm.len();
     let threads = cfg.thread_count(n);
     let max_relays = cfg.max_relays.min(2);
-    let nblk = n.div_ceil(BLOCK);
-    let bmin_c = block_minima(n, nblk, |r| cm.row(r));
-    let one = (max_relays >= 1).then(|| one_relay(cm, &bmin_c, threads));
+    // Search in an order that keeps each block of destinations compact (see `locality`).
+    let order = locality_order(cm);
+    let mut pos = vec![0u32; n];
+    for (p, &o) in order.iter().enumerate() {
+        pos[o as usize] = p as u32;
+    }
+    let pm = cm.permuted(&order);
+    let g = Grid::new(n);
+    let np = g.np();
+    let costs = blocked(g, |r| pm.row(r));
+    let relays = sorted_relays(&pm, threads);
+    let bmin_c = block_minima(g, &costs);
+    let one = (max_relays >= 1).then(|| one_relay(g, &costs, &relays, &bmin_c, threads));
     let bmin_h = match &one {
-        Some(o) if max_relays == 2 => block_minima(n, nblk, |r| &o.h[r * n..(r + 1) * n]),
+        Some(o) if max_relays == 2 => block_minima(g, &o.h),
         _ => Vec::new(),
     };
-    let mut pairs = vec![PairRoute::UNREACHABLE; n * n];
+    let two = match &one {
+        Some(o) if max_relays == 2 => Some(two_relay(g, o, &relays, &bmin_h, threads)),
+        _ => None,
+    };
+    let search = Search {
+        cm,
+        pm: &pm,
+        g,
+        order: &order,
+        pos: &pos,
+        max_relays,
+        one: one.as_ref(),
+        two: two.as_ref(),
+    };
+
+    // Memory rows of the hysteresis state, in search order.
     let (hcfg, mems) = match hysteresis {
         Some((c, st)) => (Some(c), Some(st.rows_mut())),
         None => (None, None),
     };
-    let mem_rows: Vec<Option<&mut [PairMemory]>> = match mems {
+    let mut mem_by_site: Vec<Option<&mut [PairMemory]>> = match mems {
         Some(m) if m.len() == n * n => m.chunks_mut(n.max(1)).map(Some).collect(),
         _ => (0..n).map(|_| None).collect(),
     };
-    let rows: Vec<(&mut [PairRoute], Option<&mut [PairMemory]>)> =
-        pairs.chunks_mut(n.max(1)).zip(mem_rows).collect();
-    let ctx = RowCtx {
-        cm,
-        n,
-        max_relays,
-        one: one.as_ref(),
-        bmin_c: &bmin_c,
-        bmin_h: &bmin_h,
-        hcfg,
-    };
+    let mut mem_rows: Vec<Option<&mut [PairMemory]>> =
+        order.iter().map(|&o| mem_by_site[o as usize].take()).collect();
+
+    // Choose every pair's primary (hysteresis needs the candidate and the old backup).
+    let mut chosen: Vec<Chosen> = vec![(Path::NONE, INF, Reason::NoRoute); n * n];
+    let (mut x1, mut x2) = (vec![ABSENT; n * np], vec![ABSENT; n * np]);
+    let (mut init, mut init_r1) = (vec![NEG; n * np], vec![NONE; n * np]);
+    let rows: Vec<(ChosenRow<'_>, Option<&mut [PairMemory]>)> = chosen
+        .chunks_mut(n.max(1))
+        .zip(x1.chunks_mut(np.max(1)).zip(x2.chunks_mut(np.max(1))))
+        .zip(init.chunks_mut(np.max(1)).zip(init_r1.chunks_mut(np.max(1))))
+        .map(|((c, x), i)| (c, x, i))
+        .zip(mem_rows.iter_mut().map(|m| m.as_deref_mut()))
+        .collect();
     parallel_rows(
         rows,
         threads,
-        || Scratch::new(n),
-        |s, a, (out, mem)| ctx.row(s, a, out, mem),
+        || (),
+        |_, ap, (row, mem)| search.choose(hcfg, ap, row, mem),
+    );
+
+    // Backups that avoid the chosen primaries.
+    let backups = (max_relays >= 1).then(|| {
+        Backups {
+            g,
+            cm: &pm,
+            costs: &costs,
+            one: one.as_ref().filter(|_| max_relays == 2),
+            bmin: if max_relays == 2 { &bmin_h } else { &bmin_c },
+            relays: &relays,
+            x1: &x1,
+            x2: &x2,
+            init: &init,
+            init_r1: &init_r1,
+        }
+        .run(threads)
+    });
+
+    let mut pairs = vec![PairRoute::UNREACHABLE; n * n];
+    let mut out_by_site: Vec<Option<&mut [PairRoute]>> = pairs.chunks_mut(n.max(1)).map(Some).collect();
+    let rows: Vec<_> = order
+        .iter()
+        .map(|&o| out_by_site[o as usize].take().expect("order is a permutation"))
+        .zip(chosen.chunks(n.max(1)))
+        .zip(mem_rows.iter_mut().map(|m| m.as_deref_mut()))
+        .collect();
+    parallel_rows(
+        rows,
+        threads,
+        || (),
+        |_, ap, ((out, chosen), mem)| search.assemble(ap, chosen, backups.as_ref(), out, mem),
     );
     Routes { n, pairs }
 }
 
-/// Minimum of each row over each block of destinations: the lower bound that prunes relays.
-fn block_minima<'a>(n: usize, nblk: usize, row: impl Fn(usize) -> &'a [f32]) -> Vec<f32> {
-    let mut out = vec![INF; n * nblk];
-    for r in 0..n {
-        for (k, chunk) in row(r).chunks(BLOCK).enumerate() {
-            out[r * nblk + k] = chunk.iter().copied().fold(INF, f32::min);
-        }
-    }
-    out
-}
-
-/// Relays usable from `a`, with their first-leg cost (link + penalty), cheapest first.
-fn sorted_relays(cm: &CostMatrix, a: usize, out: &mut Vec<(f32, u32)>) {
-    out.clear();
-    let p = cm.relay_penalty();
-    for (r, &c) in cm.row(a).iter().enumerate() {
-        if c.is_finite() && cm.relay_ok(r) {
-            out.push((c + p, r as u32));
-        }
-    }
-    out.sort_unstable_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
-}
-
-fn block_max(v: &[f32]) -> f32 {
-    v.iter().copied().fold(f32::NEG_INFINITY, f32::max)
-}
-
-/// Step 1: for every source, the best and second-best paths with at most one relay.
-fn one_relay(cm: &CostMatrix, bmin_c: &[f32], threads: usize) -> OneRelay {
-    let n = cm.len();
-    let nblk = n.div_ceil(BLOCK);
-    let mut o = OneRelay {
-        h: cm.row_major().to_vec(),
-        m: vec![NONE; n * n],
-        hs: vec![INF; n * n],
-        ms: vec![NONE; n * n],
-    };
-    let rows: Vec<_> =
-        o.h.chunks_mut(n.max(1))
-            .zip(o.m.chunks_mut(n.max(1)))
-            .zip(o.hs.chunks_mut(n.max(1)))
-            .zip(o.ms.chunks_mut(n.max(1)))
-            .collect();
-    parallel_rows(
-        rows,
-        threads,
-        || Vec::with_capacity(n),
-        |relays, s, (((h, m), hs), ms)| {
-            sorted_relays(cm, s, relays);
-            // The diagonal must not loosen the block bound; it is reset below.
-            h[s] = f32::NEG_INFINITY;
-            hs[s] = f32::NEG_INFINITY;
-            for k in 0..nblk {
-                let lo = k * BLOCK;
-                let hi = (lo + BLOCK).min(n);
-                let (h, m, hs, ms) = (&mut h[lo..hi], &mut m[lo..hi], &mut hs[lo..hi], &mut ms[lo..hi]);
-                let mut worst = block_max(hs);
-                for &(l, r) in relays.iter() {
-                    if l >= worst {
-                        break;
-                    }
-                    if l + bmin_c[r as usize * nblk + k] >= worst {
-                        continue;
-                    }
-                    let c = &cm.row(r as usize)[lo..hi];
-                    // Branch-free top-2 update (compiles to SIMD selects).
-                    for j in 0..c.len() {
-                        let cand = l + c[j];
-                        let lt1 = cand < h[j];
-                        let lt2 = cand < hs[j];
-                        hs[j] = if lt1 {
-                            h[j]
-                        } else if lt2 {
-                            cand
-                        } else {
-                            hs[j]
-                        };
-                        ms[j] = if lt1 {
-                            m[j]
-                        } else if lt2 {
-                            r
-                        } else {
-                            ms[j]
-                        };
-                        h[j] = if lt1 { cand } else { h[j] };
-                        m[j] = if lt1 { r } else { m[j] };
-                    }
-                    worst = block_max(hs);
-                }
-            }
-            h[s] = INF;
-            hs[s] = INF;
-            m[s] = NONE;
-            ms[s] = NONE;
-        },
-    );
-    o
-}
-
-/// Runs `f` on every row, rows dealt round-robin to `threads` scoped threads (round-robin
-/// keeps the load even when some rows prune better than others).
-fn parallel_rows<R: Send, S>(
-    rows: Vec<R>,
-    threads: usize,
-    scratch: impl Fn() -> S + Sync,
-    f: impl Fn(&mut S, usize, R) + Sync,
-) {
-    if threads <= 1 {
-        let mut s = scratch();
-        for (i, r) in rows.into_iter().enumerate() {
-            f(&mut s, i, r);
-        }
-        return;
-    }
-    let mut lanes: Vec<Vec<(usize, R)>> = (0..threads).map(|_| Vec::new()).collect();
-    for (i, r) in rows.into_iter().enumerate() {
-        lanes[i % threads].push((i, r));
-    }
-    std::thread::scope(|scope| {
-        for lane in lanes {
-            let (f, scratch) = (&f, &scratch);
-            scope.spawn(move || {
-                let mut s = scratch();
-                for (i, r) in lane {
-                    f(&mut s, i, r);
-                }
-            });
-        }
-    });
-}
-
-struct RowCtx<'a> {
+/// The search results, in search order (`pm`, positions `p`); paths handed out and judged by
+/// hysteresis are in the caller's numbering (`cm`).
+struct Search<'a> {
     cm: &'a CostMatrix,
-    n: usize,
+    pm: &'a CostMatrix,
+    g: Grid,
+    order: &'a [u32],
+    pos: &'a [u32],
     max_relays: u8,
     one: Option<&'a OneRelay>,
-    bmin_c: &'a [f32],
-    bmin_h: &'a [f32],
-    hcfg: Option<&'a HysteresisConfig>,
+    two: Option<&'a (Vec<f32>, Vec<u32>)>,
 }
 
-impl RowCtx<'_> {
-    fn row(&self, s: &mut Scratch, a: usize, out: &mut [PairRoute], mut mem: Option<&mut [PairMemory]>) {
-        let (cm, n) = (self.cm, self.n);
-        if !cm.endpoint_ok(a) {
-            if let Some(mem) = mem.as_deref_mut() {
-                mem.iter_mut().for_each(|m| *m = PairMemory::default());
+impl Search<'_> {
+    fn to_site(&self, p: &Path) -> Path {
+        p.map(|i| self.order[usize::from(i)] as SiteIdx)
+    }
+
+    fn best_cost(&self, ap: usize, bp: usize) -> f32 {
+        match (self.two, self.one) {
+            (Some(t), _) => t.0[self.g.at(ap, bp)],
+            (None, Some(o)) => o.h[self.g.at(ap, bp)],
+            (None, None) => self.pm.cost(ap, bp),
+        }
+    }
+
+    /// The best path found by the search, in positions.
+    fn best_path(&self, ap: usize, bp: usize) -> Path {
+        let (a16, b16) = (ap as SiteIdx, bp as SiteIdx);
+        let via = |r: usize| self.one.map_or(NONE, |o| o.m[self.g.at(r, bp)]);
+        match self.two.map_or(NONE, |t| t.1[self.g.at(ap, bp)]) {
+            NONE => match via(ap) {
+                NONE => Path::new(&[a16, b16]),
+                r => Path::new(&[a16, r as SiteIdx, b16]),
+            },
+            r1 => match via(r1 as usize) {
+                NONE => Path::new(&[a16, r1 as SiteIdx, b16]),
+                r2 => Path::new(&[a16, r1 as SiteIdx, r2 as SiteIdx, b16]),
+            },
+        }
+    }
+
+    /// Chooses the primaries of row `ap` (through hysteresis when given) and prepares the
+    /// backup search: the relays to avoid and the starting cost of each destination.
+    fn choose(
+        &self,
+        hcfg: Option<&HysteresisConfig>,
+        ap: usize,
+        (chosen, (x1, x2), (init, init_r1)): ChosenRow<'_>,
+        mut mem: Option<&mut [PairMemory]>,
+    ) {
+        let pm = self.pm;
+        if !pm.endpoint_ok(ap) {
+            if let Some(mem) = mem {
+                mem.fill(PairMemory::default());
             }
             return;
         }
-        sorted_relays(cm, a, &mut s.relays);
-        self.primaries(s, a);
-
-        // Hysteresis, then the reason for every chosen path.
-        for b in 0..n {
-            let candidate = if b != a && cm.endpoint_ok(b) && s.best[b].is_finite() {
-                self.primary_path(s, a, b)
+        for bp in 0..self.g.n {
+            let b = self.order[bp] as usize;
+            let cost = self.best_cost(ap, bp);
+            let candidate = if bp != ap && pm.endpoint_ok(bp) && cost.is_finite() {
+                self.to_site(&self.best_path(ap, bp))
             } else {
                 Path::NONE
             };
-            let direct = cm.cost(a, b);
+            let direct = pm.cost(ap, bp);
             let base = if candidate.is_none() {
                 Reason::NoRoute
             } else if candidate.is_direct() {
@@ -419,11 +361,11 @@ impl RowCtx<'_> {
             } else {
                 Reason::DirectUnusable
             };
-            s.chosen[b] = match (self.hcfg, mem.as_deref_mut()) {
+            let pick = match (hcfg, mem.as_deref_mut()) {
                 (Some(hc), Some(mem)) => {
                     let m = &mut mem[b];
-                    match decide(hc, m, candidate, s.best[b], |p| cm.evaluate(p)) {
-                        Decision::Steady => (candidate, s.best[b], base),
+                    match decide(hc, m, candidate, cost, |p| self.cm.evaluate(p)) {
+                        Decision::Steady => (candidate, cost, base),
                         Decision::Kept {
                             current_cost,
                             gain_needed,
@@ -432,38 +374,73 @@ impl RowCtx<'_> {
                             m.current,
                             current_cost,
                             Reason::Kept {
-                                candidate_cost: s.best[b],
+                                candidate_cost: cost,
                                 gain_needed,
                                 streak,
                             },
                         ),
                         Decision::Switched { path, reason } => {
-                            (path, cm.path_cost(&path), Reason::Switched(reason))
+                            (path, self.cm.path_cost(&path), Reason::Switched(reason))
                         }
                     }
                 }
-                _ => (candidate, s.best[b], base),
+                _ => (candidate, cost, base),
             };
+            let relays = pick.0.relays();
+            x1[bp] = relays.first().map_or(ABSENT, |&x| self.pos[usize::from(x)]);
+            x2[bp] = relays.get(1).map_or(ABSENT, |&x| self.pos[usize::from(x)]);
+            // Start the backup search from the best allowed path already known, so that its
+            // bound is tight from the first relay: the direct link unless the primary is direct,
+            // and the best one-relay paths through a relay the primary does not use.
+            // NEG_INFINITY marks "no backup wanted".
+            let (x1b, x2b) = (x1[bp], x2[bp]);
+            let mut start = if pick.0.is_none() {
+                (NEG, NONE)
+            } else if pick.0.is_direct() {
+                (INF, NONE)
+            } else {
+                (direct, NONE)
+            };
+            if let Some(o) = self.one.filter(|_| !pick.0.is_none()) {
+                let i = self.g.at(ap, bp);
+                for (c, r) in [(o.h[i], o.m[i]), (o.hs[i], o.ms[i])] {
+                    if r != NONE && r != x1b && r != x2b && c < start.0 {
+                        start = (c, r);
+                    }
+                }
+            }
+            (init[bp], init_r1[bp]) = start;
+            chosen[bp] = pick;
         }
+    }
 
-        self.backups(s, a);
-        for b in 0..n {
-            let (primary, primary_cost, reason) = s.chosen[b];
+    /// Writes row `ap`'s routes (indexed by site) and remembers each backup for hysteresis.
+    fn assemble(
+        &self,
+        ap: usize,
+        chosen: &[Chosen],
+        backups: Option<&BackupResult>,
+        out: &mut [PairRoute],
+        mut mem: Option<&mut [PairMemory]>,
+    ) {
+        let a = self.order[ap] as usize;
+        for (bp, &(primary, primary_cost, reason)) in chosen.iter().enumerate() {
+            let b = self.order[bp] as usize;
             if primary.is_none() {
                 out[b] = PairRoute::UNREACHABLE;
                 continue;
             }
             let (mut backup, mut backup_cost, mut disjoint) = (Path::NONE, INF, false);
-            if self.max_relays >= 1 {
-                if s.best[b].is_finite() {
-                    let (a16, b16) = (a as SiteIdx, b as SiteIdx);
-                    backup = match (s.barg1[b], s.barg2[b]) {
+            if let Some(bk) = backups {
+                let i = self.g.at(ap, bp);
+                if bk.cost[i].is_finite() {
+                    let (a16, b16) = (ap as SiteIdx, bp as SiteIdx);
+                    let p = match (bk.r1[i], bk.r2[i]) {
                         (NONE, _) => Path::new(&[a16, b16]),
                         (r1, NONE) => Path::new(&[a16, r1 as SiteIdx, b16]),
                         (r1, r2) => Path::new(&[a16, r1 as SiteIdx, r2 as SiteIdx, b16]),
                     };
-                    backup_cost = s.best[b];
-                    disjoint = true;
+                    (backup, backup_cost, disjoint) = (self.to_site(&p), bk.cost[i], true);
                 } else if let Some((p, c)) = self.partial_backup(a, b, &primary) {
                     (backup, backup_cost) = (p, c);
                 }
@@ -482,155 +459,9 @@ impl RowCtx<'_> {
         }
     }
 
-    /// Fills `s.best`/`s.arg` with the best cost from `a` and the first relay of 2-relay paths.
-    fn primaries(&self, s: &mut Scratch, a: usize) {
-        let (cm, n) = (self.cm, self.n);
-        s.arg.iter_mut().for_each(|x| *x = NONE);
-        let Some(one) = self.one else {
-            s.best.copy_from_slice(cm.row(a));
-            return;
-        };
-        s.best.copy_from_slice(&one.h[a * n..(a + 1) * n]);
-        if self.max_relays < 2 {
-            return;
-        }
-        let nblk = n.div_ceil(BLOCK);
-        s.best[a] = f32::NEG_INFINITY;
-        for k in 0..nblk {
-            let lo = k * BLOCK;
-            let hi = (lo + BLOCK).min(n);
-            let (best, arg) = (&mut s.best[lo..hi], &mut s.arg[lo..hi]);
-            let mut worst = block_max(best);
-            for &(l, r) in s.relays.iter() {
-                if l >= worst {
-                    break;
-                }
-                let r_us = r as usize;
-                if l + self.bmin_h[r_us * nblk + k] >= worst {
-                    continue;
-                }
-                let h = &one.h[r_us * n + lo..r_us * n + hi];
-                for j in 0..h.len() {
-                    let cand = l + h[j];
-                    let lt = cand < best[j];
-                    best[j] = if lt { cand } else { best[j] };
-                    arg[j] = if lt { r } else { arg[j] };
-                }
-                worst = block_max(best);
-            }
-        }
-        s.best[a] = INF;
-    }
-
-    fn primary_path(&self, s: &Scratch, a: usize, b: usize) -> Path {
-        let one = self.one;
-        let (a16, b16) = (a as SiteIdx, b as SiteIdx);
-        match s.arg[b] {
-            NONE => match one.map_or(NONE, |o| o.m[a * self.n + b]) {
-                NONE => Path::new(&[a16, b16]),
-                r => Path::new(&[a16, r as SiteIdx, b16]),
-            },
-            r1 => match one.map_or(NONE, |o| o.m[r1 as usize * self.n + b]) {
-                NONE => Path::new(&[a16, r1 as SiteIdx, b16]),
-                r2 => Path::new(&[a16, r1 as SiteIdx, r2 as SiteIdx, b16]),
-            },
-        }
-    }
-
-    /// Fills `s.best` with each destination's best fully disjoint backup cost from `a` (given
-    /// the chosen primaries in `s.chosen`), `s.barg1`/`s.barg2` with its relays.
-    fn backups(&self, s: &mut Scratch, a: usize) {
-        let (cm, n) = (self.cm, self.n);
-        if self.max_relays == 0 {
-            s.best.iter_mut().for_each(|x| *x = INF);
-            return;
-        }
-        for b in 0..n {
-            let p = &s.chosen[b].0;
-            let r = p.relays();
-            s.x1[b] = r.first().map_or(NONE, |&x| u32::from(x));
-            s.x2[b] = r.get(1).map_or(NONE, |&x| u32::from(x));
-            s.barg1[b] = NONE;
-            s.barg2[b] = NONE;
-            // NEG_INFINITY marks "no backup wanted" and keeps the block bound tight.
-            s.best[b] = if p.is_none() {
-                f32::NEG_INFINITY
-            } else if p.is_direct() {
-                INF
-            } else {
-                cm.cost(a, b)
-            };
-        }
-        let nblk = n.div_ceil(BLOCK);
-        let bmin = if self.max_relays == 2 {
-            self.bmin_h
-        } else {
-            self.bmin_c
-        };
-        let a32 = a as u32;
-        for k in 0..nblk {
-            let lo = k * BLOCK;
-            let hi = (lo + BLOCK).min(n);
-            let mut worst = block_max(&s.best[lo..hi]);
-            for &(l, r1) in s.relays.iter() {
-                if l >= worst {
-                    break;
-                }
-                if l + bmin[r1 as usize * nblk + k] >= worst {
-                    continue;
-                }
-                for b in lo..hi {
-                    if s.best[b] == f32::NEG_INFINITY || r1 == s.x1[b] || r1 == s.x2[b] {
-                        continue;
-                    }
-                    let (cont, r2) = self.continuation(r1 as usize, b, a32, s.x1[b], s.x2[b]);
-                    let cand = l + cont;
-                    if cand < s.best[b] {
-                        s.best[b] = cand;
-                        s.barg1[b] = r1;
-                        s.barg2[b] = r2;
-                    }
-                }
-                worst = block_max(&s.best[lo..hi]);
-            }
-        }
-    }
-
-    /// Cheapest way on from `r1` to `b` (direct, or through one relay) avoiding `a`, `x1`, `x2`.
-    fn continuation(&self, r1: usize, b: usize, a: u32, x1: u32, x2: u32) -> (f32, u32) {
-        let (cm, n) = (self.cm, self.n);
-        let Some(one) = self.one.filter(|_| self.max_relays == 2) else {
-            return (cm.cost(r1, b), NONE);
-        };
-        let excluded = |r: u32| r != NONE && (r == a || r == x1 || r == x2);
-        let i = r1 * n + b;
-        if !excluded(one.m[i]) {
-            return (one.h[i], one.m[i]);
-        }
-        if !one.hs[i].is_finite() {
-            return (INF, NONE);
-        }
-        if !excluded(one.ms[i]) {
-            return (one.hs[i], one.ms[i]);
-        }
-        // Both stored candidates are excluded: search this continuation in full (rare).
-        let p = cm.relay_penalty();
-        let mut best = (cm.cost(r1, b), NONE);
-        for r2 in 0..n {
-            let r2_32 = r2 as u32;
-            if r2 == r1 || r2 == b || excluded(r2_32) || !cm.relay_ok(r2) {
-                continue;
-            }
-            let c = (cm.cost(r1, r2) + p) + cm.cost(r2, b);
-            if c < best.0 {
-                best = (c, r2_32);
-            }
-        }
-        best
-    }
-
     /// When no fully disjoint backup exists: the path other than the primary that shares the
-    /// fewest relays and links with it, cheapest among those.
+    /// fewest relays and links with it, cheapest among those. Brute force over the usable
+    /// links of `a`; only pairs cut off from every disjoint path get here.
     fn partial_backup(&self, a: usize, b: usize, primary: &Path) -> Option<(Path, f32)> {
         let cm = self.cm;
         let mut best: Option<(usize, f32, Path)> = None;
@@ -649,7 +480,7 @@ impl RowCtx<'_> {
         };
         let (a16, b16) = (a as SiteIdx, b as SiteIdx);
         offer(Path::new(&[a16, b16]));
-        for r1 in 0..self.n {
+        for r1 in 0..self.g.n {
             if r1 == a || r1 == b || !cm.relay_ok(r1) || !cm.cost(a, r1).is_finite() {
                 continue;
             }
@@ -658,7 +489,7 @@ impl RowCtx<'_> {
             if self.max_relays < 2 {
                 continue;
             }
-            for r2 in 0..self.n {
+            for r2 in 0..self.g.n {
                 if r2 == a || r2 == b || r2 == r1 || !cm.relay_ok(r2) || !cm.cost(r1, r2).is_finite() {
                     continue;
                 }
