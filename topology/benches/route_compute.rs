@@ -24,6 +24,13 @@ use topology::{CostMatrix, EngineConfig, Epoch, LinkHealth, LinkMetrics, RouteEn
 
 const SIZES: [usize; 4] = [50, 200, 500, 1000];
 
+fn spread() -> f64 {
+    std::env::var("AXON_BENCH_SPREAD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20.0)
+}
+
 /// splitmix64: a tiny seeded generator so every run builds the same mesh.
 struct Rng(u64);
 
@@ -55,8 +62,8 @@ fn mesh(n: usize, seed: u64) -> World {
     let mut sites: Vec<Site> = base.iter().take(n).cloned().collect();
     while sites.len() < n {
         let anchor = &base[(rng.next() % base.len() as u64) as usize];
-        let lat = (anchor.lat + (rng.unit() - 0.5) * 20.0).clamp(-60.0, 70.0);
-        let lon = ((anchor.lon + (rng.unit() - 0.5) * 30.0 + 540.0) % 360.0) - 180.0;
+        let lat = (anchor.lat + (rng.unit() - 0.5) * spread()).clamp(-60.0, 70.0);
+        let lon = ((anchor.lon + (rng.unit() - 0.5) * spread() * 1.5 + 540.0) % 360.0) - 180.0;
         let i = sites.len();
         sites.push(
             Site::new(

@@ -392,7 +392,9 @@ impl Backups<'_> {
                     let r = r1 as usize;
                     let (h, m) = (lanes(&one.h[slab.clone()], r), lanes(&one.m[slab.clone()], r));
                     let (hs, ms) = (lanes(&one.hs[slab.clone()], r), lanes(&one.ms[slab], r));
-                    let mut slow = 0u32;
+                    // Stored per lane, not OR-reduced: a reduction here keeps LLVM from
+                    // vectorising the loop.
+                    let mut slow = [0u32; BLOCK];
                     for j in 0..BLOCK {
                         let skip = mask(r1 == x1[j]) | mask(r1 == x2[j]);
                         let bad_m = mask(m[j] == a32) | mask(m[j] == x1[j]) | mask(m[j] == x2[j]);
@@ -400,14 +402,14 @@ impl Backups<'_> {
                         // The best continuation from r1 if allowed, else the second best.
                         let cont = pickf(bad_m, pickf(bad_ms, INF, hs[j]), h[j]);
                         let r2 = pick(bad_m, ms[j], m[j]);
-                        slow |= bad_m & bad_ms & !skip;
+                        slow[j] = bad_m & bad_ms & !skip;
                         let cand = pickf(skip, INF, l + cont);
                         let lt = mask(cand < best[j]);
                         best[j] = pickf(lt, cand, best[j]);
                         b1[j] = pick(lt, r1, b1[j]);
                         b2[j] = pick(lt, r2, b2[j]);
                     }
-                    if slow != 0 {
+                    if slow.iter().any(|&x| x != 0) {
                         self.slow_lanes(k, a32, l, r1, (x1, x2), (m, ms), (best, b1, b2));
                     }
                 }
