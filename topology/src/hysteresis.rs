@@ -74,8 +74,6 @@ pub struct PairMemory {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum SwitchReason {
-    /// The pair had no path before.
-    New,
     /// The current path lost a link or a relay.
     CurrentDown,
     /// A link of the current path is degraded.
@@ -92,7 +90,8 @@ pub enum SwitchReason {
 /// What hysteresis decided for one pair.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Decision {
-    /// The candidate is the current path already (or there is none): nothing to say.
+    /// The candidate is the current path (already, or because the pair is new, or there is
+    /// none): nothing to say.
     Steady,
     /// The current path stays although the candidate is better.
     Kept {
@@ -137,7 +136,11 @@ pub fn decide(
         Decision::Switched { path, reason }
     };
     if mem.current.is_none() {
-        return switch(mem, candidate, SwitchReason::New);
+        // A pair seen for the first time simply takes the best path.
+        mem.current = candidate;
+        mem.pending = Path::NONE;
+        mem.streak = 0;
+        return Decision::Steady;
     }
     let current = eval(&mem.current);
     if !current.cost.is_finite() || current.degraded {

@@ -280,7 +280,7 @@ pub fn compute_routes(
         rows,
         threads,
         || (),
-        |_, ap, ((out, chosen), mem)| search.assemble(ap, chosen, backups.as_ref(), out, mem),
+        |_, ap, ((out, chosen), mem)| search.assemble(hcfg, ap, chosen, backups.as_ref(), out, mem),
     );
     Routes { n, pairs }
 }
@@ -417,6 +417,7 @@ impl Search<'_> {
     /// Writes row `ap`'s routes (indexed by site) and remembers each backup for hysteresis.
     fn assemble(
         &self,
+        hcfg: Option<&HysteresisConfig>,
         ap: usize,
         chosen: &[Chosen],
         backups: Option<&BackupResult>,
@@ -445,7 +446,21 @@ impl Search<'_> {
                     (backup, backup_cost) = (p, c);
                 }
             }
-            if let Some(mem) = mem.as_deref_mut() {
+            if let (Some(hc), Some(mem)) = (hcfg, mem.as_deref_mut()) {
+                // Backups are calm too: the previous one stays while it is usable, as disjoint
+                // as the new one, and not worse by the switching margin.
+                let old = mem[b].backup;
+                if !old.is_none() && old != backup && old != primary {
+                    let ev = self.cm.evaluate(&old);
+                    let old_disjoint = old.overlap(&primary) == 0;
+                    if ev.cost.is_finite()
+                        && !ev.degraded
+                        && (old_disjoint || !disjoint)
+                        && ev.cost - backup_cost < hc.margin(ev.cost)
+                    {
+                        (backup, backup_cost, disjoint) = (old, ev.cost, old_disjoint);
+                    }
+                }
                 mem[b].backup = backup;
             }
             out[b] = PairRoute {

@@ -216,9 +216,12 @@ proptest! {
                 let paths = all_paths(&cm2, a, b, c.max_relays);
                 let disjoint = paths.iter().filter(|p| p.0 != r.primary && p.0.overlap(&r.primary) == 0).map(|p| p.1).fold(f32::INFINITY, f32::min);
                 if disjoint.is_finite() {
+                    // Backups have hysteresis too: disjoint, usable, within the margin.
                     prop_assert!(r.backup_disjoint);
-                    prop_assert_eq!(r.backup_cost, disjoint);
                     prop_assert_eq!(r.backup.overlap(&r.primary), 0);
+                    prop_assert_eq!(r.backup_cost, cm2.path_cost(&r.backup));
+                    prop_assert!(r.backup_cost >= disjoint);
+                    prop_assert!(r.backup_cost - disjoint < hcfg.margin(r.backup_cost), "{a}->{b}: backup {} vs best {}", r.backup_cost, disjoint);
                 }
             }
         }

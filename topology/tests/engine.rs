@@ -1,0 +1,213 @@
+//! The engine over time: hysteresis at the table level, versions, diffs, per-site tables,
+//! drained and shadow sites.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use topology::hysteresis::SwitchReason;
+use topology::{
+    DrainOrigin, DrainRequest, DrainTarget, EngineConfig, Epoch, GuardrailConfig, Inventory, LinkHealth,
+    LinkMetrics, Reason, Role, RouteEngine, Site, SiteId, Version, World,
+};
+
+fn id(s: &str) -> SiteId {
+    SiteId::new(s).unwrap()
+}
+
+/// a, b, c, d in two regions. Direct a→b is 100 ms RTT; via c it is 60 + 36 = 96 ms (a relay
+/// wins by 2 ms of cost before the penalty: not enough to beat the 2 ms penalty plus margin).
+fn world(ab_rtt: f64) -> World {
+    let s = |id: &str, region: &str| Site::new(id, region, "aws", 0.0, 0.0, 100).unwrap();
+    let inv = Inventory::new(vec![s("a", "r1"), s("b", "r2"), s("c", "r1"), s("d", "r2")]).unwrap();
+    let mut w = World::new(inv);
+    let rtt = |x: &str, y: &str| match (x.min(y), x.max(y)) {
+        ("a", "b") => ab_rtt,
+        ("a", "c") => 60.0,
+        ("b", "c") => 36.0,
+        ("a", "d") => 80.0,
+        ("b", "d") => 70.0,
+        _ => 50.0,
+    };
+    for x in ["a", "b", "c", "d"] {
+        for y in ["a", "b", "c", "d"] {
+            if x != y {
+                w.set_link(&id(x), &id(y), LinkMetrics::rtt(rtt(x, y)), LinkHealth::Up)
+                    .unwrap();
+            }
+        }
+    }
+    w
+}
+
+fn engine() -> RouteEngine {
+    RouteEngine::new(EngineConfig::default(), Epoch(7), Version(1)).unwrap()
+}
+
+fn primary(e: &RouteEngine, from: &str, to: &str) -> Vec<String> {
+    let t = e.last().unwrap();
+    t.entry(&id(from), &id(to))
+        .unwrap()
+        .unwrap()
+        .primary
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+#[test]
+fn versions_move_only_when_a_path_changes() {
+    let mut e = engine();
+    let w = world(100.0);
+    let first = e.compute(&w, 1_000);
+    assert!(first.changed);
+    assert_eq!(
+        (first.table.id().epoch, first.table.id().version),
+        (Epoch(7), Version(1))
+    );
+    for t in 2..10 {
+        let c = e.compute(&w, t * 1_000);
+        assert!(!c.changed);
+        assert_eq!(c.table.id(), first.table.id());
+    }
+}
+
+#[test]
+fn noise_within_the_margin_never_moves_a_route() {
+    let mut e = engine();
+    e.compute(&world(100.0), 0);
+    let before = primary(&e, "a", "b");
+    let mut x = 7u64;
+    for t in 1..=2_000 {
+        // ±3% RTT noise on the direct link, every computation.
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let noise = ((x >> 40) as f64 / (1u64 << 24) as f64 - 0.5) * 6.0;
+        let c = e.compute(&world(100.0 + noise), t * 1_000);
+        assert!(!c.changed, "computation {t} published a new version on noise");
+    }
+    assert_eq!(primary(&e, "a", "b"), before);
+}
+
+#[test]
+fn a_down_primary_is_left_in_the_same_computation() {
+    let mut e = engine();
+    let mut w = world(100.0);
+    e.compute(&w, 0);
+    assert_eq!(primary(&e, "a", "b"), ["a", "b"]);
+    w.set_link(&id("a"), &id("b"), LinkMetrics::rtt(100.0), LinkHealth::Down)
+        .unwrap();
+    let c = e.compute(&w, 1_000);
+    assert!(c.changed);
+    let entry = c.table.entry(&id("a"), &id("b")).unwrap().unwrap();
+    assert_ne!(entry.primary, vec![id("a"), id("b")]);
+    assert_eq!(entry.reason, Reason::Switched(SwitchReason::CurrentDown));
+    // The table diff names the pair and why.
+    let diff = e.last().map(|t| t.id()).unwrap();
+    assert_eq!(diff.version, Version(2));
+}
+
+#[test]
+fn a_clear_win_takes_over_after_switch_after_computations() {
+    let mut e = engine();
+    e.compute(&world(100.0), 0);
+    assert_eq!(primary(&e, "a", "b"), ["a", "b"]);
+    // The direct link slows to 140 ms: via c (96 ms) now wins by far more than the margin.
+    let slow = world(140.0);
+    for t in 1..=2 {
+        e.compute(&slow, t * 1_000);
+        assert_eq!(
+            primary(&e, "a", "b"),
+            ["a", "b"],
+            "switched after {t} computation(s)"
+        );
+        // The candidate's winning streak lives in the engine's memory (for `explain`).
+        let mem = e.hysteresis().get(0, 1).unwrap();
+        assert_eq!(
+            (mem.pending, mem.streak),
+            (topology::Path::new(&[0, 2, 1]), t as u32)
+        );
+    }
+    let c = e.compute(&slow, 3_000);
+    assert_eq!(primary(&e, "a", "b"), ["a", "c", "b"]);
+    let entry = c.table.entry(&id("a"), &id("b")).unwrap().unwrap();
+    assert!(matches!(
+        entry.reason,
+        Reason::Switched(SwitchReason::Better { after: 3, .. })
+    ));
+}
+
+#[test]
+fn diffs_and_site_tables_speak_in_site_names() {
+    let mut e = engine();
+    let mut w = world(100.0);
+    let t1 = e.compute(&w, 0).table;
+    w.set_link(&id("a"), &id("b"), LinkMetrics::rtt(100.0), LinkHealth::Down)
+        .unwrap();
+    let t2 = e.compute(&w, 1_000).table;
+    let diff = t1.diff(&t2);
+    let ab = diff
+        .changes
+        .iter()
+        .find(|c| c.src == id("a") && c.dst == id("b"))
+        .unwrap();
+    assert!(ab.primary_changed());
+    assert_eq!(ab.primary_before.as_deref(), Some(&[id("a"), id("b")][..]));
+    assert!(diff.primary_changes() >= 1);
+    assert!(t2.diff(&t2).is_empty());
+
+    let st = t2.site_table(&id("a")).unwrap();
+    assert_eq!(st.id, t2.id());
+    assert_eq!(st.rows.len(), 3);
+    let row = st.rows.iter().find(|r| r.dst == id("b")).unwrap();
+    assert!(row.primary_quality.mos > 3.5 && row.primary_quality.mos <= 4.5);
+    assert!(row.backup.is_some());
+    assert!(t2.site_table(&id("zz")).is_err());
+}
+
+#[test]
+fn drained_sites_keep_their_rows_but_never_relay_and_shadow_sites_have_none() {
+    let mut w = world(140.0);
+    let guard = GuardrailConfig {
+        min_active_regions: 1,
+        max_drained_fraction: 1.0,
+    };
+    let req = DrainRequest {
+        target: DrainTarget::Site(id("c")),
+        reason: "maintenance".into(),
+        author: "ops".into(),
+        at_ms: 0,
+        origin: DrainOrigin::Operator,
+        force: true,
+    };
+    let healthy = vec![true; 4];
+    w.drains.drain(&w.inventory, &healthy, &guard, req).unwrap();
+    let mut e = engine();
+    let t = e.compute(&w, 0).table;
+    for a in ["a", "b", "c", "d"] {
+        for b in ["a", "b", "c", "d"] {
+            if a == b {
+                continue;
+            }
+            let entry = t.entry(&id(a), &id(b)).unwrap().unwrap();
+            let relays = &entry.primary[1..entry.primary.len() - 1];
+            assert!(
+                !relays.contains(&id("c")),
+                "{a}->{b} relays through drained c: {:?}",
+                entry.primary
+            );
+            if let Some(bk) = &entry.backup {
+                assert!(!bk[1..bk.len() - 1].contains(&id("c")));
+            }
+        }
+    }
+    // A shadow site is measured but neither an endpoint nor a relay.
+    let mut inv_sites = w.inventory.sites().to_vec();
+    inv_sites[3].role = Role::Shadow;
+    let mut w2 = World::new(Inventory::new(inv_sites).unwrap());
+    w2.links = w.links.clone();
+    let t = engine().compute(&w2, 0).table;
+    assert!(t.entry(&id("a"), &id("d")).unwrap().is_none());
+    assert!(t.entry(&id("d"), &id("a")).unwrap().is_none());
+    let ab = t.entry(&id("a"), &id("b")).unwrap().unwrap();
+    assert!(!ab.primary.contains(&id("d")) && !ab.backup.unwrap().contains(&id("d")));
+}
