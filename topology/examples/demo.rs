@@ -14,12 +14,18 @@ use topology::{
 };
 
 fn names(p: &[SiteId]) -> String {
-    p.iter().map(|s| s.as_str().trim_start_matches("aws-").trim_start_matches("az-")).collect::<Vec<_>>().join(" → ")
+    p.iter()
+        .map(|s| s.as_str().trim_start_matches("aws-").trim_start_matches("az-"))
+        .collect::<Vec<_>>()
+        .join(" → ")
 }
 
 fn main() {
-    let dir = std::env::args().nth(1).unwrap_or_else(|| format!("{}/../data/aws-2025", env!("CARGO_MANIFEST_DIR")));
-    let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).unwrap_or_else(|e| panic!("{dir}/{f}: {e}"));
+    let dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| format!("{}/../data/aws-2025", env!("CARGO_MANIFEST_DIR")));
+    let read =
+        |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).unwrap_or_else(|e| panic!("{dir}/{f}: {e}"));
     let mut world = world_from_csv("sites.csv", &read("sites.csv"), "rtt.csv", &read("rtt.csv")).unwrap();
     let n = world.inventory.len();
     println!("Axon routing engine — {n} sites from {dir}\n");
@@ -27,7 +33,10 @@ fn main() {
     let mut engine = RouteEngine::new(EngineConfig::default(), Epoch(1), Version(1)).unwrap();
     let t = Instant::now();
     let table = engine.compute(&world, 0).table;
-    println!("full computation (primaries, disjoint backups, hysteresis): {:.2} ms\n", t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "full computation (primaries, disjoint backups, hysteresis): {:.2} ms\n",
+        t.elapsed().as_secs_f64() * 1e3
+    );
 
     // Pairs where a relay wins, largest gain first.
     let mut gains = Vec::new();
@@ -36,7 +45,10 @@ fn main() {
             if let Ok(Some(e)) = table.entry(&a.id, &b.id)
                 && e.primary.len() > 2
             {
-                let direct = world.links.get(world.inventory.index_of(&a.id).unwrap(), world.inventory.index_of(&b.id).unwrap());
+                let direct = world.links.get(
+                    world.inventory.index_of(&a.id).unwrap(),
+                    world.inventory.index_of(&b.id).unwrap(),
+                );
                 let direct_rtt = direct.map_or(f64::INFINITY, |v| v.metrics.rtt_ms);
                 gains.push((direct_rtt - e.primary_quality.rtt_ms, direct_rtt, e));
             }
@@ -46,9 +58,15 @@ fn main() {
     let only_relay = gains.iter().filter(|g| !g.1.is_finite()).count();
     gains.retain(|g| g.1.is_finite());
     if only_relay > 0 {
-        println!("{only_relay} ordered pairs have no direct link in the data and are reached through a relay.");
+        println!(
+            "{only_relay} ordered pairs have no direct link in the data and are reached through a relay."
+        );
     }
-    println!("{} of {} ordered pairs are better through a relay; the largest gains:", gains.len(), n * (n - 1));
+    println!(
+        "{} of {} ordered pairs are better through a relay; the largest gains:",
+        gains.len(),
+        n * (n - 1)
+    );
     for (gain, direct, e) in gains.iter().take(8) {
         println!(
             "  {:<42} {:6.1} ms via relay vs {:6.1} ms direct (-{:4.1} ms), MOS {:.2}",
@@ -64,13 +82,32 @@ fn main() {
     let Some((_, _, pick)) = gains.first() else { return };
     let (src, dst) = (pick.src.clone(), pick.dst.clone());
     println!("\nexplain {src} → {dst}:");
-    println!("  primary {:<40} cost {:6.1}  MOS {:.2}  ({:?})", names(&pick.primary), pick.primary_cost, pick.primary_quality.mos, pick.reason);
+    println!(
+        "  primary {:<40} cost {:6.1}  MOS {:.2}  ({:?})",
+        names(&pick.primary),
+        pick.primary_cost,
+        pick.primary_quality.mos,
+        pick.reason
+    );
     if let (Some(b), Some(c), Some(q)) = (&pick.backup, pick.backup_cost, pick.backup_quality) {
-        println!("  backup  {:<40} cost {:6.1}  MOS {:.2}  (disjoint: {})", names(b), c, q.mos, pick.backup_disjoint);
+        println!(
+            "  backup  {:<40} cost {:6.1}  MOS {:.2}  (disjoint: {})",
+            names(b),
+            c,
+            q.mos,
+            pick.backup_disjoint
+        );
     }
     let (r, last) = (&pick.primary[1], &pick.primary[2]);
     println!("\nthe link {} → {} goes down:", r, last);
-    let m = world.links.get(world.inventory.index_of(r).unwrap(), world.inventory.index_of(last).unwrap()).unwrap().metrics;
+    let m = world
+        .links
+        .get(
+            world.inventory.index_of(r).unwrap(),
+            world.inventory.index_of(last).unwrap(),
+        )
+        .unwrap()
+        .metrics;
     world.set_link(r, last, m, LinkHealth::Down).unwrap();
     let t = Instant::now();
     let next = engine.compute(&world, 1_000);
@@ -89,14 +126,33 @@ fn main() {
     let mut relays_by_region = std::collections::BTreeMap::new();
     for (_, _, e) in &gains {
         for r in &e.primary[1..e.primary.len() - 1] {
-            *relays_by_region.entry(world.inventory.get(r).unwrap().region.clone()).or_insert(0) += 1;
+            *relays_by_region
+                .entry(world.inventory.get(r).unwrap().region.clone())
+                .or_insert(0) += 1;
         }
     }
-    let Some(region) = relays_by_region.iter().max_by_key(|(_, c)| **c).map(|(r, _)| r.clone()) else { return };
+    let Some(region) = relays_by_region
+        .iter()
+        .max_by_key(|(_, c)| **c)
+        .map(|(r, _)| r.clone())
+    else {
+        return;
+    };
     let guard = GuardrailConfig::default();
-    let report = what_if(&world, engine.config(), &guard, &[Change::DrainRegion { region: region.clone() }]).unwrap();
+    let report = what_if(
+        &world,
+        engine.config(),
+        &guard,
+        &[Change::DrainRegion {
+            region: region.clone(),
+        }],
+    )
+    .unwrap();
     let mean = |v: &[topology::whatif::PairDelta]| {
-        v.iter().map(|d| f64::from(d.cost_after - d.cost_before)).sum::<f64>() / v.len().max(1) as f64
+        v.iter()
+            .map(|d| f64::from(d.cost_after - d.cost_before))
+            .sum::<f64>()
+            / v.len().max(1) as f64
     };
     println!(
         "\nwhat-if drain region {region} (the busiest relay region): {} pairs worse (mean +{:.1} ms of cost), {} better, capacity {} → {} sessions",
@@ -115,7 +171,15 @@ fn main() {
         .inventory
         .sites()
         .iter()
-        .find(|s| world.inventory.sites().iter().filter(|o| o.region == s.region).count() == 1)
+        .find(|s| {
+            world
+                .inventory
+                .sites()
+                .iter()
+                .filter(|o| o.region == s.region)
+                .count()
+                == 1
+        })
         .map(|s| s.id.clone());
     if let Some(site) = lonely {
         let req = DrainRequest {
