@@ -1,0 +1,283 @@
+//! Fast liveness: is the peer answering *right now*?
+//!
+//! Quality waits for windows; liveness must not. A probe counts as missed once its reply is
+//! later than an adaptive deadline taken from the link's own RTTs (`factor × p99 + margin`), and
+//! a run of consecutive misses declares the link down at once. The run length comes from the
+//! link's measured miss rate `p`: the smallest `k` with `p^k × probes per day` below the allowed
+//! false alarms per day, so random loss almost never looks like an outage while a clean link is
+//! declared down after a few probes. Time is a parameter (monotonic nanoseconds).
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// Liveness settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LivenessConfig {
+    /// Interval between probes to this peer. Default 100 ms (10 Hz).
+    pub probe_interval: Duration,
+    /// Deadline = `deadline_factor × RTT p99 + deadline_margin`. Default 1.5.
+    pub deadline_factor: f64,
+    /// Default 5 ms.
+    pub deadline_margin: Duration,
+    /// Deadline before any RTT is known. Default 1 s.
+    pub initial_deadline: Duration,
+    /// Shortest miss run that declares a link down. Default 3.
+    pub min_run: u32,
+    /// Longest. Default 12.
+    pub max_run: u32,
+    /// Allowed false `LinkDown` per link per day under the measured random loss. Default 0.5.
+    pub false_alarms_per_day: f64,
+    /// Probes seen before the miss rate is trusted; until then the run is `max_run`. Default 50.
+    pub warmup_probes: u32,
+}
+
+impl Default for LivenessConfig {
+    fn default() -> Self {
+        LivenessConfig {
+            probe_interval: Duration::from_millis(100),
+            deadline_factor: 1.5,
+            deadline_margin: Duration::from_millis(5),
+            initial_deadline: Duration::from_secs(1),
+            min_run: 3,
+            max_run: 12,
+            false_alarms_per_day: 0.5,
+            warmup_probes: 50,
+        }
+    }
+}
+
+/// A change of the link's liveness: the topology's own event, so that what the prober sees is
+/// exactly what the controller acts on.
+pub use topology::Liveness as LivenessEvent;
+
+const RTT_RING: usize = 256;
+
+/// The liveness state of one peer.
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    cfg: LivenessConfig,
+    /// Probes awaiting a reply or their deadline: (seq, sent ns), in send order.
+    pending: VecDeque<(u64, u64)>,
+    rtts_ns: VecDeque<u64>,
+    p99_ns: Option<u64>,
+    since_p99: usize,
+    miss_rate: f64,
+    seen: u32,
+    run: u32,
+    down: bool,
+}
+
+impl Liveness {
+    /// A fresh state: up, nothing pending.
+    pub fn new(cfg: LivenessConfig) -> Self {
+        Liveness {
+            cfg,
+            pending: VecDeque::new(),
+            rtts_ns: VecDeque::with_capacity(RTT_RING),
+            p99_ns: None,
+            since_p99: 0,
+            miss_rate: 0.0,
+            seen: 0,
+            run: 0,
+            down: false,
+        }
+    }
+
+    /// Whether the link is currently declared down.
+    pub fn is_down(&self) -> bool {
+        self.down
+    }
+
+    /// The current deadline after which a reply counts as missed.
+    pub fn deadline(&self) -> Duration {
+        match self.p99_ns {
+            Some(p99) => {
+                Duration::from_nanos((p99 as f64 * self.cfg.deadline_factor) as u64)
+                    + self.cfg.deadline_margin
+            }
+            None => self.cfg.initial_deadline,
+        }
+    }
+
+    /// The miss run that declares the link down, from the measured miss rate.
+    pub fn run_length(&self) -> u32 {
+        if self.seen < self.cfg.warmup_probes {
+            return self.cfg.max_run;
+        }
+        let per_day = 86_400.0 / self.cfg.probe_interval.as_secs_f64();
+        let p = self.miss_rate.clamp(1e-4, 0.9);
+        let k = (per_day / self.cfg.false_alarms_per_day).ln() / (1.0 / p).ln();
+        (k.ceil() as u32).clamp(self.cfg.min_run, self.cfg.max_run)
+    }
+
+    /// Records a probe sent at `now`.
+    pub fn on_send(&mut self, seq: u64, now: u64) {
+        self.pending.push_back((seq, now));
+    }
+
+    /// Records a reply to probe `seq` with round trip `rtt_ns`, received at `now`.
+    pub fn on_reply(&mut self, seq: u64, rtt_ns: u64, now: u64) -> Option<LivenessEvent> {
+        let _ = self.poll(now);
+        if let Some(i) = self.pending.iter().position(|&(s, _)| s == seq) {
+            // In time: every earlier pending probe is still within its deadline too.
+            self.pending.remove(i);
+            self.observe(false);
+            self.run = 0;
+        }
+        self.record_rtt(rtt_ns);
+        if self.down {
+            self.down = false;
+            self.run = 0;
+            return Some(LivenessEvent::Up);
+        }
+        None
+    }
+
+    /// Counts probes whose deadline has passed at `now` as misses; returns `Down` when a run
+    /// reaches its length.
+    pub fn poll(&mut self, now: u64) -> Option<LivenessEvent> {
+        let deadline = self.deadline().as_nanos() as u64;
+        let mut event = None;
+        while let Some(&(_, sent)) = self.pending.front() {
+            if now.saturating_sub(sent) <= deadline {
+                break;
+            }
+            self.pending.pop_front();
+            self.observe(true);
+            self.run += 1;
+            if !self.down && self.run >= self.run_length() {
+                self.down = true;
+                event = Some(LivenessEvent::Down);
+            }
+        }
+        event
+    }
+
+    /// The time at which the oldest pending probe misses its deadline, if any is pending.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let deadline = self.deadline().as_nanos() as u64;
+        self.pending.front().map(|&(_, sent)| sent + deadline + 1)
+    }
+
+    /// The connection itself is gone: down at once.
+    pub fn connection_lost(&mut self) -> Option<LivenessEvent> {
+        self.pending.clear();
+        if self.down {
+            return None;
+        }
+        self.down = true;
+        Some(LivenessEvent::Down)
+    }
+
+    fn observe(&mut self, missed: bool) {
+        self.seen = self.seen.saturating_add(1);
+        // About the last 200 probes; misses during an outage are not random loss, so they do
+        // not raise the rate the run length is chosen from.
+        // A plain mean over the first 200, then a moving one.
+        if !self.down {
+            let weight = f64::from(self.seen.min(200));
+            self.miss_rate += (f64::from(u8::from(missed)) - self.miss_rate) / weight;
+        }
+    }
+
+    fn record_rtt(&mut self, rtt_ns: u64) {
+        if self.rtts_ns.len() == RTT_RING {
+            self.rtts_ns.pop_front();
+        }
+        self.rtts_ns.push_back(rtt_ns);
+        self.since_p99 += 1;
+        if self.p99_ns.is_none() || self.since_p99 >= 16 {
+            let mut v: Vec<u64> = self.rtts_ns.iter().copied().collect();
+            v.sort_unstable();
+            self.p99_ns = Some(v[(v.len() - 1) * 99 / 100]);
+            self.since_p99 = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    /// Drives a link at 10 Hz: `reply(i)` says whether probe `i` comes back, `rtt(i)` after how
+    /// long. Returns (time, event) pairs.
+    fn drive(
+        probes: u64,
+        reply: impl Fn(u64) -> bool,
+        rtt: impl Fn(u64) -> u64,
+    ) -> Vec<(u64, LivenessEvent)> {
+        let mut l = Liveness::new(LivenessConfig::default());
+        let mut events = Vec::new();
+        let mut arrivals: Vec<(u64, u64, u64)> = Vec::new(); // (at, seq, rtt)
+        // Step the clock in 1 ms ticks.
+        let end = probes * 100 * MS + 2_000 * MS;
+        let mut t = 0;
+        while t <= end {
+            if t % (100 * MS) == 0 && t / (100 * MS) < probes {
+                let i = t / (100 * MS);
+                l.on_send(i, t);
+                if reply(i) {
+                    arrivals.push((t + rtt(i), i, rtt(i)));
+                }
+            }
+            arrivals.sort_unstable();
+            while arrivals.first().is_some_and(|a| a.0 <= t) {
+                let (_, seq, r) = arrivals.remove(0);
+                if let Some(e) = l.on_reply(seq, r, t) {
+                    events.push((t, e));
+                }
+            }
+            if let Some(e) = l.poll(t) {
+                events.push((t, e));
+            }
+            t += MS;
+        }
+        events
+    }
+
+    #[test]
+    fn a_blackhole_is_declared_within_half_a_second_and_healing_within_a_probe() {
+        // 40 ms RTT, clean; blackhole from probe 600 (t = 60 s) to probe 650.
+        let ev = drive(700, |i| !(600..650).contains(&i), |_| 40 * MS);
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        let (down_at, e) = ev[0];
+        assert_eq!(e, LivenessEvent::Down);
+        let detect = down_at - 600 * 100 * MS;
+        assert!(detect <= 500 * MS, "detected after {} ms", detect / MS);
+        let (up_at, e) = ev[1];
+        assert_eq!(e, LivenessEvent::Up);
+        assert!(up_at - 650 * 100 * MS <= 100 * MS);
+    }
+
+    #[test]
+    fn ten_minutes_of_five_percent_loss_each_way_never_looks_like_an_outage() {
+        // Round trip loss 1 − 0.95² = 9.75%, RTT 40 ms with a few ms of noise; seeded.
+        let coin = |i: u64, salt: u64| {
+            let mut z = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (z ^ (z >> 31)) as f64 / u64::MAX as f64
+        };
+        let ev = drive(
+            6_000,
+            |i| coin(i, 1) >= 0.05 && coin(i, 2) >= 0.05,
+            |i| 40 * MS + (coin(i, 3) * 4.0 * MS as f64) as u64,
+        );
+        assert!(ev.is_empty(), "false alarms: {ev:?}");
+    }
+
+    #[test]
+    fn the_run_length_grows_with_the_measured_loss() {
+        let mut l = Liveness::new(LivenessConfig::default());
+        assert_eq!(l.run_length(), 12, "untrusted before warm-up");
+        l.seen = 1000;
+        l.miss_rate = 0.0;
+        assert_eq!(l.run_length(), 3);
+        l.miss_rate = 0.0975;
+        assert_eq!(l.run_length(), 7);
+        l.miss_rate = 0.3;
+        assert_eq!(l.run_length(), 12);
+    }
+}
