@@ -2,17 +2,26 @@
 //!
 //! The pure parts — the datagram format ([`wire`]), one peer's probing state ([`session`]),
 //! windows ([`window`]) and fast liveness ([`liveness`]) — take time as a parameter and are
-//! tested with a simulated clock. The async shell only
-//! moves bytes and timers around them.
+//! tested with a simulated clock. The async shell ([`daemon`], with [`tls`], [`report`],
+//! [`metrics`] and [`http`]) only moves bytes and timers around them.
 
+pub mod config;
+pub mod daemon;
 pub mod error;
+pub mod http;
 pub mod liveness;
+pub mod metrics;
+pub mod report;
 pub mod session;
+pub mod tls;
 pub mod window;
 pub mod wire;
 
-pub use error::WireError;
+pub use config::{PeerConfig, ProberConfig, ReportConfig};
+pub use daemon::{Cause, Output, PeerLiveness, PeerWindow, ProberHandle, start};
+pub use error::ProberError;
 pub use liveness::{Liveness, LivenessConfig, LivenessEvent};
 pub use session::{PeerSession, Refused, ReplyKind, ReplyOutcome, SessionConfig};
+pub use tls::TlsFiles;
 pub use window::{Window, WindowReport, wilson};
 pub use wire::{Kind, MAX_PROBE, Probe};

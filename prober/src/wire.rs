@@ -14,7 +14,7 @@
 
 use topology::SiteId;
 
-use crate::error::WireError;
+use crate::error::ProberError;
 
 const MAGIC: [u8; 2] = *b"AX";
 /// The format version this prober speaks.
@@ -71,35 +71,37 @@ impl Probe {
     }
 
     /// Parses and checks a datagram; never panics, whatever the bytes.
-    pub fn decode(b: &[u8]) -> Result<Probe, WireError> {
+    pub fn decode(b: &[u8]) -> Result<Probe, ProberError> {
         if b.len() > MAX_PROBE {
-            return Err(WireError::Oversized(b.len()));
+            return Err(ProberError::Oversized(b.len()));
         }
         if b.len() >= 2 && b[..2] != MAGIC {
-            return Err(WireError::Foreign);
+            return Err(ProberError::Foreign);
         }
         if b.len() < HEADER {
-            return Err(WireError::Truncated(b.len()));
+            return Err(ProberError::Truncated(b.len()));
         }
         if b[2] != VERSION {
-            return Err(WireError::Version(b[2]));
+            return Err(ProberError::Version(b[2]));
         }
         let kind = match b[3] {
             1 => Kind::Probe,
             2 => Kind::Reply,
-            k => return Err(WireError::Kind(k)),
+            k => return Err(ProberError::Kind(k)),
         };
         let u64_at = |i: usize| u64::from_be_bytes(b[i..i + 8].try_into().expect("8 bytes, length checked"));
         let session = u32::from_be_bytes(b[4..8].try_into().expect("4 bytes, length checked"));
         let len = usize::from(b[24]);
-        let site = b.get(HEADER..HEADER + len).ok_or(WireError::Truncated(b.len()))?;
+        let site = b
+            .get(HEADER..HEADER + len)
+            .ok_or(ProberError::Truncated(b.len()))?;
         if b.len() > HEADER + len {
-            return Err(WireError::Trailing);
+            return Err(ProberError::Trailing);
         }
         let site = std::str::from_utf8(site)
             .ok()
             .and_then(|s| SiteId::new(s).ok())
-            .ok_or(WireError::Site)?;
+            .ok_or(ProberError::Site)?;
         Ok(Probe {
             kind,
             session,
@@ -139,28 +141,28 @@ mod tests {
     fn malformed_datagrams_are_refused_with_a_reason() {
         let mut b = Vec::new();
         probe().encode(&mut b);
-        assert_eq!(Probe::decode(&b[..10]), Err(WireError::Truncated(10)));
+        assert_eq!(Probe::decode(&b[..10]), Err(ProberError::Truncated(10)));
         assert_eq!(
             Probe::decode(&b[..b.len() - 1]),
-            Err(WireError::Truncated(b.len() - 1))
+            Err(ProberError::Truncated(b.len() - 1))
         );
-        assert_eq!(Probe::decode(&[0u8; 200]), Err(WireError::Oversized(200)));
+        assert_eq!(Probe::decode(&[0u8; 200]), Err(ProberError::Oversized(200)));
         assert_eq!(
             Probe::decode(b"GET / HTTP/1.1\r\n\r\n0123456789"),
-            Err(WireError::Foreign)
+            Err(ProberError::Foreign)
         );
         let mut v = b.clone();
         v[2] = 9;
-        assert_eq!(Probe::decode(&v), Err(WireError::Version(9)));
+        assert_eq!(Probe::decode(&v), Err(ProberError::Version(9)));
         let mut k = b.clone();
         k[3] = 0;
-        assert_eq!(Probe::decode(&k), Err(WireError::Kind(0)));
+        assert_eq!(Probe::decode(&k), Err(ProberError::Kind(0)));
         let mut s = b.clone();
         s[HEADER] = b' ';
-        assert_eq!(Probe::decode(&s), Err(WireError::Site));
+        assert_eq!(Probe::decode(&s), Err(ProberError::Site));
         let mut t = b.clone();
         t.push(0);
-        assert_eq!(Probe::decode(&t), Err(WireError::Trailing));
+        assert_eq!(Probe::decode(&t), Err(ProberError::Trailing));
     }
 
     #[test]

@@ -1,0 +1,138 @@
+//! `axon-prober`: probes every peer site over QUIC and reports to the controller.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use prober::{PeerConfig, ProberConfig};
+
+/// Measures RTT, loss and jitter to every peer site and reports them to the controller.
+#[derive(Debug, Parser)]
+#[command(name = "axon-prober", version)]
+struct Args {
+    /// TOML configuration file; flags override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// This prober's site id.
+    #[arg(long)]
+    site: Option<String>,
+    /// UDP address of the QUIC endpoint.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// HTTP address for /metrics and /healthz.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// A peer to probe, `SITE=ADDR`; repeatable; replaces the config's peers.
+    #[arg(long = "peer", value_parser = parse_peer)]
+    peers: Vec<PeerConfig>,
+    /// A controller endpoint (`http://host:port`); repeatable; replaces the config's.
+    #[arg(long = "controller")]
+    controllers: Vec<String>,
+    /// Interval between probes to one peer, ms.
+    #[arg(long)]
+    probe_interval_ms: Option<u64>,
+    /// CA certificate (PEM).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// This prober's certificate (PEM).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// This prober's private key (PEM).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Log as JSON lines instead of human text.
+    #[arg(long)]
+    log_json: bool,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn parse_peer(s: &str) -> Result<PeerConfig, String> {
+    let (site, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected SITE=ADDR, got {s:?}"))?;
+    let addr = addr.parse().map_err(|e| format!("{addr:?}: {e}"))?;
+    Ok(PeerConfig {
+        site: site.to_string(),
+        addr,
+    })
+}
+
+fn effective(args: &Args) -> anyhow::Result<ProberConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            ProberConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
+        }
+        None => ProberConfig::default(),
+    };
+    if let Some(s) = &args.site {
+        cfg.site = s.clone();
+    }
+    if let Some(a) = args.listen {
+        cfg.listen = a;
+    }
+    if let Some(a) = args.metrics_listen {
+        cfg.metrics_listen = Some(a);
+    }
+    if !args.peers.is_empty() {
+        cfg.peers = args.peers.clone();
+    }
+    if !args.controllers.is_empty() {
+        cfg.report.endpoints = args.controllers.clone();
+    }
+    if let Some(i) = args.probe_interval_ms {
+        cfg.probe_interval_ms = i;
+    }
+    if let Some(p) = &args.ca {
+        cfg.tls.ca = p.clone();
+    }
+    if let Some(p) = &args.cert {
+        cfg.tls.cert = p.clone();
+    }
+    if let Some(p) = &args.key {
+        cfg.tls.key = p.clone();
+    }
+    Ok(cfg)
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let run = || -> anyhow::Result<()> { tokio::runtime::Runtime::new()?.block_on(run(args)) };
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("axon-prober: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = effective(&args)?;
+    if args.print_config {
+        print!("{}", cfg.to_toml());
+        return Ok(());
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if args.log_json {
+        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    if let Err(e) = cfg.validate() {
+        bail!("{e}");
+    }
+    let prober = prober::start(cfg).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    prober.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,295 @@
+//! The prober's configuration: one TOML file, every key documented with its default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use topology::SiteId;
+
+use crate::error::ProberError;
+use crate::liveness::LivenessConfig;
+use crate::session::SessionConfig;
+use crate::tls::TlsFiles;
+
+/// One peer site to probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The peer's site id; its certificate must name it.
+    pub site: String,
+    /// The peer prober's QUIC address.
+    pub addr: SocketAddr,
+}
+
+/// Fast liveness tuning (see `liveness.rs` for the reasoning).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LivenessSettings {
+    /// Miss deadline = factor × RTT p99 + margin. Default 1.5.
+    pub deadline_factor: f64,
+    /// Default 5 ms.
+    pub deadline_margin_ms: u64,
+    /// Shortest miss run that declares a link down. Default 3.
+    pub min_run: u32,
+    /// Longest miss run. Default 12.
+    pub max_run: u32,
+    /// Allowed false `LinkDown` per link-day under the link's own random loss. Default 0.5.
+    pub false_alarms_per_day: f64,
+    /// Probes before the measured miss rate is trusted. Default 50.
+    pub warmup_probes: u32,
+}
+
+impl Default for LivenessSettings {
+    fn default() -> Self {
+        let d = LivenessConfig::default();
+        LivenessSettings {
+            deadline_factor: d.deadline_factor,
+            deadline_margin_ms: d.deadline_margin.as_millis() as u64,
+            min_run: d.min_run,
+            max_run: d.max_run,
+            false_alarms_per_day: d.false_alarms_per_day,
+            warmup_probes: d.warmup_probes,
+        }
+    }
+}
+
+/// Where reports go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportConfig {
+    /// Controller gRPC endpoints (`http://host:port`), tried in order; empty = do not report
+    /// (metrics only). Default empty.
+    pub endpoints: Vec<String>,
+    /// Reports kept while no controller takes them; the oldest are dropped first (counted by
+    /// `axon_report_dropped_total`). Default 100000 (about 30 min of 50 peers).
+    pub buffer: usize,
+    /// First re-connect delay, ms; doubles up to `backoff_max_ms`. Default 200.
+    pub backoff_min_ms: u64,
+    /// Default 5000.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        ReportConfig {
+            endpoints: Vec::new(),
+            buffer: 100_000,
+            backoff_min_ms: 200,
+            backoff_max_ms: 5_000,
+        }
+    }
+}
+
+/// The prober's whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProberConfig {
+    /// This prober's site id. Required.
+    pub site: String,
+    /// UDP address of the QUIC endpoint (probes in and out). Default `0.0.0.0:7400`.
+    pub listen: SocketAddr,
+    /// HTTP address for `/metrics` and `/healthz`; none = no HTTP. Default `127.0.0.1:9400`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Probes per second per peer = 1000 / this. Default 100 ms (10 Hz).
+    pub probe_interval_ms: u64,
+    /// Window length, ms. Default 1000.
+    pub window_ms: u64,
+    /// A probe unanswered this long (or 3 × RTT if longer) is lost, ms. Default 1000.
+    pub loss_timeout_ms: u64,
+    /// First re-dial delay after a connection fails, ms; doubles up to `redial_max_ms`.
+    /// Default 100.
+    pub redial_min_ms: u64,
+    /// Default 5000.
+    pub redial_max_ms: u64,
+    /// QUIC idle timeout: a connection silent this long is closed and re-dialled, ms.
+    /// Default 3000.
+    pub idle_timeout_ms: u64,
+    /// Fast liveness tuning.
+    pub liveness: LivenessSettings,
+    /// Certificates (mutual TLS is mandatory). Default files under `/etc/axon/`.
+    pub tls: TlsFiles,
+    /// The peers to probe. Default none.
+    pub peers: Vec<PeerConfig>,
+    /// Where reports go.
+    pub report: ReportConfig,
+}
+
+impl Default for ProberConfig {
+    fn default() -> Self {
+        ProberConfig {
+            site: String::new(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 7400)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9400))),
+            probe_interval_ms: 100,
+            window_ms: 1_000,
+            loss_timeout_ms: 1_000,
+            redial_min_ms: 100,
+            redial_max_ms: 5_000,
+            idle_timeout_ms: 3_000,
+            liveness: LivenessSettings::default(),
+            tls: TlsFiles {
+                ca: PathBuf::from("/etc/axon/ca.pem"),
+                cert: PathBuf::from("/etc/axon/prober.pem"),
+                key: PathBuf::from("/etc/axon/prober.key"),
+            },
+            peers: Vec::new(),
+            report: ReportConfig::default(),
+        }
+    }
+}
+
+impl ProberConfig {
+    /// Parses a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self, ProberError> {
+        toml::from_str(text).map_err(|e| ProberError::Config(e.to_string()))
+    }
+
+    /// The effective configuration as TOML (for `--print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// Checks every value and returns this site's id and the peers' ids.
+    pub fn validate(&self) -> Result<(SiteId, Vec<SiteId>), ProberError> {
+        let bad = |m: String| Err(ProberError::Config(m));
+        let site = SiteId::new(self.site.clone()).map_err(|e| ProberError::Config(format!("site: {e}")))?;
+        if !(10..=60_000).contains(&self.probe_interval_ms) {
+            return bad(format!(
+                "probe_interval_ms {} is outside 10..=60000",
+                self.probe_interval_ms
+            ));
+        }
+        if self.window_ms < self.probe_interval_ms || self.window_ms > 600_000 {
+            return bad(format!(
+                "window_ms {} must be ≥ probe_interval_ms and ≤ 600000",
+                self.window_ms
+            ));
+        }
+        if self.loss_timeout_ms == 0 || self.idle_timeout_ms == 0 {
+            return bad("loss_timeout_ms and idle_timeout_ms must be positive".into());
+        }
+        if self.redial_min_ms == 0 || self.redial_max_ms < self.redial_min_ms {
+            return bad("redial_min_ms must be positive and ≤ redial_max_ms".into());
+        }
+        let l = &self.liveness;
+        if !(l.deadline_factor.is_finite() && l.deadline_factor >= 1.0) {
+            return bad(format!(
+                "liveness.deadline_factor {} must be ≥ 1",
+                l.deadline_factor
+            ));
+        }
+        if l.min_run == 0 || l.max_run < l.min_run {
+            return bad("liveness.min_run must be positive and ≤ max_run".into());
+        }
+        if !(l.false_alarms_per_day.is_finite() && l.false_alarms_per_day > 0.0) {
+            return bad("liveness.false_alarms_per_day must be positive".into());
+        }
+        if self.report.buffer == 0 {
+            return bad("report.buffer must be positive".into());
+        }
+        let mut peers = Vec::with_capacity(self.peers.len());
+        for p in &self.peers {
+            let id = SiteId::new(p.site.clone()).map_err(|e| ProberError::Config(format!("peer: {e}")))?;
+            if id == site {
+                return bad(format!("peer {id} is this prober's own site"));
+            }
+            if peers.contains(&id) {
+                return bad(format!("peer {id} is listed twice"));
+            }
+            peers.push(id);
+        }
+        Ok((site, peers))
+    }
+
+    /// The per-peer session settings this config implies.
+    pub fn session(&self) -> SessionConfig {
+        let l = &self.liveness;
+        SessionConfig {
+            loss_timeout: Duration::from_millis(self.loss_timeout_ms),
+            liveness: LivenessConfig {
+                probe_interval: Duration::from_millis(self.probe_interval_ms),
+                deadline_factor: l.deadline_factor,
+                deadline_margin: Duration::from_millis(l.deadline_margin_ms),
+                min_run: l.min_run,
+                max_run: l.max_run,
+                false_alarms_per_day: l.false_alarms_per_day,
+                warmup_probes: l.warmup_probes,
+                ..LivenessConfig::default()
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_through_toml_and_unknown_keys_are_refused() {
+        let d = ProberConfig {
+            site: "aws-use1".into(),
+            ..Default::default()
+        };
+        assert_eq!(ProberConfig::from_toml(&d.to_toml()).unwrap(), d);
+        let err = ProberConfig::from_toml("site = \"a\"\nprobe_hz = 3\n").unwrap_err();
+        assert!(err.to_string().contains("probe_hz"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_refused_with_their_name() {
+        let base = ProberConfig {
+            site: "a".into(),
+            ..Default::default()
+        };
+        let cases: Vec<(ProberConfig, &str)> = vec![
+            (
+                ProberConfig {
+                    site: "".into(),
+                    ..base.clone()
+                },
+                "site",
+            ),
+            (
+                ProberConfig {
+                    probe_interval_ms: 1,
+                    ..base.clone()
+                },
+                "probe_interval_ms",
+            ),
+            (
+                ProberConfig {
+                    window_ms: 50,
+                    ..base.clone()
+                },
+                "window_ms",
+            ),
+            (
+                ProberConfig {
+                    peers: vec![PeerConfig {
+                        site: "a".into(),
+                        addr: "127.0.0.1:1".parse().unwrap(),
+                    }],
+                    ..base.clone()
+                },
+                "own site",
+            ),
+            (
+                ProberConfig {
+                    liveness: LivenessSettings {
+                        min_run: 5,
+                        max_run: 3,
+                        ..Default::default()
+                    },
+                    ..base.clone()
+                },
+                "min_run",
+            ),
+        ];
+        for (cfg, needle) in cases {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{e} should mention {needle}");
+        }
+        assert!(base.validate().is_ok());
+    }
+}

@@ -1,0 +1,164 @@
+//! Every metric the prober exports, in one place. Labels are bounded: `peer` comes from the
+//! configured peer list, `reason` and `state` from fixed sets.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use prometheus::{Gauge, GaugeVec};
+
+/// The prober's metrics and the registry that exports them.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Round-trip time of every in-time reply, seconds.
+    pub rtt: HistogramVec,
+    /// Loss ratio of the last closed window.
+    pub loss: GaugeVec,
+    /// RFC 3550 jitter at the last closed window, seconds.
+    pub jitter: GaugeVec,
+    /// Probes sent (or due while the connection was down).
+    pub sent: IntCounterVec,
+    /// Probes lost (timed out, or due while the connection was down).
+    pub lost: IntCounterVec,
+    /// 1 while liveness says the peer answers and its connection is up.
+    pub peer_up: IntGaugeVec,
+    /// Liveness changes, by peer and state (`down`/`up`).
+    pub liveness_events: IntCounterVec,
+    /// Datagrams refused, by reason.
+    pub dropped: IntCounterVec,
+    /// Probes reflected for peers.
+    pub reflected: IntCounter,
+    /// Connection attempts that failed, by peer.
+    pub dial_failures: IntCounterVec,
+    /// Reports dropped because the buffer was full while no controller took them.
+    pub report_dropped: IntCounter,
+    /// Reports waiting in the buffer.
+    pub report_buffered: IntGauge,
+    /// Reports acknowledged by a controller.
+    pub report_acked: IntCounter,
+    /// 1 while a report stream to a controller is open.
+    pub controller_connected: Gauge,
+    /// Time from a probe's scheduled tick to its send, seconds: the prober's own timer error.
+    pub send_lateness: Histogram,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    r.expect("metric definitions are static and valid")
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let rtt_buckets = vec![
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
+            0.75, 1.0, 2.0,
+        ];
+        let m = Metrics {
+            rtt: must(HistogramVec::new(
+                HistogramOpts::new("axon_probe_rtt_seconds", "Probe round-trip time.").buckets(rtt_buckets),
+                &["peer"],
+            )),
+            loss: must(GaugeVec::new(
+                Opts::new("axon_probe_loss_ratio", "Loss ratio of the last window."),
+                &["peer"],
+            )),
+            jitter: must(GaugeVec::new(
+                Opts::new(
+                    "axon_probe_jitter_seconds",
+                    "RFC 3550 jitter over RTT samples at the last window.",
+                ),
+                &["peer"],
+            )),
+            sent: must(IntCounterVec::new(
+                Opts::new("axon_probes_sent_total", "Probes sent."),
+                &["peer"],
+            )),
+            lost: must(IntCounterVec::new(
+                Opts::new("axon_probes_lost_total", "Probes lost."),
+                &["peer"],
+            )),
+            peer_up: must(IntGaugeVec::new(
+                Opts::new("axon_peer_up", "1 while the peer answers."),
+                &["peer"],
+            )),
+            liveness_events: must(IntCounterVec::new(
+                Opts::new("axon_probe_liveness_events_total", "Liveness changes."),
+                &["peer", "state"],
+            )),
+            dropped: must(IntCounterVec::new(
+                Opts::new(
+                    "axon_probe_datagrams_dropped_total",
+                    "Datagrams refused, by reason.",
+                ),
+                &["reason"],
+            )),
+            reflected: must(IntCounter::new(
+                "axon_probes_reflected_total",
+                "Probes reflected for peers.",
+            )),
+            dial_failures: must(IntCounterVec::new(
+                Opts::new("axon_probe_dial_failures_total", "Failed connection attempts."),
+                &["peer"],
+            )),
+            report_dropped: must(IntCounter::new(
+                "axon_report_dropped_total",
+                "Reports dropped (oldest first) while the buffer was full.",
+            )),
+            report_buffered: must(IntGauge::new(
+                "axon_report_buffered",
+                "Reports waiting for a controller.",
+            )),
+            report_acked: must(IntCounter::new(
+                "axon_report_acked_total",
+                "Reports acknowledged by a controller.",
+            )),
+            controller_connected: must(Gauge::new(
+                "axon_report_controller_connected",
+                "1 while a report stream is open.",
+            )),
+            send_lateness: must(Histogram::with_opts(
+                HistogramOpts::new(
+                    "axon_probe_send_lateness_seconds",
+                    "Delay from a probe's tick to its send.",
+                )
+                .buckets(vec![0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05]),
+            )),
+            registry,
+        };
+        let r = &m.registry;
+        must(r.register(Box::new(m.rtt.clone())));
+        must(r.register(Box::new(m.loss.clone())));
+        must(r.register(Box::new(m.jitter.clone())));
+        must(r.register(Box::new(m.sent.clone())));
+        must(r.register(Box::new(m.lost.clone())));
+        must(r.register(Box::new(m.peer_up.clone())));
+        must(r.register(Box::new(m.liveness_events.clone())));
+        must(r.register(Box::new(m.dropped.clone())));
+        must(r.register(Box::new(m.reflected.clone())));
+        must(r.register(Box::new(m.dial_failures.clone())));
+        must(r.register(Box::new(m.report_dropped.clone())));
+        must(r.register(Box::new(m.report_buffered.clone())));
+        must(r.register(Box::new(m.report_acked.clone())));
+        must(r.register(Box::new(m.controller_connected.clone())));
+        must(r.register(Box::new(m.send_lateness.clone())));
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            return format!("# encoding failed: {e}\n");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

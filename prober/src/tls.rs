@@ -1,0 +1,159 @@
+//! Mutual TLS for probe connections: every prober presents a certificate for its site id,
+//! signed by the mesh CA, and accepts only peers that do the same.
+//!
+//! Certificates are read from PEM files named in the config. The site id is the certificate's
+//! DNS subject alternative name, so a probe datagram's sender site can be checked against the
+//! identity the handshake proved.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ProberError;
+
+/// ALPN of the probe protocol: a peer speaking anything else is refused in the handshake.
+pub const ALPN: &[u8] = b"axon-probe/1";
+
+/// Where the PEM files are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsFiles {
+    /// The mesh CA certificate(s) that sign every prober's certificate.
+    pub ca: PathBuf,
+    /// This prober's certificate chain; its DNS name is the site id.
+    pub cert: PathBuf,
+    /// This prober's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Loaded certificates and the rustls configurations built from them.
+#[derive(Debug, Clone)]
+pub struct TlsMaterial {
+    /// Server side (reflector), requiring client certificates.
+    pub server: Arc<rustls::ServerConfig>,
+    /// Client side (prober dialling peers), presenting its certificate.
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ProberError> {
+    std::fs::read(path).map_err(|e| ProberError::Tls(format!("{}: {e}", path.display())))
+}
+
+fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ProberError> {
+    let pem = read(path)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| ProberError::Tls(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(ProberError::Tls(format!(
+            "{}: no certificate found",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+fn key(path: &Path) -> Result<PrivateKeyDer<'static>, ProberError> {
+    let pem = read(path)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| ProberError::Tls(format!("{}: {e}", path.display())))?
+        .ok_or_else(|| ProberError::Tls(format!("{}: no private key found", path.display())))
+}
+
+impl TlsMaterial {
+    /// Loads the files and builds both sides (TLS 1.3 only, ring provider).
+    pub fn load(files: &TlsFiles) -> Result<Self, ProberError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = |e: rustls::Error| ProberError::Tls(e.to_string());
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in certs(&files.ca)? {
+            roots.add(ca).map_err(tls)?;
+        }
+        let roots = Arc::new(roots);
+        let chain = certs(&files.cert)?;
+        let key = key(&files.key)?;
+
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .build()
+                .map_err(|e| ProberError::Tls(e.to_string()))?;
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(tls)?;
+        server.alpn_protocols = vec![ALPN.to_vec()];
+
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(tls)?;
+        client.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(TlsMaterial {
+            server: Arc::new(server),
+            client: Arc::new(client),
+        })
+    }
+}
+
+/// Whether the peer's verified end-entity certificate names `site`.
+pub fn cert_names_site(cert: &CertificateDer<'_>, site: &str) -> bool {
+    let Ok(name) = ServerName::try_from(site) else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(cert).is_ok_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
+}
+
+/// The end-entity certificate a QUIC connection's peer presented (verified in the handshake).
+pub fn peer_cert(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    let identity = conn.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    chain.first().cloned()
+}
+
+/// A development CA and one certificate per site, written as PEM files into `dir`
+/// (`ca.pem`, `<site>.pem`, `<site>.key`): what the lab and the tests run on. Production
+/// meshes bring certificates from their own CA.
+pub fn generate_mesh(dir: &Path, sites: &[&str]) -> Result<(), ProberError> {
+    let err = |e: rcgen::Error| ProberError::Tls(e.to_string());
+    let io = |e: std::io::Error| ProberError::io(format!("writing certificates to {}", dir.display()), e);
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "axon mesh CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().map_err(err)?)
+        .map_err(err)?;
+    std::fs::write(dir.join("ca.pem"), ca.pem()).map_err(io)?;
+    for site in sites {
+        let mut params = rcgen::CertificateParams::new(vec![(*site).to_string()]).map_err(err)?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, *site);
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = rcgen::KeyPair::generate().map_err(err)?;
+        let cert = params.signed_by(&key, &ca).map_err(err)?;
+        std::fs::write(dir.join(format!("{site}.pem")), cert.pem()).map_err(io)?;
+        std::fs::write(dir.join(format!("{site}.key")), key.serialize_pem()).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// The file names [`generate_mesh`] wrote for `site`.
+pub fn mesh_files(dir: &Path, site: &str) -> TlsFiles {
+    TlsFiles {
+        ca: dir.join("ca.pem"),
+        cert: dir.join(format!("{site}.pem")),
+        key: dir.join(format!("{site}.key")),
+    }
+}

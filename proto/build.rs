@@ -1,0 +1,11 @@
+//! Generates the axon.v1 messages and services with protoc (Debian: `protobuf-compiler`; the
+//! project's scripts install it when missing).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["axon/v1/probe.proto"];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    tonic_prost_build::configure().compile_protos(&protos, &["."])?;
+    Ok(())
+}
