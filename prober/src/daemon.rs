@@ -203,6 +203,15 @@ fn transport(cfg: &ProberConfig) -> Result<Arc<quinn::TransportConfig>, ProberEr
     t.max_concurrent_uni_streams(0u32.into());
     t.mtu_discovery_config(None);
     t.datagram_receive_buffer_size(Some(256 * 1024));
+    // Every reply would otherwise be acknowledged by a packet of its own 25 ms later (the
+    // default ACK delay is shorter than the probe interval). Asking the peer to wait a little
+    // longer than one interval lets each ACK ride on the next probe: about a third fewer
+    // packets on the wire. Datagrams are never retransmitted, so a later ACK costs nothing.
+    let interval = Duration::from_millis(cfg.probe_interval_ms);
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(10u32.into())
+        .max_ack_delay(Some((interval * 3 / 2).min(Duration::from_millis(500))));
+    t.ack_frequency_config(Some(ack));
     Ok(Arc::new(t))
 }
 
@@ -406,14 +415,28 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, cfg: PeerConfig, cancel: Ca
     let mut window_connected = false;
     let mut window_start = Clock::unix_ms();
     let mut out = Vec::with_capacity(MAX_PROBE);
+    let deadline_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(deadline_timer);
+    // Created once: a fresh cancellation future per wake-up would register a waiter each time.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
+    let mut armed_for: Option<u64> = None;
 
     loop {
-        let deadline = session
-            .next_deadline()
-            .map(|ns| tokio::time::Instant::now() + Duration::from_nanos(ns.saturating_sub(clock.now_ns())));
+        // One timer for the session's next deadline, re-armed only when the deadline moves:
+        // re-registering a fresh timer on every wake-up costs more than the probing itself.
+        let next = session.next_deadline();
+        if next != armed_for {
+            armed_for = next;
+            if let Some(ns) = next {
+                let at =
+                    tokio::time::Instant::now() + Duration::from_nanos(ns.saturating_sub(clock.now_ns()));
+                deadline_timer.as_mut().reset(at);
+            }
+        }
         tokio::select! {
             biased;
-            _ = cancel.cancelled() => break,
+            _ = &mut cancelled => break,
             r = async { match dialing.as_mut() { Some(d) => d.await, None => std::future::pending().await } } => {
                 dialing = None;
                 match r {
@@ -484,7 +507,8 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, cfg: PeerConfig, cancel: Ca
                 redial_at = None;
                 dialing = Some(dial(&shared, &peer, cfg.addr));
             }
-            _ = sleep_until_opt(deadline) => {
+            _ = deadline_timer.as_mut(), if armed_for.is_some() => {
+                armed_for = None;
                 if let Some(ev) = session.poll(clock.now_ns()) {
                     shared.metrics.peer_up.with_label_values(&label).set(0);
                     shared.emit_liveness(&peer, ev, Cause::Probes);
@@ -526,6 +550,10 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, cfg: PeerConfig, cancel: Ca
         }
     }
     if let Some(c) = conn {
+        let st = c.stats();
+        debug!(site = %me, peer = %peer, udp_tx = st.udp_tx.datagrams, udp_tx_bytes = st.udp_tx.bytes,
+            udp_rx = st.udp_rx.datagrams, acks_tx = st.frame_tx.acks, ack_freq_tx = st.frame_tx.ack_frequency,
+            datagrams_tx = st.frame_tx.datagram, pings_tx = st.frame_tx.ping, "connection closed");
         c.close(0u32.into(), b"shutdown");
     }
 }

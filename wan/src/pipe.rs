@@ -44,6 +44,8 @@ impl Default for EmulatorConfig {
 pub struct DirectionStats {
     /// Packets that entered.
     pub received: AtomicU64,
+    /// UDP payload bytes that entered (add 28 per packet for IPv4 + UDP headers).
+    pub received_bytes: AtomicU64,
     /// Packets sent on.
     pub sent: Arc<AtomicU64>,
     /// Dropped by random or burst loss.
@@ -202,6 +204,7 @@ async fn relay(
             }
         };
         dir.stats.received.fetch_add(1, Ordering::Relaxed);
+        dir.stats.received_bytes.fetch_add(len as u64, Ordering::Relaxed);
         let fate = dir
             .shaper
             .lock()

@@ -102,6 +102,8 @@ async fn loss_applies_to_its_own_direction_only() {
     assert!((ratio - 0.8).abs() < 0.045, "delivered {ratio}");
     let (f, b) = (pipe.stats(Way::Forward), pipe.stats(Way::Backward));
     assert_eq!(f.received.load(Ordering::Relaxed), u64::from(n));
+    // Each probe is a 4-byte payload.
+    assert_eq!(f.received_bytes.load(Ordering::Relaxed), 4 * u64::from(n));
     assert_eq!(
         f.lost.load(Ordering::Relaxed) + f.sent.load(Ordering::Relaxed),
         u64::from(n)

@@ -101,7 +101,20 @@ fn effective(args: &Args) -> anyhow::Result<ProberConfig> {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let run = || -> anyhow::Result<()> { tokio::runtime::Runtime::new()?.block_on(run(args)) };
+    let run = || -> anyhow::Result<()> {
+        let cfg = effective(&args)?;
+        let runtime = if cfg.worker_threads <= 1 {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(cfg.worker_threads)
+                .enable_all()
+                .build()?
+        };
+        runtime.block_on(run(args, cfg))
+    };
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -111,8 +124,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
-    let cfg = effective(&args)?;
+async fn run(args: Args, cfg: ProberConfig) -> anyhow::Result<()> {
     if args.print_config {
         print!("{}", cfg.to_toml());
         return Ok(());

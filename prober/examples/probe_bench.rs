@@ -1,0 +1,290 @@
+//! The prober's figures, measured on this machine through the userspace WAN emulator:
+//! RTT error against injected delays, loss estimates against injected loss, bytes on the wire
+//! per probed pair, and the CPU of a real `axon-prober` process probing 50 peers at 10 Hz.
+//!
+//! `cargo build --release -p axon-prober --bins --examples && target/release/examples/probe_bench`
+//! Environment: `AXON_BENCH_RTT_SECS` (default 30), `AXON_BENCH_LOSS_SECS` (default 30),
+//! `AXON_BENCH_CPU_SECS` (default 30).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use prober::tls::{generate_mesh, mesh_files};
+use prober::{Output, PeerConfig, ProberConfig, wilson};
+use tokio::sync::broadcast;
+use wan::{Emulator, EmulatorConfig, LinkParams, Way};
+
+fn secs(var: &str, default: u64) -> Duration {
+    Duration::from_secs(
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default),
+    )
+}
+
+fn config(dir: &std::path::Path, site: &str, peers: Vec<(String, SocketAddr)>) -> ProberConfig {
+    ProberConfig {
+        site: site.into(),
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        metrics_listen: None,
+        tls: mesh_files(dir, site),
+        peers: peers
+            .into_iter()
+            .map(|(site, addr)| PeerConfig { site, addr })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Collects windows for `run` after skipping the first two connected windows of each peer.
+async fn windows(
+    rx: &mut broadcast::Receiver<Output>,
+    run: Duration,
+) -> HashMap<String, Vec<prober::PeerWindow>> {
+    let mut out: HashMap<String, Vec<prober::PeerWindow>> = HashMap::new();
+    let mut skipped: HashMap<String, u32> = HashMap::new();
+    let end = Instant::now() + run;
+    while let Ok(Ok(o)) = tokio::time::timeout(end.saturating_duration_since(Instant::now()), rx.recv()).await
+    {
+        if let Output::Window(w) = o {
+            let s = skipped.entry(w.peer.to_string()).or_default();
+            if !w.connected || *s < 2 {
+                *s += u32::from(w.connected);
+                continue;
+            }
+            out.entry(w.peer.to_string()).or_default().push(w);
+        }
+    }
+    out
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').context("malformed /proc stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after ')'.
+    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
+    let dir = tempfile::tempdir()?;
+    let peers: Vec<String> = (0..50).map(|i| format!("p{i:02}")).collect();
+    let mut sites: Vec<&str> = vec!["a", "r5", "r40", "r150", "l1", "l5", "l20", "c"];
+    sites.extend(peers.iter().map(String::as_str));
+    generate_mesh(dir.path(), &sites)?;
+    let emu = Emulator::new(EmulatorConfig::default())?;
+
+    // 1. RTT error, and bytes on the wire on the 40 ms pair.
+    let rtts = [("r5", 5u64), ("r40", 40), ("r150", 150)];
+    let mut reflectors = Vec::new();
+    let mut pipes = Vec::new();
+    for (site, ms) in rtts {
+        let r = prober::start(config(dir.path(), site, vec![])).await?;
+        let (f, b) = wan::symmetric(Duration::from_millis(ms));
+        pipes.push(emu.pipe(r.local_addr, f, b)?);
+        reflectors.push(r);
+    }
+    let peers_cfg = rtts
+        .iter()
+        .zip(&pipes)
+        .map(|((s, _), p)| ((*s).to_string(), p.front_addr()))
+        .collect();
+    let mut cfg = config(dir.path(), "a", peers_cfg);
+    cfg.window_ms = 5_000;
+    let a = prober::start(cfg).await?;
+    let mut rx = a.subscribe();
+    let run = secs("AXON_BENCH_RTT_SECS", 30);
+    eprintln!("measuring RTT for {run:?} …");
+    // Bytes: count from after the warm-up to the end of the run.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let bytes0: Vec<(u64, u64)> = [Way::Forward, Way::Backward]
+        .iter()
+        .map(|w| {
+            let s = pipes[1].stats(*w);
+            (
+                s.received_bytes.load(Ordering::Relaxed),
+                s.received.load(Ordering::Relaxed),
+            )
+        })
+        .collect();
+    let t_bytes = Instant::now();
+    let got = windows(&mut rx, run).await;
+    let elapsed = t_bytes.elapsed().as_secs_f64();
+    let wire_bps: Vec<f64> = [Way::Forward, Way::Backward]
+        .iter()
+        .zip(&bytes0)
+        .map(|(w, (b0, p0))| {
+            let s = pipes[1].stats(*w);
+            let (b, p) = (
+                s.received_bytes.load(Ordering::Relaxed) - b0,
+                s.received.load(Ordering::Relaxed) - p0,
+            );
+            (b + 28 * p) as f64 * 8.0 / elapsed
+        })
+        .collect();
+    println!("\n## RTT error (measured − injected), {run:?} at 10 Hz, 5 s windows");
+    println!(
+        "| injected RTT | windows | p50 error (median over windows) | p99 error (median over windows) |"
+    );
+    println!("|---|---|---|---|");
+    for (site, ms) in rtts {
+        let ws = got.get(site).cloned().unwrap_or_default();
+        let e50 = median(ws.iter().map(|w| w.report.rtt_ms[1] - ms as f64).collect());
+        let e99 = median(ws.iter().map(|w| w.report.rtt_ms[3] - ms as f64).collect());
+        println!("| {ms} ms | {} | {e50:+.3} ms | {e99:+.3} ms |", ws.len());
+    }
+    println!("\n## Bytes on the wire, one probed pair at 10 Hz (IPv4 + UDP + QUIC)");
+    println!("| direction | kbit/s |");
+    println!("|---|---|");
+    println!("| prober → peer (probes, ACKs) | {:.2} |", wire_bps[0] / 1e3);
+    println!("| peer → prober (replies, ACKs) | {:.2} |", wire_bps[1] / 1e3);
+    a.shutdown().await;
+    for r in reflectors {
+        r.shutdown().await;
+    }
+    drop(pipes);
+
+    // 2. Loss estimates: loss injected on the forward way only, so the round-trip truth is it.
+    let losses = [("l1", 0.01), ("l5", 0.05), ("l20", 0.20)];
+    let mut reflectors = Vec::new();
+    let mut pipes = Vec::new();
+    for (site, p) in losses {
+        let r = prober::start(config(dir.path(), site, vec![])).await?;
+        let f = LinkParams {
+            delay: Duration::from_millis(10),
+            loss: p,
+            ..Default::default()
+        };
+        pipes.push(emu.pipe(r.local_addr, f, LinkParams::delay(Duration::from_millis(10)))?);
+        reflectors.push(r);
+    }
+    let peers_cfg = losses
+        .iter()
+        .zip(&pipes)
+        .map(|((s, _), p)| ((*s).to_string(), p.front_addr()))
+        .collect();
+    let mut cfg = config(dir.path(), "a", peers_cfg);
+    cfg.probe_interval_ms = 10;
+    let a = prober::start(cfg).await?;
+    let mut rx = a.subscribe();
+    let run = secs("AXON_BENCH_LOSS_SECS", 30);
+    eprintln!("measuring loss for {run:?} …");
+    let got = windows(&mut rx, run).await;
+    println!("\n## Loss estimate, {run:?} at 100 Hz, loss injected one way");
+    println!("| injected | probes | estimated | Wilson 95% interval | truth inside |");
+    println!("|---|---|---|---|---|");
+    for (site, p) in losses {
+        let ws = got.get(site).cloned().unwrap_or_default();
+        let lost: u32 = ws.iter().map(|w| w.report.lost).sum();
+        let n: u32 = ws.iter().map(|w| w.report.lost + w.report.received).sum();
+        let (lo, hi) = wilson(lost, n);
+        let est = f64::from(lost) / f64::from(n.max(1));
+        let inside = if lo <= p && p <= hi { "yes" } else { "no" };
+        println!(
+            "| {:.0}% | {n} | {:.2}% | [{:.2}%, {:.2}%] | {inside} |",
+            p * 100.0,
+            est * 100.0,
+            lo * 100.0,
+            hi * 100.0
+        );
+    }
+    a.shutdown().await;
+    for r in reflectors {
+        r.shutdown().await;
+    }
+    drop(pipes);
+
+    // 3. CPU of a real axon-prober process with 50 peers at 10 Hz, each peer probing it too.
+    let bin = std::env::current_exe()?
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("axon-prober"))
+        .context("locating axon-prober")?;
+    if !bin.exists() {
+        bail!(
+            "{} not found: cargo build --release -p axon-prober --bins --examples",
+            bin.display()
+        );
+    }
+    let c_addr = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+    let mut ps = Vec::new();
+    for site in &peers {
+        ps.push(prober::start(config(dir.path(), site, vec![("c".into(), c_addr)])).await?);
+    }
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut c_cfg = config(
+        dir.path(),
+        "c",
+        ps.iter()
+            .zip(&peers)
+            .map(|(p, s)| (s.clone(), p.local_addr))
+            .collect(),
+    );
+    c_cfg.listen = c_addr;
+    c_cfg.metrics_listen = Some(metrics_addr);
+    let cfg_path = dir.path().join("c.toml");
+    std::fs::write(&cfg_path, c_cfg.to_toml())?;
+    let mut child = std::process::Command::new(&bin)
+        .arg("--config")
+        .arg(&cfg_path)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let run = secs("AXON_BENCH_CPU_SECS", 30);
+    eprintln!("measuring prober CPU for {run:?} …");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let tick = 100.0; // USER_HZ on Linux
+    let (c0, t0) = (cpu_ticks(child.id())?, Instant::now());
+    tokio::time::sleep(run).await;
+    let (c1, wall) = (cpu_ticks(child.id())?, t0.elapsed().as_secs_f64());
+    let page = fetch(metrics_addr, "/metrics").await.unwrap_or_default();
+    let up = page
+        .lines()
+        .filter(|l| l.starts_with("axon_peer_up{") && l.ends_with(" 1"))
+        .count();
+    let sent: f64 = page
+        .lines()
+        .filter(|l| l.starts_with("axon_probes_sent_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let _ = child.kill();
+    let _ = child.wait();
+    let cpu = (c1 - c0) as f64 / tick / wall;
+    println!("\n## Prober CPU, one axon-prober process, 50 peers at 10 Hz each way");
+    println!("| peers up | probes sent | CPU (core-seconds per second) |");
+    println!("|---|---|---|");
+    println!("| {up} | {sent:.0} | {:.2}% of one core |", cpu * 100.0);
+    for p in ps {
+        p.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn fetch(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
+}
