@@ -163,6 +163,64 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(pipes);
 
+    // 1b. Blackhole detection: trials on a 40 ms link at 10 Hz.
+    let r = prober::start(config(dir.path(), "r40", vec![])).await?;
+    let (f, b) = wan::symmetric(Duration::from_millis(40));
+    let pipe = emu.pipe(r.local_addr, f.clone(), b)?;
+    let a = prober::start(config(dir.path(), "a", vec![("r40".into(), pipe.front_addr())])).await?;
+    let mut rx = a.subscribe();
+    tokio::time::sleep(Duration::from_secs(8)).await; // past liveness's warm-up
+    let trials = 15;
+    eprintln!("blackhole trials: {trials} …");
+    let mut detect = Vec::new();
+    for i in 0..trials {
+        // A random offset against the probe phase.
+        tokio::time::sleep(Duration::from_millis(1_500 + (i * 37) % 100)).await;
+        while rx.try_recv().is_ok() {}
+        let t0 = Instant::now();
+        pipe.set(
+            Way::Forward,
+            LinkParams {
+                blackhole: true,
+                ..f.clone()
+            },
+        )?;
+        let down = wait_event(&mut rx, prober::LivenessEvent::Down, Duration::from_secs(5)).await;
+        let took = t0.elapsed();
+        pipe.set(Way::Forward, f.clone())?;
+        if down {
+            detect.push(took.as_secs_f64() * 1e3);
+        }
+        wait_event(&mut rx, prober::LivenessEvent::Up, Duration::from_secs(10)).await;
+    }
+    let n = detect.len();
+    let mut sorted = detect.clone();
+    sorted.sort_by(f64::total_cmp);
+    println!("\n## Blackhole → LinkDown, 40 ms RTT at 10 Hz, {trials} trials");
+    println!("| detected | median | min | max |");
+    println!("|---|---|---|---|");
+    println!(
+        "| {n}/{trials} | {:.0} ms | {:.0} ms | {:.0} ms |",
+        median(detect),
+        sorted.first().copied().unwrap_or(f64::NAN),
+        sorted.last().copied().unwrap_or(f64::NAN)
+    );
+    a.shutdown().await;
+    r.shutdown().await;
+    drop(pipe);
+
+    // 1c. False LinkDown under 5% random loss each way: the liveness logic over simulated
+    // link-days (the same code the daemon runs, with time as a parameter).
+    let days = 10u64;
+    let (false_downs, probes) = simulate_false_downs(days);
+    println!("\n## False LinkDown at 5% random loss each way (9.75% round trip), 40 ± 2 ms RTT, 10 Hz");
+    println!("| simulated | probes | false LinkDown | per link-day |");
+    println!("|---|---|---|---|");
+    println!(
+        "| {days} link-days | {probes} | {false_downs} | {:.2} |",
+        false_downs as f64 / days as f64
+    );
+
     // 2. Loss estimates: loss injected on the forward way only, so the round-trip truth is it.
     let losses = [("l1", 0.01), ("l5", 0.05), ("l20", 0.20)];
     let mut reflectors = Vec::new();
@@ -277,6 +335,57 @@ async fn main() -> anyhow::Result<()> {
         p.shutdown().await;
     }
     Ok(())
+}
+
+/// Waits for a liveness event; false on timeout.
+async fn wait_event(
+    rx: &mut broadcast::Receiver<Output>,
+    want: prober::LivenessEvent,
+    within: Duration,
+) -> bool {
+    let end = Instant::now() + within;
+    while let Ok(r) = tokio::time::timeout(end.saturating_duration_since(Instant::now()), rx.recv()).await {
+        match r {
+            Ok(Output::Liveness(l)) if l.event == want => return true,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return false,
+        }
+    }
+    false
+}
+
+/// Runs `days` link-days of 10 Hz probes with 5% loss each way through the liveness logic;
+/// returns (LinkDown events, probes).
+fn simulate_false_downs(days: u64) -> (u64, u64) {
+    const MS: u64 = 1_000_000;
+    let mut state = 0x1234_5678_9abc_def0u64;
+    let mut unit = move || {
+        // splitmix64
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) as f64 / u64::MAX as f64
+    };
+    let mut l = prober::Liveness::new(prober::LivenessConfig::default());
+    let probes = days * 864_000;
+    let mut downs = 0;
+    for i in 0..probes {
+        let t = i * 100 * MS;
+        l.on_send(i, t);
+        let delivered = unit() >= 0.05 && unit() >= 0.05;
+        if delivered {
+            let rtt = 38 * MS + (unit() * 4.0 * MS as f64) as u64;
+            if l.poll(t + rtt) == Some(prober::LivenessEvent::Down) {
+                downs += 1;
+            }
+            let _ = l.on_reply(i, rtt, t + rtt);
+        }
+        if l.poll(t + 99 * MS) == Some(prober::LivenessEvent::Down) {
+            downs += 1;
+        }
+    }
+    (downs, probes)
 }
 
 async fn fetch(addr: SocketAddr, path: &str) -> anyhow::Result<String> {

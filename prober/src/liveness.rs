@@ -121,6 +121,15 @@ impl Liveness {
         if let Some(i) = self.pending.iter().position(|&(s, _)| s == seq) {
             // In time: every earlier pending probe is still within its deadline too.
             self.pending.remove(i);
+            // A run that ends in a reply before the link was declared down was random loss:
+            // only now do its misses count towards the miss rate. A run that declared the link
+            // down was an outage and never does, or every outage would lengthen the run needed
+            // to see the next one.
+            if !self.down {
+                for _ in 0..self.run {
+                    self.observe(true);
+                }
+            }
             self.observe(false);
             self.run = 0;
         }
@@ -143,7 +152,6 @@ impl Liveness {
                 break;
             }
             self.pending.pop_front();
-            self.observe(true);
             self.run += 1;
             if !self.down && self.run >= self.run_length() {
                 self.down = true;
@@ -169,15 +177,12 @@ impl Liveness {
         Some(LivenessEvent::Down)
     }
 
+    /// Feeds one probe's fate into the miss rate: a plain mean over the first 200 probes, then
+    /// a moving one over about the last 200.
     fn observe(&mut self, missed: bool) {
         self.seen = self.seen.saturating_add(1);
-        // About the last 200 probes; misses during an outage are not random loss, so they do
-        // not raise the rate the run length is chosen from.
-        // A plain mean over the first 200, then a moving one.
-        if !self.down {
-            let weight = f64::from(self.seen.min(200));
-            self.miss_rate += (f64::from(u8::from(missed)) - self.miss_rate) / weight;
-        }
+        let weight = f64::from(self.seen.min(200));
+        self.miss_rate += (f64::from(u8::from(missed)) - self.miss_rate) / weight;
     }
 
     fn record_rtt(&mut self, rtt_ns: u64) {
@@ -266,6 +271,27 @@ mod tests {
             |i| 40 * MS + (coin(i, 3) * 4.0 * MS as f64) as u64,
         );
         assert!(ev.is_empty(), "false alarms: {ev:?}");
+    }
+
+    #[test]
+    fn repeated_outages_do_not_slow_down_the_next_detection() {
+        // Clean 40 ms link; a 1 s blackhole every 3 s, fifteen times.
+        let dark = |i: u64| i >= 100 && (i - 100) % 30 < 10 && i < 100 + 15 * 30;
+        let ev = drive(100 + 15 * 30 + 50, |i| !dark(i), |_| 40 * MS);
+        let downs: Vec<u64> = ev
+            .iter()
+            .filter(|e| e.1 == LivenessEvent::Down)
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(downs.len(), 15, "{ev:?}");
+        for (k, at) in downs.iter().enumerate() {
+            let start = (100 + k as u64 * 30) * 100 * MS;
+            assert!(
+                at - start <= 500 * MS,
+                "outage {k} seen after {} ms",
+                (at - start) / MS
+            );
+        }
     }
 
     #[test]
