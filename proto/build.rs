@@ -2,7 +2,11 @@
 //! project's scripts install it when missing).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["axon/v1/probe.proto"];
+    let protos = [
+        "axon/v1/probe.proto",
+        "axon/v1/routes.proto",
+        "axon/v1/admin.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -1,6 +1,6 @@
 //! The prober's figures, measured on this machine through the userspace WAN emulator:
-//! RTT error against injected delays, loss estimates against injected loss, bytes on the wire
-//! per probed pair, and the CPU of a real `axon-prober` process probing 50 peers at 10 Hz.
+//! RTT error against injected delays, blackhole detection, the false-alarm rate, loss
+//! estimates against injected loss, bytes on the wire per probed pair, and the CPU of a real `axon-prober` process probing 50 peers at 10 Hz.
 //!
 //! `cargo build --release -p axon-prober --bins --examples && target/release/examples/probe_bench`
 //! Environment: `AXON_BENCH_RTT_SECS` (default 30), `AXON_BENCH_LOSS_SECS` (default 30),
@@ -16,6 +16,9 @@ use prober::tls::{generate_mesh, mesh_files};
 use prober::{Output, PeerConfig, ProberConfig, wilson};
 use tokio::sync::broadcast;
 use wan::{Emulator, EmulatorConfig, LinkParams, Way};
+
+/// The measuring site: a realistic id length, since probes carry it.
+const ME: &str = "aws-use1";
 
 fn secs(var: &str, default: u64) -> Duration {
     Duration::from_secs(
@@ -88,12 +91,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let peers: Vec<String> = (0..50).map(|i| format!("p{i:02}")).collect();
-    let mut sites: Vec<&str> = vec!["a", "r5", "r40", "r150", "l1", "l5", "l20", "c"];
+    let mut sites: Vec<&str> = vec![ME, "r5", "r40", "r150", "l1", "l5", "l20", "c"];
     sites.extend(peers.iter().map(String::as_str));
     generate_mesh(dir.path(), &sites)?;
     let emu = Emulator::new(EmulatorConfig::default())?;
 
-    // 1. RTT error, and bytes on the wire on the 40 ms pair.
+    // 1. RTT error, and bytes on the wire on each pair.
     let rtts = [("r5", 5u64), ("r40", 40), ("r150", 150)];
     let mut reflectors = Vec::new();
     let mut pipes = Vec::new();
@@ -108,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
         .zip(&pipes)
         .map(|((s, _), p)| ((*s).to_string(), p.front_addr()))
         .collect();
-    let mut cfg = config(dir.path(), "a", peers_cfg);
+    let mut cfg = config(dir.path(), ME, peers_cfg);
     cfg.window_ms = 5_000;
     let a = prober::start(cfg).await?;
     let mut rx = a.subscribe();
@@ -116,29 +119,39 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("measuring RTT for {run:?} …");
     // Bytes: count from after the warm-up to the end of the run.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let bytes0: Vec<(u64, u64)> = [Way::Forward, Way::Backward]
+    let bytes0: Vec<Vec<(u64, u64)>> = pipes
         .iter()
-        .map(|w| {
-            let s = pipes[1].stats(*w);
-            (
-                s.received_bytes.load(Ordering::Relaxed),
-                s.received.load(Ordering::Relaxed),
-            )
+        .map(|pipe| {
+            [Way::Forward, Way::Backward]
+                .iter()
+                .map(|w| {
+                    let s = pipe.stats(*w);
+                    (
+                        s.received_bytes.load(Ordering::Relaxed),
+                        s.received.load(Ordering::Relaxed),
+                    )
+                })
+                .collect()
         })
         .collect();
     let t_bytes = Instant::now();
     let got = windows(&mut rx, run).await;
     let elapsed = t_bytes.elapsed().as_secs_f64();
-    let wire_bps: Vec<f64> = [Way::Forward, Way::Backward]
+    // Wire bits per second per direction: UDP payload plus 28 bytes of IPv4 and UDP headers.
+    let wire_bps: Vec<Vec<f64>> = pipes
         .iter()
         .zip(&bytes0)
-        .map(|(w, (b0, p0))| {
-            let s = pipes[1].stats(*w);
-            let (b, p) = (
-                s.received_bytes.load(Ordering::Relaxed) - b0,
-                s.received.load(Ordering::Relaxed) - p0,
-            );
-            (b + 28 * p) as f64 * 8.0 / elapsed
+        .map(|(pipe, before)| {
+            [Way::Forward, Way::Backward]
+                .iter()
+                .zip(before)
+                .map(|(w, (b0, p0))| {
+                    let s = pipe.stats(*w);
+                    let b = s.received_bytes.load(Ordering::Relaxed) - b0;
+                    let p = s.received.load(Ordering::Relaxed) - p0;
+                    (b + 28 * p) as f64 * 8.0 / elapsed
+                })
+                .collect()
         })
         .collect();
     println!("\n## RTT error (measured − injected), {run:?} at 10 Hz, 5 s windows");
@@ -153,10 +166,11 @@ async fn main() -> anyhow::Result<()> {
         println!("| {ms} ms | {} | {e50:+.3} ms | {e99:+.3} ms |", ws.len());
     }
     println!("\n## Bytes on the wire, one probed pair at 10 Hz (IPv4 + UDP + QUIC)");
-    println!("| direction | kbit/s |");
-    println!("|---|---|");
-    println!("| prober → peer (probes, ACKs) | {:.2} |", wire_bps[0] / 1e3);
-    println!("| peer → prober (replies, ACKs) | {:.2} |", wire_bps[1] / 1e3);
+    println!("| RTT | prober → peer (probes, ACKs) kbit/s | peer → prober (replies, ACKs) kbit/s |");
+    println!("|---|---|---|");
+    for ((_, ms), bps) in rtts.iter().zip(&wire_bps) {
+        println!("| {ms} ms | {:.2} | {:.2} |", bps[0] / 1e3, bps[1] / 1e3);
+    }
     a.shutdown().await;
     for r in reflectors {
         r.shutdown().await;
@@ -167,7 +181,7 @@ async fn main() -> anyhow::Result<()> {
     let r = prober::start(config(dir.path(), "r40", vec![])).await?;
     let (f, b) = wan::symmetric(Duration::from_millis(40));
     let pipe = emu.pipe(r.local_addr, f.clone(), b)?;
-    let a = prober::start(config(dir.path(), "a", vec![("r40".into(), pipe.front_addr())])).await?;
+    let a = prober::start(config(dir.path(), ME, vec![("r40".into(), pipe.front_addr())])).await?;
     let mut rx = a.subscribe();
     tokio::time::sleep(Duration::from_secs(8)).await; // past liveness's warm-up
     let trials = 15;
@@ -240,7 +254,7 @@ async fn main() -> anyhow::Result<()> {
         .zip(&pipes)
         .map(|((s, _), p)| ((*s).to_string(), p.front_addr()))
         .collect();
-    let mut cfg = config(dir.path(), "a", peers_cfg);
+    let mut cfg = config(dir.path(), ME, peers_cfg);
     cfg.probe_interval_ms = 10;
     let a = prober::start(cfg).await?;
     let mut rx = a.subscribe();

@@ -99,6 +99,13 @@ impl RouteEngine {
         }
     }
 
+    /// Makes the next computation publish a new version even if no path changes: for changes
+    /// agents must see that are not paths (a drain that moves no route still makes its site
+    /// unready).
+    pub fn invalidate(&mut self) {
+        self.last = None;
+    }
+
     /// Computes the next table from a world snapshot taken at `now`.
     pub fn compute(&mut self, world: &World, now: TimestampMs) -> Computation {
         self.state.align(&world.inventory);

@@ -1,0 +1,103 @@
+//! `axon-agent`: holds this media node's route table and serves it on loopback.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use agent::AgentConfig;
+use anyhow::Context;
+use clap::Parser;
+
+/// Follows the controller's route table for this site and serves it to the media server.
+#[derive(Debug, Parser)]
+#[command(name = "axon-agent", version)]
+struct Args {
+    /// TOML configuration file; flags override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// This node's name.
+    #[arg(long)]
+    node: Option<String>,
+    /// This node's site.
+    #[arg(long)]
+    site: Option<String>,
+    /// A controller endpoint (`http://host:port`); repeatable; replaces the config's.
+    #[arg(long = "controller")]
+    controllers: Vec<String>,
+    /// The last-known-good table file.
+    #[arg(long)]
+    table_file: Option<PathBuf>,
+    /// Local HTTP API address.
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// Log as JSON lines instead of human text.
+    #[arg(long)]
+    log_json: bool,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn effective(args: &Args) -> anyhow::Result<AgentConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            AgentConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
+        }
+        None => AgentConfig::default(),
+    };
+    if let Some(n) = &args.node {
+        cfg.node = n.clone();
+    }
+    if let Some(s) = &args.site {
+        cfg.site = s.clone();
+    }
+    if !args.controllers.is_empty() {
+        cfg.controllers = args.controllers.clone();
+    }
+    if let Some(p) = &args.table_file {
+        cfg.table_file = p.clone();
+    }
+    if let Some(a) = args.http_listen {
+        cfg.http_listen = a;
+    }
+    Ok(cfg)
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let run = || -> anyhow::Result<()> {
+        let cfg = effective(&args)?;
+        if args.print_config {
+            print!("{}", cfg.to_toml());
+            return Ok(());
+        }
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+        if args.log_json {
+            tracing_subscriber::fmt().json().with_env_filter(filter).init();
+        } else {
+            tracing_subscriber::fmt().with_env_filter(filter).init();
+        }
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(async {
+                let handle = agent::start(cfg).await?;
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                tracing::info!("shutting down");
+                handle.shutdown().await;
+                anyhow::Ok(())
+            })
+    };
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("axon-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

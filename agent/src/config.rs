@@ -1,0 +1,75 @@
+//! The agent's configuration: one TOML file, every key documented with its default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::AgentError;
+
+/// The agent's whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// This media node's name, unique within its site. Default: the host name.
+    pub node: String,
+    /// The site this node is in. Required.
+    pub site: String,
+    /// Controller gRPC endpoints (`http://host:port`), tried in order with fail-over.
+    /// Default `["http://127.0.0.1:7500"]`.
+    pub controllers: Vec<String>,
+    /// Where the last-known-good table is kept. Default `/var/lib/axon/agent/table.pb`.
+    pub table_file: PathBuf,
+    /// Local HTTP API for the media server (loopback only). Default `127.0.0.1:9600`.
+    pub http_listen: SocketAddr,
+    /// A command run (via `sh -c`) after each applied table, with `AXON_VERSION` set; its
+    /// failure is logged, never fatal. Default none.
+    pub on_change: Option<String>,
+    /// First re-connect delay, ms; doubles up to `backoff_max_ms`. Default 200.
+    pub backoff_min_ms: u64,
+    /// Default 5000.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            node: std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into()),
+            site: String::new(),
+            controllers: vec!["http://127.0.0.1:7500".into()],
+            table_file: PathBuf::from("/var/lib/axon/agent/table.pb"),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 9600)),
+            on_change: None,
+            backoff_min_ms: 200,
+            backoff_max_ms: 5_000,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Parses a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self, AgentError> {
+        toml::from_str(text).map_err(|e| AgentError::Config(e.to_string()))
+    }
+
+    /// The effective configuration as TOML (for `--print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// Checks every value.
+    pub fn validate(&self) -> Result<(), AgentError> {
+        let bad = |m: &str| Err(AgentError::Config(m.into()));
+        topology::SiteId::new(self.site.clone()).map_err(|e| AgentError::Config(format!("site: {e}")))?;
+        if self.node.is_empty() || self.node.len() > 128 {
+            return bad("node must be 1..=128 bytes");
+        }
+        if self.controllers.is_empty() {
+            return bad("controllers: at least one endpoint");
+        }
+        if self.backoff_min_ms == 0 || self.backoff_max_ms < self.backoff_min_ms {
+            return bad("backoff_min_ms must be positive and ≤ backoff_max_ms");
+        }
+        Ok(())
+    }
+}

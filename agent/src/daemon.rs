@@ -1,0 +1,319 @@
+//! The async shell: the watch stream with fail-over, atomic apply, last-known-good, metrics.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use proto::v1 as pb;
+use proto::v1::route_distribution_client::RouteDistributionClient;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::AgentConfig;
+use crate::error::AgentError;
+use crate::persist;
+use crate::table::{Table, validate, version};
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The agent's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Version of the table held.
+    pub table_version: IntGauge,
+    /// Age of the table held (since it was computed), seconds; set at scrape time.
+    pub table_age: IntGauge,
+    /// Updates by result: `applied`, `refused`, `stale`, `repeat`.
+    pub updates: IntCounterVec,
+    /// 1 while a watch stream is open.
+    pub connected: IntGauge,
+    /// Failures to write the last-known-good file.
+    pub persist_failures: IntGauge,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    r.expect("metric definitions are static and valid")
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let m = Metrics {
+            registry: Registry::new(),
+            table_version: must(IntGauge::new(
+                "axon_agent_table_version",
+                "Version of the table held.",
+            )),
+            table_age: must(IntGauge::new(
+                "axon_agent_table_age_seconds",
+                "Age of the table held.",
+            )),
+            updates: must(IntCounterVec::new(
+                Opts::new("axon_agent_updates_total", "Route updates by result."),
+                &["result"],
+            )),
+            connected: must(IntGauge::new(
+                "axon_agent_controller_connected",
+                "1 while a watch stream is open.",
+            )),
+            persist_failures: must(IntGauge::new(
+                "axon_agent_persist_failures_total",
+                "Failures to write the last-known-good table.",
+            )),
+        };
+        for c in [&m.table_version, &m.table_age, &m.connected, &m.persist_failures] {
+            must(m.registry.register(Box::new(c.clone())));
+        }
+        must(m.registry.register(Box::new(m.updates.clone())));
+        m
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            return format!("# encoding failed: {e}\n");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// What the HTTP API reads.
+pub struct State {
+    /// This node's site.
+    pub site: String,
+    /// The table in force; replaced whole on apply (readers never see half a table).
+    pub table: RwLock<Option<Arc<Table>>>,
+    /// Whether the table came from the controller in this run (false: last-known-good).
+    pub from_controller: AtomicBool,
+    /// Whether a watch stream is open.
+    pub connected: AtomicBool,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+impl State {
+    /// The table in force.
+    pub fn table(&self) -> Option<Arc<Table>> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn install(&self, t: Table) {
+        self.metrics.table_version.set(version(&t.update).1 as i64);
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(t));
+    }
+}
+
+/// A running agent.
+pub struct AgentHandle {
+    /// The local HTTP API's address.
+    pub http_addr: SocketAddr,
+    /// What the API serves.
+    pub state: Arc<State>,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl AgentHandle {
+    /// Stops and waits for every task.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Starts an agent: serves the last-known-good table at once, then follows a controller.
+pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
+    cfg.validate()?;
+    let state = Arc::new(State {
+        site: cfg.site.clone(),
+        table: RwLock::new(None),
+        from_controller: AtomicBool::new(false),
+        connected: AtomicBool::new(false),
+        metrics: Metrics::new(),
+    });
+    match persist::load(&cfg.table_file, &cfg.site) {
+        Ok(Some(t)) => {
+            let age_s = now_ms().saturating_sub(t.update.computed_unix_ms) / 1_000;
+            info!(version = ?t.version(), age_s, "serving the last-known-good table");
+            state.install(t);
+        }
+        Ok(None) => info!("no last-known-good table yet"),
+        Err(e) => warn!(error = %e, "last-known-good table unusable; waiting for a controller"),
+    }
+    let listener = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .map_err(|e| AgentError::Io {
+            context: "bind HTTP".into(),
+            detail: e.to_string(),
+        })?;
+    let http_addr = listener.local_addr().map_err(|e| AgentError::Io {
+        context: "HTTP".into(),
+        detail: e.to_string(),
+    })?;
+    let cancel = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(crate::http::serve(listener, state.clone(), cancel.clone()));
+    tasks.spawn(watch_loop(cfg, state.clone(), cancel.clone()));
+    Ok(AgentHandle {
+        http_addr,
+        state,
+        cancel,
+        tasks,
+    })
+}
+
+async fn watch_loop(cfg: AgentConfig, state: Arc<State>, cancel: CancellationToken) {
+    let (min, max) = (
+        Duration::from_millis(cfg.backoff_min_ms),
+        Duration::from_millis(cfg.backoff_max_ms),
+    );
+    let mut backoff = min;
+    let mut hooks = JoinSet::new();
+    for endpoint in cfg.controllers.iter().cycle() {
+        let session = follow(endpoint, &cfg, &state, &mut hooks);
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = session => match r {
+                Ok(()) => backoff = min,
+                Err(e) => debug!(controller = %endpoint, error = %e, "watch stream ended"),
+            },
+        }
+        state.connected.store(false, Ordering::Relaxed);
+        state.metrics.connected.set(0);
+        let wait = backoff.mul_f64(rand::random_range(0.5..1.0));
+        backoff = (backoff * 2).min(max);
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    hooks.shutdown().await;
+}
+
+/// One watch session; returns when the stream ends.
+async fn follow(
+    endpoint: &str,
+    cfg: &AgentConfig,
+    state: &Arc<State>,
+    hooks: &mut JoinSet<()>,
+) -> Result<(), String> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel(16);
+    let held = state.table().map(|t| t.version());
+    let hello = pb::AgentHello {
+        node: cfg.node.clone(),
+        site: cfg.site.clone(),
+        applied: held.map(|(epoch, version)| pb::TableVersion { epoch, version }),
+        software: env!("CARGO_PKG_VERSION").into(),
+    };
+    tx.send(pb::AgentMessage {
+        body: Some(pb::agent_message::Body::Hello(hello)),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut updates = RouteDistributionClient::new(channel)
+        .watch(ReceiverStream::new(rx))
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    info!(controller = %endpoint, "watching routes");
+    state.connected.store(true, Ordering::Relaxed);
+    state.metrics.connected.set(1);
+    while let Some(update) = updates.message().await.map_err(|e| e.to_string())? {
+        let reply = apply(update, cfg, state, hooks);
+        tx.send(pb::AgentMessage { body: Some(reply) })
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Validates and applies one update; returns the Ack or Nack to send.
+fn apply(
+    update: pb::RouteUpdate,
+    cfg: &AgentConfig,
+    state: &State,
+    hooks: &mut JoinSet<()>,
+) -> pb::agent_message::Body {
+    let v = update.version;
+    let nonce = update.nonce.clone();
+    let held = state.table().map(|t| t.version());
+    match validate(update, &cfg.site, held, now_ms()) {
+        Ok(t) => {
+            if let Err(e) = persist::save(&cfg.table_file, &t) {
+                // The table is valid: apply it anyway. Only static stability is at risk.
+                warn!(error = %e, "cannot persist the table");
+                state.metrics.persist_failures.inc();
+            }
+            let (epoch, version) = t.version();
+            info!(epoch, version, rows = t.update.rows.len(), "route table applied");
+            state.install(t);
+            state.from_controller.store(true, Ordering::Relaxed);
+            state.metrics.updates.with_label_values(&["applied"]).inc();
+            if let Some(cmd) = cfg.on_change.clone() {
+                hooks.spawn(run_hook(cmd, version));
+            }
+            pb::agent_message::Body::Ack(pb::Ack { version: v, nonce })
+        }
+        Err(AgentError::Stale { got, held }) if got == held => {
+            // A resync of the table held: nothing to do, and say so.
+            state.from_controller.store(true, Ordering::Relaxed);
+            state.metrics.updates.with_label_values(&["repeat"]).inc();
+            pb::agent_message::Body::Ack(pb::Ack { version: v, nonce })
+        }
+        Err(e) => {
+            let label = if matches!(e, AgentError::Stale { .. }) {
+                "stale"
+            } else {
+                "refused"
+            };
+            warn!(error = %e, "route update refused; keeping the table held");
+            state.metrics.updates.with_label_values(&[label]).inc();
+            pb::agent_message::Body::Nack(pb::Nack {
+                version: v,
+                nonce,
+                error: e.to_string(),
+            })
+        }
+    }
+}
+
+async fn run_hook(cmd: String, version: u64) {
+    let r = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&cmd)
+        .env("AXON_VERSION", version.to_string())
+        .kill_on_drop(true)
+        .status()
+        .await;
+    match r {
+        Ok(s) if s.success() => {}
+        Ok(s) => warn!(command = %cmd, status = %s, "on_change hook failed"),
+        Err(e) => warn!(command = %cmd, error = %e, "on_change hook did not start"),
+    }
+}
+
+/// The default table file for a state directory (tests and the lab).
+pub fn table_file(dir: &std::path::Path) -> PathBuf {
+    dir.join("table.pb")
+}

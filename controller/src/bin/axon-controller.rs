@@ -1,0 +1,88 @@
+//! `axon-controller`: computes routes from probe reports and distributes them to agents.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use controller::ControllerConfig;
+
+/// Ingests probe reports, computes route tables, serves agents and axonctl.
+#[derive(Debug, Parser)]
+#[command(name = "axon-controller", version)]
+struct Args {
+    /// TOML configuration file; flags override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// gRPC address (probe ingest, agent watch, admin).
+    #[arg(long)]
+    grpc_listen: Option<SocketAddr>,
+    /// HTTP address for /metrics, /healthz, /readyz.
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// Snapshot file for drains and the version counter.
+    #[arg(long)]
+    snapshot: Option<PathBuf>,
+    /// Log as JSON lines instead of human text.
+    #[arg(long)]
+    log_json: bool,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn effective(args: &Args) -> anyhow::Result<ControllerConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            ControllerConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
+        }
+        None => ControllerConfig::default(),
+    };
+    if let Some(a) = args.grpc_listen {
+        cfg.grpc_listen = a;
+    }
+    if let Some(a) = args.http_listen {
+        cfg.http_listen = a;
+    }
+    if let Some(p) = &args.snapshot {
+        cfg.store.snapshot = Some(p.clone());
+    }
+    Ok(cfg)
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let run = || -> anyhow::Result<()> {
+        let cfg = effective(&args)?;
+        if args.print_config {
+            print!("{}", cfg.to_toml());
+            return Ok(());
+        }
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+        if args.log_json {
+            tracing_subscriber::fmt().json().with_env_filter(filter).init();
+        } else {
+            tracing_subscriber::fmt().with_env_filter(filter).init();
+        }
+        tokio::runtime::Runtime::new()?.block_on(async {
+            let handle = controller::start(cfg).await?;
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutting down");
+            handle.shutdown().await;
+            anyhow::Ok(())
+        })
+    };
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("axon-controller: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The controller's configuration: one TOML file, every key documented with its default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use topology::{EngineConfig, GuardrailConfig, Inventory, LinkStateConfig, Role, Site};
+
+use crate::error::ControllerError;
+
+/// One site of the inventory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// Unique site id (`aws-use1`).
+    pub id: String,
+    /// Region (`us-east`).
+    pub region: String,
+    /// Provider (`aws`, `gcp`, `metal`, …). Default `metal`.
+    #[serde(default = "default_provider")]
+    pub provider: String,
+    /// Latitude, degrees.
+    #[serde(default)]
+    pub lat: f64,
+    /// Longitude, degrees.
+    #[serde(default)]
+    pub lon: f64,
+    /// Concurrent sessions the site carries. Default 1000.
+    #[serde(default = "default_capacity")]
+    pub capacity: u32,
+    /// `active` or `shadow`. Default `active`.
+    #[serde(default)]
+    pub role: Role,
+}
+
+fn default_provider() -> String {
+    "metal".into()
+}
+
+fn default_capacity() -> u32 {
+    1_000
+}
+
+/// Where state that must survive a restart lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `memory` (embedded; the only kind so far). Default `memory`.
+    pub kind: String,
+    /// Snapshot file for drains and the version counter; none = nothing survives a restart.
+    /// Default none.
+    pub snapshot: Option<PathBuf>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: "memory".into(),
+            snapshot: None,
+        }
+    }
+}
+
+/// The controller's whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerConfig {
+    /// A name for this controller in logs and `axonctl status`. Default `controller`.
+    pub name: String,
+    /// gRPC address (probe ingest, agent watch, admin). Default `127.0.0.1:7500`.
+    pub grpc_listen: SocketAddr,
+    /// HTTP address for `/metrics`, `/healthz`, `/readyz`. Default `127.0.0.1:9500`.
+    pub http_listen: SocketAddr,
+    /// Route computation period, ms; a liveness event also triggers one at once. Default 1000.
+    pub tick_ms: u64,
+    /// Every agent gets its site's table again this often even without a change, ms.
+    /// Default 30000.
+    pub resync_ms: u64,
+    /// Windows stamped further than this in the future are refused, ms. Default 5000.
+    pub max_future_ms: u64,
+    /// Link cost, path search and hysteresis.
+    pub engine: EngineConfig,
+    /// Link smoothing and health thresholds.
+    pub links: LinkStateConfig,
+    /// Drain guardrails.
+    pub guardrails: GuardrailConfig,
+    /// State that survives restarts.
+    pub store: StoreConfig,
+    /// The site inventory. Default empty (required).
+    pub sites: Vec<SiteConfig>,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            name: "controller".into(),
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 7500)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 9500)),
+            tick_ms: 1_000,
+            resync_ms: 30_000,
+            max_future_ms: 5_000,
+            engine: EngineConfig::default(),
+            links: LinkStateConfig::default(),
+            guardrails: GuardrailConfig::default(),
+            store: StoreConfig::default(),
+            sites: Vec::new(),
+        }
+    }
+}
+
+impl ControllerConfig {
+    /// Parses a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self, ControllerError> {
+        toml::from_str(text).map_err(|e| ControllerError::Config(e.to_string()))
+    }
+
+    /// The effective configuration as TOML (for `--print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// Checks every value and builds the inventory.
+    pub fn validate(&self) -> Result<Inventory, ControllerError> {
+        let bad = |m: String| Err(ControllerError::Config(m));
+        if self.sites.is_empty() {
+            return bad("sites: the inventory is empty".into());
+        }
+        if !(10..=600_000).contains(&self.tick_ms) {
+            return bad(format!("tick_ms {} is outside 10..=600000", self.tick_ms));
+        }
+        if self.resync_ms < self.tick_ms {
+            return bad("resync_ms must be ≥ tick_ms".into());
+        }
+        if self.store.kind != "memory" {
+            return bad(format!(
+                "store.kind `{}`: only `memory` is available",
+                self.store.kind
+            ));
+        }
+        self.engine
+            .validate()
+            .map_err(|e| ControllerError::Config(format!("engine: {e}")))?;
+        let mut sites = Vec::with_capacity(self.sites.len());
+        for s in &self.sites {
+            let mut site = Site::new(&s.id, &s.region, &s.provider, s.lat, s.lon, s.capacity)
+                .map_err(|e| ControllerError::Config(format!("site {}: {e}", s.id)))?;
+            site.role = s.role;
+            sites.push(site);
+        }
+        Inventory::new(sites).map_err(|e| ControllerError::Config(e.to_string()))
+    }
+}

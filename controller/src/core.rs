@@ -1,0 +1,329 @@
+//! The controller's state machine, without I/O: reports in, tables and drains out.
+//!
+//! The gRPC services and the compute loop hold a [`Core`] behind a mutex and call it; every
+//! decision is delegated to `topology`. Time is a parameter, so the whole controller logic is
+//! tested synchronously.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use proto::v1 as pb;
+use topology::{
+    AutoDrainConfig, Computation, Drain, DrainRequest, DrainSet, DrainTarget, Epoch, Inventory, LinkState,
+    LinkTable, LinkWindow, Liveness, Reason, RouteEngine, RouteEntry, RouteTable, SiteId, TimestampMs,
+    Version, World, site_health,
+};
+
+use crate::config::ControllerConfig;
+use crate::error::ControllerError;
+use crate::store::Snapshot;
+use topology::drain::DrainImpact;
+
+fn reject(reason: &'static str, detail: impl Into<String>) -> ControllerError {
+    ControllerError::Rejected {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// Everything the controller knows and decides.
+#[derive(Debug)]
+pub struct Core {
+    cfg: ControllerConfig,
+    world: World,
+    /// `states[from * n + to]`.
+    states: Vec<LinkState>,
+    engine: RouteEngine,
+    table: Option<RouteTable>,
+    /// The last report sequence taken per prober instance.
+    reports: HashMap<(SiteId, u64), u64>,
+}
+
+impl Core {
+    /// A core for `inventory`, continuing from `snapshot` (drains, version counter).
+    pub fn new(
+        cfg: ControllerConfig,
+        inventory: Inventory,
+        snapshot: &Snapshot,
+    ) -> Result<Self, ControllerError> {
+        let n = inventory.len();
+        let mut world = World::new(inventory);
+        world.drains = DrainSet::from_drains(snapshot.drains.clone())?;
+        let engine = RouteEngine::new(
+            cfg.engine.clone(),
+            Epoch(snapshot.epoch.max(1)),
+            Version(snapshot.last_version + 1),
+        )?;
+        Ok(Core {
+            cfg,
+            world,
+            states: vec![LinkState::default(); n * n],
+            engine,
+            table: None,
+            reports: HashMap::new(),
+        })
+    }
+
+    /// The world as of the last computation.
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// The table in force.
+    pub fn table(&self) -> Option<&RouteTable> {
+        self.table.as_ref()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ControllerConfig {
+        &self.cfg
+    }
+
+    /// What to persist now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            epoch: self.table.as_ref().map_or(1, |t| t.id().epoch.0),
+            last_version: self.table.as_ref().map_or(0, |t| t.id().version.0),
+            drains: self.world.drains.list().to_vec(),
+        }
+    }
+
+    /// Whether a report numbered `seq` from this prober instance is new; an old number is a
+    /// replay or a resend after a reconnect, acknowledged but not applied again.
+    pub fn fresh_report(&mut self, site: &SiteId, instance: u64, seq: u64) -> bool {
+        let last = self.reports.entry((site.clone(), instance)).or_insert(0);
+        if seq <= *last {
+            return false;
+        }
+        *last = seq;
+        true
+    }
+
+    fn link_index(&self, from: &str, to: &str) -> Result<usize, ControllerError> {
+        let id = |s: &str| SiteId::new(s).map_err(|e| reject("malformed", e.to_string()));
+        let (from, to) = (id(from)?, id(to)?);
+        let inv = &self.world.inventory;
+        let a = inv
+            .index_of(&from)
+            .ok_or_else(|| reject("unknown_site", format!("unknown site `{from}`")))?;
+        let b = inv
+            .index_of(&to)
+            .ok_or_else(|| reject("unknown_site", format!("unknown site `{to}`")))?;
+        if a == b {
+            return Err(reject("self_link", format!("a link from `{from}` to itself")));
+        }
+        Ok(usize::from(a) * inv.len() + usize::from(b))
+    }
+
+    /// Takes one window, or refuses it with a reason; a refused window changes nothing.
+    pub fn window(
+        &mut self,
+        w: &pb::LinkWindow,
+        reporter: &SiteId,
+        now: TimestampMs,
+    ) -> Result<(), ControllerError> {
+        if w.from != reporter.as_str() {
+            return Err(reject(
+                "malformed",
+                format!("`{reporter}` reported a window from `{}`", w.from),
+            ));
+        }
+        let i = self.link_index(&w.from, &w.to)?;
+        let window = LinkWindow {
+            end_ms: w.end_unix_ms,
+            sent: w.sent,
+            received: w.received,
+            rtt_p50_ms: w.rtt_p50_ms,
+            rtt_p90_ms: w.rtt_p90_ms,
+            rtt_p99_ms: w.rtt_p99_ms,
+            jitter_ms: w.jitter_ms,
+        };
+        window.validate(now, self.cfg.max_future_ms).map_err(|e| {
+            let reason = if e.to_string().contains("future") {
+                "future"
+            } else {
+                "invalid"
+            };
+            reject(reason, e.to_string())
+        })?;
+        self.states[i]
+            .observe(&window, &self.cfg.links)
+            .map_err(|e| reject("replay", e.to_string()))
+    }
+
+    /// Takes a liveness event; it acts on the next computation (which the caller runs at once).
+    pub fn liveness(
+        &mut self,
+        e: &pb::LivenessEvent,
+        reporter: &SiteId,
+    ) -> Result<Liveness, ControllerError> {
+        if e.from != reporter.as_str() {
+            return Err(reject(
+                "malformed",
+                format!("`{reporter}` reported liveness from `{}`", e.from),
+            ));
+        }
+        let i = self.link_index(&e.from, &e.to)?;
+        let event = match pb::LinkLiveness::try_from(e.state) {
+            Ok(pb::LinkLiveness::Down) => Liveness::Down,
+            Ok(pb::LinkLiveness::Up) => Liveness::Up,
+            _ => return Err(reject("malformed", format!("liveness state {}", e.state))),
+        };
+        self.states[i].liveness(event);
+        Ok(event)
+    }
+
+    /// Refreshes link views at `now` and computes the next table.
+    pub fn compute(&mut self, now: TimestampMs) -> Computation {
+        let n = self.world.inventory.len();
+        let mut links = LinkTable::new(n);
+        for a in 0..n {
+            for b in 0..n {
+                if a != b {
+                    let view = self.states[a * n + b].view(now, &self.cfg.links);
+                    links.set(a as topology::SiteIdx, b as topology::SiteIdx, view);
+                }
+            }
+        }
+        self.world.links = Arc::new(links);
+        let c = self.engine.compute(&self.world, now);
+        self.table = Some(c.table.clone());
+        c
+    }
+
+    /// Makes the next computation publish a new version (drains changed).
+    pub fn invalidate(&mut self) {
+        self.engine.invalidate();
+    }
+
+    /// Per site: healthy enough to count for the last-healthy-site guardrail.
+    pub fn site_healthy(&self) -> Vec<bool> {
+        let health = site_health(
+            &self.world.inventory,
+            &self.world.links,
+            &AutoDrainConfig::default(),
+        );
+        health.iter().map(|h| !h.sick).collect()
+    }
+
+    /// Checks (and unless `dry_run`, records) a drain.
+    pub fn drain(&mut self, req: DrainRequest, dry_run: bool) -> Result<DrainImpact, ControllerError> {
+        let healthy = self.site_healthy();
+        let (inv, g) = (&self.world.inventory, &self.cfg.guardrails);
+        Ok(if dry_run {
+            self.world.drains.check(inv, &healthy, g, &req)?
+        } else {
+            self.world.drains.drain(inv, &healthy, g, req)?
+        })
+    }
+
+    /// Lifts a drain.
+    pub fn undrain(&mut self, target: &DrainTarget) -> Result<Drain, ControllerError> {
+        Ok(self.world.drains.undrain(target)?)
+    }
+
+    /// Sites drained now, regions expanded.
+    pub fn drained_sites(&self) -> Vec<SiteId> {
+        let mask = self.world.drains.drained_mask(&self.world.inventory);
+        self.world
+            .inventory
+            .sites()
+            .iter()
+            .zip(mask)
+            .filter(|(_, d)| *d)
+            .map(|(s, _)| s.id.clone())
+            .collect()
+    }
+}
+
+/// A human sentence for why a row is on its path.
+pub fn reason_text(r: &Reason) -> String {
+    match r {
+        Reason::NoRoute => "no usable path".into(),
+        Reason::Direct => "direct is best".into(),
+        Reason::RelayBeatsDirect { direct_cost } => format!("relay beats direct ({direct_cost:.1} ms)"),
+        Reason::DirectUnusable => "direct link unusable".into(),
+        Reason::Kept {
+            candidate_cost,
+            gain_needed,
+            streak,
+        } => {
+            format!("kept: candidate {candidate_cost:.1} ms has won {streak}× but needs {gain_needed:.1} ms")
+        }
+        Reason::Switched(s) => format!("switched: {s:?}"),
+    }
+}
+
+fn path(sites: &[SiteId], cost: f32, q: &topology::Quality) -> pb::RoutePath {
+    pb::RoutePath {
+        sites: sites.iter().map(ToString::to_string).collect(),
+        cost_ms: f64::from(cost),
+        mos: q.mos,
+        r_factor: q.r_factor,
+    }
+}
+
+/// One row on the wire.
+pub fn row(e: &RouteEntry) -> pb::RouteRow {
+    pb::RouteRow {
+        dst: e.dst.to_string(),
+        primary: Some(path(&e.primary, e.primary_cost, &e.primary_quality)),
+        backup: match (&e.backup, e.backup_cost, &e.backup_quality) {
+            (Some(b), Some(c), Some(q)) => Some(path(b, c, q)),
+            _ => None,
+        },
+        backup_disjoint: e.backup_disjoint,
+        reason: reason_text(&e.reason),
+    }
+}
+
+/// One drain on the wire.
+pub fn drain_entry(d: &Drain) -> pb::DrainEntry {
+    let (kind, name) = match &d.target {
+        DrainTarget::Site(s) => ("site", s.to_string()),
+        DrainTarget::Region(r) => ("region", r.to_string()),
+    };
+    pb::DrainEntry {
+        kind: kind.into(),
+        name,
+        reason: d.reason.clone(),
+        author: d.author.clone(),
+        at_unix_ms: d.at_ms,
+        origin: match d.origin {
+            topology::DrainOrigin::Operator => "operator".into(),
+            topology::DrainOrigin::Automatic => "auto".into(),
+        },
+        forced: d.forced,
+    }
+}
+
+/// The update an agent of `site` receives for `table`.
+pub fn site_update(
+    core: &Core,
+    table: &RouteTable,
+    site: &SiteId,
+    nonce: String,
+) -> Result<pb::RouteUpdate, ControllerError> {
+    let st = table.site_table(site)?;
+    let id = table.id();
+    Ok(pb::RouteUpdate {
+        version: Some(pb::TableVersion {
+            epoch: id.epoch.0,
+            version: id.version.0,
+        }),
+        nonce,
+        site: site.to_string(),
+        computed_unix_ms: st.computed_at_ms,
+        rows: st.rows.iter().map(row).collect(),
+        drains: core.world.drains.list().iter().map(drain_entry).collect(),
+        drained_sites: core.drained_sites().iter().map(ToString::to_string).collect(),
+        known_sites: core
+            .world
+            .inventory
+            .sites()
+            .iter()
+            .map(|s| s.id.to_string())
+            .collect(),
+        max_relays: u32::from(core.cfg.engine.paths.max_relays),
+    })
+}

@@ -1,0 +1,252 @@
+//! The async shell: one gRPC server (probe ingest, route distribution, admin), the compute
+//! loop, and `/metrics`, `/healthz`, `/readyz`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use proto::v1 as pb;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use topology::{RouteTable, SiteId};
+use tracing::{info, warn};
+
+use crate::config::ControllerConfig;
+use crate::core::{Core, site_update};
+use crate::error::ControllerError;
+use crate::metrics::Metrics;
+use crate::store::{MemoryStore, Store};
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A published table with every site's update prepared once (agents of a site share it).
+#[derive(Debug)]
+pub struct Published {
+    /// The table.
+    pub table: RouteTable,
+    /// Per site id: its update, nonce left empty (each send sets its own).
+    pub updates: HashMap<SiteId, pb::RouteUpdate>,
+}
+
+/// What the controller knows of one agent.
+#[derive(Debug, Clone, Default)]
+pub struct AgentRecord {
+    /// The agent's site.
+    pub site: String,
+    /// `(epoch, version)` it last acknowledged.
+    pub applied: (u64, u64),
+    /// Whether its watch stream is open.
+    pub connected: bool,
+    /// Last message, Unix ms.
+    pub last_seen_ms: u64,
+    /// Its last NACK, if the latest update was refused.
+    pub last_error: String,
+}
+
+/// State shared by every task and service.
+pub struct Shared {
+    /// The decision core.
+    pub core: Mutex<Core>,
+    /// Durable state.
+    pub store: Arc<dyn Store>,
+    /// The table in force, for the watch streams.
+    pub published: watch::Sender<Option<Arc<Published>>>,
+    /// Wakes the compute loop at once (liveness events, drains).
+    pub recompute: Notify,
+    /// Agents by node name.
+    pub agents: Mutex<HashMap<String, AgentRecord>>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// This controller's name.
+    pub name: String,
+    /// Re-send period for unchanged tables.
+    pub resync: Duration,
+    /// Cancelled at shutdown: every stream ends so the server can stop.
+    pub cancel: CancellationToken,
+}
+
+impl Shared {
+    /// The core, even if a panicking holder poisoned the lock (its state is still consistent:
+    /// every mutation is one call).
+    pub fn core(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The agent registry.
+    pub fn agents(&self) -> MutexGuard<'_, HashMap<String, AgentRecord>> {
+        self.agents.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Recounts agents on the latest table.
+    pub fn count_agents(&self) {
+        let latest = self.published.borrow().as_ref().map(|p| {
+            let id = p.table.id();
+            (id.epoch.0, id.version.0)
+        });
+        let agents = self.agents();
+        self.metrics
+            .agents_connected
+            .set(agents.values().filter(|a| a.connected).count() as i64);
+        self.metrics
+            .agents_latest
+            .set(agents.values().filter(|a| Some(a.applied) == latest).count() as i64);
+    }
+
+    /// Computes now and publishes a new table if it changed; persists the version counter.
+    pub fn compute_and_publish(&self) -> Result<bool, ControllerError> {
+        let started = Instant::now();
+        let mut core = self.core();
+        let c = core.compute(now_ms());
+        self.metrics.computations.inc();
+        self.metrics
+            .compute_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if !c.changed && self.published.borrow().is_some() {
+            return Ok(false);
+        }
+        self.store.save(&core.snapshot())?;
+        let mut updates = HashMap::new();
+        for site in core.world().inventory.sites() {
+            if site.role == topology::Role::Active
+                && let Ok(u) = site_update(&core, &c.table, &site.id, String::new())
+            {
+                updates.insert(site.id.clone(), u);
+            }
+        }
+        let id = c.table.id();
+        drop(core);
+        self.metrics.table_version.set(id.version.0 as i64);
+        info!(
+            epoch = id.epoch.0,
+            version = id.version.0,
+            "route table published"
+        );
+        self.published.send_replace(Some(Arc::new(Published {
+            table: c.table,
+            updates,
+        })));
+        self.count_agents();
+        Ok(true)
+    }
+}
+
+/// A running controller.
+pub struct ControllerHandle {
+    /// The gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// The HTTP address.
+    pub http_addr: SocketAddr,
+    /// Shared state (tests read it).
+    pub shared: Arc<Shared>,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl ControllerHandle {
+    /// Stops serving and waits for every task.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        // Streams end on cancellation; give the server a bounded grace period to drain.
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+            warn!("shutdown grace period over; aborting what is left");
+            self.tasks.shutdown().await;
+        }
+    }
+}
+
+/// Starts a controller.
+pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, ControllerError> {
+    let inventory = cfg.validate()?;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::open(cfg.store.snapshot.clone())?);
+    let snapshot = store.load()?;
+    let core = Core::new(cfg.clone(), inventory, &snapshot)?;
+    let (published, _) = watch::channel(None);
+    let cancel = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        core: Mutex::new(core),
+        store,
+        published,
+        recompute: Notify::new(),
+        agents: Mutex::new(HashMap::new()),
+        metrics: Metrics::new(),
+        name: cfg.name.clone(),
+        resync: Duration::from_millis(cfg.resync_ms),
+        cancel: cancel.clone(),
+    });
+    shared.compute_and_publish()?;
+
+    let mut tasks = JoinSet::new();
+    let grpc = tokio::net::TcpListener::bind(cfg.grpc_listen)
+        .await
+        .map_err(|e| ControllerError::io("bind gRPC", e))?;
+    let grpc_addr = grpc
+        .local_addr()
+        .map_err(|e| ControllerError::io("gRPC address", e))?;
+    let http = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .map_err(|e| ControllerError::io("bind HTTP", e))?;
+    let http_addr = http
+        .local_addr()
+        .map_err(|e| ControllerError::io("HTTP address", e))?;
+
+    let svc = crate::services::Services(shared.clone());
+    let stop = cancel.clone();
+    tasks.spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .add_service(pb::probe_ingest_server::ProbeIngestServer::new(svc.clone()))
+            .add_service(pb::route_distribution_server::RouteDistributionServer::new(
+                svc.clone(),
+            ))
+            .add_service(pb::admin_server::AdminServer::new(svc))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                stop.cancelled_owned(),
+            )
+            .await;
+        if let Err(e) = r {
+            warn!(error = %e, "gRPC server stopped");
+        }
+    });
+    tasks.spawn(crate::http::serve(http, shared.clone(), cancel.clone()));
+    tasks.spawn(compute_loop(
+        shared.clone(),
+        Duration::from_millis(cfg.tick_ms),
+        cancel.clone(),
+    ));
+    info!(name = %cfg.name, grpc = %grpc_addr, http = %http_addr, "controller started");
+    Ok(ControllerHandle {
+        grpc_addr,
+        http_addr,
+        shared,
+        cancel,
+        tasks,
+    })
+}
+
+async fn compute_loop(shared: Arc<Shared>, tick: Duration, cancel: CancellationToken) {
+    let mut timer = tokio::time::interval(tick);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = timer.tick() => {}
+            _ = shared.recompute.notified() => {}
+        }
+        // The computation is CPU work: keep it off the runtime's I/O threads.
+        let s = shared.clone();
+        match tokio::task::spawn_blocking(move || s.compute_and_publish()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "computation not published"),
+            Err(e) => warn!(error = %e, "computation task failed"),
+        }
+    }
+}

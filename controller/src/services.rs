@@ -1,0 +1,541 @@
+//! The gRPC services: probe ingest, route distribution (agent `Watch`) and the admin API.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::v1 as pb;
+use proto::v1::{probe_report, prober_message};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use topology::{DrainOrigin, DrainRequest, DrainTarget, RegionId, SiteId};
+use tracing::{debug, info, warn};
+
+use crate::core::{drain_entry, row};
+use crate::daemon::{AgentRecord, Shared, now_ms};
+use crate::error::ControllerError;
+
+/// Every service over the same shared state.
+#[derive(Clone)]
+pub struct Services(pub Arc<Shared>);
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// How long a new stream may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn site_id(s: &str) -> Result<SiteId, Status> {
+    SiteId::new(s).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl pb::probe_ingest_server::ProbeIngest for Services {
+    type ReportStream = BoxStream<pb::ReportAck>;
+
+    async fn report(
+        &self,
+        req: Request<Streaming<pb::ProberMessage>>,
+    ) -> Result<Response<Self::ReportStream>, Status> {
+        let mut inbound = req.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(pb::ProberMessage {
+                body: Some(prober_message::Body::Hello(h)),
+            }))) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a report stream must open with ProberHello",
+                ));
+            }
+        };
+        let site = site_id(&hello.site)?;
+        if self.0.core().world().inventory.index_of(&site).is_none() {
+            self.0.metrics.rejected.with_label_values(&["unknown_site"]).inc();
+            return Err(Status::not_found(format!("unknown site `{site}`")));
+        }
+        info!(site = %site, instance = hello.instance, "prober connected");
+        let (tx, rx) = mpsc::channel(64);
+        let shared = self.0.clone();
+        tokio::spawn(async move {
+            let mut rejected = 0u64;
+            loop {
+                let m = tokio::select! {
+                    _ = shared.cancel.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("controller shutting down"))).await;
+                        break;
+                    }
+                    m = inbound.message() => match m {
+                        Ok(Some(m)) => m,
+                        _ => break,
+                    },
+                };
+                let Some(prober_message::Body::Report(r)) = m.body else {
+                    continue;
+                };
+                let seq = r.seq;
+                let mut wake = false;
+                {
+                    let mut core = shared.core();
+                    if core.fresh_report(&site, hello.instance, seq) {
+                        let result = match &r.body {
+                            Some(probe_report::Body::Window(w)) => {
+                                shared.metrics.reports.with_label_values(&["window"]).inc();
+                                core.window(w, &site, now_ms())
+                            }
+                            Some(probe_report::Body::Liveness(e)) => {
+                                shared.metrics.reports.with_label_values(&["liveness"]).inc();
+                                core.liveness(e, &site).map(|ev| {
+                                    info!(from = %e.from, to = %e.to, event = ?ev, "link liveness");
+                                    wake = true;
+                                })
+                            }
+                            None => Err(ControllerError::Rejected {
+                                reason: "malformed",
+                                detail: "empty report".into(),
+                            }),
+                        };
+                        if let Err(e) = result {
+                            rejected += 1;
+                            let reason = match &e {
+                                ControllerError::Rejected { reason, .. } => *reason,
+                                _ => "invalid",
+                            };
+                            shared.metrics.rejected.with_label_values(&[reason]).inc();
+                            debug!(site = %site, error = %e, "report rejected");
+                        }
+                    } else {
+                        shared.metrics.rejected.with_label_values(&["replay"]).inc();
+                    }
+                }
+                if wake {
+                    shared.recompute.notify_one();
+                }
+                let ack = pb::ReportAck {
+                    acked_through: seq,
+                    rejected,
+                    leader_hint: String::new(),
+                };
+                if tx.send(Ok(ack)).await.is_err() {
+                    break;
+                }
+            }
+            debug!(site = %site, "prober stream ended");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn version_of(p: &Option<pb::TableVersion>) -> (u64, u64) {
+    p.as_ref().map_or((0, 0), |v| (v.epoch, v.version))
+}
+
+#[tonic::async_trait]
+impl pb::route_distribution_server::RouteDistribution for Services {
+    type WatchStream = BoxStream<pb::RouteUpdate>;
+
+    async fn watch(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let mut inbound = req.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(pb::AgentMessage {
+                body: Some(pb::agent_message::Body::Hello(h)),
+            }))) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a watch stream must open with AgentHello",
+                ));
+            }
+        };
+        let site = site_id(&hello.site)?;
+        if hello.node.is_empty() || hello.node.len() > 128 {
+            return Err(Status::invalid_argument("node name must be 1..=128 bytes"));
+        }
+        if self.0.core().world().inventory.index_of(&site).is_none() {
+            return Err(Status::not_found(format!("unknown site `{site}`")));
+        }
+        let node = hello.node.clone();
+        debug!(node = %node, site = %site, applied = ?version_of(&hello.applied), "agent connected");
+        self.0.agents().insert(
+            node.clone(),
+            AgentRecord {
+                site: site.to_string(),
+                applied: version_of(&hello.applied),
+                connected: true,
+                last_seen_ms: now_ms(),
+                last_error: String::new(),
+            },
+        );
+        self.0.count_agents();
+        let (tx, rx) = mpsc::channel(4);
+        let shared = self.0.clone();
+        tokio::spawn(async move {
+            let mut tables = shared.published.subscribe();
+            let mut resync =
+                tokio::time::interval_at(tokio::time::Instant::now() + shared.resync, shared.resync);
+            let mut nonce = 0u64;
+            // Send the table in force at once, then on every change and every resync period.
+            let mut send_now = true;
+            loop {
+                if send_now {
+                    send_now = false;
+                    let update = tables
+                        .borrow_and_update()
+                        .as_ref()
+                        .and_then(|p| p.updates.get(&site).cloned());
+                    if let Some(mut u) = update {
+                        nonce += 1;
+                        u.nonce = format!("{node}-{nonce}");
+                        if tx.send(Ok(u)).await.is_err() {
+                            break;
+                        }
+                        shared.metrics.updates_sent.inc();
+                    }
+                }
+                tokio::select! {
+                    _ = shared.cancel.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("controller shutting down"))).await;
+                        break;
+                    }
+                    changed = tables.changed() => {
+                        if changed.is_err() { break; }
+                        send_now = true;
+                    }
+                    _ = resync.tick() => send_now = true,
+                    m = inbound.message() => match m {
+                        Ok(Some(pb::AgentMessage { body: Some(body) })) => {
+                            let mut agents = shared.agents();
+                            let rec = agents.entry(node.clone()).or_default();
+                            rec.last_seen_ms = now_ms();
+                            match body {
+                                pb::agent_message::Body::Ack(a) => {
+                                    rec.applied = version_of(&a.version);
+                                    rec.last_error.clear();
+                                }
+                                pb::agent_message::Body::Nack(n) => {
+                                    warn!(node = %node, error = %n.error, "agent refused an update");
+                                    shared.metrics.nacks.inc();
+                                    rec.last_error = n.error;
+                                }
+                                pb::agent_message::Body::Hello(_) | pb::agent_message::Body::Status(_) => {}
+                            }
+                            drop(agents);
+                            shared.count_agents();
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => break,
+                    },
+                }
+            }
+            if let Some(rec) = shared.agents().get_mut(&node) {
+                rec.connected = false;
+            }
+            shared.count_agents();
+            debug!(node = %node, "agent disconnected");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn table_version(shared: &Shared) -> Option<pb::TableVersion> {
+    shared.published.borrow().as_ref().map(|p| {
+        let id = p.table.id();
+        pb::TableVersion {
+            epoch: id.epoch.0,
+            version: id.version.0,
+        }
+    })
+}
+
+fn target(kind: &str, name: &str) -> Result<DrainTarget, Status> {
+    match kind {
+        "site" => Ok(DrainTarget::Site(site_id(name)?)),
+        "region" => Ok(DrainTarget::Region(
+            RegionId::new(name).map_err(|e| Status::invalid_argument(e.to_string()))?,
+        )),
+        k => Err(Status::invalid_argument(format!(
+            "drain kind `{k}`: expected site or region"
+        ))),
+    }
+}
+
+fn topology_status(e: ControllerError) -> Status {
+    match e {
+        ControllerError::Topology(topology::TopologyError::UnknownSite(s)) => {
+            Status::not_found(format!("unknown site `{s}`"))
+        }
+        ControllerError::Topology(topology::TopologyError::UnknownRegion(r)) => {
+            Status::not_found(format!("unknown region `{r}`"))
+        }
+        ControllerError::Topology(t @ topology::TopologyError::GuardrailRefused { .. }) => {
+            Status::failed_precondition(t.to_string())
+        }
+        ControllerError::Topology(
+            t @ (topology::TopologyError::AlreadyDrained(_) | topology::TopologyError::NotDrained(_)),
+        ) => Status::failed_precondition(t.to_string()),
+        e => Status::invalid_argument(e.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for Services {
+    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+        let s = &self.0;
+        let version = table_version(s);
+        let latest = version_of(&version);
+        let (sites, up, down, computed) = {
+            let core = s.core();
+            let links = &core.world().links;
+            let n = core.world().inventory.len();
+            let (mut up, mut down) = (0, 0);
+            for a in 0..n {
+                for b in 0..n {
+                    match links
+                        .get(a as topology::SiteIdx, b as topology::SiteIdx)
+                        .map(|v| v.health)
+                    {
+                        Some(topology::LinkHealth::Down) => down += 1,
+                        Some(_) => up += 1,
+                        None => {}
+                    }
+                }
+            }
+            (n as u32, up, down, core.table().map_or(0, |t| t.computed_at_ms()))
+        };
+        let agents: Vec<pb::AgentState> = s
+            .agents()
+            .iter()
+            .map(|(node, a)| pb::AgentState {
+                node: node.clone(),
+                site: a.site.clone(),
+                applied: Some(pb::TableVersion {
+                    epoch: a.applied.0,
+                    version: a.applied.1,
+                }),
+                connected: a.connected,
+                last_seen_unix_ms: a.last_seen_ms,
+                last_error: a.last_error.clone(),
+            })
+            .collect();
+        let on_latest = agents.iter().filter(|a| version_of(&a.applied) == latest).count() as u32;
+        Ok(Response::new(pb::StatusReply {
+            controller: s.name.clone(),
+            leader: true,
+            table: version,
+            computed_unix_ms: computed,
+            sites,
+            links_up: up,
+            links_down: down,
+            agents_latest: on_latest,
+            agents_behind: agents.len() as u32 - on_latest,
+            agents,
+        }))
+    }
+
+    async fn sites(&self, _: Request<pb::SitesRequest>) -> Result<Response<pb::SitesReply>, Status> {
+        let core = self.0.core();
+        let drained = core.drained_sites();
+        let sites = core
+            .world()
+            .inventory
+            .sites()
+            .iter()
+            .map(|s| pb::SiteInfo {
+                id: s.id.to_string(),
+                region: s.region.to_string(),
+                provider: s.provider.clone(),
+                lat: s.lat,
+                lon: s.lon,
+                capacity: f64::from(s.capacity),
+                role: match s.role {
+                    topology::Role::Active => "active".into(),
+                    topology::Role::Shadow => "shadow".into(),
+                },
+                drained: drained.contains(&s.id),
+            })
+            .collect();
+        Ok(Response::new(pb::SitesReply { sites }))
+    }
+
+    async fn links(&self, _: Request<pb::LinksRequest>) -> Result<Response<pb::LinksReply>, Status> {
+        let core = self.0.core();
+        let w = core.world();
+        let inv = &w.inventory;
+        let weights = &core.config().engine.cost;
+        let mut links = Vec::new();
+        for (a, sa) in inv.sites().iter().enumerate() {
+            for (b, sb) in inv.sites().iter().enumerate() {
+                if let Some(v) = w.links.get(a as topology::SiteIdx, b as topology::SiteIdx) {
+                    links.push(pb::LinkInfo {
+                        from: sa.id.to_string(),
+                        to: sb.id.to_string(),
+                        health: format!("{:?}", v.health).to_lowercase(),
+                        rtt_p50_ms: v.metrics.rtt_ms,
+                        rtt_p99_ms: 0.0,
+                        loss_ratio: v.metrics.loss,
+                        jitter_ms: v.metrics.jitter_ms,
+                        cost_ms: weights.link_cost(&v.metrics),
+                    });
+                }
+            }
+        }
+        Ok(Response::new(pb::LinksReply { links }))
+    }
+
+    async fn routes(&self, req: Request<pb::RoutesRequest>) -> Result<Response<pb::RoutesReply>, Status> {
+        let req = req.into_inner();
+        let published = self
+            .0
+            .published
+            .borrow()
+            .clone()
+            .ok_or_else(|| Status::unavailable("no table yet"))?;
+        let mut rows = Vec::new();
+        let mut srcs: Vec<&SiteId> = published.updates.keys().collect();
+        srcs.sort();
+        for src in srcs {
+            if !req.from.is_empty() && src.as_str() != req.from {
+                continue;
+            }
+            for r in &published.updates[src].rows {
+                if req.to.is_empty() || r.dst == req.to {
+                    rows.push(pb::RouteListRow {
+                        src: src.to_string(),
+                        row: Some(r.clone()),
+                    });
+                }
+            }
+        }
+        if rows.is_empty() && (!req.from.is_empty() || !req.to.is_empty()) {
+            let core = self.0.core();
+            for s in [&req.from, &req.to] {
+                if !s.is_empty() && core.world().inventory.index_of(&site_id(s)?).is_none() {
+                    return Err(Status::not_found(format!("unknown site `{s}`")));
+                }
+            }
+        }
+        Ok(Response::new(pb::RoutesReply {
+            version: table_version(&self.0),
+            rows,
+        }))
+    }
+
+    async fn explain(&self, req: Request<pb::ExplainRequest>) -> Result<Response<pb::ExplainReply>, Status> {
+        let req = req.into_inner();
+        let (from, to) = (site_id(&req.from)?, site_id(&req.to)?);
+        let core = self.0.core();
+        let table = core.table().ok_or_else(|| Status::unavailable("no table yet"))?;
+        let entry = table.entry(&from, &to).map_err(|e| topology_status(e.into()))?;
+        let chosen = entry.as_ref().map(row);
+        let hysteresis = entry
+            .as_ref()
+            .map(|e| crate::core::reason_text(&e.reason))
+            .unwrap_or_default();
+        let mut alternatives = Vec::new();
+        if let Some(b) = chosen.as_ref().and_then(|c| c.backup.clone()) {
+            let gap = b.cost_ms
+                - chosen
+                    .as_ref()
+                    .and_then(|c| c.primary.as_ref())
+                    .map_or(0.0, |p| p.cost_ms);
+            alternatives.push(pb::Alternative {
+                path: Some(b),
+                why_not: format!("backup: costs {gap:.1} ms more"),
+            });
+        }
+        Ok(Response::new(pb::ExplainReply {
+            version: table_version(&self.0),
+            chosen,
+            alternatives,
+            hysteresis,
+        }))
+    }
+
+    async fn drain(&self, req: Request<pb::DrainRequest>) -> Result<Response<pb::DrainReply>, Status> {
+        let req = req.into_inner();
+        if req.reason.trim().is_empty() {
+            return Err(Status::invalid_argument("a drain needs a reason"));
+        }
+        let target = target(&req.kind, &req.name)?;
+        let request = DrainRequest {
+            target: target.clone(),
+            reason: req.reason.clone(),
+            author: if req.author.is_empty() {
+                "unknown".into()
+            } else {
+                req.author.clone()
+            },
+            at_ms: now_ms(),
+            origin: DrainOrigin::Operator,
+            force: req.force,
+        };
+        let impact = {
+            let mut core = self.0.core();
+            match core.drain(request, req.dry_run) {
+                Ok(i) => i,
+                Err(ControllerError::Topology(t @ topology::TopologyError::GuardrailRefused { .. })) => {
+                    return Ok(Response::new(pb::DrainReply {
+                        refused: t.to_string(),
+                        ..Default::default()
+                    }));
+                }
+                Err(e) => return Err(topology_status(e)),
+            }
+        };
+        let capacity_left = if impact.capacity_total == 0 {
+            0.0
+        } else {
+            1.0 - impact.capacity_drained_after as f64 / impact.capacity_total as f64
+        };
+        let mut version = table_version(&self.0);
+        if !req.dry_run {
+            info!(target = %target, reason = %req.reason, author = %req.author, "drained");
+            let s = self.0.clone();
+            s.core().invalidate();
+            let s2 = s.clone();
+            tokio::task::spawn_blocking(move || s2.compute_and_publish())
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::internal(e.to_string()))?;
+            version = table_version(&s);
+        }
+        Ok(Response::new(pb::DrainReply {
+            refused: String::new(),
+            sites: impact.sites.iter().map(ToString::to_string).collect(),
+            version,
+            capacity_left,
+            overridden: impact.overridden.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    async fn undrain(&self, req: Request<pb::UndrainRequest>) -> Result<Response<pb::UndrainReply>, Status> {
+        let req = req.into_inner();
+        let target = target(&req.kind, &req.name)?;
+        self.0.core().undrain(&target).map_err(topology_status)?;
+        info!(target = %target, author = %req.author, "undrained");
+        self.0.core().invalidate();
+        let s = self.0.clone();
+        tokio::task::spawn_blocking(move || s.compute_and_publish())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::UndrainReply {
+            version: table_version(&self.0),
+        }))
+    }
+
+    async fn drains(&self, _: Request<pb::DrainsRequest>) -> Result<Response<pb::DrainsReply>, Status> {
+        let core = self.0.core();
+        Ok(Response::new(pb::DrainsReply {
+            drains: core.world().drains.list().iter().map(drain_entry).collect(),
+        }))
+    }
+
+    async fn what_if(&self, _: Request<pb::WhatIfRequest>) -> Result<Response<pb::WhatIfReply>, Status> {
+        Err(Status::unimplemented(
+            "what-if is not served by this controller yet",
+        ))
+    }
+}

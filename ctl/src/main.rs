@@ -1,0 +1,556 @@
+//! `axonctl`: status, sites, links, routes, explain, drain, undrain, drains, what-if.
+//!
+//! Human tables by default, `-o json` for scripts: data on stdout, diagnostics on stderr.
+//! Exit codes: 0 ok, 2 usage, 3 refused by a guardrail, 69 controller unavailable, 75 timed
+//! out, 77 not permitted.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use proto::v1 as pb;
+use proto::v1::admin_client::AdminClient;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+/// Operate an Axon mesh.
+#[derive(Debug, Parser)]
+#[command(name = "axonctl", version)]
+struct Cli {
+    /// Controller gRPC endpoint.
+    #[arg(
+        long,
+        short = 'c',
+        env = "AXON_CONTROLLER",
+        default_value = "http://127.0.0.1:7500",
+        global = true
+    )]
+    controller: String,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Kind {
+    Site,
+    Region,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Site => "site",
+            Kind::Region => "region",
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The controller, the table in force, and agents on it or behind.
+    Status,
+    /// The site inventory.
+    Sites,
+    /// Link state.
+    Links {
+        /// Show RTT p50 as a from × to matrix.
+        #[arg(long)]
+        matrix: bool,
+    },
+    /// Route rows.
+    Routes {
+        /// Only rows from this site.
+        #[arg(long)]
+        from: Option<String>,
+        /// Only rows to this site.
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Why a pair uses its path.
+    Explain {
+        /// Ingress site.
+        from: String,
+        /// Egress site.
+        to: String,
+    },
+    /// Take a site or region out of service.
+    Drain {
+        /// `site` or `region`.
+        kind: Kind,
+        /// Its name.
+        name: String,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+        /// Check the guardrails and show the impact without draining.
+        #[arg(long)]
+        dry_run: bool,
+        /// Override the guardrails.
+        #[arg(long)]
+        force: bool,
+        /// How long to wait for every agent to apply the new table.
+        #[arg(long, value_parser = parse_duration, default_value = "60s", conflicts_with = "detach")]
+        timeout: Duration,
+        /// Return as soon as the drain is recorded.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Put a drained site or region back in service.
+    Undrain {
+        /// `site` or `region`.
+        kind: Kind,
+        /// Its name.
+        name: String,
+    },
+    /// The drains in force.
+    Drains,
+    /// What a change would do (e.g. `drain-site X`, `drain-region R`, `cut-link A B`).
+    Whatif {
+        /// Changes, one per argument.
+        changes: Vec<String>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("invalid duration unit in {s:?} (ms, s, m)")),
+    }
+}
+
+/// A failure with its exit code.
+struct Failure(u8, String);
+
+fn from_status(s: tonic::Status) -> Failure {
+    use tonic::Code;
+    let code = match s.code() {
+        Code::Unavailable | Code::DeadlineExceeded => 69,
+        Code::PermissionDenied | Code::Unauthenticated => 77,
+        Code::FailedPrecondition => 3,
+        _ => 1,
+    };
+    Failure(code, s.message().to_string())
+}
+
+fn version(v: &Option<pb::TableVersion>) -> String {
+    v.as_ref()
+        .map_or("-".into(), |v| format!("{}.{}", v.epoch, v.version))
+}
+
+fn path_text(p: &Option<pb::RoutePath>) -> String {
+    p.as_ref().map_or("-".into(), |p| {
+        format!("{} ({:.1} ms, MOS {:.2})", p.sites.join(" → "), p.cost_ms, p.mos)
+    })
+}
+
+fn path_json(p: &Option<pb::RoutePath>) -> Value {
+    p.as_ref().map_or(
+        Value::Null,
+        |p| json!({"sites": p.sites, "cost_ms": p.cost_ms, "mos": p.mos}),
+    )
+}
+
+/// Prints rows as an aligned table.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.iter().map(|s| s.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let endpoint = tonic::transport::Endpoint::from_shared(cli.controller.clone())
+        .map_err(|e| Failure(2, format!("controller address {:?}: {e}", cli.controller)))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30));
+    let channel: Channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| Failure(69, format!("controller {} unreachable: {e}", cli.controller)))?;
+    let mut admin = AdminClient::new(channel);
+    let json_out = cli.output == Output::Json;
+    match cli.command {
+        Command::Status => {
+            let s = admin
+                .status(pb::StatusRequest {})
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            if json_out {
+                let agents: Vec<Value> = s
+                    .agents
+                    .iter()
+                    .map(|a| json!({"node": a.node, "site": a.site, "applied": version(&a.applied), "connected": a.connected, "last_error": a.last_error}))
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"controller": s.controller, "leader": s.leader, "table": version(&s.table), "sites": s.sites,
+                           "links_up": s.links_up, "links_down": s.links_down, "agents_latest": s.agents_latest,
+                           "agents_behind": s.agents_behind, "agents": agents})
+                );
+            } else {
+                println!(
+                    "controller  {} ({})",
+                    s.controller,
+                    if s.leader { "leader" } else { "follower" }
+                );
+                println!("table       {}", version(&s.table));
+                println!(
+                    "sites       {}   links up {}   down {}",
+                    s.sites, s.links_up, s.links_down
+                );
+                println!(
+                    "agents      {} on latest, {} behind",
+                    s.agents_latest, s.agents_behind
+                );
+            }
+        }
+        Command::Sites => {
+            let s = admin
+                .sites(pb::SitesRequest {})
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            if json_out {
+                let v: Vec<Value> = s.sites.iter().map(|x| json!({"id": x.id, "region": x.region, "provider": x.provider, "role": x.role, "capacity": x.capacity, "drained": x.drained})).collect();
+                println!("{}", Value::Array(v));
+            } else {
+                table(
+                    &["SITE", "REGION", "PROVIDER", "ROLE", "CAPACITY", "DRAINED"],
+                    s.sites
+                        .iter()
+                        .map(|x| {
+                            vec![
+                                x.id.clone(),
+                                x.region.clone(),
+                                x.provider.clone(),
+                                x.role.clone(),
+                                format!("{}", x.capacity),
+                                if x.drained { "yes".into() } else { "".into() },
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Command::Links { matrix } => {
+            let l = admin
+                .links(pb::LinksRequest {})
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            if json_out {
+                let v: Vec<Value> = l.links.iter().map(|x| json!({"from": x.from, "to": x.to, "health": x.health, "rtt_p50_ms": x.rtt_p50_ms, "loss_ratio": x.loss_ratio, "jitter_ms": x.jitter_ms, "cost_ms": x.cost_ms})).collect();
+                println!("{}", Value::Array(v));
+            } else if matrix {
+                let mut sites: Vec<String> = l
+                    .links
+                    .iter()
+                    .flat_map(|x| [x.from.clone(), x.to.clone()])
+                    .collect();
+                sites.sort();
+                sites.dedup();
+                let mut header = vec!["FROM\\TO"];
+                header.extend(sites.iter().map(String::as_str));
+                let rows = sites
+                    .iter()
+                    .map(|a| {
+                        let mut r = vec![a.clone()];
+                        r.extend(sites.iter().map(|b| {
+                            l.links
+                                .iter()
+                                .find(|x| &x.from == a && &x.to == b)
+                                .map_or("-".into(), |x| {
+                                    if x.health == "down" {
+                                        "down".into()
+                                    } else {
+                                        format!("{:.1}", x.rtt_p50_ms)
+                                    }
+                                })
+                        }));
+                        r
+                    })
+                    .collect();
+                table(&header, rows);
+            } else {
+                table(
+                    &["FROM", "TO", "HEALTH", "RTT P50", "LOSS", "JITTER", "COST"],
+                    l.links
+                        .iter()
+                        .map(|x| {
+                            vec![
+                                x.from.clone(),
+                                x.to.clone(),
+                                x.health.clone(),
+                                format!("{:.1} ms", x.rtt_p50_ms),
+                                format!("{:.2}%", x.loss_ratio * 100.0),
+                                format!("{:.1} ms", x.jitter_ms),
+                                format!("{:.1}", x.cost_ms),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Command::Routes { from, to } => {
+            let r = admin
+                .routes(pb::RoutesRequest {
+                    from: from.unwrap_or_default(),
+                    to: to.unwrap_or_default(),
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            if json_out {
+                let v: Vec<Value> = r
+                    .rows
+                    .iter()
+                    .filter_map(|x| {
+                        let row = x.row.as_ref()?;
+                        Some(json!({"src": x.src, "dst": row.dst, "primary": path_json(&row.primary), "backup": path_json(&row.backup), "backup_disjoint": row.backup_disjoint, "reason": row.reason}))
+                    })
+                    .collect();
+                println!("{}", json!({"version": version(&r.version), "rows": v}));
+            } else {
+                eprintln!("table {}", version(&r.version));
+                table(
+                    &["FROM", "TO", "PRIMARY", "BACKUP", "WHY"],
+                    r.rows
+                        .iter()
+                        .filter_map(|x| {
+                            let row = x.row.as_ref()?;
+                            Some(vec![
+                                x.src.clone(),
+                                row.dst.clone(),
+                                path_text(&row.primary),
+                                path_text(&row.backup),
+                                row.reason.clone(),
+                            ])
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Command::Explain { from, to } => {
+            let e = admin
+                .explain(pb::ExplainRequest { from, to })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            let chosen = e.chosen.clone().unwrap_or_default();
+            if json_out {
+                let alts: Vec<Value> = e
+                    .alternatives
+                    .iter()
+                    .map(|a| json!({"path": path_json(&a.path), "why_not": a.why_not}))
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"version": version(&e.version), "primary": path_json(&chosen.primary), "backup": path_json(&chosen.backup), "reason": chosen.reason, "alternatives": alts, "hysteresis": e.hysteresis})
+                );
+            } else {
+                println!("table       {}", version(&e.version));
+                println!("primary     {}", path_text(&chosen.primary));
+                println!("why         {}", chosen.reason);
+                for a in &e.alternatives {
+                    println!("alternative {}  — {}", path_text(&a.path), a.why_not);
+                }
+            }
+        }
+        Command::Drain {
+            kind,
+            name,
+            reason,
+            dry_run,
+            force,
+            timeout,
+            detach,
+        } => {
+            let author = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+            let req = pb::DrainRequest {
+                kind: kind.as_str().into(),
+                name: name.clone(),
+                reason,
+                author,
+                force,
+                dry_run,
+            };
+            let r = admin.drain(req).await.map_err(from_status)?.into_inner();
+            if !r.refused.is_empty() {
+                return Err(Failure(3, r.refused));
+            }
+            if json_out {
+                println!(
+                    "{}",
+                    json!({"sites": r.sites, "version": version(&r.version), "capacity_left": r.capacity_left, "overridden": r.overridden, "dry_run": dry_run})
+                );
+            } else {
+                let verb = if dry_run { "would drain" } else { "drained" };
+                println!(
+                    "{verb} {} {name}: sites {} — capacity left {:.0}%",
+                    kind.as_str(),
+                    r.sites.join(", "),
+                    r.capacity_left * 100.0
+                );
+                if !r.overridden.is_empty() {
+                    println!("guardrails overridden: {}", r.overridden.join(", "));
+                }
+            }
+            if !dry_run && !detach {
+                wait_applied(&mut admin, &r.version, timeout).await?;
+            }
+        }
+        Command::Undrain { kind, name } => {
+            let author = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+            let r = admin
+                .undrain(pb::UndrainRequest {
+                    kind: kind.as_str().into(),
+                    name: name.clone(),
+                    author,
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            if json_out {
+                println!("{}", json!({"version": version(&r.version)}));
+            } else {
+                println!(
+                    "undrained {} {name} (table {})",
+                    kind.as_str(),
+                    version(&r.version)
+                );
+            }
+        }
+        Command::Drains => {
+            let d = admin
+                .drains(pb::DrainsRequest {})
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            if json_out {
+                let v: Vec<Value> = d.drains.iter().map(|x| json!({"kind": x.kind, "name": x.name, "reason": x.reason, "author": x.author, "at_unix_ms": x.at_unix_ms, "origin": x.origin, "forced": x.forced})).collect();
+                println!("{}", Value::Array(v));
+            } else {
+                table(
+                    &[
+                        "KIND",
+                        "NAME",
+                        "REASON",
+                        "AUTHOR",
+                        "AT (UNIX MS)",
+                        "ORIGIN",
+                        "FORCED",
+                    ],
+                    d.drains
+                        .iter()
+                        .map(|x| {
+                            vec![
+                                x.kind.clone(),
+                                x.name.clone(),
+                                x.reason.clone(),
+                                x.author.clone(),
+                                x.at_unix_ms.to_string(),
+                                x.origin.clone(),
+                                if x.forced { "yes".into() } else { "".into() },
+                            ]
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Command::Whatif { changes } => {
+            let r = admin
+                .what_if(pb::WhatIfRequest { changes })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            println!(
+                "{}",
+                json!({"pairs_better": r.pairs_better, "pairs_worse": r.pairs_worse, "pairs_unreachable": r.pairs_unreachable, "worst_increase_ms": r.worst_increase_ms, "capacity_left": r.capacity_left, "summary": r.summary})
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every connected agent has applied `target` or a later table.
+async fn wait_applied(
+    admin: &mut AdminClient<Channel>,
+    target: &Option<pb::TableVersion>,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let Some(t) = target else { return Ok(()) };
+    let want = (t.epoch, t.version);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = admin
+            .status(pb::StatusRequest {})
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        let behind: Vec<&pb::AgentState> = s
+            .agents
+            .iter()
+            .filter(|a| a.connected && a.applied.as_ref().map_or((0, 0), |v| (v.epoch, v.version)) < want)
+            .collect();
+        if behind.is_empty() {
+            eprintln!("every connected agent applied table {}.{}", want.0, want.1);
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let names: Vec<&str> = behind.iter().map(|a| a.node.as_str()).collect();
+            return Err(Failure(
+                75,
+                format!("timed out: {} agents behind ({})", behind.len(), names.join(", ")),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("axonctl: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(code, msg)) => {
+            eprintln!("axonctl: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! A whole Axon mesh on loopback for the integration tests: probers (real QUIC through the
+//! WAN emulator), a controller, and one agent per site, all with OS-chosen ports.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a panic is the failure report
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use controller::{ControllerConfig, ControllerHandle, SiteConfig};
+use prober::tls::{generate_mesh, mesh_files};
+use prober::{PeerConfig, ProberConfig, ProberHandle};
+use serde_json::Value;
+use wan::{Emulator, EmulatorConfig, LinkParams, Pipe, Way};
+
+/// One site of a test mesh.
+#[derive(Debug, Clone)]
+pub struct SiteSpec {
+    /// Site id.
+    pub id: &'static str,
+    /// Region.
+    pub region: &'static str,
+}
+
+/// A running mesh.
+pub struct Mesh {
+    /// Certificates and state files.
+    pub dir: tempfile::TempDir,
+    /// The emulator carrying every probe.
+    pub emulator: Emulator,
+    /// `pipes[(from, to)]`: the pipe `from`'s prober dials `to` through.
+    pub pipes: HashMap<(String, String), Pipe>,
+    /// Probers by site.
+    pub probers: HashMap<String, ProberHandle>,
+    /// The controller.
+    pub controller: Option<ControllerHandle>,
+    /// Agents by site.
+    pub agents: HashMap<String, agent::AgentHandle>,
+    /// The controller's configuration (to restart it).
+    pub controller_cfg: ControllerConfig,
+    /// The sites.
+    pub sites: Vec<SiteSpec>,
+}
+
+/// The gRPC endpoint URL of a controller.
+pub fn endpoint(c: &ControllerHandle) -> String {
+    format!("http://{}", c.grpc_addr)
+}
+
+/// A controller config for these sites on loopback.
+pub fn controller_config(sites: &[SiteSpec], snapshot: Option<PathBuf>) -> ControllerConfig {
+    let mut cfg = ControllerConfig {
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        tick_ms: 200,
+        resync_ms: 5_000,
+        sites: sites
+            .iter()
+            .map(|s| SiteConfig {
+                id: s.id.into(),
+                region: s.region.into(),
+                provider: "metal".into(),
+                lat: 0.0,
+                lon: 0.0,
+                capacity: 1_000,
+                role: topology::Role::Active,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    cfg.store.snapshot = snapshot;
+    // Windows every 500 ms: a link is judged on a few of them.
+    cfg.links.down_after = 2;
+    cfg.guardrails.max_drained_fraction = 0.6;
+    cfg.guardrails.min_active_regions = 1;
+    cfg
+}
+
+/// An agent config for `site` against `controllers`.
+pub fn agent_config(dir: &Path, site: &str, controllers: Vec<String>) -> agent::AgentConfig {
+    agent::AgentConfig {
+        node: format!("{site}-node"),
+        site: site.into(),
+        controllers,
+        table_file: dir.join(format!("agent-{site}")).join("table.pb"),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        backoff_min_ms: 50,
+        backoff_max_ms: 500,
+        ..Default::default()
+    }
+}
+
+impl Mesh {
+    /// Starts every part; `rtt(a, b)` is the injected round trip of the pair in ms.
+    pub async fn start(sites: Vec<SiteSpec>, rtt: impl Fn(&str, &str) -> u64) -> Mesh {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<&str> = sites.iter().map(|s| s.id).collect();
+        generate_mesh(dir.path(), &ids).unwrap();
+        let controller_cfg = controller_config(&sites, Some(dir.path().join("controller.json")));
+        let controller = controller::start(controller_cfg.clone()).await.unwrap();
+        let emulator = Emulator::new(EmulatorConfig::default()).unwrap();
+        // Each prober gets a free port first, so that the pipes towards it exist before it
+        // starts dialling.
+        let mut addrs: HashMap<String, SocketAddr> = HashMap::new();
+        for s in &sites {
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let addr = sock.local_addr().unwrap();
+            drop(sock);
+            addrs.insert(s.id.into(), addr);
+        }
+        let mut pipes = HashMap::new();
+        for a in &ids {
+            for b in &ids {
+                if a != b {
+                    let half = LinkParams::delay(Duration::from_millis(rtt(a, b)) / 2);
+                    let p = emulator.pipe(addrs[*b], half.clone(), half).unwrap();
+                    pipes.insert((a.to_string(), b.to_string()), p);
+                }
+            }
+        }
+        let mut probers = HashMap::new();
+        for a in &ids {
+            let cfg = ProberConfig {
+                site: a.to_string(),
+                listen: addrs[*a],
+                metrics_listen: None,
+                window_ms: 500,
+                tls: mesh_files(dir.path(), a),
+                peers: ids
+                    .iter()
+                    .filter(|b| *b != a)
+                    .map(|b| PeerConfig {
+                        site: b.to_string(),
+                        addr: pipes[&(a.to_string(), b.to_string())].front_addr(),
+                    })
+                    .collect(),
+                redial_min_ms: 50,
+                redial_max_ms: 500,
+                report: prober::ReportConfig {
+                    endpoints: vec![endpoint(&controller)],
+                    backoff_min_ms: 50,
+                    backoff_max_ms: 500,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            probers.insert(a.to_string(), prober::start(cfg).await.unwrap());
+        }
+        let mut agents = HashMap::new();
+        for a in &ids {
+            let cfg = agent_config(dir.path(), a, vec![endpoint(&controller)]);
+            agents.insert(a.to_string(), agent::start(cfg).await.unwrap());
+        }
+        Mesh {
+            dir,
+            emulator,
+            pipes,
+            probers,
+            controller: Some(controller),
+            agents,
+            controller_cfg,
+            sites,
+        }
+    }
+
+    /// Blackholes (or heals) both directions of the pipe `from` dials `to` through.
+    pub fn blackhole(&self, from: &str, to: &str, on: bool) {
+        let p = &self.pipes[&(from.to_string(), to.to_string())];
+        for way in [Way::Forward, Way::Backward] {
+            let params = LinkParams {
+                blackhole: on,
+                ..p.params(way)
+            };
+            p.set(way, params).unwrap();
+        }
+    }
+
+    /// The agent of `site`'s answer for `GET path`: (status, JSON body).
+    pub async fn agent_get(&self, site: &str, path: &str) -> (u16, Value) {
+        http_get(self.agents[site].http_addr, path).await
+    }
+
+    /// The primary path `from`'s agent holds towards `to`, if any.
+    pub async fn primary(&self, from: &str, to: &str) -> Option<Vec<String>> {
+        let (status, v) = self.agent_get(from, &format!("/v1/routes/{to}")).await;
+        if status != 200 {
+            return None;
+        }
+        let sites = v["route"]["primary"]["sites"].as_array()?;
+        Some(
+            sites
+                .iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect(),
+        )
+    }
+
+    /// Stops everything.
+    pub async fn shutdown(mut self) {
+        for (_, a) in self.agents.drain() {
+            a.shutdown().await;
+        }
+        for (_, p) in self.probers.drain() {
+            p.shutdown().await;
+        }
+        if let Some(c) = self.controller.take() {
+            c.shutdown().await;
+        }
+    }
+}
+
+/// GET over plain HTTP/1.1: (status, JSON body or the text as a JSON string).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+}
+
+/// Polls `f` until it returns `Some`, or panics after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(t) = f().await {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

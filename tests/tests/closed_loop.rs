@@ -1,0 +1,199 @@
+//! The closed loop on loopback: probers measure through the WAN emulator, the controller
+//! computes, agents apply; then a link fails, a region is drained and undrained, the control
+//! plane goes away and comes back.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::time::{Duration, Instant};
+
+use mesh::{Mesh, SiteSpec, endpoint, eventually};
+use proto::v1 as pb;
+use proto::v1::admin_client::AdminClient;
+
+fn sites() -> Vec<SiteSpec> {
+    vec![
+        SiteSpec {
+            id: "a",
+            region: "r1",
+        },
+        SiteSpec {
+            id: "b",
+            region: "r2",
+        },
+        SiteSpec {
+            id: "c",
+            region: "r3",
+        },
+        SiteSpec {
+            id: "d",
+            region: "r3",
+        },
+    ]
+}
+
+/// a–b is slow direct (100 ms) but fast through c (20 + 20 ms); d is 80 ms from everyone.
+fn rtt(a: &str, b: &str) -> u64 {
+    let pair = if a < b { (a, b) } else { (b, a) };
+    match pair {
+        ("a", "b") => 100,
+        ("a", "c") | ("b", "c") => 20,
+        _ => 80,
+    }
+}
+
+fn relays(path: &[String]) -> &[String] {
+    &path[1..path.len() - 1]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loop_relays_reroutes_drains_and_survives_the_control_plane() {
+    let mut mesh = Mesh::start(sites(), rtt).await;
+    let long = Duration::from_secs(60);
+
+    // 1. One relay beats the direct path: a → c → b.
+    eventually(long, "agent a to hold a → c → b", || async {
+        (mesh.primary("a", "b").await? == ["a", "c", "b"]).then_some(())
+    })
+    .await;
+    eventually(long, "agent b to hold b → c → a", || async {
+        (mesh.primary("b", "a").await? == ["b", "c", "a"]).then_some(())
+    })
+    .await;
+
+    // 2. Blackhole a link of that primary: every affected agent moves off it.
+    let t0 = Instant::now();
+    mesh.blackhole("c", "b", true);
+    eventually(Duration::from_secs(30), "agent a to avoid c → b", || async {
+        let p = mesh.primary("a", "b").await?;
+        (!p.windows(2).any(|w| w[0] == "c" && w[1] == "b")).then_some(())
+    })
+    .await;
+    let took = t0.elapsed();
+    println!("blackhole c→b: agent a applied a path avoiding it after {took:?}");
+    mesh.blackhole("c", "b", false);
+    eventually(long, "a → c → b again after healing", || async {
+        (mesh.primary("a", "b").await? == ["a", "c", "b"]).then_some(())
+    })
+    .await;
+
+    // 3. Drain region r3 (c and d): their agents turn unready, nothing relays through them.
+    let mut admin = AdminClient::connect(endpoint(mesh.controller.as_ref().unwrap()))
+        .await
+        .unwrap();
+    let reply = admin
+        .drain(pb::DrainRequest {
+            kind: "region".into(),
+            name: "r3".into(),
+            reason: "maintenance".into(),
+            author: "test".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reply.refused.is_empty(), "{reply:?}");
+    let mut drained = reply.sites.clone();
+    drained.sort();
+    assert_eq!(drained, ["c", "d"]);
+    for site in ["c", "d"] {
+        eventually(long, "drained agents to answer readyz 503", || async {
+            (mesh.agent_get(site, "/readyz").await.0 == 503).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(mesh.agent_get("a", "/readyz").await.0, 200);
+    for (from, to) in [("a", "b"), ("b", "a"), ("a", "d"), ("b", "c")] {
+        let p = eventually(long, "a path without drained relays", || async {
+            let p = mesh.primary(from, to).await?;
+            relays(&p).iter().all(|r| r != "c" && r != "d").then_some(p)
+        })
+        .await;
+        assert!(relays(&p).is_empty(), "{from}→{to} {p:?}");
+    }
+    let (_, drain_state) = mesh.agent_get("c", "/v1/drain").await;
+    assert_eq!(drain_state["site_drained"], true);
+    let listed = admin
+        .drains(pb::DrainsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .drains;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (
+            listed[0].kind.as_str(),
+            listed[0].name.as_str(),
+            listed[0].author.as_str()
+        ),
+        ("region", "r3", "test")
+    );
+    // The last healthy site of a region is refused, with the rule named.
+    let refused = admin
+        .drain(pb::DrainRequest {
+            kind: "site".into(),
+            name: "a".into(),
+            reason: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        refused.refused.contains("last_healthy_site_in_region"),
+        "{refused:?}"
+    );
+    // Undrain restores.
+    admin
+        .undrain(pb::UndrainRequest {
+            kind: "region".into(),
+            name: "r3".into(),
+            author: "test".into(),
+        })
+        .await
+        .unwrap();
+    eventually(long, "c ready again", || async {
+        (mesh.agent_get("c", "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    eventually(long, "a → c → b after the undrain", || async {
+        (mesh.primary("a", "b").await? == ["a", "c", "b"]).then_some(())
+    })
+    .await;
+
+    // 4. The controller goes away; a restarted agent serves its last-known-good table.
+    let before = mesh.agent_get("a", "/v1/routes").await.1["version"]
+        .as_u64()
+        .unwrap();
+    mesh.controller.take().unwrap().shutdown().await;
+    let old = mesh.agents.remove("a").unwrap();
+    old.shutdown().await;
+    // Nothing listens on the discard port: no controller answers.
+    let cfg = mesh::agent_config(mesh.dir.path(), "a", vec!["http://127.0.0.1:9".into()]);
+    let restarted = agent::start(cfg).await.unwrap();
+    let (status, v) = mesh::http_get(restarted.http_addr, "/v1/routes/b").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["source"], "last-known-good");
+    assert_eq!(v["version"].as_u64().unwrap(), before);
+    assert!(v["age_seconds"].as_f64().unwrap() >= 0.0);
+    restarted.shutdown().await;
+
+    // 5. The controller restarts from its snapshot: versions continue, never go backwards.
+    let mut cfg = mesh.controller_cfg.clone();
+    cfg.grpc_listen = "127.0.0.1:0".parse().unwrap();
+    let c = controller::start(cfg).await.unwrap();
+    let status = AdminClient::connect(endpoint(&c))
+        .await
+        .unwrap()
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let v = status.table.unwrap();
+    assert!(
+        v.version > before,
+        "restarted at version {} after {before}",
+        v.version
+    );
+    mesh.controller = Some(c);
+    mesh.shutdown().await;
+}
