@@ -327,3 +327,151 @@ pub fn site_update(
         max_relays: u32::from(core.cfg.engine.paths.max_relays),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::SiteConfig;
+
+    fn core() -> Core {
+        let cfg = ControllerConfig {
+            sites: ["a", "b", "c"]
+                .iter()
+                .map(|s| SiteConfig {
+                    id: (*s).into(),
+                    region: format!("r-{s}"),
+                    provider: "metal".into(),
+                    lat: 0.0,
+                    lon: 0.0,
+                    capacity: 100,
+                    role: topology::Role::Active,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let inv = cfg.validate().unwrap();
+        Core::new(cfg, inv, &Snapshot::default()).unwrap()
+    }
+
+    fn window(from: &str, to: &str, end: u64, rtt: f64) -> pb::LinkWindow {
+        pb::LinkWindow {
+            from: from.into(),
+            to: to.into(),
+            end_unix_ms: end,
+            sent: 10,
+            received: 10,
+            rtt_p50_ms: rtt,
+            rtt_p90_ms: rtt,
+            rtt_p99_ms: rtt,
+            ..Default::default()
+        }
+    }
+
+    fn reason(r: Result<(), ControllerError>) -> &'static str {
+        match r {
+            Err(ControllerError::Rejected { reason, .. }) => reason,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_windows_are_refused_with_a_reason_and_change_nothing() {
+        let mut c = core();
+        let a = SiteId::new("a").unwrap();
+        let now = 1_000_000;
+        assert!(c.window(&window("a", "b", now - 1_000, 40.0), &a, now).is_ok());
+        assert_eq!(
+            reason(c.window(&window("a", "zz", now, 40.0), &a, now)),
+            "unknown_site"
+        );
+        assert_eq!(
+            reason(c.window(&window("a", "a", now, 40.0), &a, now)),
+            "self_link"
+        );
+        assert_eq!(
+            reason(c.window(&window("b", "a", now, 40.0), &a, now)),
+            "malformed"
+        );
+        assert_eq!(
+            reason(c.window(&window("a", "b", now, f64::NAN), &a, now)),
+            "invalid"
+        );
+        assert_eq!(reason(c.window(&window("a", "b", now, -3.0), &a, now)), "invalid");
+        let mut more = window("a", "b", now, 40.0);
+        more.received = 11;
+        assert_eq!(reason(c.window(&more, &a, now)), "invalid");
+        assert_eq!(
+            reason(c.window(&window("a", "b", now + 3_600_000, 40.0), &a, now)),
+            "future"
+        );
+        assert_eq!(
+            reason(c.window(&window("a", "b", now - 1_000, 40.0), &a, now)),
+            "replay"
+        );
+        // Only the first window reached the link: its view says 40 ms.
+        c.compute(now);
+        let v = c.world().links.get(0, 1).unwrap();
+        assert!((v.metrics.rtt_ms - 40.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn report_sequence_numbers_refuse_replays_per_instance() {
+        let mut c = core();
+        let a = SiteId::new("a").unwrap();
+        assert!(c.fresh_report(&a, 7, 1));
+        assert!(c.fresh_report(&a, 7, 2));
+        assert!(!c.fresh_report(&a, 7, 2), "resent after a reconnect");
+        assert!(!c.fresh_report(&a, 7, 1), "replayed");
+        assert!(c.fresh_report(&a, 8, 1), "a restarted prober starts over");
+    }
+
+    #[test]
+    fn a_liveness_event_takes_a_link_down_at_the_next_computation() {
+        let mut c = core();
+        let a = SiteId::new("a").unwrap();
+        let now = 1_000_000;
+        c.window(&window("a", "b", now - 100, 40.0), &a, now).unwrap();
+        c.compute(now);
+        assert_eq!(
+            c.world().links.get(0, 1).unwrap().health,
+            topology::LinkHealth::Up
+        );
+        let ev = pb::LivenessEvent {
+            from: "a".into(),
+            to: "b".into(),
+            state: pb::LinkLiveness::Down as i32,
+            ..Default::default()
+        };
+        c.liveness(&ev, &a).unwrap();
+        c.compute(now);
+        assert_eq!(
+            c.world().links.get(0, 1).unwrap().health,
+            topology::LinkHealth::Down
+        );
+        let bad = pb::LivenessEvent { state: 9, ..ev };
+        assert!(c.liveness(&bad, &a).is_err());
+    }
+
+    #[test]
+    fn drains_survive_a_restart_and_versions_continue() {
+        let mut c = core();
+        c.compute(1_000);
+        let req = DrainRequest {
+            target: DrainTarget::Site(SiteId::new("b").unwrap()),
+            reason: "maintenance".into(),
+            author: "ops".into(),
+            at_ms: 1_000,
+            origin: topology::DrainOrigin::Operator,
+            force: true,
+        };
+        c.drain(req, false).unwrap();
+        c.invalidate();
+        let v1 = c.compute(2_000).table.id().version;
+        let snap = c.snapshot();
+        let again = Core::new(c.config().clone(), c.world().inventory.clone(), &snap).unwrap();
+        assert_eq!(again.drained_sites(), vec![SiteId::new("b").unwrap()]);
+        let mut again = again;
+        assert!(again.compute(3_000).table.id().version > v1);
+    }
+}

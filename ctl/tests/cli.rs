@@ -1,0 +1,103 @@
+//! The real `axonctl` binary against a controller on loopback: output, exit codes, waiting.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use mesh::{SiteSpec, agent_config, controller_config, endpoint};
+
+async fn axonctl(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_axonctl"))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn axonctl_speaks_tables_json_and_exit_codes() {
+    let sites = vec![
+        SiteSpec {
+            id: "a",
+            region: "r1",
+        },
+        SiteSpec {
+            id: "b",
+            region: "r2",
+        },
+        SiteSpec {
+            id: "c",
+            region: "r3",
+        },
+        SiteSpec {
+            id: "d",
+            region: "r3",
+        },
+    ];
+    let c = controller::start(controller_config(&sites, None)).await.unwrap();
+    let url = endpoint(&c);
+    let dir = tempfile::tempdir().unwrap();
+    let b = agent::start(agent_config(dir.path(), "b", vec![url.clone()]))
+        .await
+        .unwrap();
+
+    let (code, out, _) = axonctl(&["-c", &url, "sites"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("SITE") && out.contains("r3"), "{out}");
+
+    let (code, out, _) = axonctl(&["-c", &url, "status", "-o", "json"]).await;
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["sites"], 4);
+
+    // A guardrail refusal: exit 3 and the rule in one line.
+    let (code, _, err) = axonctl(&["-c", &url, "drain", "site", "a", "--reason", "test"]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("last_healthy_site_in_region"), "{err}");
+
+    // A drain waits for the agents, then shows in `drains`.
+    let (code, out, err) = axonctl(&[
+        "-c",
+        &url,
+        "-o",
+        "json",
+        "drain",
+        "region",
+        "r3",
+        "--reason",
+        "maintenance",
+        "--timeout",
+        "30s",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["sites"], serde_json::json!(["c", "d"]));
+    assert!(err.contains("every connected agent applied"), "{err}");
+    let (code, out, _) = axonctl(&["-c", &url, "drains"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("region") && out.contains("maintenance"), "{out}");
+    // Draining it again is refused as a precondition, undrain restores.
+    let (code, _, _) = axonctl(&[
+        "-c", &url, "drain", "region", "r3", "--reason", "again", "--detach",
+    ])
+    .await;
+    assert_eq!(code, 3);
+    let (code, _, err) = axonctl(&["-c", &url, "undrain", "region", "r3"]).await;
+    assert_eq!(code, 0, "{err}");
+
+    // Usage errors exit 2; an unknown site is one clear line; no controller exits 69.
+    let (code, _, _) = axonctl(&["-c", &url, "drain", "site", "a"]).await;
+    assert_eq!(code, 2, "--reason is required");
+    let (code, _, err) = axonctl(&["-c", &url, "routes", "--from", "zz"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown site") && err.lines().count() == 1, "{err}");
+    let (code, _, err) = axonctl(&["-c", "http://127.0.0.1:9", "status"]).await;
+    assert_eq!(code, 69, "{err}");
+
+    b.shutdown().await;
+    c.shutdown().await;
+}

@@ -1,0 +1,145 @@
+//! An agent against a scripted controller: a good table is applied, a broken one is NACKed
+//! while the good one stays in force, an older version is refused, a repeat is acknowledged.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mesh::{agent_config, eventually, http_get};
+use proto::v1 as pb;
+use proto::v1::route_distribution_server::{RouteDistribution, RouteDistributionServer};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+fn path(sites: &[&str]) -> pb::RoutePath {
+    pb::RoutePath {
+        sites: sites.iter().map(|s| s.to_string()).collect(),
+        cost_ms: 12.0,
+        mos: 4.3,
+        r_factor: 90.0,
+    }
+}
+
+fn update(version: u64, primary: &[&str]) -> pb::RouteUpdate {
+    pb::RouteUpdate {
+        version: Some(pb::TableVersion { epoch: 1, version }),
+        nonce: format!("n{version}"),
+        site: "a".into(),
+        computed_unix_ms: 1,
+        rows: vec![pb::RouteRow {
+            dst: "b".into(),
+            primary: Some(path(primary)),
+            ..Default::default()
+        }],
+        known_sites: vec!["a".into(), "b".into(), "c".into()],
+        max_relays: 2,
+        ..Default::default()
+    }
+}
+
+/// Sends a script of updates, one after each answer, and records the answers.
+#[derive(Clone)]
+struct Scripted {
+    script: Vec<pb::RouteUpdate>,
+    answers: Arc<Mutex<Vec<pb::agent_message::Body>>>,
+}
+
+#[tonic::async_trait]
+impl RouteDistribution for Scripted {
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::RouteUpdate, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let me = self.clone();
+        tokio::spawn(async move {
+            // The hello.
+            let _ = inbound.next().await;
+            for u in me.script {
+                if tx.send(Ok(u)).await.is_err() {
+                    return;
+                }
+                match inbound.next().await {
+                    Some(Ok(pb::AgentMessage { body: Some(b) })) => me.answers.lock().unwrap().push(b),
+                    _ => return,
+                }
+            }
+            // Keep the stream open.
+            let _ = inbound.next().await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_and_stale_updates_are_nacked_and_the_good_table_stays() {
+    let script = vec![
+        update(5, &["a", "c", "b"]),
+        update(6, &["a", "c", "a", "b"]), // a loop
+        update(7, &["a", "x", "b"]),      // an unknown site
+        update(4, &["a", "b"]),           // older
+        update(5, &["a", "c", "b"]),      // the same again (a resync)
+    ];
+    let svc = Scripted {
+        script,
+        answers: Arc::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RouteDistributionServer::new(svc.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent::start(agent_config(dir.path(), "a", vec![format!("http://{addr}")]))
+        .await
+        .unwrap();
+
+    let answers = eventually(Duration::from_secs(20), "five answers", || async {
+        let v = svc.answers.lock().unwrap().clone();
+        (v.len() == 5).then_some(v)
+    })
+    .await;
+    let kinds: Vec<String> = answers
+        .iter()
+        .map(|b| match b {
+            pb::agent_message::Body::Ack(a) => format!("ack {}", a.version.as_ref().unwrap().version),
+            pb::agent_message::Body::Nack(n) => {
+                format!("nack {}: {}", n.version.as_ref().unwrap().version, n.error)
+            }
+            _ => "other".into(),
+        })
+        .collect();
+    assert_eq!(kinds[0], "ack 5");
+    assert!(
+        kinds[1].starts_with("nack 6") && kinds[1].contains("twice"),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds[2].starts_with("nack 7") && kinds[2].contains("unknown site x"),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds[3].starts_with("nack 4") && kinds[3].contains("stale"),
+        "{kinds:?}"
+    );
+    assert_eq!(kinds[4], "ack 5");
+
+    let (status, v) = http_get(a.http_addr, "/v1/routes/b").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["version"], 5);
+    assert_eq!(v["route"]["primary"]["sites"], serde_json::json!(["a", "c", "b"]));
+    assert_eq!(v["source"], "controller");
+    let (status, _) = http_get(a.http_addr, "/v1/routes/zz").await;
+    assert_eq!(status, 404);
+    a.shutdown().await;
+    server.abort();
+}
