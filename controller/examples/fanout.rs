@@ -1,0 +1,313 @@
+//! Fan-out: one `axon-controller` process, 10,000 agent `Watch` streams from this process on
+//! loopback, and one change that touches every site. Prints the time until every stream has
+//! acknowledged the new table (median of several changes) and the controller's RSS.
+//!
+//! `cargo build --release -p axon-controller --bins --examples && target/release/examples/fanout`
+//! Environment: `AXON_FANOUT_AGENTS` (default 10000), `AXON_FANOUT_CONNS` (TCP connections the
+//! streams share, default one per agent), `AXON_FANOUT_SITES` (default 200),
+//! `AXON_FANOUT_CHANGES` (default 5).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use proto::v1 as pb;
+use proto::v1::admin_client::AdminClient;
+use proto::v1::probe_ingest_client::ProbeIngestClient;
+use proto::v1::route_distribution_client::RouteDistributionClient;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+fn env(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Per-change progress shared by every agent task.
+struct Progress {
+    /// The version every agent must acknowledge.
+    target: AtomicU64,
+    /// Agents that acknowledged `target` or later.
+    acked: AtomicUsize,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let agents = env("AXON_FANOUT_AGENTS", 10_000);
+    let conns = env("AXON_FANOUT_CONNS", agents).clamp(1, agents);
+    let n_sites = env("AXON_FANOUT_SITES", 200).max(8);
+    let changes = env("AXON_FANOUT_CHANGES", 5);
+    let dir = tempfile::tempdir()?;
+
+    // The controller, as its own process.
+    let bin = std::env::current_exe()?
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("axon-controller"))
+        .context("locating axon-controller")?;
+    if !bin.exists() {
+        bail!(
+            "{} not found: cargo build --release -p axon-controller --bins --examples",
+            bin.display()
+        );
+    }
+    let grpc = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let http = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let sites: Vec<String> = (0..n_sites).map(|i| format!("s{i:03}")).collect();
+    let mut toml = format!(
+        "grpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\nresync_ms = 600000\n\n[guardrails]\nmin_active_regions = 1\n\n"
+    );
+    for (i, s) in sites.iter().enumerate() {
+        let (lat, lon) = (
+            (i as f64 * 37.0) % 140.0 - 70.0,
+            (i as f64 * 71.0) % 360.0 - 180.0,
+        );
+        toml += &format!(
+            "[[sites]]\nid = \"{s}\"\nregion = \"r{}\"\nlat = {lat}\nlon = {lon}\n\n",
+            i / 4
+        );
+    }
+    let cfg_path = dir.path().join("controller.toml");
+    std::fs::write(&cfg_path, toml)?;
+    let mut child = std::process::Command::new(&bin)
+        .arg("--config")
+        .arg(&cfg_path)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let url = format!("http://{grpc}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut admin = loop {
+        match AdminClient::connect(url.clone()).await {
+            Ok(a) => break a,
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => bail!("controller did not start: {e}"),
+        }
+    };
+
+    // Measurements for every link, as probers would send them: RTT from the positions.
+    eprintln!("feeding {} links …", n_sites * (n_sites - 1));
+    for (i, from) in sites.iter().enumerate() {
+        let (tx, rx) = mpsc::channel(n_sites + 1);
+        tx.send(pb::ProberMessage {
+            body: Some(pb::prober_message::Body::Hello(pb::ProberHello {
+                site: from.clone(),
+                instance: 1,
+                software: "bench".into(),
+            })),
+        })
+        .await?;
+        let mut seq = 0;
+        for (j, to) in sites.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            seq += 1;
+            let rtt = 5.0 + ((i * 7 + j * 13) % 200) as f64 + (i as f64 - j as f64).abs() * 0.5;
+            let w = pb::LinkWindow {
+                from: from.clone(),
+                to: to.clone(),
+                start_unix_ms: now_ms() - 1_000,
+                end_unix_ms: now_ms(),
+                sent: 10,
+                received: 10,
+                rtt_p50_ms: rtt,
+                rtt_p90_ms: rtt,
+                rtt_p99_ms: rtt,
+                connected: true,
+                ..Default::default()
+            };
+            tx.send(pb::ProberMessage {
+                body: Some(pb::prober_message::Body::Report(pb::ProbeReport {
+                    seq,
+                    body: Some(pb::probe_report::Body::Window(w)),
+                })),
+            })
+            .await?;
+        }
+        drop(tx);
+        let mut acks = ProbeIngestClient::connect(url.clone())
+            .await?
+            .report(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        while let Some(a) = acks.message().await? {
+            if a.acked_through == seq {
+                break;
+            }
+        }
+    }
+    let first = loop {
+        let s = admin.status(pb::StatusRequest {}).await?.into_inner();
+        if s.links_up as usize == n_sites * (n_sites - 1) {
+            break s.table.map_or(0, |t| t.version);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let routes = admin
+        .routes(pb::RoutesRequest {
+            from: sites[0].clone(),
+            to: String::new(),
+        })
+        .await?
+        .into_inner();
+    eprintln!("table {first}: {} rows per site", routes.rows.len());
+
+    // The agents.
+    eprintln!("connecting {agents} agents over {conns} connections …");
+    let t_connect = Instant::now();
+    let mut channels = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        channels.push(
+            tonic::transport::Endpoint::from_shared(url.clone())?
+                .connect()
+                .await?,
+        );
+    }
+    let progress = Arc::new(Progress {
+        target: AtomicU64::new(first),
+        acked: AtomicUsize::new(0),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..agents {
+        let channel = channels[i % conns].clone();
+        let site = sites[i % n_sites].clone();
+        let progress = progress.clone();
+        tasks.spawn(async move {
+            let (tx, rx) = mpsc::channel(4);
+            let hello = pb::AgentHello {
+                node: format!("node-{i}"),
+                site,
+                applied: None,
+                software: "bench".into(),
+            };
+            tx.send(pb::AgentMessage {
+                body: Some(pb::agent_message::Body::Hello(hello)),
+            })
+            .await?;
+            let mut updates = RouteDistributionClient::new(channel)
+                .watch(ReceiverStream::new(rx))
+                .await?
+                .into_inner();
+            let mut counted_for = 0;
+            while let Some(u) = updates.message().await? {
+                let v = u.version.as_ref().map_or(0, |v| v.version);
+                tx.send(pb::AgentMessage {
+                    body: Some(pb::agent_message::Body::Ack(pb::Ack {
+                        version: u.version,
+                        nonce: u.nonce,
+                    })),
+                })
+                .await?;
+                let target = progress.target.load(Ordering::Acquire);
+                if v >= target && counted_for < target {
+                    counted_for = target;
+                    progress.acked.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+            anyhow::Ok(())
+        });
+    }
+    while progress.acked.load(Ordering::Acquire) < agents {
+        if t_connect.elapsed() > Duration::from_secs(300) {
+            bail!(
+                "only {} of {agents} agents got the first table",
+                progress.acked.load(Ordering::Acquire)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("{agents} agents on table {first} after {:?}", t_connect.elapsed());
+    let rss_idle = rss_mb(child.id());
+
+    // The changes: drain and undrain a site in turn; each makes a new table for every site.
+    let mut times = Vec::new();
+    let mut version = first;
+    for k in 0..changes {
+        let site = sites[(k / 2) * 4 % n_sites].clone();
+        progress.acked.store(0, Ordering::Release);
+        progress.target.store(version + 1, Ordering::Release);
+        let t0 = Instant::now();
+        let v = if k % 2 == 0 {
+            let r = admin
+                .drain(pb::DrainRequest {
+                    kind: "site".into(),
+                    name: site.clone(),
+                    reason: "bench".into(),
+                    author: "bench".into(),
+                    force: true,
+                    dry_run: false,
+                })
+                .await?
+                .into_inner();
+            r.version.map_or(0, |v| v.version)
+        } else {
+            let r = admin
+                .undrain(pb::UndrainRequest {
+                    kind: "site".into(),
+                    name: site.clone(),
+                    author: "bench".into(),
+                })
+                .await?
+                .into_inner();
+            r.version.map_or(0, |v| v.version)
+        };
+        if v != version + 1 {
+            // Agents count any version ≥ target, so a skipped number still completes.
+            progress.target.store(v, Ordering::Release);
+        }
+        while progress.acked.load(Ordering::Acquire) < agents {
+            if t0.elapsed() > Duration::from_secs(120) {
+                bail!(
+                    "change {k}: only {} of {agents} acked",
+                    progress.acked.load(Ordering::Acquire)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let took = t0.elapsed();
+        eprintln!("change {k} (table {v}): all {agents} acked after {took:?}");
+        times.push(took.as_secs_f64() * 1e3);
+        version = v;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let rss = rss_mb(child.id());
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+    println!(
+        "\n## Fan-out: {agents} Watch streams over {conns} connections, {n_sites} sites ({} rows per update)",
+        routes.rows.len()
+    );
+    println!("| changes | all acked, median | min | max | controller RSS idle | after changes |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| {changes} | {median:.0} ms | {:.0} ms | {:.0} ms | {rss_idle:.0} MB | {rss:.0} MB |",
+        sorted.first().copied().unwrap_or(f64::NAN),
+        sorted.last().copied().unwrap_or(f64::NAN)
+    );
+    tasks.abort_all();
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(())
+}
