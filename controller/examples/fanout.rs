@@ -15,7 +15,6 @@ use anyhow::{Context, bail};
 use proto::v1 as pb;
 use proto::v1::admin_client::AdminClient;
 use proto::v1::probe_ingest_client::ProbeIngestClient;
-use proto::v1::route_distribution_client::RouteDistributionClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -41,6 +40,17 @@ fn rss_mb(pid: u32) -> f64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// What the load generator reads of an update: its version and nonce. Real agents decode the
+/// whole update on their own machines; here every stream shares two cores with the controller,
+/// so decoding 10,000 full updates would measure the load generator, not the controller.
+#[derive(Clone, PartialEq, prost::Message)]
+struct UpdateHead {
+    #[prost(message, optional, tag = "1")]
+    version: Option<pb::TableVersion>,
+    #[prost(string, tag = "2")]
+    nonce: String,
 }
 
 /// Per-change progress shared by every agent task.
@@ -205,8 +215,13 @@ async fn main() -> anyhow::Result<()> {
                 body: Some(pb::agent_message::Body::Hello(hello)),
             })
             .await?;
-            let mut updates = RouteDistributionClient::new(channel)
-                .watch(ReceiverStream::new(rx))
+            let mut grpc = tonic::client::Grpc::new(channel);
+            grpc.ready().await?;
+            let path =
+                tonic::codegen::http::uri::PathAndQuery::from_static("/axon.v1.RouteDistribution/Watch");
+            let codec = tonic_prost::ProstCodec::<pb::AgentMessage, UpdateHead>::default();
+            let mut updates = grpc
+                .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec)
                 .await?
                 .into_inner();
             let mut counted_for = 0;

@@ -33,6 +33,8 @@ pub struct Published {
     pub table: RouteTable,
     /// Per site id: its update, nonce left empty (each send sets its own).
     pub updates: HashMap<SiteId, pb::RouteUpdate>,
+    /// The same updates encoded once, shared by every watch stream of the site.
+    pub encoded: HashMap<SiteId, bytes::Bytes>,
 }
 
 /// What the controller knows of one agent.
@@ -122,6 +124,10 @@ impl Shared {
         }
         let id = c.table.id();
         drop(core);
+        let encoded = updates
+            .iter()
+            .map(|(s, u)| (s.clone(), proto::wire::EncodedRouteUpdate::encode_shared(u)))
+            .collect();
         self.metrics.table_version.set(id.version.0 as i64);
         info!(
             epoch = id.epoch.0,
@@ -131,6 +137,7 @@ impl Shared {
         self.published.send_replace(Some(Arc::new(Published {
             table: c.table,
             updates,
+            encoded,
         })));
         self.count_agents();
         Ok(true)
@@ -203,9 +210,7 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
         let r = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_service(pb::probe_ingest_server::ProbeIngestServer::new(svc.clone()))
-            .add_service(pb::route_distribution_server::RouteDistributionServer::new(
-                svc.clone(),
-            ))
+            .add_service(proto::fast::route_distribution_server::RouteDistributionServer::new(svc.clone()))
             .add_service(pb::admin_server::AdminServer::new(svc))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc),

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use proto::v1 as pb;
 use proto::v1::{probe_report, prober_message};
+use proto::wire::EncodedRouteUpdate;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -131,8 +132,8 @@ fn version_of(p: &Option<pb::TableVersion>) -> (u64, u64) {
 }
 
 #[tonic::async_trait]
-impl pb::route_distribution_server::RouteDistribution for Services {
-    type WatchStream = BoxStream<pb::RouteUpdate>;
+impl proto::fast::route_distribution_server::RouteDistribution for Services {
+    type WatchStream = BoxStream<EncodedRouteUpdate>;
 
     async fn watch(
         &self,
@@ -181,13 +182,17 @@ impl pb::route_distribution_server::RouteDistribution for Services {
             loop {
                 if send_now {
                     send_now = false;
-                    let update = tables
+                    // The site's update was encoded once at publication; only the nonce is ours.
+                    let body = tables
                         .borrow_and_update()
                         .as_ref()
-                        .and_then(|p| p.updates.get(&site).cloned());
-                    if let Some(mut u) = update {
+                        .and_then(|p| p.encoded.get(&site).cloned());
+                    if let Some(body) = body {
                         nonce += 1;
-                        u.nonce = format!("{node}-{nonce}");
+                        let u = EncodedRouteUpdate {
+                            body,
+                            nonce: format!("{node}-{nonce}"),
+                        };
                         if tx.send(Ok(u)).await.is_err() {
                             break;
                         }
