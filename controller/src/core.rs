@@ -475,3 +475,138 @@ mod tests {
         assert!(again.compute(3_000).table.id().version > v1);
     }
 }
+
+/// Parses one what-if change as `axonctl whatif` writes it: `drain-site S`, `drain-region R`,
+/// `cut-link A B`, `promote S`, `add-site ID REGION LAT LON [CAPACITY]` (links to the new site
+/// are estimated from distance).
+pub fn parse_change(text: &str) -> Result<topology::Change, ControllerError> {
+    let bad = |detail: String| ControllerError::Invalid {
+        field: "change",
+        detail,
+    };
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let site = |s: &str| SiteId::new(s).map_err(|e| bad(e.to_string()));
+    let num = |s: &str| {
+        s.parse::<f64>()
+            .map_err(|_| bad(format!("`{s}` is not a number")))
+    };
+    Ok(match words.as_slice() {
+        ["drain-site", s] => topology::Change::DrainSite { site: site(s)? },
+        ["drain-region", r] => topology::Change::DrainRegion {
+            region: topology::RegionId::new(*r).map_err(|e| bad(e.to_string()))?,
+        },
+        ["cut-link", a, b] => topology::Change::CutLink {
+            a: site(a)?,
+            b: site(b)?,
+        },
+        ["promote", s] => topology::Change::PromoteShadow { site: site(s)? },
+        ["add-site", id, region, lat, lon, rest @ ..] if rest.len() <= 1 => {
+            let capacity = match rest.first() {
+                Some(c) => c.parse::<u32>().map_err(|_| bad(format!("capacity `{c}`")))?,
+                None => 1_000,
+            };
+            let s = topology::Site::new(id, region, "metal", num(lat)?, num(lon)?, capacity)
+                .map_err(|e| bad(e.to_string()))?;
+            topology::Change::AddSite {
+                site: s,
+                links: Vec::new(),
+            }
+        }
+        _ => {
+            return Err(bad(format!(
+                "`{text}`: expected drain-site S | drain-region R | cut-link A B | promote S | add-site ID REGION LAT LON [CAPACITY]"
+            )));
+        }
+    })
+}
+
+/// Runs a what-if on a copy of the world and summarises it for the wire.
+pub fn what_if_reply(
+    world: &World,
+    cfg: &ControllerConfig,
+    changes: &[topology::Change],
+) -> Result<pb::WhatIfReply, ControllerError> {
+    let r = topology::what_if(world, &cfg.engine, &cfg.guardrails, changes)?;
+    let worst = r
+        .worse
+        .iter()
+        .map(|d| f64::from(d.cost_after - d.cost_before))
+        .fold(0.0, f64::max);
+    let mut summary = Vec::new();
+    let show = |d: &topology::whatif::PairDelta| {
+        format!(
+            "{} → {}: {} ({:.1} ms) → {} ({:.1} ms)",
+            d.src,
+            d.dst,
+            d.before
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("-"),
+            d.cost_before,
+            d.after
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("-"),
+            d.cost_after
+        )
+    };
+    summary.extend(r.worse.iter().take(5).map(|d| format!("worse  {}", show(d))));
+    summary.extend(r.better.iter().take(5).map(|d| format!("better {}", show(d))));
+    summary.extend(
+        r.lost
+            .iter()
+            .take(5)
+            .map(|(a, b)| format!("unreachable {a} → {b}")),
+    );
+    summary.extend(r.guardrail_warnings.iter().map(|w| format!("guardrail {w}")));
+    Ok(pb::WhatIfReply {
+        pairs_better: r.better.len() as u32,
+        pairs_worse: r.worse.len() as u32,
+        pairs_unreachable: r.lost.len() as u32,
+        worst_increase_ms: worst,
+        capacity_left: if r.capacity_before == 0 {
+            0.0
+        } else {
+            r.capacity_after as f64 / r.capacity_before as f64
+        },
+        summary,
+    })
+}
+
+#[cfg(test)]
+mod what_if_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn changes_parse_and_bad_ones_say_what_is_expected() {
+        assert!(matches!(
+            parse_change("drain-site aws-use1").unwrap(),
+            topology::Change::DrainSite { .. }
+        ));
+        assert!(matches!(
+            parse_change("drain-region us-east").unwrap(),
+            topology::Change::DrainRegion { .. }
+        ));
+        assert!(matches!(
+            parse_change("cut-link a b").unwrap(),
+            topology::Change::CutLink { .. }
+        ));
+        assert!(matches!(
+            parse_change("add-site x r1 10 20").unwrap(),
+            topology::Change::AddSite { .. }
+        ));
+        for bad in [
+            "",
+            "drain-site",
+            "cut-link a",
+            "add-site x r1 north 20",
+            "explode a",
+        ] {
+            let e = parse_change(bad).unwrap_err().to_string();
+            assert!(e.contains("change"), "{e}");
+        }
+    }
+}

@@ -538,9 +538,26 @@ impl pb::admin_server::Admin for Services {
         }))
     }
 
-    async fn what_if(&self, _: Request<pb::WhatIfRequest>) -> Result<Response<pb::WhatIfReply>, Status> {
-        Err(Status::unimplemented(
-            "what-if is not served by this controller yet",
-        ))
+    async fn what_if(&self, req: Request<pb::WhatIfRequest>) -> Result<Response<pb::WhatIfReply>, Status> {
+        let req = req.into_inner();
+        if req.changes.is_empty() {
+            return Err(Status::invalid_argument("what-if needs at least one change"));
+        }
+        let changes = req
+            .changes
+            .iter()
+            .map(|c| crate::core::parse_change(c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (world, cfg) = {
+            let core = self.0.core();
+            (core.world().clone(), core.config().clone())
+        };
+        // Two full computations: off the I/O threads.
+        let reply = tokio::task::spawn_blocking(move || crate::core::what_if_reply(&world, &cfg, &changes))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(topology_status)?;
+        Ok(Response::new(reply))
     }
 }

@@ -493,10 +493,26 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .await
                 .map_err(from_status)?
                 .into_inner();
-            println!(
-                "{}",
-                json!({"pairs_better": r.pairs_better, "pairs_worse": r.pairs_worse, "pairs_unreachable": r.pairs_unreachable, "worst_increase_ms": r.worst_increase_ms, "capacity_left": r.capacity_left, "summary": r.summary})
-            );
+            if json_out {
+                println!(
+                    "{}",
+                    json!({"pairs_better": r.pairs_better, "pairs_worse": r.pairs_worse,
+                           "pairs_unreachable": r.pairs_unreachable, "worst_increase_ms": r.worst_increase_ms,
+                           "capacity_left": r.capacity_left, "summary": r.summary})
+                );
+            } else {
+                println!(
+                    "pairs better {}   worse {}   unreachable {}   worst increase {:.1} ms   capacity left {:.0}%",
+                    r.pairs_better,
+                    r.pairs_worse,
+                    r.pairs_unreachable,
+                    r.worst_increase_ms,
+                    r.capacity_left * 100.0
+                );
+                for line in &r.summary {
+                    println!("  {line}");
+                }
+            }
         }
     }
     Ok(())

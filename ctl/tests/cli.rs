@@ -98,6 +98,14 @@ async fn axonctl_speaks_tables_json_and_exit_codes() {
     let (code, _, err) = axonctl(&["-c", "http://127.0.0.1:9", "status"]).await;
     assert_eq!(code, 69, "{err}");
 
+    // What-if: a human summary, and a clear error for a change it cannot parse.
+    let (code, out, err) = axonctl(&["-c", &url, "whatif", "drain-region r3"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("capacity left 50%"), "{out}");
+    let (code, _, err) = axonctl(&["-c", &url, "whatif", "explode everything"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("expected drain-site"), "{err}");
+
     b.shutdown().await;
     c.shutdown().await;
 }

@@ -60,6 +60,22 @@ async fn the_loop_relays_reroutes_drains_and_survives_the_control_plane() {
     })
     .await;
 
+    // What if c were drained: a ↔ b lose their relay and get worse; nothing is changed.
+    let mut admin = AdminClient::connect(endpoint(mesh.controller.as_ref().unwrap()))
+        .await
+        .unwrap();
+    let w = admin
+        .what_if(pb::WhatIfRequest {
+            changes: vec!["drain-site c".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(w.pairs_worse >= 2 && w.worst_increase_ms > 5.0, "{w:?}");
+    assert!(w.summary.iter().any(|l| l.contains("a → b")), "{w:?}");
+    assert!((w.capacity_left - 0.75).abs() < 1e-9, "{w:?}");
+    assert_eq!(mesh.primary("a", "b").await.unwrap(), ["a", "c", "b"]);
+
     // 2. Blackhole a link of that primary: every affected agent moves off it.
     let t0 = Instant::now();
     mesh.blackhole("c", "b", true);
