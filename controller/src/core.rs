@@ -610,3 +610,104 @@ mod what_if_tests {
         }
     }
 }
+
+impl Core {
+    /// Other paths for `from → to` and why each is not the primary: the direct link and every
+    /// one-relay path, cheapest first (at most `limit` usable ones, plus the direct path
+    /// whatever its state).
+    pub fn alternatives(
+        &self,
+        from: &SiteId,
+        to: &SiteId,
+        limit: usize,
+    ) -> Result<Vec<pb::Alternative>, ControllerError> {
+        let w = &self.world;
+        let inv = &w.inventory;
+        let (s, d) = (inv.require(from)?, inv.require(to)?);
+        let weights = &self.cfg.engine.cost;
+        let drained = w.drains.drained_mask(inv);
+        let primary = self.table.as_ref().and_then(|t| t.entry(from, to).ok().flatten());
+        let primary_cost = primary.as_ref().map(|e| f64::from(e.primary_cost));
+        let primary_path: Vec<SiteId> = primary.map(|e| e.primary).unwrap_or_default();
+        let mut candidates: Vec<Vec<topology::SiteIdx>> = vec![vec![s, d]];
+        for r in 0..inv.len() as topology::SiteIdx {
+            if r != s && r != d {
+                candidates.push(vec![s, r, d]);
+            }
+        }
+        let mut usable = Vec::new();
+        let mut direct = None;
+        for c in candidates {
+            let names: Vec<SiteId> = c.iter().map(|&i| inv.site(i).id.clone()).collect();
+            if names == primary_path {
+                continue;
+            }
+            let mut why_not = None;
+            for &r in &c[1..c.len() - 1] {
+                let site = inv.site(r);
+                if site.role == topology::Role::Shadow {
+                    why_not = Some(format!("relay {} is a shadow site", site.id));
+                } else if drained[usize::from(r)] {
+                    why_not = Some(format!("relay {} is drained", site.id));
+                }
+            }
+            let mut cost = weights.relay_penalty_ms * (c.len() - 2) as f64;
+            let mut metrics = Vec::new();
+            for pair in c.windows(2) {
+                let (a, b) = (pair[0], pair[1]);
+                match w.links.get(a, b) {
+                    None => {
+                        why_not = why_not.or(Some(format!(
+                            "no measurement of {} → {}",
+                            inv.site(a).id,
+                            inv.site(b).id
+                        )))
+                    }
+                    Some(v) if v.health == topology::LinkHealth::Down => {
+                        why_not = why_not.or(Some(format!(
+                            "link {} → {} is down",
+                            inv.site(a).id,
+                            inv.site(b).id
+                        )));
+                    }
+                    Some(v) => {
+                        cost += weights.link_cost(&v.metrics)
+                            + if v.health == topology::LinkHealth::Stale {
+                                weights.stale_penalty_ms
+                            } else {
+                                0.0
+                            };
+                        metrics.push(v.metrics);
+                    }
+                }
+            }
+            let q = topology::Quality::of_path(metrics.iter());
+            let path = Some(pb::RoutePath {
+                sites: names.iter().map(ToString::to_string).collect(),
+                cost_ms: cost,
+                mos: q.mos,
+                r_factor: q.r_factor,
+            });
+            let why_not = why_not.unwrap_or_else(|| match primary_cost {
+                None => "no primary to compare with".into(),
+                Some(p) if cost < p => format!(
+                    "{:.1} ms cheaper, but has not yet won by the margin long enough",
+                    p - cost
+                ),
+                Some(p) => format!("costs {:.1} ms more", cost - p),
+            });
+            let alt = pb::Alternative { path, why_not };
+            if c.len() == 2 {
+                direct = Some(alt);
+            } else if metrics.len() == c.len() - 1 {
+                usable.push(alt);
+            }
+        }
+        usable.sort_by(|a, b| {
+            let cost = |x: &pb::Alternative| x.path.as_ref().map_or(f64::INFINITY, |p| p.cost_ms);
+            cost(a).total_cmp(&cost(b))
+        });
+        usable.truncate(limit);
+        Ok(direct.into_iter().chain(usable).collect())
+    }
+}

@@ -438,18 +438,7 @@ impl pb::admin_server::Admin for Services {
             .as_ref()
             .map(|e| crate::core::reason_text(&e.reason))
             .unwrap_or_default();
-        let mut alternatives = Vec::new();
-        if let Some(b) = chosen.as_ref().and_then(|c| c.backup.clone()) {
-            let gap = b.cost_ms
-                - chosen
-                    .as_ref()
-                    .and_then(|c| c.primary.as_ref())
-                    .map_or(0.0, |p| p.cost_ms);
-            alternatives.push(pb::Alternative {
-                path: Some(b),
-                why_not: format!("backup: costs {gap:.1} ms more"),
-            });
-        }
+        let alternatives = core.alternatives(&from, &to, 5).map_err(topology_status)?;
         Ok(Response::new(pb::ExplainReply {
             version: table_version(&self.0),
             chosen,

@@ -75,6 +75,28 @@ async fn the_loop_relays_reroutes_drains_and_survives_the_control_plane() {
     assert!(w.summary.iter().any(|l| l.contains("a → b")), "{w:?}");
     assert!((w.capacity_left - 0.75).abs() < 1e-9, "{w:?}");
     assert_eq!(mesh.primary("a", "b").await.unwrap(), ["a", "c", "b"]);
+    // Explain says why: the direct path costs more, and so does the detour through d.
+    let e = admin
+        .explain(pb::ExplainRequest {
+            from: "a".into(),
+            to: "b".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        e.chosen.as_ref().unwrap().primary.as_ref().unwrap().sites,
+        ["a", "c", "b"]
+    );
+    let direct = &e.alternatives[0];
+    assert_eq!(direct.path.as_ref().unwrap().sites, ["a", "b"]);
+    assert!(direct.why_not.contains("more"), "{e:?}");
+    assert!(
+        e.alternatives
+            .iter()
+            .any(|a| a.path.as_ref().unwrap().sites == ["a", "d", "b"]),
+        "{e:?}"
+    );
 
     // 2. Blackhole a link of that primary: every affected agent moves off it.
     let t0 = Instant::now();
