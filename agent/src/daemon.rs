@@ -4,9 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use ops::register;
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use proto::v1 as pb;
 use proto::v1::route_distribution_client::RouteDistributionClient;
 use tokio::sync::mpsc;
@@ -20,12 +21,7 @@ use crate::error::AgentError;
 use crate::persist;
 use crate::table::{Table, validate, version};
 
-/// Unix milliseconds now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use ops::unix_ms as now_ms;
 
 /// The agent's metrics.
 #[derive(Clone)]
@@ -44,49 +40,47 @@ pub struct Metrics {
     pub persist_failures: IntGauge,
 }
 
-fn must<T>(r: prometheus::Result<T>) -> T {
-    r.expect("metric definitions are static and valid")
-}
-
 impl Metrics {
     fn new() -> Self {
-        let m = Metrics {
-            registry: Registry::new(),
-            table_version: must(IntGauge::new(
-                "axon_agent_table_version",
-                "Version of the table held.",
-            )),
-            table_age: must(IntGauge::new(
-                "axon_agent_table_age_seconds",
-                "Age of the table held.",
-            )),
-            updates: must(IntCounterVec::new(
-                Opts::new("axon_agent_updates_total", "Route updates by result."),
-                &["result"],
-            )),
-            connected: must(IntGauge::new(
-                "axon_agent_controller_connected",
-                "1 while a watch stream is open.",
-            )),
-            persist_failures: must(IntGauge::new(
-                "axon_agent_persist_failures_total",
-                "Failures to write the last-known-good table.",
-            )),
-        };
-        for c in [&m.table_version, &m.table_age, &m.connected, &m.persist_failures] {
-            must(m.registry.register(Box::new(c.clone())));
+        let registry = Registry::new();
+        let r = &registry;
+        Metrics {
+            table_version: register(
+                r,
+                IntGauge::new("axon_agent_table_version", "Version of the table held."),
+            ),
+            table_age: register(
+                r,
+                IntGauge::new("axon_agent_table_age_seconds", "Age of the table held."),
+            ),
+            updates: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("axon_agent_updates_total", "Route updates by result."),
+                    &["result"],
+                ),
+            ),
+            connected: register(
+                r,
+                IntGauge::new(
+                    "axon_agent_controller_connected",
+                    "1 while a watch stream is open.",
+                ),
+            ),
+            persist_failures: register(
+                r,
+                IntGauge::new(
+                    "axon_agent_persist_failures_total",
+                    "Failures to write the last-known-good table.",
+                ),
+            ),
+            registry,
         }
-        must(m.registry.register(Box::new(m.updates.clone())));
-        m
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
-            return format!("# encoding failed: {e}\n");
-        }
-        String::from_utf8(out).unwrap_or_default()
+        ops::render(&self.registry)
     }
 }
 

@@ -1,7 +1,6 @@
 //! The last-known-good table on disk: written atomically after every apply, read at start so
 //! that a restarted agent serves routes before any controller answers.
 
-use std::io::Write;
 use std::path::Path;
 
 use prost::Message;
@@ -10,27 +9,15 @@ use proto::v1 as pb;
 use crate::error::AgentError;
 use crate::table::{Table, validate};
 
-/// Writes the table: temporary file, fsync, rename, fsync of the directory. A crash leaves the
-/// old table or the new one, never a torn file.
+/// Writes the table atomically (see [`ops::write_atomically`]): a crash leaves the old table
+/// or the new one, never a torn file.
 pub fn save(path: &Path, t: &Table) -> Result<(), AgentError> {
-    let err = |e: std::io::Error| AgentError::Persist(format!("{}: {e}", path.display()));
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = dir.join(".last-known-good.tmp");
     // 8 bytes of applied time, then the update as protobuf.
     let mut bytes = t.applied_unix_ms.to_be_bytes().to_vec();
     t.update
         .encode(&mut bytes)
         .map_err(|e| AgentError::Persist(e.to_string()))?;
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(&bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(err)?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)
+    ops::write_atomically(path, &bytes).map_err(|e| AgentError::Persist(format!("{}: {e}", path.display())))
 }
 
 /// Reads the table back and validates it again (a file is input like any other). `Ok(None)`

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use proto::v1 as pb;
 use tokio::sync::{Notify, watch};
@@ -19,12 +19,7 @@ use crate::error::ControllerError;
 use crate::metrics::Metrics;
 use crate::store::{MemoryStore, Store};
 
-/// Unix milliseconds now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use ops::unix_ms as now_ms;
 
 /// A published table with every site's update prepared once (agents of a site share it).
 #[derive(Debug)]

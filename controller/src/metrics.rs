@@ -1,9 +1,8 @@
 //! Every metric the controller exports. Labels are bounded: `reason` from a fixed set,
 //! `site` from the inventory.
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use ops::register;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// The controller's metrics and the registry that exports them.
 #[derive(Clone)]
@@ -30,75 +29,67 @@ pub struct Metrics {
     pub updates_sent: IntCounter,
 }
 
-fn must<T>(r: prometheus::Result<T>) -> T {
-    r.expect("metric definitions are static and valid")
-}
-
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let m = Metrics {
-            registry: Registry::new(),
-            reports: must(IntCounterVec::new(
-                Opts::new("axon_ingest_reports_total", "Reports taken."),
-                &["kind"],
-            )),
-            rejected: must(IntCounterVec::new(
-                Opts::new(
-                    "axon_ingest_rejected_total",
-                    "Reports refused at ingest, by reason.",
+        let registry = Registry::new();
+        let r = &registry;
+        Metrics {
+            reports: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("axon_ingest_reports_total", "Reports taken."),
+                    &["kind"],
                 ),
-                &["reason"],
-            )),
-            computations: must(IntCounter::new(
-                "axon_route_computations_total",
-                "Route computations run.",
-            )),
-            compute_seconds: must(Histogram::with_opts(
-                HistogramOpts::new("axon_route_compute_seconds", "Time of one route computation.")
-                    .buckets(vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
-            )),
-            table_version: must(IntGauge::new(
-                "axon_route_table_version",
-                "Version of the table in force.",
-            )),
-            agents_connected: must(IntGauge::new(
-                "axon_agents_connected",
-                "Agents with an open watch stream.",
-            )),
-            agents_latest: must(IntGauge::new(
-                "axon_agents_latest",
-                "Agents that acked the table in force.",
-            )),
-            nacks: must(IntCounter::new(
-                "axon_agent_nacks_total",
-                "Route updates refused by agents.",
-            )),
-            updates_sent: must(IntCounter::new(
-                "axon_route_updates_sent_total",
-                "Route updates sent to agents.",
-            )),
-        };
-        let r = &m.registry;
-        must(r.register(Box::new(m.reports.clone())));
-        must(r.register(Box::new(m.rejected.clone())));
-        must(r.register(Box::new(m.computations.clone())));
-        must(r.register(Box::new(m.compute_seconds.clone())));
-        must(r.register(Box::new(m.table_version.clone())));
-        must(r.register(Box::new(m.agents_connected.clone())));
-        must(r.register(Box::new(m.agents_latest.clone())));
-        must(r.register(Box::new(m.nacks.clone())));
-        must(r.register(Box::new(m.updates_sent.clone())));
-        m
+            ),
+            rejected: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "axon_ingest_rejected_total",
+                        "Reports refused at ingest, by reason.",
+                    ),
+                    &["reason"],
+                ),
+            ),
+            computations: register(
+                r,
+                IntCounter::new("axon_route_computations_total", "Route computations run."),
+            ),
+            compute_seconds: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new("axon_route_compute_seconds", "Time of one route computation.")
+                        .buckets(vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+                ),
+            ),
+            table_version: register(
+                r,
+                IntGauge::new("axon_route_table_version", "Version of the table in force."),
+            ),
+            agents_connected: register(
+                r,
+                IntGauge::new("axon_agents_connected", "Agents with an open watch stream."),
+            ),
+            agents_latest: register(
+                r,
+                IntGauge::new("axon_agents_latest", "Agents that acked the table in force."),
+            ),
+            nacks: register(
+                r,
+                IntCounter::new("axon_agent_nacks_total", "Route updates refused by agents."),
+            ),
+            updates_sent: register(
+                r,
+                IntCounter::new("axon_route_updates_sent_total", "Route updates sent to agents."),
+            ),
+            registry,
+        }
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
-            return format!("# encoding failed: {e}\n");
-        }
-        String::from_utf8(out).unwrap_or_default()
+        ops::render(&self.registry)
     }
 }
 

@@ -4,7 +4,7 @@
 //! (memory, plus an optional snapshot file) serves a single controller; an etcd store with
 //! leader election and fenced writes will implement the same trait for high availability.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -57,28 +57,6 @@ impl MemoryStore {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync of
-/// the directory. A crash leaves either the old file or the new one, never a torn one.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "snapshot".into())
-    ));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
 impl Store for MemoryStore {
     fn load(&self) -> Result<Snapshot, ControllerError> {
         Ok(self.current.lock().unwrap_or_else(|e| e.into_inner()).clone())
@@ -88,7 +66,7 @@ impl Store for MemoryStore {
         if let Some(path) = &self.file {
             let json =
                 serde_json::to_vec_pretty(snapshot).map_err(|e| ControllerError::Store(e.to_string()))?;
-            write_atomically(path, &json)
+            ops::write_atomically(path, &json)
                 .map_err(|e| ControllerError::Store(format!("{}: {e}", path.display())))?;
         }
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = snapshot.clone();

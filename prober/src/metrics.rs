@@ -1,11 +1,11 @@
 //! Every metric the prober exports, in one place. Labels are bounded: `peer` comes from the
 //! configured peer list, `reason` and `state` from fixed sets.
 
+use ops::register;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
-use prometheus::{Gauge, GaugeVec};
 
 /// The prober's metrics and the registry that exports them.
 #[derive(Clone)]
@@ -44,116 +44,120 @@ pub struct Metrics {
     pub send_lateness: Histogram,
 }
 
-fn must<T>(r: prometheus::Result<T>) -> T {
-    r.expect("metric definitions are static and valid")
-}
-
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let registry = Registry::new();
+        let r = &registry;
         let rtt_buckets = vec![
             0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
             0.75, 1.0, 2.0,
         ];
-        let m = Metrics {
-            rtt: must(HistogramVec::new(
-                HistogramOpts::new("axon_probe_rtt_seconds", "Probe round-trip time.").buckets(rtt_buckets),
-                &["peer"],
-            )),
-            loss: must(GaugeVec::new(
-                Opts::new("axon_probe_loss_ratio", "Loss ratio of the last window."),
-                &["peer"],
-            )),
-            jitter: must(GaugeVec::new(
-                Opts::new(
-                    "axon_probe_jitter_seconds",
-                    "RFC 3550 jitter over RTT samples at the last window.",
+        Metrics {
+            rtt: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new("axon_probe_rtt_seconds", "Probe round-trip time.")
+                        .buckets(rtt_buckets),
+                    &["peer"],
                 ),
-                &["peer"],
-            )),
-            sent: must(IntCounterVec::new(
-                Opts::new("axon_probes_sent_total", "Probes sent."),
-                &["peer"],
-            )),
-            lost: must(IntCounterVec::new(
-                Opts::new("axon_probes_lost_total", "Probes lost."),
-                &["peer"],
-            )),
-            peer_up: must(IntGaugeVec::new(
-                Opts::new("axon_peer_up", "1 while the peer answers."),
-                &["peer"],
-            )),
-            liveness_events: must(IntCounterVec::new(
-                Opts::new("axon_probe_liveness_events_total", "Liveness changes."),
-                &["peer", "state"],
-            )),
-            dropped: must(IntCounterVec::new(
-                Opts::new(
-                    "axon_probe_datagrams_dropped_total",
-                    "Datagrams refused, by reason.",
+            ),
+            loss: register(
+                r,
+                GaugeVec::new(
+                    Opts::new("axon_probe_loss_ratio", "Loss ratio of the last window."),
+                    &["peer"],
                 ),
-                &["reason"],
-            )),
-            reflected: must(IntCounter::new(
-                "axon_probes_reflected_total",
-                "Probes reflected for peers.",
-            )),
-            dial_failures: must(IntCounterVec::new(
-                Opts::new("axon_probe_dial_failures_total", "Failed connection attempts."),
-                &["peer"],
-            )),
-            report_dropped: must(IntCounter::new(
-                "axon_report_dropped_total",
-                "Reports dropped (oldest first) while the buffer was full.",
-            )),
-            report_buffered: must(IntGauge::new(
-                "axon_report_buffered",
-                "Reports waiting for a controller.",
-            )),
-            report_acked: must(IntCounter::new(
-                "axon_report_acked_total",
-                "Reports acknowledged by a controller.",
-            )),
-            controller_connected: must(Gauge::new(
-                "axon_report_controller_connected",
-                "1 while a report stream is open.",
-            )),
-            send_lateness: must(Histogram::with_opts(
-                HistogramOpts::new(
-                    "axon_probe_send_lateness_seconds",
-                    "Delay from a probe's tick to its send.",
-                )
-                .buckets(vec![0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05]),
-            )),
+            ),
+            jitter: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "axon_probe_jitter_seconds",
+                        "RFC 3550 jitter over RTT samples at the last window.",
+                    ),
+                    &["peer"],
+                ),
+            ),
+            sent: register(
+                r,
+                IntCounterVec::new(Opts::new("axon_probes_sent_total", "Probes sent."), &["peer"]),
+            ),
+            lost: register(
+                r,
+                IntCounterVec::new(Opts::new("axon_probes_lost_total", "Probes lost."), &["peer"]),
+            ),
+            peer_up: register(
+                r,
+                IntGaugeVec::new(Opts::new("axon_peer_up", "1 while the peer answers."), &["peer"]),
+            ),
+            liveness_events: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("axon_probe_liveness_events_total", "Liveness changes."),
+                    &["peer", "state"],
+                ),
+            ),
+            dropped: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "axon_probe_datagrams_dropped_total",
+                        "Datagrams refused, by reason.",
+                    ),
+                    &["reason"],
+                ),
+            ),
+            reflected: register(
+                r,
+                IntCounter::new("axon_probes_reflected_total", "Probes reflected for peers."),
+            ),
+            dial_failures: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new("axon_probe_dial_failures_total", "Failed connection attempts."),
+                    &["peer"],
+                ),
+            ),
+            report_dropped: register(
+                r,
+                IntCounter::new(
+                    "axon_report_dropped_total",
+                    "Reports dropped (oldest first) while the buffer was full.",
+                ),
+            ),
+            report_buffered: register(
+                r,
+                IntGauge::new("axon_report_buffered", "Reports waiting for a controller."),
+            ),
+            report_acked: register(
+                r,
+                IntCounter::new("axon_report_acked_total", "Reports acknowledged by a controller."),
+            ),
+            controller_connected: register(
+                r,
+                Gauge::new(
+                    "axon_report_controller_connected",
+                    "1 while a report stream is open.",
+                ),
+            ),
+            send_lateness: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "axon_probe_send_lateness_seconds",
+                        "Delay from a probe's tick to its send.",
+                    )
+                    .buckets(vec![0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05]),
+                ),
+            ),
             registry,
-        };
-        let r = &m.registry;
-        must(r.register(Box::new(m.rtt.clone())));
-        must(r.register(Box::new(m.loss.clone())));
-        must(r.register(Box::new(m.jitter.clone())));
-        must(r.register(Box::new(m.sent.clone())));
-        must(r.register(Box::new(m.lost.clone())));
-        must(r.register(Box::new(m.peer_up.clone())));
-        must(r.register(Box::new(m.liveness_events.clone())));
-        must(r.register(Box::new(m.dropped.clone())));
-        must(r.register(Box::new(m.reflected.clone())));
-        must(r.register(Box::new(m.dial_failures.clone())));
-        must(r.register(Box::new(m.report_dropped.clone())));
-        must(r.register(Box::new(m.report_buffered.clone())));
-        must(r.register(Box::new(m.report_acked.clone())));
-        must(r.register(Box::new(m.controller_connected.clone())));
-        must(r.register(Box::new(m.send_lateness.clone())));
-        m
+        }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
-            return format!("# encoding failed: {e}\n");
-        }
-        String::from_utf8(out).unwrap_or_default()
+        ops::render(&self.registry)
     }
 }
 

@@ -60,29 +60,13 @@ fn main() -> std::process::ExitCode {
             print!("{}", cfg.to_toml());
             return Ok(());
         }
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-        if args.log_json {
-            tracing_subscriber::fmt().json().with_env_filter(filter).init();
-        } else {
-            tracing_subscriber::fmt().with_env_filter(filter).init();
-        }
+        ops::init_logging(args.log_json);
         tokio::runtime::Runtime::new()?.block_on(async {
             let handle = controller::start(cfg).await?;
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            tracing::info!("shutting down");
+            ops::terminated().await;
             handle.shutdown().await;
             anyhow::Ok(())
         })
     };
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("axon-controller: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    ops::exit("axon-controller", run())
 }

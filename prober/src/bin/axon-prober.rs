@@ -115,13 +115,7 @@ fn main() -> std::process::ExitCode {
         };
         runtime.block_on(run(args, cfg))
     };
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("axon-prober: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    ops::exit("axon-prober", run())
 }
 
 async fn run(args: Args, cfg: ProberConfig) -> anyhow::Result<()> {
@@ -129,22 +123,12 @@ async fn run(args: Args, cfg: ProberConfig) -> anyhow::Result<()> {
         print!("{}", cfg.to_toml());
         return Ok(());
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if args.log_json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    ops::init_logging(args.log_json);
     if let Err(e) = cfg.validate() {
         bail!("{e}");
     }
     let prober = prober::start(cfg).await?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
+    ops::terminated().await;
     prober.shutdown().await;
     Ok(())
 }
