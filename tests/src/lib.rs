@@ -210,10 +210,13 @@ impl Mesh {
     }
 }
 
-/// GET over plain HTTP/1.1: (status, JSON body or the text as a JSON string).
+/// GET over plain HTTP/1.1: (status, JSON body or the text as a JSON string); status 0 when
+/// nothing listens (a process still starting).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, Value::Null);
+    };
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
         .await
         .unwrap();
