@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: a tour of Axon's routing engine on a real measured matrix (data/aws-2025 by
+# A tour of Axon's routing engine alone on a real measured matrix (data/aws-2025 by
 # default; pass another data folder, e.g. data/azure-2025).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,0 +1,66 @@
+//! `axon-lab`: runs a whole Axon mesh on this machine from a scenario file and reports.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// Runs a whole Axon mesh on this machine from a scenario file, with its fault timeline, and
+/// reports how Axon did.
+#[derive(Debug, Parser)]
+#[command(name = "axon-lab", version)]
+struct Args {
+    /// The scenario (TOML).
+    #[arg(long)]
+    scenario: PathBuf,
+    /// Overrides the scenario's duration, seconds.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Writes the report as JSON here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Seed of the emulator's random generators.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Only check the scenario and print what it holds.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let run = || -> anyhow::Result<()> {
+        let s = lab::Scenario::load(&args.scenario)?;
+        println!(
+            "scenario {}: {} sites, {} s at {} Hz, {} faults",
+            s.name,
+            s.world.inventory.len(),
+            args.duration.unwrap_or(s.run.duration_s),
+            s.run.probe_hz,
+            s.faults.len()
+        );
+        for f in &s.faults {
+            println!("  at {:>6.1} s  {:?} {}", f.spec.at_s, f.spec.kind, f.spec.target);
+        }
+        if args.check {
+            return Ok(());
+        }
+        let opts = lab::Options {
+            duration_s: args.duration,
+            seed: args.seed,
+            live: true,
+        };
+        let report = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(lab::run(&s, &opts))?;
+        println!("\n{}", report.text());
+        if let Some(path) = &args.report {
+            let json = serde_json::to_string_pretty(&report)?;
+            std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+            println!("report written to {}", path.display());
+        }
+        Ok(())
+    };
+    ops::exit("axon-lab", run())
+}

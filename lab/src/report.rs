@@ -1,0 +1,144 @@
+//! The lab's report: what an operator evaluating Axon wants to know, as JSON and as text.
+
+use serde::Serialize;
+
+/// One fault's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultReport {
+    /// When it started, s.
+    pub at_s: f64,
+    /// Its kind (`blackhole`, …).
+    pub kind: String,
+    /// As written in the scenario.
+    pub target: String,
+    /// Fault → the controller marked the link (or site) down or degraded; `null` if never.
+    pub detect_s: Option<f64>,
+    /// Fault → the last affected agent applied a path that avoids it; `null` if never.
+    pub converge_s: Option<f64>,
+    /// Pairs whose primary used what the fault hit when it started.
+    pub affected_pairs: usize,
+}
+
+/// Percentiles.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Spread {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+impl Spread {
+    /// From samples (all zero when there are none).
+    pub fn of(mut v: Vec<f64>) -> Spread {
+        if v.is_empty() {
+            return Spread::default();
+        }
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        Spread {
+            p50: at(0.5),
+            p99: at(0.99),
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+/// Route quality against the oracle, outside fault transients.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct QualityReport {
+    /// Mean of (applied path's true cost / oracle cost) over sampled pairs.
+    pub mean_cost_ratio_vs_oracle: f64,
+    /// Share of sampled pairs within 2% of the oracle.
+    pub pairs_within_2pct_of_oracle: f64,
+    /// Pairs whose direct path breaks the voice thresholds (RTT > 320 ms, loss > 1.2%,
+    /// jitter > 12 ms).
+    pub poor_pairs: usize,
+    /// Of those, pairs whose applied path meets them at the end of the run.
+    pub poor_pairs_fixed: usize,
+    /// Of those, pairs some path of at most `max_relays` relays could fix.
+    pub poor_pairs_fixable: usize,
+}
+
+/// Everything the lab measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// Sites.
+    pub sites: usize,
+    /// Run length, s.
+    pub duration_s: f64,
+    /// Probes per second per peer.
+    pub probe_hz: f64,
+    /// Per fault.
+    pub faults: Vec<FaultReport>,
+    /// Over faults that converged.
+    pub convergence_s: Spread,
+    /// Route quality.
+    pub quality: QualityReport,
+    /// Primary changes outside fault transients, per pair and hour.
+    pub flaps_per_pair_hour: f64,
+    /// Primary changes seen at the agents, all of them.
+    pub route_changes: usize,
+    /// |controller's smoothed RTT − true RTT| over links, ms.
+    pub rtt_error_ms: Spread,
+    /// Mean |measured loss − true loss|, percentage points.
+    pub loss_error_pp: f64,
+    /// Probe traffic on the wire (IPv4 + UDP + QUIC, both ways) per ordered pair, bit/s.
+    pub probe_overhead_bps_per_pair: f64,
+    /// CPU used by the whole lab process (every prober, agent and the controller), s.
+    pub cpu_seconds: f64,
+}
+
+impl Report {
+    /// A human summary.
+    pub fn text(&self) -> String {
+        let mut s = format!(
+            "scenario {}: {} sites, {:.0} s at {} Hz\n",
+            self.scenario, self.sites, self.duration_s, self.probe_hz
+        );
+        for f in &self.faults {
+            let opt = |v: Option<f64>| v.map_or("never".to_string(), |x| format!("{x:.2} s"));
+            s += &format!(
+                "  fault at {:>5.1} s  {:<13} {:<24} detect {:>8}  converge {:>8}  ({} pairs)\n",
+                f.at_s,
+                f.kind,
+                f.target,
+                opt(f.detect_s),
+                opt(f.converge_s),
+                f.affected_pairs
+            );
+        }
+        let c = self.convergence_s;
+        let q = self.quality;
+        s += &format!(
+            "  convergence      p50 {:.2} s  p99 {:.2} s  max {:.2} s\n",
+            c.p50, c.p99, c.max
+        );
+        s += &format!(
+            "  quality          {:.1}% of pairs within 2% of the oracle, mean cost ratio {:.3}\n",
+            q.pairs_within_2pct_of_oracle * 100.0,
+            q.mean_cost_ratio_vs_oracle
+        );
+        s += &format!(
+            "  poor pairs       {} (fixable {}, fixed {})\n",
+            q.poor_pairs, q.poor_pairs_fixable, q.poor_pairs_fixed
+        );
+        s += &format!(
+            "  calm             {} route changes, {:.2} flaps per pair-hour outside faults\n",
+            self.route_changes, self.flaps_per_pair_hour
+        );
+        s += &format!(
+            "  measurement      RTT error p50 {:.2} ms p99 {:.2} ms, loss error {:.2} pp\n",
+            self.rtt_error_ms.p50, self.rtt_error_ms.p99, self.loss_error_pp
+        );
+        s += &format!(
+            "  cost             {:.0} bit/s per ordered pair on the wire, {:.1} CPU s for the whole lab\n",
+            self.probe_overhead_bps_per_pair, self.cpu_seconds
+        );
+        s
+    }
+}

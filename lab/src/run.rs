@@ -1,0 +1,692 @@
+//! Running a scenario: the whole mesh in this process (controller, one prober and one agent
+//! per site, the WAN emulator between every pair of probers), the fault timeline, and the
+//! measurements the report is made of.
+
+// Pairs are `(a, b)` site indices that address several matrices at once (pipes, applied
+// paths, the oracle); index loops say that more plainly than zipped iterators.
+#![allow(clippy::needless_range_loop)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use agent::AgentHandle;
+use controller::{ControllerConfig, ControllerHandle, SiteConfig};
+use prober::{PeerConfig, ProberConfig, ProberHandle};
+use proto::v1 as pb;
+use topology::{CostMatrix, LinkHealth, LinkMetrics, PathConfig, World, compute_routes};
+use wan::{Emulator, EmulatorConfig, LinkParams, Pipe, Way};
+
+use crate::error::LabError;
+use crate::report::{FaultReport, QualityReport, Report, Spread};
+use crate::scenario::{Fault, FaultKind, Scenario, Target};
+
+/// Run options beyond the scenario.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Overrides `run.duration_s`.
+    pub duration_s: Option<f64>,
+    /// Seed of the emulator's random generators. Default 1.
+    pub seed: u64,
+    /// Print a status line every few seconds.
+    pub live: bool,
+}
+
+/// After a fault starts or ends, route changes are the fault's doing for this long.
+const TRANSIENT: Duration = Duration::from_secs(10);
+
+fn run_err(e: impl std::fmt::Display) -> LabError {
+    LabError::Run(e.to_string())
+}
+
+struct Mesh {
+    dir: tempfile::TempDir,
+    controller: ControllerHandle,
+    probers: Vec<ProberHandle>,
+    agents: Vec<AgentHandle>,
+    /// `pipes[&(a, b)]`: the link `a` probes `b` over; base parameters beside it.
+    pipes: HashMap<(usize, usize), (Pipe, LinkParams, LinkParams)>,
+    _emulator: Emulator,
+}
+
+async fn start(s: &Scenario, seed: u64) -> Result<Mesh, LabError> {
+    let dir = tempfile::tempdir().map_err(run_err)?;
+    let inv = &s.world.inventory;
+    let ids: Vec<String> = inv.sites().iter().map(|x| x.id.to_string()).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    prober::tls::generate_mesh(dir.path(), &refs).map_err(run_err)?;
+    let any =
+        |ip: &str| -> Result<std::net::SocketAddr, LabError> { format!("{ip}:0").parse().map_err(run_err) };
+
+    let mut cc = ControllerConfig {
+        grpc_listen: any("127.0.0.1")?,
+        http_listen: any("127.0.0.1")?,
+        sites: inv
+            .sites()
+            .iter()
+            .map(|x| SiteConfig {
+                id: x.id.to_string(),
+                region: x.region.to_string(),
+                provider: x.provider.clone(),
+                lat: x.lat,
+                lon: x.lon,
+                capacity: x.capacity,
+                role: x.role,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    cc.engine.paths.max_relays = s.run.max_relays;
+    cc.guardrails.min_active_regions = 1;
+    let controller = controller::start(cc).await.map_err(run_err)?;
+    let url = format!("http://{}", controller.grpc_addr);
+
+    let emulator = Emulator::new(EmulatorConfig {
+        seed,
+        ..Default::default()
+    })
+    .map_err(run_err)?;
+    let n = inv.len();
+    let addrs: Vec<std::net::SocketAddr> = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").and_then(|u| u.local_addr()))
+        .collect::<Result<_, _>>()
+        .map_err(run_err)?;
+    let noise = s.run.noise;
+    let mut pipes = HashMap::new();
+    for a in 0..n {
+        for b in 0..n {
+            if a == b {
+                continue;
+            }
+            let (fwd, back) = match s.world.links.get(a as u16, b as u16) {
+                Some(v) => {
+                    let half = Duration::from_secs_f64(v.metrics.rtt_ms / 2e3);
+                    let jitter = Duration::from_secs_f64((v.metrics.jitter_ms + noise.jitter_ms) / 1e3);
+                    let fwd = LinkParams {
+                        delay: half,
+                        jitter,
+                        keep_order: true,
+                        loss: (v.metrics.loss + noise.loss_pct / 100.0).min(1.0),
+                        ..Default::default()
+                    };
+                    let back = LinkParams {
+                        delay: half,
+                        loss: noise.loss_pct / 100.0,
+                        keep_order: true,
+                        ..Default::default()
+                    };
+                    (fwd, back)
+                }
+                // No measured link: unreachable.
+                None => (
+                    LinkParams {
+                        blackhole: true,
+                        ..Default::default()
+                    },
+                    LinkParams {
+                        blackhole: true,
+                        ..Default::default()
+                    },
+                ),
+            };
+            let pipe = emulator
+                .pipe(addrs[b], fwd.clone(), back.clone())
+                .map_err(run_err)?;
+            pipes.insert((a, b), (pipe, fwd, back));
+        }
+    }
+    let mut probers = Vec::with_capacity(n);
+    let mut agents = Vec::with_capacity(n);
+    for a in 0..n {
+        let cfg = ProberConfig {
+            site: ids[a].clone(),
+            listen: addrs[a],
+            metrics_listen: None,
+            probe_interval_ms: (1_000.0 / s.run.probe_hz).round() as u64,
+            window_ms: (s.run.window_s * 1_000.0).round() as u64,
+            tls: prober::tls::mesh_files(dir.path(), &ids[a]),
+            peers: (0..n)
+                .filter(|&b| b != a)
+                .map(|b| PeerConfig {
+                    site: ids[b].clone(),
+                    addr: pipes[&(a, b)].0.front_addr(),
+                })
+                .collect(),
+            report: prober::ReportConfig {
+                endpoints: vec![url.clone()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        probers.push(prober::start(cfg).await.map_err(run_err)?);
+        let acfg = agent::AgentConfig {
+            node: format!("{}-1", ids[a]),
+            site: ids[a].clone(),
+            controllers: vec![url.clone()],
+            table_file: dir.path().join(format!("agent-{}.pb", ids[a])),
+            http_listen: any("127.0.0.1")?,
+            ..Default::default()
+        };
+        agents.push(agent::start(acfg).await.map_err(run_err)?);
+    }
+    Ok(Mesh {
+        dir,
+        controller,
+        probers,
+        agents,
+        pipes,
+        _emulator: emulator,
+    })
+}
+
+/// The links (directed, by index) and sites a fault hits.
+fn hits(s: &Scenario, f: &Fault) -> (Vec<(usize, usize)>, Vec<usize>) {
+    let inv = &s.world.inventory;
+    let idx = |id: &topology::SiteId| usize::from(inv.index_of(id).unwrap_or_default());
+    match &f.target {
+        Target::Links(l) => (l.iter().map(|(a, b)| (idx(a), idx(b))).collect(), Vec::new()),
+        Target::Site(x) => (Vec::new(), vec![idx(x)]),
+        Target::Region(r) => (
+            Vec::new(),
+            inv.sites()
+                .iter()
+                .enumerate()
+                .filter(|(_, x)| &x.region == r)
+                .map(|(i, _)| i)
+                .collect(),
+        ),
+        Target::None => (Vec::new(), Vec::new()),
+    }
+}
+
+/// The true world with the active faults applied: what the oracle routes on.
+fn true_world(s: &Scenario, active: &[&Fault]) -> World {
+    let mut w = s.world.clone();
+    let n = w.inventory.len();
+    let table = std::sync::Arc::make_mut(&mut w.links);
+    for f in active {
+        let (links, sites) = hits(s, f);
+        for (a, b) in links {
+            let (a16, b16) = (a as u16, b as u16);
+            let Some(mut v) = table.get(a16, b16).copied() else {
+                continue;
+            };
+            match f.spec.kind {
+                FaultKind::Blackhole => {
+                    table.set(a16, b16, None);
+                    continue;
+                }
+                FaultKind::Loss => v.metrics.loss = (v.metrics.loss + f.spec.value).min(1.0),
+                FaultKind::Delay => v.metrics.rtt_ms += f.spec.value,
+                FaultKind::Jitter => v.metrics.jitter_ms += f.spec.value,
+                _ => {}
+            }
+            table.set(a16, b16, Some(v));
+        }
+        if f.spec.kind == FaultKind::SiteDown {
+            for &x in &sites {
+                for y in 0..n {
+                    table.set(x as u16, y as u16, None);
+                    table.set(y as u16, x as u16, None);
+                }
+            }
+        }
+    }
+    for f in active {
+        if let (FaultKind::DrainRegion, Target::Region(r)) = (f.spec.kind, &f.target) {
+            let req = topology::DrainRequest {
+                target: topology::DrainTarget::Region(r.clone()),
+                reason: "lab".into(),
+                author: "lab".into(),
+                at_ms: 0,
+                origin: topology::DrainOrigin::Operator,
+                force: true,
+            };
+            let healthy = vec![true; n];
+            let _ = w
+                .drains
+                .drain(&w.inventory, &healthy, &topology::GuardrailConfig::default(), req);
+        }
+    }
+    w
+}
+
+/// Sets a pipe's parameters for the faults active on it.
+fn apply_pipe(mesh: &Mesh, s: &Scenario, active: &[&Fault]) -> Result<(), LabError> {
+    for (&(a, b), (pipe, fwd0, back0)) in &mesh.pipes {
+        let (mut fwd, mut back) = (fwd0.clone(), back0.clone());
+        for f in active {
+            let (links, sites) = hits(s, f);
+            let on_link = links.contains(&(a, b));
+            let on_site = f.spec.kind == FaultKind::SiteDown && (sites.contains(&a) || sites.contains(&b));
+            match f.spec.kind {
+                FaultKind::Blackhole if on_link => {
+                    fwd.blackhole = true;
+                    back.blackhole = true;
+                }
+                FaultKind::SiteDown if on_site => {
+                    fwd.blackhole = true;
+                    back.blackhole = true;
+                }
+                FaultKind::Loss if on_link => fwd.loss = (fwd.loss + f.spec.value).min(1.0),
+                FaultKind::Delay if on_link => {
+                    let half = Duration::from_secs_f64(f.spec.value / 2e3);
+                    fwd.delay += half;
+                    back.delay += half;
+                }
+                FaultKind::Jitter if on_link => fwd.jitter += Duration::from_secs_f64(f.spec.value / 1e3),
+                _ => {}
+            }
+        }
+        if pipe.params(Way::Forward) != fwd {
+            pipe.set(Way::Forward, fwd).map_err(run_err)?;
+        }
+        if pipe.params(Way::Backward) != back {
+            pipe.set(Way::Backward, back).map_err(run_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// The primary path every agent applies: `paths[src][dst]` as site indices.
+fn applied(mesh: &Mesh, s: &Scenario) -> Vec<Vec<Option<Vec<usize>>>> {
+    let inv = &s.world.inventory;
+    let n = inv.len();
+    let idx = |x: &str| {
+        topology::SiteId::new(x)
+            .ok()
+            .and_then(|id| inv.index_of(&id))
+            .map(usize::from)
+    };
+    let mut out = vec![vec![None; n]; n];
+    for (a, ag) in mesh.agents.iter().enumerate() {
+        let Some(t) = ag.state.table() else { continue };
+        for row in &t.update.rows {
+            let (Some(b), Some(p)) = (idx(&row.dst), &row.primary) else {
+                continue;
+            };
+            out[a][b] = p.sites.iter().map(|x| idx(x)).collect();
+        }
+    }
+    out
+}
+
+fn uses(path: &[usize], links: &[(usize, usize)], sites: &[usize], relays_only: bool) -> bool {
+    path.windows(2).any(|w| links.contains(&(w[0], w[1])))
+        || if relays_only {
+            path.len() > 2 && path[1..path.len() - 1].iter().any(|x| sites.contains(x))
+        } else {
+            path.iter().any(|x| sites.contains(x))
+        }
+}
+
+/// The true cost of a path (`None` when a link is unusable).
+fn path_cost(cm: &CostMatrix, path: &[usize], relay_penalty: f64) -> Option<f64> {
+    let mut c = relay_penalty * path.len().saturating_sub(2) as f64;
+    for w in path.windows(2) {
+        let l = cm.cost(w[0], w[1]);
+        if !l.is_finite() {
+            return None;
+        }
+        c += f64::from(l);
+    }
+    Some(c)
+}
+
+fn meets_voice(world: &World, path: &[usize]) -> bool {
+    let metrics: Vec<LinkMetrics> = path
+        .windows(2)
+        .filter_map(|w| world.links.get(w[0] as u16, w[1] as u16).map(|v| v.metrics))
+        .collect();
+    if metrics.len() + 1 != path.len() {
+        return false;
+    }
+    let q = topology::Quality::of_path(metrics.iter());
+    q.rtt_ms <= 320.0 && q.loss <= 0.012 && q.jitter_ms <= 12.0
+}
+
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// Runs the scenario to the end and reports.
+pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
+    let duration = Duration::from_secs_f64(opts.duration_s.unwrap_or(s.run.duration_s));
+    let cpu0 = cpu_seconds();
+    let mesh = start(s, opts.seed.max(1)).await?;
+    let n = s.world.inventory.len();
+    let cfg = ControllerConfig::default();
+    let weights = cfg.engine.cost.clone();
+    let paths_cfg = PathConfig {
+        max_relays: s.run.max_relays,
+        threads: 1,
+    };
+    let oracle_of = |w: &World| {
+        let cm = CostMatrix::build(w, &weights, &cfg.engine.prices);
+        let r = compute_routes(&cm, &paths_cfg, None);
+        (cm, r)
+    };
+    let mut admin =
+        proto::v1::admin_client::AdminClient::connect(format!("http://{}", mesh.controller.grpc_addr))
+            .await
+            .map_err(run_err)?;
+
+    let t0 = Instant::now();
+    let mut reports: Vec<FaultReport> = s
+        .faults
+        .iter()
+        .map(|f| FaultReport {
+            at_s: f.spec.at_s,
+            kind: format!("{:?}", f.spec.kind).to_lowercase(),
+            target: f.spec.target.clone(),
+            detect_s: None,
+            converge_s: None,
+            affected_pairs: 0,
+        })
+        .collect();
+    // Per fault: started, ended, affected pairs.
+    let mut started = vec![false; s.faults.len()];
+    let mut ended = vec![false; s.faults.len()];
+    let mut affected: Vec<Vec<(usize, usize)>> = vec![Vec::new(); s.faults.len()];
+    let mut last_event = Duration::ZERO;
+    let mut prev = applied(&mesh, s);
+    let (mut changes, mut flaps) = (0usize, 0usize);
+    let (mut ratios, mut within) = (Vec::new(), 0usize);
+    let mut next_quality = TRANSIENT;
+    let mut next_live = Duration::from_secs(5);
+    let mut oracle = oracle_of(&true_world(s, &[]));
+
+    while t0.elapsed() < duration {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t = t0.elapsed();
+        let ts = t.as_secs_f64();
+        // Fault starts and ends.
+        let mut changed = false;
+        for (i, f) in s.faults.iter().enumerate() {
+            let end = f.spec.duration_s.map(|d| f.spec.at_s + d);
+            if !started[i] && ts >= f.spec.at_s {
+                started[i] = true;
+                changed = true;
+                let (links, sites) = hits(s, f);
+                let relays_only = f.spec.kind == FaultKind::DrainRegion || f.spec.kind == FaultKind::SiteDown;
+                for a in 0..n {
+                    for b in 0..n {
+                        if let Some(p) = &prev[a][b]
+                            && uses(p, &links, &sites, relays_only)
+                            && !(relays_only && (sites.contains(&a) || sites.contains(&b)))
+                        {
+                            affected[i].push((a, b));
+                        }
+                    }
+                }
+                reports[i].affected_pairs = affected[i].len();
+                if f.spec.kind == FaultKind::DrainRegion {
+                    let r = admin
+                        .drain(pb::DrainRequest {
+                            kind: "region".into(),
+                            name: f.spec.target.clone(),
+                            reason: "lab fault".into(),
+                            author: "axon-lab".into(),
+                            force: true,
+                            dry_run: false,
+                        })
+                        .await
+                        .map_err(run_err)?;
+                    if !r.get_ref().refused.is_empty() {
+                        return Err(LabError::Run(r.into_inner().refused));
+                    }
+                    reports[i].detect_s = Some(t.as_secs_f64() - f.spec.at_s);
+                }
+            }
+            if started[i] && !ended[i] && end.is_some_and(|e| ts >= e) {
+                ended[i] = true;
+                changed = true;
+                if f.spec.kind == FaultKind::DrainRegion {
+                    admin
+                        .undrain(pb::UndrainRequest {
+                            kind: "region".into(),
+                            name: f.spec.target.clone(),
+                            author: "axon-lab".into(),
+                        })
+                        .await
+                        .map_err(run_err)?;
+                }
+            }
+        }
+        let active: Vec<&Fault> = s
+            .faults
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| started[*i] && !ended[*i])
+            .map(|(_, f)| f)
+            .collect();
+        if changed {
+            last_event = t;
+            apply_pipe(&mesh, s, &active)?;
+            oracle = oracle_of(&true_world(s, &active));
+        }
+
+        // What the agents hold now.
+        let now = applied(&mesh, s);
+        for a in 0..n {
+            for b in 0..n {
+                if now[a][b] != prev[a][b] && prev[a][b].is_some() {
+                    changes += 1;
+                    if t > TRANSIENT && t.saturating_sub(last_event) > TRANSIENT {
+                        flaps += 1;
+                    }
+                }
+            }
+        }
+        prev = now;
+
+        // Detection and convergence of each active fault.
+        {
+            let core = mesh.controller.shared.core();
+            let links = &core.world().links;
+            for (i, f) in s.faults.iter().enumerate() {
+                if !started[i] || ended[i] {
+                    continue;
+                }
+                let (hit_links, hit_sites) = hits(s, f);
+                if reports[i].detect_s.is_none() {
+                    let seen = |a: usize, b: usize| {
+                        let v = links.get(a as u16, b as u16);
+                        let base = s.world.links.get(a as u16, b as u16).map(|x| x.metrics);
+                        match (f.spec.kind, v, base) {
+                            (FaultKind::Blackhole | FaultKind::SiteDown, Some(v), _) => {
+                                v.health == LinkHealth::Down
+                            }
+                            (FaultKind::Blackhole | FaultKind::SiteDown, None, _) => true,
+                            (FaultKind::Loss, Some(v), Some(b)) => {
+                                v.health != LinkHealth::Up || v.metrics.loss >= b.loss + f.spec.value / 2.0
+                            }
+                            (FaultKind::Delay, Some(v), Some(b)) => {
+                                v.metrics.rtt_ms >= b.rtt_ms + f.spec.value / 2.0
+                            }
+                            (FaultKind::Jitter, Some(v), Some(b)) => {
+                                v.metrics.jitter_ms >= b.jitter_ms + f.spec.value / 4.0
+                            }
+                            _ => false,
+                        }
+                    };
+                    let mut any = hit_links.iter().any(|&(a, b)| seen(a, b));
+                    for &x in &hit_sites {
+                        any |= (0..n).filter(|&y| y != x).any(|y| seen(x, y) || seen(y, x));
+                    }
+                    if any && f.spec.kind != FaultKind::DrainRegion {
+                        reports[i].detect_s = Some(ts - f.spec.at_s);
+                    }
+                }
+                if reports[i].converge_s.is_none() {
+                    let relays_only =
+                        f.spec.kind == FaultKind::DrainRegion || f.spec.kind == FaultKind::SiteDown;
+                    // Loss, delay and jitter faults converge when the pair holds the oracle's
+                    // choice or any path that avoids the fault; blackholes must be avoided.
+                    let done = affected[i].iter().all(|&(a, b)| {
+                        prev[a][b]
+                            .as_ref()
+                            .is_some_and(|p| !uses(p, &hit_links, &hit_sites, relays_only))
+                            || (matches!(
+                                f.spec.kind,
+                                FaultKind::Loss | FaultKind::Delay | FaultKind::Jitter
+                            ) && prev[a][b].as_ref().is_some_and(|p| {
+                                let o = &oracle.1.get(a, b).primary;
+                                !o.is_none()
+                                    && o.sites().iter().map(|&x| usize::from(x)).eq(p.iter().copied())
+                            }))
+                    });
+                    if done {
+                        reports[i].converge_s = Some(ts - f.spec.at_s);
+                    }
+                }
+            }
+        }
+
+        // Route quality against the oracle, outside transients.
+        if t >= next_quality {
+            next_quality = t + Duration::from_secs(1);
+            if t.saturating_sub(last_event) > TRANSIENT {
+                let (cm, routes) = &oracle;
+                for a in 0..n {
+                    for b in 0..n {
+                        let best = routes.get(a, b);
+                        if a == b || best.primary.is_none() {
+                            continue;
+                        }
+                        let ratio = prev[a][b]
+                            .as_ref()
+                            .and_then(|p| path_cost(cm, p, weights.relay_penalty_ms))
+                            .map_or(f64::INFINITY, |c| c / f64::from(best.primary_cost).max(1e-6));
+                        within += usize::from(ratio <= 1.02);
+                        ratios.push(ratio);
+                    }
+                }
+            }
+        }
+        if opts.live && t >= next_live {
+            next_live = t + Duration::from_secs(5);
+            let latest = mesh.controller.shared.metrics.agents_latest.get();
+            println!(
+                "t={:>5.0}s  faults active {}  route changes {}  agents on the latest table {}/{}",
+                ts,
+                active.len(),
+                changes,
+                latest,
+                n
+            );
+        }
+    }
+
+    // Measurement accuracy: the controller's smoothed view against the truth.
+    let (mut rtt_err, mut loss_err) = (Vec::new(), Vec::new());
+    {
+        let active: Vec<&Fault> = s
+            .faults
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| started[*i] && !ended[*i])
+            .map(|(_, f)| f)
+            .collect();
+        let truth = true_world(s, &active);
+        let core = mesh.controller.shared.core();
+        for a in 0..n as u16 {
+            for b in 0..n as u16 {
+                if let (Some(m), Some(t)) = (core.world().links.get(a, b), truth.links.get(a, b))
+                    && m.health != LinkHealth::Down
+                {
+                    rtt_err.push((m.metrics.rtt_ms - t.metrics.rtt_ms).abs());
+                    loss_err
+                        .push((m.metrics.loss - t.metrics.loss - s.run.noise.loss_pct / 100.0).abs() * 100.0);
+                }
+            }
+        }
+    }
+    let bytes: u64 = mesh
+        .pipes
+        .values()
+        .map(|(p, _, _)| {
+            [Way::Forward, Way::Backward]
+                .iter()
+                .map(|w| {
+                    let st = p.stats(*w);
+                    st.received_bytes.load(std::sync::atomic::Ordering::Relaxed)
+                        + 28 * st.received.load(std::sync::atomic::Ordering::Relaxed)
+                })
+                .sum::<u64>()
+        })
+        .sum();
+    let pairs = (n * (n - 1)).max(1) as f64;
+    let elapsed = t0.elapsed().as_secs_f64();
+
+    // Poor pairs: the direct path breaks the voice thresholds.
+    let base = &s.world;
+    let (_, base_routes) = oracle_of(base);
+    let (mut poor, mut fixable, mut fixed) = (0, 0, 0);
+    for a in 0..n {
+        for b in 0..n {
+            if a == b || meets_voice(base, &[a, b]) {
+                continue;
+            }
+            poor += 1;
+            let o = &base_routes.get(a, b).primary;
+            let o: Vec<usize> = o.sites().iter().map(|&x| usize::from(x)).collect();
+            if !o.is_empty() && meets_voice(base, &o) {
+                fixable += 1;
+            }
+            if prev[a][b].as_ref().is_some_and(|p| meets_voice(base, p)) {
+                fixed += 1;
+            }
+        }
+    }
+    let converged: Vec<f64> = reports.iter().filter_map(|r| r.converge_s).collect();
+    let finite: Vec<f64> = ratios.iter().copied().filter(|r| r.is_finite()).collect();
+    let report = Report {
+        scenario: s.name.clone(),
+        sites: n,
+        duration_s: elapsed,
+        probe_hz: s.run.probe_hz,
+        faults: reports,
+        convergence_s: Spread::of(converged),
+        quality: QualityReport {
+            mean_cost_ratio_vs_oracle: if finite.is_empty() {
+                0.0
+            } else {
+                finite.iter().sum::<f64>() / finite.len() as f64
+            },
+            pairs_within_2pct_of_oracle: if ratios.is_empty() {
+                0.0
+            } else {
+                within as f64 / ratios.len() as f64
+            },
+            poor_pairs: poor,
+            poor_pairs_fixed: fixed,
+            poor_pairs_fixable: fixable,
+        },
+        flaps_per_pair_hour: flaps as f64 / pairs / (elapsed / 3_600.0),
+        route_changes: changes,
+        rtt_error_ms: Spread::of(rtt_err),
+        loss_error_pp: if loss_err.is_empty() {
+            0.0
+        } else {
+            loss_err.iter().sum::<f64>() / loss_err.len() as f64
+        },
+        probe_overhead_bps_per_pair: bytes as f64 * 8.0 / pairs / elapsed,
+        cpu_seconds: cpu_seconds() - cpu0,
+    };
+    for a in mesh.agents {
+        a.shutdown().await;
+    }
+    for p in mesh.probers {
+        p.shutdown().await;
+    }
+    mesh.controller.shutdown().await;
+    drop(mesh.dir);
+    Ok(report)
+}

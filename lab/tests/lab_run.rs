@@ -1,0 +1,104 @@
+//! A short lab run: four sites, one blackhole on a relay path; the report must show it routed
+//! around and be complete and consistent.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackhole_is_routed_around_and_the_report_is_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sites.csv"),
+        "id,region,provider,lat,lon\na,r1,aws,0,0\nb,r2,gcp,0,10\nc,r3,azure,0,5\nd,r4,metal,10,5\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("rtt.csv"),
+        "src,dst,rtt_ms\na,b,100\na,c,20\nb,c,20\na,d,80\nb,d,80\nc,d,80\n",
+    )
+    .unwrap();
+    let scenario = r#"
+name = "ci-4"
+[data]
+sites = "sites.csv"
+rtt = "rtt.csv"
+[run]
+duration_s = 26
+[[fault]]
+at_s = 15
+duration_s = 5
+kind = "blackhole"
+target = "c<->b"
+"#;
+    let path = dir.path().join("ci-4.toml");
+    std::fs::write(&path, scenario).unwrap();
+    let s = lab::Scenario::load(&path).unwrap();
+    let r = lab::run(
+        &s,
+        &lab::Options {
+            seed: 3,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    assert_eq!((r.scenario.as_str(), r.sites, r.faults.len()), ("ci-4", 4, 1));
+    let f = &r.faults[0];
+    assert!(
+        f.affected_pairs >= 2,
+        "a → b and its reverse relay through c: {f:?}"
+    );
+    let detect = f.detect_s.expect("the blackhole was never seen");
+    let converge = f.converge_s.expect("the blackhole was never routed around");
+    assert!(detect <= converge + 0.2 && converge < 5.0, "{f:?}");
+    assert_eq!(r.convergence_s.max, converge);
+    assert!(r.route_changes >= 2, "{r:?}");
+    assert!(r.rtt_error_ms.p50 < 3.0, "{r:?}");
+    assert!(
+        r.probe_overhead_bps_per_pair > 1_000.0 && r.cpu_seconds > 0.0,
+        "{r:?}"
+    );
+    let q = r.quality;
+    assert!(
+        (0.0..=1.0).contains(&q.pairs_within_2pct_of_oracle) && q.mean_cost_ratio_vs_oracle >= 0.99,
+        "{q:?}"
+    );
+
+    // The JSON carries every field the report promises.
+    let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+    for key in [
+        "scenario",
+        "sites",
+        "duration_s",
+        "probe_hz",
+        "faults",
+        "convergence_s",
+        "quality",
+        "flaps_per_pair_hour",
+        "route_changes",
+        "rtt_error_ms",
+        "loss_error_pp",
+        "probe_overhead_bps_per_pair",
+        "cpu_seconds",
+    ] {
+        assert!(v.get(key).is_some(), "{key} missing");
+    }
+    for key in [
+        "at_s",
+        "kind",
+        "target",
+        "detect_s",
+        "converge_s",
+        "affected_pairs",
+    ] {
+        assert!(v["faults"][0].get(key).is_some(), "faults[].{key} missing");
+    }
+    for key in [
+        "mean_cost_ratio_vs_oracle",
+        "pairs_within_2pct_of_oracle",
+        "poor_pairs",
+        "poor_pairs_fixed",
+    ] {
+        assert!(v["quality"].get(key).is_some(), "quality.{key} missing");
+    }
+}
