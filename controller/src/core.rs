@@ -129,9 +129,20 @@ impl Core {
             ));
         }
         let i = self.link_index(&w.from, &w.to)?;
+        // Loss over the probes this window resolved (answered or timed out): probes still in
+        // flight at its end are neither, and counting them as lost would invent loss on every
+        // link whose RTT is a fair part of the window.
+        // A window resolves the probes it sent plus those in flight from the one before: more than
+        // twice its own is not a measurement.
+        if w.received.saturating_add(w.lost) > w.sent.saturating_mul(2).saturating_add(10) {
+            return Err(reject(
+                "invalid",
+                format!("{} received + {} lost for {} sent", w.received, w.lost, w.sent),
+            ));
+        }
         let window = LinkWindow {
             end_ms: w.end_unix_ms,
-            sent: w.sent,
+            sent: w.received + w.lost,
             received: w.received,
             rtt_p50_ms: w.rtt_p50_ms,
             rtt_p90_ms: w.rtt_p90_ms,
@@ -399,7 +410,7 @@ mod tests {
         );
         assert_eq!(reason(c.window(&window("a", "b", now, -3.0), &a, now)), "invalid");
         let mut more = window("a", "b", now, 40.0);
-        more.received = 11;
+        more.received = 100;
         assert_eq!(reason(c.window(&more, &a, now)), "invalid");
         assert_eq!(
             reason(c.window(&window("a", "b", now + 3_600_000, 40.0), &a, now)),

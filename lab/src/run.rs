@@ -565,6 +565,23 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                             .and_then(|p| path_cost(cm, p, weights.relay_penalty_ms))
                             .map_or(f64::INFINITY, |c| c / f64::from(best.primary_cost).max(1e-6));
                         within += usize::from(ratio <= 1.02);
+                        if ratio > 1.02 && std::env::var_os("AXON_LAB_DEBUG").is_some() {
+                            let o: Vec<usize> =
+                                best.primary.sites().iter().map(|&x| usize::from(x)).collect();
+                            let core = mesh.controller.shared.core();
+                            let view = core.world().links.get(a as u16, b as u16).copied();
+                            let why = core.table().and_then(|t| {
+                                let inv = &s.world.inventory;
+                                t.entry(&inv.site(a as u16).id, &inv.site(b as u16).id)
+                                    .ok()
+                                    .flatten()
+                            });
+                            eprintln!(
+                                "t={ts:.0} {a}->{b} applied {:?} ratio {ratio:.3} oracle {o:?} direct {view:?} why {:?}",
+                                prev[a][b],
+                                why.map(|e| (e.primary, e.reason))
+                            );
+                        }
                         ratios.push(ratio);
                     }
                 }

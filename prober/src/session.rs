@@ -177,11 +177,11 @@ impl PeerSession {
         }
     }
 
-    /// A probe interval passed while the connection is down: it counts as sent and lost, so
-    /// that a dead connection reads as 100% loss for every window it is down.
+    /// A probe interval passed while the connection is down: a window with no reply counts it
+    /// as sent and lost, so that a dead connection reads as 100% loss for every window it is
+    /// down (see [`Window::close`]).
     pub fn unsendable(&mut self) {
-        self.window.sent();
-        self.window.lost();
+        self.window.unsendable();
     }
 
     /// The connection is gone: liveness goes down at once; pending probes are lost.
@@ -393,6 +393,21 @@ mod tests {
         let p = s.next_probe(2_000 * MS);
         let o = s.on_reply(&p.reflect(), 2_030 * MS).unwrap();
         assert_eq!(o.event, Some(LivenessEvent::Up));
+    }
+
+    #[test]
+    fn the_window_a_connection_comes_up_in_is_judged_on_real_probes_only() {
+        let mut s = session();
+        for _ in 0..7 {
+            s.unsendable();
+        }
+        for i in 0..3u64 {
+            let p = s.next_probe(i * 100 * MS);
+            s.on_reply(&p.reflect(), i * 100 * MS + 20 * MS).unwrap();
+        }
+        let w = s.close_window();
+        assert_eq!((w.sent, w.received, w.lost), (3, 3, 0), "{w:?}");
+        assert_eq!(w.loss, 0.0);
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct Window {
     late: u32,
     reordered: u32,
     duplicates: u32,
+    /// Probe intervals that passed with no connection.
+    unsendable: u32,
     rtt_us: Histogram<u32>,
     jitter_ms: f64,
     last_rtt_ms: Option<f64>,
@@ -57,6 +59,7 @@ impl Default for Window {
             late: 0,
             reordered: 0,
             duplicates: 0,
+            unsendable: 0,
             // 1 µs to 60 s at 3 significant digits: sub-microsecond error is not measurable here.
             rtt_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds are valid"),
             jitter_ms: 0.0,
@@ -120,8 +123,22 @@ impl Window {
         self.last_rtt_ms = Some(rtt_ms);
     }
 
+    /// A probe interval passed with no connection to send on.
+    pub fn unsendable(&mut self) {
+        self.unsendable += 1;
+    }
+
     /// Closes the window: returns its report and starts the next (jitter carries over).
+    ///
+    /// Intervals without a connection count as sent and lost only in a window that got no reply
+    /// at all: a dead link reads as 100% loss, while the window in which a connection comes up
+    /// is judged on the probes actually sent (its dead intervals say nothing of the link).
     pub fn close(&mut self) -> WindowReport {
+        if self.received == 0 {
+            self.sent += self.unsendable;
+            self.lost += self.unsendable;
+        }
+        self.unsendable = 0;
         let h = &self.rtt_us;
         let ms = |us: u64| us as f64 / 1_000.0;
         let rtt_ms = if h.is_empty() {
