@@ -86,10 +86,16 @@ async fn start(s: &Scenario, seed: u64) -> Result<Mesh, LabError> {
     })
     .map_err(run_err)?;
     let n = inv.len();
+    // Each prober on its own loopback address (127.0.1.x, one port for all): the emulator's
+    // sockets live on 127.0.0.1, so a port released here cannot be taken by a pipe before the
+    // prober binds it.
+    let port = std::net::UdpSocket::bind("127.0.1.1:0")
+        .and_then(|u| u.local_addr())
+        .map_err(run_err)?
+        .port();
     let addrs: Vec<std::net::SocketAddr> = (0..n)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").and_then(|u| u.local_addr()))
-        .collect::<Result<_, _>>()
-        .map_err(run_err)?;
+        .map(|i| std::net::SocketAddr::from(([127, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8], port)))
+        .collect();
     let noise = s.run.noise;
     let mut pipes = HashMap::new();
     for a in 0..n {
