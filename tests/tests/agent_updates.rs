@@ -143,3 +143,39 @@ async fn bad_and_stale_updates_are_nacked_and_the_good_table_stays() {
     a.shutdown().await;
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_fails_over_to_the_next_controller() {
+    let svc = Scripted {
+        script: vec![update(3, &["a", "b"])],
+        answers: Arc::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RouteDistributionServer::new(svc.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // The first endpoint answers nothing (the discard port); the second is the controller.
+    let cfg = agent_config(
+        dir.path(),
+        "a",
+        vec!["http://127.0.0.1:9".into(), format!("http://{addr}")],
+    );
+    let a = agent::start(cfg).await.unwrap();
+    let v = eventually(
+        Duration::from_secs(20),
+        "the table from the second controller",
+        || async {
+            let (status, v) = http_get(a.http_addr, "/v1/routes").await;
+            (status == 200).then_some(v)
+        },
+    )
+    .await;
+    assert_eq!(v["version"], 3);
+    assert_eq!(v["controller_connected"], true);
+    a.shutdown().await;
+    server.abort();
+}
