@@ -37,6 +37,8 @@ pub struct Core {
     table: Option<RouteTable>,
     /// The last report sequence taken per prober instance.
     reports: HashMap<(SiteId, u64), u64>,
+    /// Drained sites not yet announced as unready: make before break (see [`Core::hold_unready`]).
+    held_ready: Vec<SiteId>,
 }
 
 impl Core {
@@ -61,6 +63,7 @@ impl Core {
             engine,
             table: None,
             reports: HashMap::new(),
+            held_ready: Vec::new(),
         })
     }
 
@@ -233,6 +236,27 @@ impl Core {
         Ok(self.world.drains.undrain(target)?)
     }
 
+    /// Make before break: until [`Core::release_unready`], these sites are drained for routing
+    /// (nothing relays through them) but not yet announced as drained to agents, so the paths
+    /// that avoid them reach every agent before their own agents turn unready.
+    pub fn hold_unready(&mut self, sites: &[SiteId]) {
+        self.held_ready.extend(sites.iter().cloned());
+    }
+
+    /// Announces held drains (the next table marks those sites drained).
+    pub fn release_unready(&mut self) {
+        self.held_ready.clear();
+        self.engine.invalidate();
+    }
+
+    /// Sites announced to agents as drained: drained, minus those held by make before break.
+    pub fn announced_drained_sites(&self) -> Vec<SiteId> {
+        self.drained_sites()
+            .into_iter()
+            .filter(|s| !self.held_ready.contains(s))
+            .collect()
+    }
+
     /// Sites drained now, regions expanded.
     pub fn drained_sites(&self) -> Vec<SiteId> {
         let mask = self.world.drains.drained_mask(&self.world.inventory);
@@ -327,7 +351,11 @@ pub fn site_update(
         computed_unix_ms: st.computed_at_ms,
         rows: st.rows.iter().map(row).collect(),
         drains: core.world.drains.list().iter().map(drain_entry).collect(),
-        drained_sites: core.drained_sites().iter().map(ToString::to_string).collect(),
+        drained_sites: core
+            .announced_drained_sites()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         known_sites: core
             .world
             .inventory
@@ -462,6 +490,42 @@ mod tests {
         );
         let bad = pb::LivenessEvent { state: 9, ..ev };
         assert!(c.liveness(&bad, &a).is_err());
+    }
+
+    #[test]
+    fn a_drain_announces_unready_only_after_the_paths_that_avoid_it() {
+        let mut c = core();
+        c.compute(1_000);
+        let b = SiteId::new("b").unwrap();
+        let req = DrainRequest {
+            target: DrainTarget::Site(b.clone()),
+            reason: "maintenance".into(),
+            author: "ops".into(),
+            at_ms: 1_000,
+            origin: topology::DrainOrigin::Operator,
+            force: true,
+        };
+        let impact = c.drain(req, false).unwrap();
+        c.hold_unready(&impact.sites);
+        c.invalidate();
+        let first = c.compute(2_000).table;
+        assert_eq!(c.drained_sites(), vec![b.clone()], "routing already avoids b");
+        assert!(
+            site_update(&c, &first, &b, "n".into())
+                .unwrap()
+                .drained_sites
+                .is_empty(),
+            "not yet announced"
+        );
+        c.release_unready();
+        let second = c.compute(3_000);
+        assert!(second.changed && second.table.id().version > first.id().version);
+        assert_eq!(
+            site_update(&c, &second.table, &b, "n".into())
+                .unwrap()
+                .drained_sites,
+            vec!["b".to_string()]
+        );
     }
 
     #[test]

@@ -244,6 +244,33 @@ impl proto::fast::route_distribution_server::RouteDistribution for Services {
     }
 }
 
+/// Computes and publishes now, off the I/O threads.
+async fn publish(shared: &Arc<Shared>) -> Result<(), Status> {
+    let s = shared.clone();
+    tokio::task::spawn_blocking(move || s.compute_and_publish())
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::internal(e.to_string()))?;
+    Ok(())
+}
+
+/// Waits until every connected agent applied `version` or later, or `timeout`.
+async fn wait_for_agents(shared: &Shared, version: (u64, u64), timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        let behind = shared
+            .agents()
+            .values()
+            .filter(|a| a.connected && a.applied < version)
+            .count();
+        if behind == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    warn!("make before break: agents still behind after {timeout:?}; announcing the drain anyway");
+}
+
 fn table_version(shared: &Shared) -> Option<pb::TableVersion> {
     shared.published.borrow().as_ref().map(|p| {
         let id = p.table.id();
@@ -486,14 +513,16 @@ impl pb::admin_server::Admin for Services {
         let mut version = table_version(&self.0);
         if !req.dry_run {
             info!(target = %target, reason = %req.reason, author = %req.author, "drained");
-            let s = self.0.clone();
-            s.core().invalidate();
-            let s2 = s.clone();
-            tokio::task::spawn_blocking(move || s2.compute_and_publish())
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| Status::internal(e.to_string()))?;
-            version = table_version(&s);
+            // Make before break: first the paths that avoid the drained sites, and only once
+            // the agents hold them (or a few seconds passed), the drained sites turn unready.
+            self.0.core().hold_unready(&impact.sites);
+            self.0.core().invalidate();
+            publish(&self.0).await?;
+            let first = version_of(&table_version(&self.0));
+            wait_for_agents(&self.0, first, Duration::from_secs(5)).await;
+            self.0.core().release_unready();
+            publish(&self.0).await?;
+            version = table_version(&self.0);
         }
         Ok(Response::new(pb::DrainReply {
             refused: String::new(),
