@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use mesh::{SiteSpec, agent_config, controller_config, endpoint};
+use mesh::{agent_config, controller_config, endpoint, four_sites};
 
 async fn axonctl(args: &[&str]) -> (i32, String, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_axonctl"))
@@ -19,24 +19,7 @@ async fn axonctl(args: &[&str]) -> (i32, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn axonctl_speaks_tables_json_and_exit_codes() {
-    let sites = vec![
-        SiteSpec {
-            id: "a",
-            region: "r1",
-        },
-        SiteSpec {
-            id: "b",
-            region: "r2",
-        },
-        SiteSpec {
-            id: "c",
-            region: "r3",
-        },
-        SiteSpec {
-            id: "d",
-            region: "r3",
-        },
-    ];
+    let sites = four_sites();
     let c = controller::start(controller_config(&sites, None)).await.unwrap();
     let url = endpoint(&c);
     let dir = tempfile::tempdir().unwrap();

@@ -185,7 +185,10 @@ async fn start(s: &Scenario, seed: u64) -> Result<Mesh, LabError> {
 }
 
 /// The links (directed, by index) and sites a fault hits.
-fn hits(s: &Scenario, f: &Fault) -> (Vec<(usize, usize)>, Vec<usize>) {
+type Hits = (Vec<(usize, usize)>, Vec<usize>);
+
+/// What `f` hits, by index.
+fn hits(s: &Scenario, f: &Fault) -> Hits {
     let inv = &s.world.inventory;
     let idx = |id: &topology::SiteId| usize::from(inv.index_of(id).unwrap_or_default());
     match &f.target {
@@ -350,21 +353,20 @@ fn meets_voice(world: &World, path: &[usize]) -> bool {
     q.rtt_ms <= 320.0 && q.loss <= 0.012 && q.jitter_ms <= 12.0
 }
 
-fn cpu_seconds() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1.to_string();
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
-        })
-        .unwrap_or(0.0)
+/// The faults in force: started and not yet ended.
+fn active_faults<'a>(s: &'a Scenario, started: &[bool], ended: &[bool]) -> Vec<&'a Fault> {
+    s.faults
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| started[*i] && !ended[*i])
+        .map(|(_, f)| f)
+        .collect()
 }
 
 /// Runs the scenario to the end and reports.
 pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
     let duration = Duration::from_secs_f64(opts.duration_s.unwrap_or(s.run.duration_s));
-    let cpu0 = cpu_seconds();
+    let cpu0 = ops::cpu_seconds(None).unwrap_or(0.0);
     let mesh = start(s, opts.seed.max(1)).await?;
     let n = s.world.inventory.len();
     let cfg = ControllerConfig::default();
@@ -397,6 +399,8 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         })
         .collect();
     // Per fault: started, ended, affected pairs.
+    // What each fault hits, resolved once: the sampling loop asks ten times a second.
+    let hit: Vec<Hits> = s.faults.iter().map(|f| hits(s, f)).collect();
     let mut started = vec![false; s.faults.len()];
     let mut ended = vec![false; s.faults.len()];
     let mut affected: Vec<Vec<(usize, usize)>> = vec![Vec::new(); s.faults.len()];
@@ -419,12 +423,12 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
             if !started[i] && ts >= f.spec.at_s {
                 started[i] = true;
                 changed = true;
-                let (links, sites) = hits(s, f);
+                let (links, sites) = &hit[i];
                 let relays_only = f.spec.kind == FaultKind::DrainRegion || f.spec.kind == FaultKind::SiteDown;
                 for a in 0..n {
                     for b in 0..n {
                         if let Some(p) = &prev[a][b]
-                            && uses(p, &links, &sites, relays_only)
+                            && uses(p, links, sites, relays_only)
                             && !(relays_only && (sites.contains(&a) || sites.contains(&b)))
                         {
                             affected[i].push((a, b));
@@ -465,13 +469,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                 }
             }
         }
-        let active: Vec<&Fault> = s
-            .faults
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| started[*i] && !ended[*i])
-            .map(|(_, f)| f)
-            .collect();
+        let active = active_faults(s, &started, &ended);
         if changed {
             last_event = t;
             apply_pipe(&mesh, s, &active)?;
@@ -500,7 +498,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                 if !started[i] || ended[i] {
                     continue;
                 }
-                let (hit_links, hit_sites) = hits(s, f);
+                let (hit_links, hit_sites) = &hit[i];
                 if reports[i].detect_s.is_none() {
                     let seen = |a: usize, b: usize| {
                         let v = links.get(a as u16, b as u16);
@@ -523,7 +521,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                         }
                     };
                     let mut any = hit_links.iter().any(|&(a, b)| seen(a, b));
-                    for &x in &hit_sites {
+                    for &x in hit_sites {
                         any |= (0..n).filter(|&y| y != x).any(|y| seen(x, y) || seen(y, x));
                     }
                     if any && f.spec.kind != FaultKind::DrainRegion {
@@ -538,7 +536,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                     let done = affected[i].iter().all(|&(a, b)| {
                         prev[a][b]
                             .as_ref()
-                            .is_some_and(|p| !uses(p, &hit_links, &hit_sites, relays_only))
+                            .is_some_and(|p| !uses(p, hit_links, hit_sites, relays_only))
                             || (matches!(
                                 f.spec.kind,
                                 FaultKind::Loss | FaultKind::Delay | FaultKind::Jitter
@@ -610,13 +608,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
     // Measurement accuracy: the controller's smoothed view against the truth.
     let (mut rtt_err, mut loss_err) = (Vec::new(), Vec::new());
     {
-        let active: Vec<&Fault> = s
-            .faults
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| started[*i] && !ended[*i])
-            .map(|(_, f)| f)
-            .collect();
+        let active = active_faults(s, &started, &ended);
         let truth = true_world(s, &active);
         let core = mesh.controller.shared.core();
         for a in 0..n as u16 {
@@ -701,7 +693,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
             loss_err.iter().sum::<f64>() / loss_err.len() as f64
         },
         probe_overhead_bps_per_pair: bytes as f64 * 8.0 / pairs / elapsed,
-        cpu_seconds: cpu_seconds() - cpu0,
+        cpu_seconds: ops::cpu_seconds(None).unwrap_or(0.0) - cpu0,
     };
     for a in mesh.agents {
         a.shutdown().await;

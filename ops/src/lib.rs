@@ -90,6 +90,17 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// CPU time (user + system) a process has used, seconds: `None` for this process. `None` when
+/// `/proc` cannot tell (not Linux, or the process is gone). Benchmarks and the lab report it.
+pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = pid.map_or_else(|| "/proc/self/stat".to_string(), |p| format!("/proc/{p}/stat"));
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'; utime and
+    // stime are fields 14 and 15 of the line, 12 and 13 after it, in clock ticks (USER_HZ 100).
+    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+}
+
 /// The wall clock, Unix milliseconds (0 before 1970).
 pub fn unix_ms() -> u64 {
     SystemTime::now()
@@ -114,6 +125,14 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn this_process_has_used_some_cpu() {
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(30) {}
+        assert!(cpu_seconds(None).unwrap() > 0.0);
+        assert_eq!(cpu_seconds(Some(u32::MAX)), None);
     }
 
     #[test]

@@ -73,15 +73,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').context("malformed /proc stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after ')'.
-    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     if std::env::var_os("RUST_LOG").is_some() {
@@ -324,10 +315,11 @@ async fn main() -> anyhow::Result<()> {
     let run = secs("AXON_BENCH_CPU_SECS", 30);
     eprintln!("measuring prober CPU for {run:?} …");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let tick = 100.0; // USER_HZ on Linux
-    let (c0, t0) = (cpu_ticks(child.id())?, Instant::now());
+    let pid = child.id();
+    let cpu = || ops::cpu_seconds(Some(pid)).context("reading the prober's CPU time");
+    let (c0, t0) = (cpu()?, Instant::now());
     tokio::time::sleep(run).await;
-    let (c1, wall) = (cpu_ticks(child.id())?, t0.elapsed().as_secs_f64());
+    let (c1, wall) = (cpu()?, t0.elapsed().as_secs_f64());
     let page = fetch(metrics_addr, "/metrics").await.unwrap_or_default();
     let up = page
         .lines()
@@ -340,7 +332,7 @@ async fn main() -> anyhow::Result<()> {
         .sum();
     let _ = child.kill();
     let _ = child.wait();
-    let cpu = (c1 - c0) as f64 / tick / wall;
+    let cpu = (c1 - c0) / wall;
     println!("\n## Prober CPU, one axon-prober process, 50 peers at 10 Hz each way");
     println!("| peers up | probes sent | CPU (core-seconds per second) |");
     println!("|---|---|---|");

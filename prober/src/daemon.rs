@@ -106,11 +106,6 @@ impl Clock {
     pub fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
-
-    /// Unix milliseconds.
-    pub fn unix_ms() -> u64 {
-        ops::unix_ms()
-    }
 }
 
 struct Shared {
@@ -143,7 +138,7 @@ impl Shared {
         self.emit(Output::Liveness(PeerLiveness {
             peer: peer.clone(),
             event,
-            at_unix_ms: Clock::unix_ms(),
+            at_unix_ms: ops::unix_ms(),
             cause,
         }));
     }
@@ -411,7 +406,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, cfg: PeerConfig, cancel: Ca
     let mut backoff = redial_min;
     // Whether the connection was up for the whole current window.
     let mut window_connected = false;
-    let mut window_start = Clock::unix_ms();
+    let mut window_start = ops::unix_ms();
     let mut out = Vec::with_capacity(MAX_PROBE);
     let deadline_timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(deadline_timer);
@@ -530,7 +525,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, cfg: PeerConfig, cancel: Ca
             _ = window_tick.tick() => {
                 let _ = session.poll(clock.now_ns());
                 let report = session.close_window();
-                let end = Clock::unix_ms();
+                let end = ops::unix_ms();
                 shared.metrics.sent.with_label_values(&label).inc_by(u64::from(report.sent));
                 shared.metrics.lost.with_label_values(&label).inc_by(u64::from(report.lost));
                 shared.metrics.loss.with_label_values(&label).set(report.loss);

@@ -23,6 +23,15 @@ pub struct SiteSpec {
     pub region: &'static str,
 }
 
+/// The four sites most tests use: a and b in regions of their own, c and d sharing r3, so that
+/// a region drain takes two sites and leaves the others.
+pub fn four_sites() -> Vec<SiteSpec> {
+    [("a", "r1"), ("b", "r2"), ("c", "r3"), ("d", "r3")]
+        .into_iter()
+        .map(|(id, region)| SiteSpec { id, region })
+        .collect()
+}
+
 /// A running mesh.
 pub struct Mesh {
     /// Certificates and state files.

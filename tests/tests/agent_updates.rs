@@ -78,6 +78,23 @@ impl RouteDistribution for Scripted {
     }
 }
 
+/// Serves the scripted controller on a free loopback port.
+async fn serve(
+    svc: Scripted,
+) -> (
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RouteDistributionServer::new(svc))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (addr, server)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_and_stale_updates_are_nacked_and_the_good_table_stays() {
     let script = vec![
@@ -91,13 +108,7 @@ async fn bad_and_stale_updates_are_nacked_and_the_good_table_stays() {
         script,
         answers: Arc::default(),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(RouteDistributionServer::new(svc.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (addr, server) = serve(svc.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let a = agent::start(agent_config(dir.path(), "a", vec![format!("http://{addr}")]))
         .await
@@ -150,13 +161,7 @@ async fn an_agent_fails_over_to_the_next_controller() {
         script: vec![update(3, &["a", "b"])],
         answers: Arc::default(),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(RouteDistributionServer::new(svc.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (addr, server) = serve(svc.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     // The first endpoint answers nothing (the discard port); the second is the controller.
     let cfg = agent_config(

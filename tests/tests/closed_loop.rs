@@ -6,30 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use mesh::{Mesh, SiteSpec, endpoint, eventually};
+use mesh::{Mesh, endpoint, eventually, four_sites};
 use proto::v1 as pb;
 use proto::v1::admin_client::AdminClient;
-
-fn sites() -> Vec<SiteSpec> {
-    vec![
-        SiteSpec {
-            id: "a",
-            region: "r1",
-        },
-        SiteSpec {
-            id: "b",
-            region: "r2",
-        },
-        SiteSpec {
-            id: "c",
-            region: "r3",
-        },
-        SiteSpec {
-            id: "d",
-            region: "r3",
-        },
-    ]
-}
 
 /// a–b is slow direct (100 ms) but fast through c (20 + 20 ms); d is 80 ms from everyone.
 fn rtt(a: &str, b: &str) -> u64 {
@@ -47,7 +26,7 @@ fn relays(path: &[String]) -> &[String] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loop_relays_reroutes_drains_and_survives_the_control_plane() {
-    let mut mesh = Mesh::start(sites(), rtt).await;
+    let mut mesh = Mesh::start(four_sites(), rtt).await;
     let long = Duration::from_secs(60);
 
     // 1. One relay beats the direct path: a → c → b.
