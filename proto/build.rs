@@ -1,11 +1,8 @@
 //! Generates the axon.v1 messages and services with protoc (Debian: `protobuf-compiler`; the
 //! project's scripts install it when missing).
 //!
-//! The route distribution server is generated a second time (`fast`), with `RouteUpdate`
-//! mapped to `wire::EncodedRouteUpdate`: the controller encodes each site's update once and
-//! every watch stream of that site sends the same bytes.
-
-use std::path::PathBuf;
+//! The controller serves `RouteDistribution.Watch` by hand over pre-encoded updates (see
+//! `wire` and the controller's `watch` module); everything else is tonic's generated code.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
@@ -18,23 +15,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     tonic_prost_build::configure().compile_protos(&protos, &["."])?;
 
-    let out = PathBuf::from(std::env::var("OUT_DIR")?).join("fast");
-    std::fs::create_dir_all(&out)?;
-    let mut fast = tonic_prost_build::configure().build_client(false).out_dir(&out);
-    for m in [
-        "AgentMessage",
-        "TableVersion",
-        "AgentHello",
-        "Ack",
-        "Nack",
-        "NodeStatus",
-        "RoutePath",
-        "RouteRow",
-        "DrainEntry",
-    ] {
-        fast = fast.extern_path(format!(".axon.v1.{m}"), format!("crate::v1::{m}"));
-    }
-    fast = fast.extern_path(".axon.v1.RouteUpdate", "crate::wire::EncodedRouteUpdate");
-    fast.compile_protos(&["axon/v1/routes.proto"], &["."])?;
     Ok(())
 }

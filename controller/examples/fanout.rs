@@ -5,10 +5,10 @@
 //! `cargo build --release -p axon-controller --bins --examples && target/release/examples/fanout`
 //! Environment: `AXON_FANOUT_AGENTS` (default 10000), `AXON_FANOUT_CONNS` (TCP connections the
 //! streams share, default one per agent), `AXON_FANOUT_SITES` (default 200),
-//! `AXON_FANOUT_CHANGES` (default 5).
+//! `AXON_FANOUT_CHANGES` (default 6).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -53,12 +53,27 @@ struct UpdateHead {
     nonce: String,
 }
 
-/// Per-change progress shared by every agent task.
-struct Progress {
-    /// The version every agent must acknowledge.
-    target: AtomicU64,
-    /// Agents that acknowledged `target` or later.
-    acked: AtomicUsize,
+/// The version each agent acknowledged last, by agent.
+type Acked = Arc<Vec<AtomicU64>>;
+
+/// Waits until every agent has acknowledged `version` or later; returns the time since `t0`.
+async fn all_acked(acked: &Acked, version: u64, t0: Instant, limit: Duration) -> anyhow::Result<Duration> {
+    loop {
+        let behind = acked
+            .iter()
+            .filter(|a| a.load(Ordering::Acquire) < version)
+            .count();
+        if behind == 0 {
+            return Ok(t0.elapsed());
+        }
+        if t0.elapsed() > limit {
+            bail!(
+                "{behind} of {} agents have not acknowledged version {version}",
+                acked.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
     let agents = env("AXON_FANOUT_AGENTS", 10_000);
     let conns = env("AXON_FANOUT_CONNS", agents).clamp(1, agents);
     let n_sites = env("AXON_FANOUT_SITES", 200).max(8);
-    let changes = env("AXON_FANOUT_CHANGES", 5);
+    let changes = env("AXON_FANOUT_CHANGES", 6);
     let dir = tempfile::tempdir()?;
 
     // The controller, as its own process.
@@ -85,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
     let http = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let sites: Vec<String> = (0..n_sites).map(|i| format!("s{i:03}")).collect();
     let mut toml = format!(
-        "grpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\nresync_ms = 600000\n\n[guardrails]\nmin_active_regions = 1\n\n"
+        "grpc_listen = \"{grpc}\"\nhttp_listen = \"{http}\"\nresync_ms = 600000\n\n[guardrails]\nmin_active_regions = 1\n\n[links]\nstale_after_ms = 3600000\n\n"
     );
     for (i, s) in sites.iter().enumerate() {
         let (lat, lon) = (
@@ -194,15 +209,12 @@ async fn main() -> anyhow::Result<()> {
                 .await?,
         );
     }
-    let progress = Arc::new(Progress {
-        target: AtomicU64::new(first),
-        acked: AtomicUsize::new(0),
-    });
+    let acked: Acked = Arc::new((0..agents).map(|_| AtomicU64::new(0)).collect());
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..agents {
         let channel = channels[i % conns].clone();
         let site = sites[i % n_sites].clone();
-        let progress = progress.clone();
+        let acked = acked.clone();
         tasks.spawn(async move {
             let (tx, rx) = mpsc::channel(4);
             let hello = pb::AgentHello {
@@ -224,7 +236,6 @@ async fn main() -> anyhow::Result<()> {
                 .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec)
                 .await?
                 .into_inner();
-            let mut counted_for = 0;
             while let Some(u) = updates.message().await? {
                 let v = u.version.as_ref().map_or(0, |v| v.version);
                 tx.send(pb::AgentMessage {
@@ -234,92 +245,93 @@ async fn main() -> anyhow::Result<()> {
                     })),
                 })
                 .await?;
-                let target = progress.target.load(Ordering::Acquire);
-                if v >= target && counted_for < target {
-                    counted_for = target;
-                    progress.acked.fetch_add(1, Ordering::AcqRel);
-                }
+                acked[i].fetch_max(v, Ordering::AcqRel);
             }
             anyhow::Ok(())
         });
     }
-    while progress.acked.load(Ordering::Acquire) < agents {
-        if t_connect.elapsed() > Duration::from_secs(300) {
-            bail!(
-                "only {} of {agents} agents got the first table",
-                progress.acked.load(Ordering::Acquire)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    all_acked(&acked, first, t_connect, Duration::from_secs(300)).await?;
     eprintln!("{agents} agents on table {first} after {:?}", t_connect.elapsed());
     let rss_idle = rss_mb(child.id());
 
     // The changes: drain and undrain a site in turn; each makes a new table for every site.
-    let mut times = Vec::new();
-    let mut version = first;
+    // An undrain is one publication. A drain is two (make before break: paths around the site
+    // first, then the site marked unready once the agents hold them), so for drains both the
+    // first publication and the whole drain are timed.
+    let mut first_acked = Vec::new();
+    let mut drains_done = Vec::new();
     for k in 0..changes {
+        // The links are measured once and kept fresh (`stale_after_ms`), so nothing but the
+        // changes moves the table; start each from a table every agent holds.
+        let version = admin
+            .status(pb::StatusRequest {})
+            .await?
+            .into_inner()
+            .table
+            .map_or(0, |t| t.version);
+        all_acked(&acked, version, Instant::now(), Duration::from_secs(120)).await?;
         let site = sites[(k / 2) * 4 % n_sites].clone();
-        progress.acked.store(0, Ordering::Release);
-        progress.target.store(version + 1, Ordering::Release);
+        let drain = k % 2 == 0;
+        let mut admin = admin.clone();
         let t0 = Instant::now();
-        let v = if k % 2 == 0 {
-            let r = admin
-                .drain(pb::DrainRequest {
-                    kind: "site".into(),
-                    name: site.clone(),
-                    reason: "bench".into(),
-                    author: "bench".into(),
-                    force: true,
-                    dry_run: false,
-                })
-                .await?
-                .into_inner();
-            r.version.map_or(0, |v| v.version)
-        } else {
-            let r = admin
-                .undrain(pb::UndrainRequest {
-                    kind: "site".into(),
-                    name: site.clone(),
-                    author: "bench".into(),
-                })
-                .await?
-                .into_inner();
-            r.version.map_or(0, |v| v.version)
-        };
-        if v != version + 1 {
-            // Agents count any version ≥ target, so a skipped number still completes.
-            progress.target.store(v, Ordering::Release);
+        let call = tokio::spawn(async move {
+            let v = if drain {
+                admin
+                    .drain(pb::DrainRequest {
+                        kind: "site".into(),
+                        name: site,
+                        reason: "bench".into(),
+                        author: "bench".into(),
+                        force: true,
+                        dry_run: false,
+                    })
+                    .await?
+                    .into_inner()
+                    .version
+            } else {
+                admin
+                    .undrain(pb::UndrainRequest {
+                        kind: "site".into(),
+                        name: site,
+                        author: "bench".into(),
+                    })
+                    .await?
+                    .into_inner()
+                    .version
+            };
+            anyhow::Ok(v.map_or(0, |v| v.version))
+        });
+        let one = all_acked(&acked, version + 1, t0, Duration::from_secs(120)).await?;
+        let v = call.await??;
+        let done = all_acked(&acked, v, t0, Duration::from_secs(120)).await?;
+        let what = if drain { "drain" } else { "undrain" };
+        eprintln!(
+            "change {k} ({what}, table {v}): all {agents} acked its first table after {one:?}, the last after {done:?}"
+        );
+        first_acked.push(one.as_secs_f64() * 1e3);
+        if drain {
+            drains_done.push(done.as_secs_f64() * 1e3);
         }
-        while progress.acked.load(Ordering::Acquire) < agents {
-            if t0.elapsed() > Duration::from_secs(120) {
-                bail!(
-                    "change {k}: only {} of {agents} acked",
-                    progress.acked.load(Ordering::Acquire)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let took = t0.elapsed();
-        eprintln!("change {k} (table {v}): all {agents} acked after {took:?}");
-        times.push(took.as_secs_f64() * 1e3);
-        version = v;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let rss = rss_mb(child.id());
-    let mut sorted = times.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+    let stats = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let at = |i: usize| v.get(i).copied().unwrap_or(f64::NAN);
+        (at(v.len() / 2), at(0), at(v.len().saturating_sub(1)))
+    };
+    let (p50, lo, hi) = stats(&mut first_acked);
+    let (d50, dlo, dhi) = stats(&mut drains_done);
     println!(
         "\n## Fan-out: {agents} Watch streams over {conns} connections, {n_sites} sites ({} rows per update)",
         routes.rows.len()
     );
-    println!("| changes | all acked, median | min | max | controller RSS idle | after changes |");
-    println!("|---|---|---|---|---|---|");
     println!(
-        "| {changes} | {median:.0} ms | {:.0} ms | {:.0} ms | {rss_idle:.0} MB | {rss:.0} MB |",
-        sorted.first().copied().unwrap_or(f64::NAN),
-        sorted.last().copied().unwrap_or(f64::NAN)
+        "| changes | one publication all acked: median (min–max) | drain complete: median (min–max) | controller RSS idle | after changes |"
+    );
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {changes} | {p50:.0} ms ({lo:.0}–{hi:.0}) | {d50:.0} ms ({dlo:.0}–{dhi:.0}) | {rss_idle:.0} MB | {rss:.0} MB |"
     );
     tasks.abort_all();
     let _ = child.kill();

@@ -205,7 +205,7 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
         let r = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .add_service(pb::probe_ingest_server::ProbeIngestServer::new(svc.clone()))
-            .add_service(proto::fast::route_distribution_server::RouteDistributionServer::new(svc.clone()))
+            .add_service(crate::watch::WatchServer::new(svc.clone()))
             .add_service(pb::admin_server::AdminServer::new(svc))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc),

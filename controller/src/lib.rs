@@ -14,6 +14,7 @@ pub mod http;
 pub mod metrics;
 pub mod services;
 pub mod store;
+pub mod watch;
 
 pub use config::{ControllerConfig, SiteConfig, StoreConfig};
 pub use daemon::{ControllerHandle, start};

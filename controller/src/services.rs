@@ -131,15 +131,16 @@ fn version_of(p: &Option<pb::TableVersion>) -> (u64, u64) {
     p.as_ref().map_or((0, 0), |v| (v.epoch, v.version))
 }
 
-#[tonic::async_trait]
-impl proto::fast::route_distribution_server::RouteDistribution for Services {
-    type WatchStream = BoxStream<EncodedRouteUpdate>;
+/// What a `Watch` stream sends: updates, then possibly the status that ended it.
+pub(crate) type UpdateReceiver = mpsc::Receiver<Result<EncodedRouteUpdate, Status>>;
 
-    async fn watch(
+impl Services {
+    /// Opens an agent's `Watch` stream: checks its hello, registers the node, and starts the
+    /// task that sends its site's updates (served by [`crate::watch::WatchServer`]).
+    pub(crate) async fn open_watch(
         &self,
-        req: Request<Streaming<pb::AgentMessage>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        let mut inbound = req.into_inner();
+        mut inbound: Streaming<pb::AgentMessage>,
+    ) -> Result<UpdateReceiver, Status> {
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(pb::AgentMessage {
                 body: Some(pb::agent_message::Body::Hello(h)),
@@ -240,7 +241,7 @@ impl proto::fast::route_distribution_server::RouteDistribution for Services {
             shared.count_agents();
             debug!(node = %node, "agent disconnected");
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(rx)
     }
 }
 

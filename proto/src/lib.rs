@@ -10,11 +10,4 @@ pub mod v1 {
     tonic::include_proto!("axon.v1");
 }
 
-/// The route distribution server over pre-encoded updates (see [`wire`]): what the
-/// controller serves. Clients use [`v1`]; the bytes on the wire are the same.
-pub mod fast {
-    #![allow(missing_docs, clippy::all, clippy::pedantic)]
-    include!(concat!(env!("OUT_DIR"), "/fast/axon.v1.rs"));
-}
-
 pub mod wire;

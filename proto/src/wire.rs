@@ -1,11 +1,15 @@
-//! Pre-encoded messages for fan-out.
+//! Pre-encoded route updates for fan-out.
 //!
 //! A route update is the same for every node of a site except its nonce. Encoding it once per
 //! site and appending each stream's nonce as one more field (protobuf messages concatenate:
 //! the wire form of a message is the concatenation of its fields) turns a per-stream clone
 //! and encode of a few hundred rows into a reference count and a few bytes.
+//!
+//! [`EncodedRouteUpdate::grpc_chunks`] goes one step further and hands out the gRPC message as
+//! three chunks, so that the shared body is never copied into a per-stream buffer either: the
+//! controller's `Watch` server writes them as they are.
 
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
 use crate::v1::RouteUpdate;
@@ -13,8 +17,7 @@ use crate::v1::RouteUpdate;
 /// The field number of `RouteUpdate.nonce`.
 const NONCE_FIELD: u32 = 2;
 
-/// A `RouteUpdate` encoded without its nonce, plus the nonce of one stream. Send-only: it
-/// decodes to nothing.
+/// A `RouteUpdate` encoded without its nonce, plus the nonce of one stream.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EncodedRouteUpdate {
     /// The update's wire form, nonce left empty.
@@ -30,27 +33,9 @@ impl EncodedRouteUpdate {
         u.nonce.clear();
         Bytes::from(u.encode_to_vec())
     }
-}
 
-impl Message for EncodedRouteUpdate {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.body);
-        if !self.nonce.is_empty() {
-            prost::encoding::string::encode(NONCE_FIELD, &self.nonce, buf);
-        }
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: prost::encoding::WireType,
-        buf: &mut impl bytes::Buf,
-        ctx: prost::encoding::DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
-    }
-
-    fn encoded_len(&self) -> usize {
+    /// The length of the whole message: body and nonce field.
+    pub fn encoded_len(&self) -> usize {
         self.body.len()
             + if self.nonce.is_empty() {
                 0
@@ -59,9 +44,21 @@ impl Message for EncodedRouteUpdate {
             }
     }
 
-    fn clear(&mut self) {
-        self.body = Bytes::new();
-        self.nonce.clear();
+    /// The message as one length-prefixed gRPC message (uncompressed), in three chunks: the
+    /// 5-byte prefix, the shared body (not copied), this stream's nonce field.
+    ///
+    /// # Errors
+    /// When the message is longer than a gRPC length prefix can say (4 GiB).
+    pub fn grpc_chunks(&self) -> Result<[Bytes; 3], std::num::TryFromIntError> {
+        let len = u32::try_from(self.encoded_len())?;
+        let mut prefix = BytesMut::with_capacity(5);
+        prefix.put_u8(0);
+        prefix.put_u32(len);
+        let mut nonce = BytesMut::with_capacity(self.encoded_len() - self.body.len());
+        if !self.nonce.is_empty() {
+            prost::encoding::string::encode(NONCE_FIELD, &self.nonce, &mut nonce);
+        }
+        Ok([prefix.freeze(), self.body.clone(), nonce.freeze()])
     }
 }
 
@@ -71,9 +68,8 @@ mod tests {
     use super::*;
     use crate::v1::{RouteRow, TableVersion};
 
-    #[test]
-    fn the_shared_body_plus_a_nonce_decodes_as_the_full_update() {
-        let full = RouteUpdate {
+    fn full() -> RouteUpdate {
+        RouteUpdate {
             version: Some(TableVersion { epoch: 3, version: 9 }),
             nonce: "node-7-2".into(),
             site: "aws-use1".into(),
@@ -85,13 +81,37 @@ mod tests {
             known_sites: vec!["aws-use1".into(), "gcp-euw3".into()],
             max_relays: 2,
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn the_chunks_are_one_grpc_message_that_decodes_as_the_full_update() {
+        let full = full();
         let e = EncodedRouteUpdate {
             body: EncodedRouteUpdate::encode_shared(&full),
             nonce: full.nonce.clone(),
         };
-        let bytes = e.encode_to_vec();
-        assert_eq!(bytes.len(), e.encoded_len());
-        assert_eq!(RouteUpdate::decode(bytes.as_slice()).unwrap(), full);
+        let chunks = e.grpc_chunks().unwrap();
+        // The body is shared, not copied.
+        assert_eq!(chunks[1].as_ptr(), e.body.as_ptr());
+        let wire: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        assert_eq!(wire[0], 0, "uncompressed");
+        let len = u32::from_be_bytes(wire[1..5].try_into().unwrap()) as usize;
+        assert_eq!(len, wire.len() - 5);
+        assert_eq!(len, e.encoded_len());
+        assert_eq!(RouteUpdate::decode(&wire[5..]).unwrap(), full);
+    }
+
+    #[test]
+    fn an_empty_nonce_adds_nothing() {
+        let mut full = full();
+        full.nonce.clear();
+        let e = EncodedRouteUpdate {
+            body: EncodedRouteUpdate::encode_shared(&full),
+            nonce: String::new(),
+        };
+        let chunks = e.grpc_chunks().unwrap();
+        assert!(chunks[2].is_empty());
+        assert_eq!(RouteUpdate::decode(chunks[1].clone()).unwrap(), full);
     }
 }
