@@ -29,6 +29,9 @@ pub struct AgentConfig {
     pub backoff_min_ms: u64,
     /// Default 5000.
     pub backoff_max_ms: u64,
+    /// Load reports from the media server (`PUT /v1/status`) are forwarded to the controller
+    /// at most this often, ms; the latest wins. Default 1000.
+    pub status_min_interval_ms: u64,
 }
 
 impl Default for AgentConfig {
@@ -42,6 +45,7 @@ impl Default for AgentConfig {
             on_change: None,
             backoff_min_ms: 200,
             backoff_max_ms: 5_000,
+            status_min_interval_ms: 1_000,
         }
     }
 }

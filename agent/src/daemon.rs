@@ -7,10 +7,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ops::register;
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use proto::v1 as pb;
 use proto::v1::route_distribution_client::RouteDistributionClient;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +38,10 @@ pub struct Metrics {
     pub connected: IntGauge,
     /// Failures to write the last-known-good file.
     pub persist_failures: IntGauge,
+    /// Load reports from the media server refused, by reason.
+    pub status_rejected: IntCounterVec,
+    /// Load reports sent to a controller.
+    pub status_sent: IntCounter,
 }
 
 impl Metrics {
@@ -74,6 +78,23 @@ impl Metrics {
                     "Failures to write the last-known-good table.",
                 ),
             ),
+            status_rejected: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "axon_agent_status_rejected_total",
+                        "Load reports from the media server refused, by reason.",
+                    ),
+                    &["reason"],
+                ),
+            ),
+            status_sent: register(
+                r,
+                IntCounter::new(
+                    "axon_agent_status_sent_total",
+                    "Load reports sent to a controller.",
+                ),
+            ),
             registry,
         }
     }
@@ -81,6 +102,55 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         ops::render(&self.registry)
+    }
+}
+
+/// What the media server last said about this node's load.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NodeLoad {
+    /// Sessions the node carries.
+    pub sessions: u32,
+    /// Share of the node's capacity in use, 0..=1.
+    pub load: f64,
+    /// When the media server said so, Unix ms.
+    pub at_ms: u64,
+}
+
+impl NodeLoad {
+    /// The most sessions one node is believed to carry; more is a unit mix-up, not a load.
+    pub const MAX_SESSIONS: u32 = 10_000_000;
+
+    /// Checks a report; the error names what is wrong and is the counter's reason.
+    pub fn new(sessions: u32, load: f64, at_ms: u64) -> Result<Self, (&'static str, String)> {
+        if !load.is_finite() || !(0.0..=1.0).contains(&load) {
+            return Err((
+                "load",
+                format!("load {load}: must be a share of capacity, 0 to 1"),
+            ));
+        }
+        if sessions > Self::MAX_SESSIONS {
+            return Err((
+                "sessions",
+                format!(
+                    "sessions {sessions}: more than {} on one node",
+                    Self::MAX_SESSIONS
+                ),
+            ));
+        }
+        Ok(NodeLoad {
+            sessions,
+            load,
+            at_ms,
+        })
+    }
+
+    fn message(&self) -> pb::AgentMessage {
+        pb::AgentMessage {
+            body: Some(pb::agent_message::Body::Status(pb::NodeStatus {
+                sessions: self.sessions,
+                load: self.load,
+            })),
+        }
     }
 }
 
@@ -94,6 +164,8 @@ pub struct State {
     pub from_controller: AtomicBool,
     /// Whether a watch stream is open.
     pub connected: AtomicBool,
+    /// The media server's last load report; every watch session forwards it.
+    pub status: watch::Sender<Option<NodeLoad>>,
     /// Metrics.
     pub metrics: Metrics,
 }
@@ -136,6 +208,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         table: RwLock::new(None),
         from_controller: AtomicBool::new(false),
         connected: AtomicBool::new(false),
+        status: watch::Sender::new(None),
         metrics: Metrics::new(),
     });
     match persist::load(&cfg.table_file, &cfg.site) {
@@ -233,11 +306,38 @@ async fn follow(
     info!(controller = %endpoint, "watching routes");
     state.connected.store(true, Ordering::Relaxed);
     state.metrics.connected.set(1);
-    while let Some(update) = updates.message().await.map_err(|e| e.to_string())? {
-        let reply = apply(update, cfg, state, hooks);
-        tx.send(pb::AgentMessage { body: Some(reply) })
-            .await
-            .map_err(|e| e.to_string())?;
+    // Load reports: the last one at once (a new controller knows nothing), then each new one,
+    // at most one per `status_min_interval_ms` (a chatty media server is coalesced, the latest
+    // report wins).
+    let mut reports = state.status.subscribe();
+    reports.mark_changed();
+    let gap = Duration::from_millis(cfg.status_min_interval_ms);
+    let mut next_report = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            update = updates.message() => {
+                let Some(update) = update.map_err(|e| e.to_string())? else { break };
+                let reply = apply(update, cfg, state, hooks);
+                tx.send(pb::AgentMessage { body: Some(reply) })
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            changed = async {
+                tokio::time::sleep_until(next_report).await;
+                reports.changed().await
+            } => {
+                if changed.is_err() {
+                    // The state is gone: the agent is stopping.
+                    break;
+                }
+                let report = *reports.borrow_and_update();
+                if let Some(r) = report {
+                    tx.send(r.message()).await.map_err(|e| e.to_string())?;
+                    state.metrics.status_sent.inc();
+                    next_report = tokio::time::Instant::now() + gap;
+                }
+            }
+        }
     }
     Ok(())
 }

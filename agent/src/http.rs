@@ -1,4 +1,5 @@
-//! The local API for the media server, on loopback: routes, drain state, readiness.
+//! The local API for the media server, on loopback: routes, drain state, readiness, and the
+//! media server's load reports (`PUT /v1/status`), which the agent forwards to the controller.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,10 +10,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use proto::v1 as pb;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::{State, now_ms};
+use crate::daemon::{NodeLoad, State, now_ms};
 use crate::table::Table;
 
 fn path_json(p: &pb::RoutePath) -> Value {
@@ -50,8 +52,55 @@ fn no_table() -> Response {
         .into_response()
 }
 
+/// A load report as the media server sends it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusBody {
+    sessions: u32,
+    load: f64,
+}
+
+fn bad_status(state: &State, reason: &str, detail: String) -> Response {
+    state.metrics.status_rejected.with_label_values(&[reason]).inc();
+    (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": detail }))).into_response()
+}
+
+/// `PUT /v1/status`: checks a load report and hands it to the watch session.
+fn put_status(state: &State, body: &[u8]) -> Response {
+    let parsed: StatusBody = match serde_json::from_slice(body) {
+        Ok(b) => b,
+        Err(e) => {
+            return bad_status(
+                state,
+                "malformed",
+                format!("expected {{\"sessions\": <count>, \"load\": <0..1>}}: {e}"),
+            );
+        }
+    };
+    match NodeLoad::new(parsed.sessions, parsed.load, now_ms()) {
+        Ok(report) => {
+            state.status.send_replace(Some(report));
+            (StatusCode::OK, axum::Json(status_json(Some(report)))).into_response()
+        }
+        Err((reason, detail)) => bad_status(state, reason, detail),
+    }
+}
+
+fn status_json(r: Option<NodeLoad>) -> Value {
+    match r {
+        Some(r) => json!({
+            "sessions": r.sessions,
+            "load": r.load,
+            "reported_unix_ms": r.at_ms,
+            "age_seconds": now_ms().saturating_sub(r.at_ms) as f64 / 1e3,
+        }),
+        None => json!({ "sessions": null, "load": null }),
+    }
+}
+
 /// Serves until `cancel`.
 pub async fn serve(listener: tokio::net::TcpListener, state: Arc<State>, cancel: CancellationToken) {
+    let (s6, s7) = (state.clone(), state.clone());
     let (s1, s2, s3, s4, s5) = (
         state.clone(),
         state.clone(),
@@ -125,6 +174,17 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<State>, cancel:
                         Some(_) => (StatusCode::OK, "ready\n"),
                     }
                 }
+            }),
+        )
+        .route(
+            "/v1/status",
+            get(move || {
+                let s = s6.clone();
+                async move { axum::Json(status_json(*s.status.borrow())) }
+            })
+            .put(move |body: axum::body::Bytes| {
+                let s = s7.clone();
+                async move { put_status(&s, &body) }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))

@@ -45,6 +45,58 @@ pub struct AgentRecord {
     pub last_seen_ms: u64,
     /// Its last NACK, if the latest update was refused.
     pub last_error: String,
+    /// What its media server last reported, if anything.
+    pub load: Option<NodeLoad>,
+}
+
+/// A node's load as its media server reports it (through the agent's `NodeStatus`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NodeLoad {
+    /// Sessions carried.
+    pub sessions: u32,
+    /// Share of capacity in use, 0..=1.
+    pub load: f64,
+    /// When the controller received it, Unix ms.
+    pub at_ms: u64,
+}
+
+impl NodeLoad {
+    /// The most sessions one node is believed to carry (the agent checks the same bound).
+    pub const MAX_SESSIONS: u32 = 10_000_000;
+
+    /// Checks a report from the wire.
+    pub fn from_wire(s: &pb::NodeStatus, at_ms: u64) -> Result<Self, ControllerError> {
+        if !s.load.is_finite() || !(0.0..=1.0).contains(&s.load) {
+            return Err(ControllerError::Rejected {
+                reason: "bad_status",
+                detail: format!("load {} is not a share of capacity", s.load),
+            });
+        }
+        if s.sessions > Self::MAX_SESSIONS {
+            return Err(ControllerError::Rejected {
+                reason: "bad_status",
+                detail: format!("{} sessions on one node", s.sessions),
+            });
+        }
+        Ok(NodeLoad {
+            sessions: s.sessions,
+            load: s.load,
+            at_ms,
+        })
+    }
+}
+
+/// What the connected nodes of one site report, summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SiteLoad {
+    /// Agents with an open watch stream.
+    pub nodes: u32,
+    /// Of those, how many reported a load.
+    pub reporting: u32,
+    /// Their sessions, summed.
+    pub sessions: u64,
+    /// Their mean load (0 when none reports).
+    pub load: f64,
 }
 
 /// State shared by every task and service.
@@ -81,19 +133,65 @@ impl Shared {
         self.agents.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Recounts agents on the latest table.
-    pub fn count_agents(&self) {
+    /// Per site: its connected nodes and what they report.
+    pub fn site_loads(&self) -> HashMap<String, SiteLoad> {
+        let mut out: HashMap<String, SiteLoad> = HashMap::new();
+        for a in self.agents().values().filter(|a| a.connected) {
+            let s = out.entry(a.site.clone()).or_default();
+            s.nodes += 1;
+            if let Some(l) = a.load {
+                s.reporting += 1;
+                s.sessions += u64::from(l.sessions);
+                s.load += l.load;
+            }
+        }
+        for s in out.values_mut() {
+            if s.reporting > 0 {
+                s.load /= f64::from(s.reporting);
+            }
+        }
+        out
+    }
+
+    /// Brings the agent gauges up to date. Called when they are read (a scrape, a
+    /// publication), not on every agent message: with thousands of agents a recount per
+    /// acknowledgement would cost more than the acknowledgements.
+    pub fn refresh_agent_gauges(&self) {
         let latest = self.published.borrow().as_ref().map(|p| {
             let id = p.table.id();
             (id.epoch.0, id.version.0)
         });
-        let agents = self.agents();
-        self.metrics
-            .agents_connected
-            .set(agents.values().filter(|a| a.connected).count() as i64);
-        self.metrics
-            .agents_latest
-            .set(agents.values().filter(|a| Some(a.applied) == latest).count() as i64);
+        {
+            let agents = self.agents();
+            self.metrics
+                .agents_connected
+                .set(agents.values().filter(|a| a.connected).count() as i64);
+            self.metrics
+                .agents_latest
+                .set(agents.values().filter(|a| Some(a.applied) == latest).count() as i64);
+        }
+        let loads = self.site_loads();
+        let sites: Vec<String> = self
+            .core()
+            .world()
+            .inventory
+            .sites()
+            .iter()
+            .map(|s| s.id.to_string())
+            .collect();
+        for site in sites {
+            let l = loads.get(&site).copied().unwrap_or_default();
+            let labels = [site.as_str()];
+            self.metrics
+                .site_nodes
+                .with_label_values(&labels)
+                .set(i64::from(l.nodes));
+            self.metrics
+                .site_sessions
+                .with_label_values(&labels)
+                .set(i64::try_from(l.sessions).unwrap_or(i64::MAX));
+            self.metrics.site_load.with_label_values(&labels).set(l.load);
+        }
     }
 
     /// Computes now and publishes a new table if it changed; persists the version counter.
@@ -134,7 +232,7 @@ impl Shared {
             updates,
             encoded,
         })));
-        self.count_agents();
+        self.refresh_agent_gauges();
         Ok(true)
     }
 }

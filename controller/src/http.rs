@@ -19,6 +19,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, cance
             get(move || {
                 let m = m.clone();
                 async move {
+                    m.refresh_agent_gauges();
                     (
                         [("content-type", "text/plain; version=0.0.4")],
                         m.metrics.render(),

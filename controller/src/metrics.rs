@@ -2,7 +2,9 @@
 //! `site` from the inventory.
 
 use ops::register;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// The controller's metrics and the registry that exports them.
 #[derive(Clone)]
@@ -27,6 +29,12 @@ pub struct Metrics {
     pub nacks: IntCounter,
     /// Route updates sent to agents.
     pub updates_sent: IntCounter,
+    /// Agents connected, by site.
+    pub site_nodes: IntGaugeVec,
+    /// Sessions the connected nodes of a site carry, as their media servers report them.
+    pub site_sessions: IntGaugeVec,
+    /// Mean load of a site's connected nodes that report it, 0..1.
+    pub site_load: GaugeVec,
 }
 
 impl Metrics {
@@ -82,6 +90,33 @@ impl Metrics {
             updates_sent: register(
                 r,
                 IntCounter::new("axon_route_updates_sent_total", "Route updates sent to agents."),
+            ),
+            site_nodes: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("axon_site_nodes", "Agents with an open watch stream, by site."),
+                    &["site"],
+                ),
+            ),
+            site_sessions: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "axon_site_sessions",
+                        "Sessions on a site's connected nodes, as their media servers report them.",
+                    ),
+                    &["site"],
+                ),
+            ),
+            site_load: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "axon_site_load_ratio",
+                        "Mean load of a site's connected nodes that report it, 0 to 1.",
+                    ),
+                    &["site"],
+                ),
             ),
             registry,
         }

@@ -15,7 +15,7 @@ use topology::{DrainOrigin, DrainRequest, DrainTarget, RegionId, SiteId};
 use tracing::{debug, info, warn};
 
 use crate::core::{drain_entry, row};
-use crate::daemon::{AgentRecord, Shared, now_ms};
+use crate::daemon::{AgentRecord, NodeLoad, Shared, now_ms};
 use crate::error::ControllerError;
 
 /// Every service over the same shared state.
@@ -168,9 +168,9 @@ impl Services {
                 connected: true,
                 last_seen_ms: now_ms(),
                 last_error: String::new(),
+                load: None,
             },
         );
-        self.0.count_agents();
         let (tx, rx) = mpsc::channel(4);
         let shared = self.0.clone();
         tokio::spawn(async move {
@@ -225,10 +225,15 @@ impl Services {
                                     shared.metrics.nacks.inc();
                                     rec.last_error = n.error;
                                 }
-                                pb::agent_message::Body::Hello(_) | pb::agent_message::Body::Status(_) => {}
+                                pb::agent_message::Body::Status(st) => match NodeLoad::from_wire(&st, now_ms()) {
+                                    Ok(l) => rec.load = Some(l),
+                                    Err(e) => {
+                                        shared.metrics.rejected.with_label_values(&["bad_status"]).inc();
+                                        debug!(node = %node, error = %e, "node status refused");
+                                    }
+                                },
+                                pb::agent_message::Body::Hello(_) => {}
                             }
-                            drop(agents);
-                            shared.count_agents();
                         }
                         Ok(Some(_)) => {}
                         Ok(None) | Err(_) => break,
@@ -238,7 +243,6 @@ impl Services {
             if let Some(rec) = shared.agents().get_mut(&node) {
                 rec.connected = false;
             }
-            shared.count_agents();
             debug!(node = %node, "agent disconnected");
         });
         Ok(rx)
@@ -350,6 +354,9 @@ impl pb::admin_server::Admin for Services {
                 connected: a.connected,
                 last_seen_unix_ms: a.last_seen_ms,
                 last_error: a.last_error.clone(),
+                sessions: a.load.map(|l| l.sessions),
+                load: a.load.map(|l| l.load),
+                load_unix_ms: a.load.map_or(0, |l| l.at_ms),
             })
             .collect();
         let on_latest = agents.iter().filter(|a| version_of(&a.applied) == latest).count() as u32;
@@ -368,6 +375,7 @@ impl pb::admin_server::Admin for Services {
     }
 
     async fn sites(&self, _: Request<pb::SitesRequest>) -> Result<Response<pb::SitesReply>, Status> {
+        let loads = self.0.site_loads();
         let core = self.0.core();
         let drained = core.drained_sites();
         let sites = core
@@ -387,6 +395,10 @@ impl pb::admin_server::Admin for Services {
                     topology::Role::Shadow => "shadow".into(),
                 },
                 drained: drained.contains(&s.id),
+                nodes: loads.get(s.id.as_str()).map_or(0, |l| l.nodes),
+                nodes_reporting: loads.get(s.id.as_str()).map_or(0, |l| l.reporting),
+                sessions: loads.get(s.id.as_str()).map_or(0, |l| l.sessions),
+                load: loads.get(s.id.as_str()).map_or(0.0, |l| l.load),
             })
             .collect();
         Ok(Response::new(pb::SitesReply { sites }))

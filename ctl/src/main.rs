@@ -57,8 +57,13 @@ impl Kind {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// The controller, the table in force, and agents on it or behind.
-    Status,
-    /// The site inventory.
+    Status {
+        /// List every agent: its table, connection, last error, and the load its media
+        /// server reports.
+        #[arg(long)]
+        agents: bool,
+    },
+    /// The site inventory, with each site's connected nodes and the sessions they report.
     Sites,
     /// Link state.
     Links {
@@ -199,7 +204,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let mut admin = AdminClient::new(channel);
     let json_out = cli.output == Output::Json;
     match cli.command {
-        Command::Status => {
+        Command::Status { agents: list } => {
             let s = admin
                 .status(pb::StatusRequest {})
                 .await
@@ -209,7 +214,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 let agents: Vec<Value> = s
                     .agents
                     .iter()
-                    .map(|a| json!({"node": a.node, "site": a.site, "applied": version(&a.applied), "connected": a.connected, "last_error": a.last_error}))
+                    .map(|a| json!({"node": a.node, "site": a.site, "applied": version(&a.applied), "connected": a.connected, "last_error": a.last_error,
+                                    "sessions": a.sessions, "load": a.load, "load_unix_ms": a.load_unix_ms}))
                     .collect();
                 println!(
                     "{}",
@@ -232,6 +238,36 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     "agents      {} on latest, {} behind",
                     s.agents_latest, s.agents_behind
                 );
+                if list {
+                    println!();
+                    let mut agents = s.agents.clone();
+                    agents.sort_by(|a, b| (&a.site, &a.node).cmp(&(&b.site, &b.node)));
+                    table(
+                        &[
+                            "NODE",
+                            "SITE",
+                            "TABLE",
+                            "CONNECTED",
+                            "SESSIONS",
+                            "LOAD",
+                            "LAST ERROR",
+                        ],
+                        agents
+                            .iter()
+                            .map(|a| {
+                                vec![
+                                    a.node.clone(),
+                                    a.site.clone(),
+                                    version(&a.applied),
+                                    if a.connected { "yes".into() } else { "no".into() },
+                                    a.sessions.map_or("-".into(), |n| n.to_string()),
+                                    a.load.map_or("-".into(), |l| format!("{:.0}%", l * 100.0)),
+                                    a.last_error.clone(),
+                                ]
+                            })
+                            .collect(),
+                    );
+                }
             }
         }
         Command::Sites => {
@@ -241,11 +277,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(from_status)?
                 .into_inner();
             if json_out {
-                let v: Vec<Value> = s.sites.iter().map(|x| json!({"id": x.id, "region": x.region, "provider": x.provider, "role": x.role, "capacity": x.capacity, "drained": x.drained})).collect();
+                let v: Vec<Value> = s.sites.iter().map(|x| json!({"id": x.id, "region": x.region, "provider": x.provider, "role": x.role, "capacity": x.capacity, "drained": x.drained,
+                                                                 "nodes": x.nodes, "nodes_reporting": x.nodes_reporting, "sessions": x.sessions, "load": x.load})).collect();
                 println!("{}", Value::Array(v));
             } else {
                 table(
-                    &["SITE", "REGION", "PROVIDER", "ROLE", "CAPACITY", "DRAINED"],
+                    &[
+                        "SITE", "REGION", "PROVIDER", "ROLE", "CAPACITY", "DRAINED", "NODES", "SESSIONS",
+                        "LOAD",
+                    ],
                     s.sites
                         .iter()
                         .map(|x| {
@@ -256,6 +296,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                                 x.role.clone(),
                                 format!("{}", x.capacity),
                                 if x.drained { "yes".into() } else { "".into() },
+                                x.nodes.to_string(),
+                                if x.nodes_reporting > 0 {
+                                    x.sessions.to_string()
+                                } else {
+                                    "-".into()
+                                },
+                                if x.nodes_reporting > 0 {
+                                    format!("{:.0}%", x.load * 100.0)
+                                } else {
+                                    "-".into()
+                                },
                             ]
                         })
                         .collect(),

@@ -36,6 +36,41 @@ async fn axonctl_speaks_tables_json_and_exit_codes() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["sites"], 4);
 
+    // The load b's media server reports shows per node and per site.
+    let (code, _) = mesh::http_request(
+        b.http_addr,
+        "PUT",
+        "/v1/status",
+        r#"{"sessions": 7, "load": 0.5}"#,
+    )
+    .await;
+    assert_eq!(code, 200);
+    let out = mesh::eventually(
+        std::time::Duration::from_secs(20),
+        "b's load in `status --agents`",
+        || async {
+            let (_, out, _) = axonctl(&["-c", &url, "status", "--agents"]).await;
+            out.lines()
+                .any(|l| l.starts_with("b-node") && l.contains(" 7 ") && l.contains("50%"))
+                .then_some(out)
+        },
+    )
+    .await;
+    assert!(out.contains("SESSIONS") && out.contains("LOAD"), "{out}");
+    let (code, out, _) = axonctl(&["-c", &url, "sites"]).await;
+    assert_eq!(code, 0);
+    let b_line: Vec<&str> = out
+        .lines()
+        .find(|l| l.starts_with("b "))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        b_line[b_line.len() - 3..],
+        ["1", "7", "50%"],
+        "NODES SESSIONS LOAD of b:\n{out}"
+    );
+
     // A guardrail refusal: exit 3 and the rule in one line.
     let (code, _, err) = axonctl(&["-c", &url, "drain", "site", "a", "--reason", "test"]).await;
     assert_eq!(code, 3, "{err}");

@@ -593,6 +593,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         }
         if opts.live && t >= next_live {
             next_live = t + Duration::from_secs(5);
+            mesh.controller.shared.refresh_agent_gauges();
             let latest = mesh.controller.shared.metrics.agents_latest.get();
             println!(
                 "t={:>5.0}s  faults active {}  route changes {}  agents on the latest table {}/{}",

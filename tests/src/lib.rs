@@ -222,13 +222,21 @@ impl Mesh {
 /// GET over plain HTTP/1.1: (status, JSON body or the text as a JSON string); status 0 when
 /// nothing listens (a process still starting).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, Value) {
+    http_request(addr, "GET", path, "").await
+}
+
+/// Any request over plain HTTP/1.1 with a JSON body (empty: none), answered as [`http_get`].
+pub async fn http_request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
         return (0, Value::Null);
     };
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body.as_bytes()).await.unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
