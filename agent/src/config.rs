@@ -32,6 +32,10 @@ pub struct AgentConfig {
     /// Load reports from the media server (`PUT /v1/status`) are forwarded to the controller
     /// at most this often, ms; the latest wins. Default 1000.
     pub status_min_interval_ms: u64,
+    /// TLS to the controllers (then every endpoint must be `https://`): the CA that signed the
+    /// controllers' certificates, and this node's certificate (agent role, naming its site).
+    /// Default none (plaintext).
+    pub tls: Option<proto::auth::TlsFiles>,
 }
 
 impl Default for AgentConfig {
@@ -46,6 +50,7 @@ impl Default for AgentConfig {
             backoff_min_ms: 200,
             backoff_max_ms: 5_000,
             status_min_interval_ms: 1_000,
+            tls: None,
         }
     }
 }
@@ -70,6 +75,19 @@ impl AgentConfig {
         }
         if self.controllers.is_empty() {
             return bad("controllers: at least one endpoint");
+        }
+        for c in &self.controllers {
+            let https = c.starts_with("https://");
+            if https != self.tls.is_some() {
+                return bad(&format!(
+                    "controllers: `{c}`: {}",
+                    if https {
+                        "https:// needs [tls] files"
+                    } else {
+                        "with [tls] set, endpoints must be https://"
+                    }
+                ));
+            }
         }
         if self.backoff_min_ms == 0 || self.backoff_max_ms < self.backoff_min_ms {
             return bad("backoff_min_ms must be positive and ≤ backoff_max_ms");

@@ -203,6 +203,7 @@ impl AgentHandle {
 /// Starts an agent: serves the last-known-good table at once, then follows a controller.
 pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
     cfg.validate()?;
+    proto::auth::install_crypto_provider();
     let state = Arc::new(State {
         site: cfg.site.clone(),
         table: RwLock::new(None),
@@ -277,8 +278,7 @@ async fn follow(
     state: &Arc<State>,
     hooks: &mut JoinSet<()>,
 ) -> Result<(), String> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| e.to_string())?
+    let channel = proto::auth::endpoint(endpoint, cfg.tls.as_ref())?
         .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))

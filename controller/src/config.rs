@@ -86,6 +86,13 @@ pub struct ControllerConfig {
     pub guardrails: GuardrailConfig,
     /// State that survives restarts.
     pub store: StoreConfig,
+    /// TLS for every gRPC connection, with client certificates verified against `ca` (see
+    /// `controller::auth` for what each role may do). Default none: plaintext and
+    /// unauthenticated, for development only.
+    pub tls: Option<proto::auth::TlsFiles>,
+    /// Bearer tokens that grant the operator role on the admin API (alongside operator
+    /// certificates). Default none.
+    pub operator_tokens: Vec<crate::auth::OperatorToken>,
     /// The site inventory. Default empty (required).
     pub sites: Vec<SiteConfig>,
 }
@@ -103,6 +110,8 @@ impl Default for ControllerConfig {
             links: LinkStateConfig::default(),
             guardrails: GuardrailConfig::default(),
             store: StoreConfig::default(),
+            tls: None,
+            operator_tokens: Vec::new(),
             sites: Vec::new(),
         }
     }
@@ -140,8 +149,16 @@ impl ControllerConfig {
         self.engine
             .validate()
             .map_err(|e| ControllerError::Config(format!("engine: {e}")))?;
+        crate::auth::Auth::new(self.tls.is_some(), &self.operator_tokens)?;
         let mut sites = Vec::with_capacity(self.sites.len());
         for s in &self.sites {
+            if s.id.ends_with(proto::auth::RESERVED_SUFFIX) {
+                return bad(format!(
+                    "site {}: ids ending in `{}` are reserved for certificate roles",
+                    s.id,
+                    proto::auth::RESERVED_SUFFIX
+                ));
+            }
             let mut site = Site::new(&s.id, &s.region, &s.provider, s.lat, s.lon, s.capacity)
                 .map_err(|e| ControllerError::Config(format!("site {}: {e}", s.id)))?;
             site.role = s.role;

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use proto::auth::Role;
 use proto::v1 as pb;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use topology::{RouteTable, SiteId};
 use tracing::{info, warn};
 
+use crate::auth::Auth;
 use crate::config::ControllerConfig;
 use crate::core::{Core, site_update};
 use crate::error::ControllerError;
@@ -119,6 +121,8 @@ pub struct Shared {
     pub resync: Duration,
     /// Cancelled at shutdown: every stream ends so the server can stop.
     pub cancel: CancellationToken,
+    /// Who may call what.
+    pub auth: Auth,
 }
 
 impl Shared {
@@ -265,6 +269,25 @@ impl ControllerHandle {
 /// Starts a controller.
 pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, ControllerError> {
     let inventory = cfg.validate()?;
+    proto::auth::install_crypto_provider();
+    let auth = Auth::new(cfg.tls.is_some(), &cfg.operator_tokens)?;
+    if auth.is_open() {
+        warn!(
+            "no TLS and no operator tokens: anyone who reaches the gRPC port can report, watch, drain and undrain"
+        );
+    } else if cfg.tls.is_none() {
+        warn!(
+            "no TLS: probers and agents are not authenticated, and operator tokens cross the network in clear"
+        );
+    }
+    let tls = match &cfg.tls {
+        Some(files) => Some(
+            files
+                .server()
+                .map_err(|e| ControllerError::Config(format!("tls: {e}")))?,
+        ),
+        None => None,
+    };
     let store: Arc<dyn Store> = Arc::new(MemoryStore::open(cfg.store.snapshot.clone())?);
     let snapshot = store.load()?;
     let core = Core::new(cfg.clone(), inventory, &snapshot)?;
@@ -280,6 +303,7 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
         name: cfg.name.clone(),
         resync: Duration::from_millis(cfg.resync_ms),
         cancel: cancel.clone(),
+        auth,
     });
     shared.compute_and_publish()?;
 
@@ -299,12 +323,28 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
 
     let svc = crate::services::Services(shared.clone());
     let stop = cancel.clone();
+    let mut server =
+        tonic::transport::Server::builder().http2_keepalive_interval(Some(Duration::from_secs(10)));
+    if let Some(tls) = tls {
+        server = server
+            .tls_config(tls)
+            .map_err(|e| ControllerError::Config(format!("tls: {e}")))?;
+    }
+    let gate = shared.clone();
+    let admin =
+        pb::admin_server::AdminServer::with_interceptor(svc.clone(), move |mut req: tonic::Request<()>| {
+            let caller = gate
+                .auth
+                .require(req.extensions(), req.metadata(), Role::Operator)
+                .inspect_err(|_| gate.metrics.auth_refused.with_label_values(&["operator"]).inc())?;
+            req.extensions_mut().insert(caller);
+            Ok(req)
+        });
     tasks.spawn(async move {
-        let r = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        let r = server
             .add_service(pb::probe_ingest_server::ProbeIngestServer::new(svc.clone()))
-            .add_service(crate::watch::WatchServer::new(svc.clone()))
-            .add_service(pb::admin_server::AdminServer::new(svc))
+            .add_service(crate::watch::WatchServer::new(svc))
+            .add_service(admin)
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(grpc),
                 stop.cancelled_owned(),

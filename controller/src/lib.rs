@@ -6,6 +6,7 @@
 //! [`store::Store`] is the seam for durable state: the embedded store today, etcd for high
 //! availability.
 
+pub mod auth;
 pub mod config;
 pub mod core;
 pub mod daemon;

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub site_sessions: IntGaugeVec,
     /// Mean load of a site's connected nodes that report it, 0..1.
     pub site_load: GaugeVec,
+    /// Calls refused for want of a certificate, token or role, by the role they needed.
+    pub auth_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -116,6 +118,16 @@ impl Metrics {
                         "Mean load of a site's connected nodes that report it, 0 to 1.",
                     ),
                     &["site"],
+                ),
+            ),
+            auth_refused: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "axon_auth_refused_total",
+                        "Calls refused for want of a certificate, token or role, by the role they needed.",
+                    ),
+                    &["role"],
                 ),
             ),
             registry,

@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use proto::auth::Role;
 use proto::v1 as pb;
 use proto::v1::{probe_report, prober_message};
 use proto::wire::EncodedRouteUpdate;
@@ -14,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use topology::{DrainOrigin, DrainRequest, DrainTarget, RegionId, SiteId};
 use tracing::{debug, info, warn};
 
+use crate::auth::Caller;
 use crate::core::{drain_entry, row};
 use crate::daemon::{AgentRecord, NodeLoad, Shared, now_ms};
 use crate::error::ControllerError;
@@ -39,6 +41,11 @@ impl pb::probe_ingest_server::ProbeIngest for Services {
         &self,
         req: Request<Streaming<pb::ProberMessage>>,
     ) -> Result<Response<Self::ReportStream>, Status> {
+        let caller = self
+            .0
+            .auth
+            .require(req.extensions(), req.metadata(), Role::Prober)
+            .inspect_err(|_| self.0.metrics.auth_refused.with_label_values(&["prober"]).inc())?;
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(pb::ProberMessage {
@@ -51,6 +58,9 @@ impl pb::probe_ingest_server::ProbeIngest for Services {
             }
         };
         let site = site_id(&hello.site)?;
+        caller
+            .may_speak_for(site.as_str())
+            .inspect_err(|_| self.0.metrics.auth_refused.with_label_values(&["prober"]).inc())?;
         if self.0.core().world().inventory.index_of(&site).is_none() {
             self.0.metrics.rejected.with_label_values(&["unknown_site"]).inc();
             return Err(Status::not_found(format!("unknown site `{site}`")));
@@ -139,6 +149,7 @@ impl Services {
     /// task that sends its site's updates (served by [`crate::watch::WatchServer`]).
     pub(crate) async fn open_watch(
         &self,
+        caller: Caller,
         mut inbound: Streaming<pb::AgentMessage>,
     ) -> Result<UpdateReceiver, Status> {
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
@@ -152,6 +163,9 @@ impl Services {
             }
         };
         let site = site_id(&hello.site)?;
+        caller
+            .may_speak_for(site.as_str())
+            .inspect_err(|_| self.0.metrics.auth_refused.with_label_values(&["agent"]).inc())?;
         if hello.node.is_empty() || hello.node.len() > 128 {
             return Err(Status::invalid_argument("node name must be 1..=128 bytes"));
         }
@@ -246,6 +260,21 @@ impl Services {
             debug!(node = %node, "agent disconnected");
         });
         Ok(rx)
+    }
+}
+
+/// The author a request's credentials prove (set by the admin interceptor), if any.
+fn proven_author<T>(req: &Request<T>) -> Option<String> {
+    req.extensions().get::<Caller>().and_then(Caller::principal)
+}
+
+/// A drain's author: who the credentials prove, else what the request says (unauthenticated
+/// controllers only), else `unknown`.
+fn author(proven: Option<String>, claimed: &str) -> String {
+    match proven {
+        Some(p) => p,
+        None if claimed.trim().is_empty() => "unknown".into(),
+        None => claimed.to_string(),
     }
 }
 
@@ -488,19 +517,17 @@ impl pb::admin_server::Admin for Services {
     }
 
     async fn drain(&self, req: Request<pb::DrainRequest>) -> Result<Response<pb::DrainReply>, Status> {
+        let proven = proven_author(&req);
         let req = req.into_inner();
         if req.reason.trim().is_empty() {
             return Err(Status::invalid_argument("a drain needs a reason"));
         }
         let target = target(&req.kind, &req.name)?;
+        let author = author(proven, &req.author);
         let request = DrainRequest {
             target: target.clone(),
             reason: req.reason.clone(),
-            author: if req.author.is_empty() {
-                "unknown".into()
-            } else {
-                req.author.clone()
-            },
+            author: author.clone(),
             at_ms: now_ms(),
             origin: DrainOrigin::Operator,
             force: req.force,
@@ -525,7 +552,7 @@ impl pb::admin_server::Admin for Services {
         };
         let mut version = table_version(&self.0);
         if !req.dry_run {
-            info!(target = %target, reason = %req.reason, author = %req.author, "drained");
+            info!(target = %target, reason = %req.reason, author = %author, "drained");
             // Make before break: first the paths that avoid the drained sites, and only once
             // the agents hold them (or a few seconds passed), the drained sites turn unready.
             self.0.core().hold_unready(&impact.sites);
@@ -547,10 +574,11 @@ impl pb::admin_server::Admin for Services {
     }
 
     async fn undrain(&self, req: Request<pb::UndrainRequest>) -> Result<Response<pb::UndrainReply>, Status> {
+        let proven = proven_author(&req);
         let req = req.into_inner();
         let target = target(&req.kind, &req.name)?;
         self.0.core().undrain(&target).map_err(topology_status)?;
-        info!(target = %target, author = %req.author, "undrained");
+        info!(target = %target, author = %author(proven, &req.author), "undrained");
         self.0.core().invalidate();
         let s = self.0.clone();
         tokio::task::spawn_blocking(move || s.compute_and_publish())

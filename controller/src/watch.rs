@@ -20,6 +20,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::Frame;
 use prost::Message;
+use proto::auth::Role;
 use proto::v1 as pb;
 use tonic::Status;
 use tonic::body::Body;
@@ -74,9 +75,22 @@ impl Service<http::Request<Body>> for WatchServer {
             {
                 return Ok(Status::unimplemented("compressed requests are not accepted").into_http());
             }
+            let metadata = tonic::metadata::MetadataMap::from_headers(req.headers().clone());
+            let caller = match services.0.auth.require(req.extensions(), &metadata, Role::Agent) {
+                Ok(c) => c,
+                Err(status) => {
+                    services
+                        .0
+                        .metrics
+                        .auth_refused
+                        .with_label_values(&["agent"])
+                        .inc();
+                    return Ok(status.into_http());
+                }
+            };
             let inbound =
                 Streaming::new_request(AgentDecoder, req.into_body(), None, Some(MAX_AGENT_MESSAGE));
-            Ok(match services.open_watch(inbound).await {
+            Ok(match services.open_watch(caller, inbound).await {
                 Ok(updates) => {
                     let mut resp = http::Response::new(Body::new(UpdateBody {
                         updates,

@@ -11,7 +11,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use proto::v1 as pb;
 use proto::v1::admin_client::AdminClient;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
+use std::path::PathBuf;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Operate an Axon mesh.
 #[derive(Debug, Parser)]
@@ -29,6 +32,20 @@ struct Cli {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Table, global = true)]
     output: Output,
+    /// CA certificate (PEM) that signed the controller's: with it the endpoint must be
+    /// `https://`.
+    #[arg(long, env = "AXON_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// This operator's certificate (PEM, operator role), with `--key`.
+    #[arg(long, env = "AXON_CERT", global = true, requires = "key")]
+    cert: Option<PathBuf>,
+    /// This operator's private key (PEM).
+    #[arg(long, env = "AXON_KEY", global = true, requires = "cert")]
+    key: Option<PathBuf>,
+    /// An operator token instead of a certificate, sent as `authorization: Bearer` (prefer the
+    /// environment variable: a flag shows in the process list).
+    #[arg(long, env = "AXON_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -192,16 +209,73 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
-    let endpoint = tonic::transport::Endpoint::from_shared(cli.controller.clone())
+/// Adds the operator token, if any, to every call.
+#[derive(Clone)]
+struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(b) = &self.0 {
+            req.metadata_mut().insert("authorization", b.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The admin client as `axonctl` uses it.
+type Admin = AdminClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+/// The controller endpoint, with TLS when a CA is given.
+fn endpoint(cli: &Cli) -> Result<Endpoint, Failure> {
+    let mut ep = Endpoint::from_shared(cli.controller.clone())
         .map_err(|e| Failure(2, format!("controller address {:?}: {e}", cli.controller)))?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30));
-    let channel: Channel = endpoint
+    let https = cli.controller.starts_with("https://");
+    match (&cli.ca, https) {
+        (Some(ca), true) => {
+            let read =
+                |p: &PathBuf| std::fs::read(p).map_err(|e| Failure(2, format!("{}: {e}", p.display())));
+            let mut tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(read(ca)?))
+                .domain_name(proto::auth::CONTROLLER_NAME);
+            if let (Some(cert), Some(key)) = (&cli.cert, &cli.key) {
+                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            ep = ep.tls_config(tls).map_err(|e| Failure(2, format!("TLS: {e}")))?;
+        }
+        (None, false) => {}
+        (Some(_), false) => {
+            return Err(Failure(
+                2,
+                "--ca is set: the controller URL must be https://".into(),
+            ));
+        }
+        (None, true) => {
+            return Err(Failure(
+                2,
+                "an https:// controller needs --ca (or AXON_CA)".into(),
+            ));
+        }
+    }
+    Ok(ep)
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    proto::auth::install_crypto_provider();
+    let channel: Channel = endpoint(&cli)?
         .connect()
         .await
         .map_err(|e| Failure(69, format!("controller {} unreachable: {e}", cli.controller)))?;
-    let mut admin = AdminClient::new(channel);
+    let bearer: Option<MetadataValue<Ascii>> = match &cli.token {
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .map_err(|_| Failure(2, "--token: not a valid header value".into()))?,
+        ),
+        None => None,
+    };
+    let mut admin = AdminClient::with_interceptor(channel, Bearer(bearer));
     let json_out = cli.output == Output::Json;
     match cli.command {
         Command::Status { agents: list } => {
@@ -571,7 +645,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 
 /// Waits until every connected agent has applied `target` or a later table.
 async fn wait_applied(
-    admin: &mut AdminClient<Channel>,
+    admin: &mut Admin,
     target: &Option<pb::TableVersion>,
     timeout: Duration,
 ) -> Result<(), Failure> {

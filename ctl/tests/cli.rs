@@ -127,3 +127,103 @@ async fn axonctl_speaks_tables_json_and_exit_codes() {
     b.shutdown().await;
     c.shutdown().await;
 }
+
+/// `axonctl` with its environment cleared of any operator's own settings.
+async fn axonctl_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_axonctl"));
+    for v in [
+        "AXON_CONTROLLER",
+        "AXON_CA",
+        "AXON_CERT",
+        "AXON_KEY",
+        "AXON_TOKEN",
+    ] {
+        cmd.env_remove(v);
+    }
+    let out = cmd.args(args).envs(env.iter().copied()).output().await.unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn axonctl_on_tls_needs_the_operator_role_and_exits_77_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sites = four_sites();
+    let ids: Vec<&str> = sites.iter().map(|s| s.id).collect();
+    prober::tls::generate_mesh(dir.path(), &ids).unwrap();
+    let files = |stem: &str| prober::tls::mesh_files(dir.path(), stem);
+    let mut cfg = controller_config(&sites, None);
+    cfg.tls = Some(files("controller"));
+    // As an operator would configure it: the token's SHA-256 from `sha256sum`.
+    let token_sha = {
+        let out = std::process::Command::new("sh")
+            .args(["-c", "printf %s open-sesame | sha256sum"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    cfg.operator_tokens = vec![controller::auth::OperatorToken {
+        name: "ci".into(),
+        sha256: token_sha,
+    }];
+    let c = controller::start(cfg).await.unwrap();
+    let url = format!("https://{}", c.grpc_addr);
+    let (ca, op, a) = (files("operator").ca, files("operator"), files("a"));
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (ca, op_cert, op_key, a_cert, a_key) = (
+        path(&ca),
+        path(&op.cert),
+        path(&op.key),
+        path(&a.cert),
+        path(&a.key),
+    );
+
+    // The operator's certificate works.
+    let (code, out, err) = axonctl_env(
+        &[
+            "-c", &url, "--ca", &ca, "--cert", &op_cert, "--key", &op_key, "sites",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("SITE"), "{out}");
+    // A site's certificate is not an operator's: 77, in one line.
+    let (code, _, err) = axonctl_env(
+        &[
+            "-c", &url, "--ca", &ca, "--cert", &a_cert, "--key", &a_key, "status",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 77, "{err}");
+    assert!(err.contains("operator role") && err.lines().count() == 1, "{err}");
+    // No credentials at all: 77.
+    let (code, _, err) = axonctl_env(&["-c", &url, "--ca", &ca, "status"], &[]).await;
+    assert_eq!(code, 77, "{err}");
+    // A token from the environment works; a wrong one is 77.
+    let (code, _, err) = axonctl_env(
+        &["-c", &url, "status"],
+        &[("AXON_CA", &ca), ("AXON_TOKEN", "open-sesame")],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = axonctl_env(
+        &["-c", &url, "status"],
+        &[("AXON_CA", &ca), ("AXON_TOKEN", "guess")],
+    )
+    .await;
+    assert_eq!(code, 77, "{err}");
+    // https:// without a CA is a usage error.
+    let (code, _, err) = axonctl_env(&["-c", &url, "status"], &[]).await;
+    assert_eq!(code, 2, "{err}");
+    c.shutdown().await;
+}

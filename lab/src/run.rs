@@ -77,8 +77,11 @@ async fn start(s: &Scenario, seed: u64) -> Result<Mesh, LabError> {
     };
     cc.engine.paths.max_relays = s.run.max_relays;
     cc.guardrails.min_active_regions = 1;
+    // The whole control plane on mutual TLS, as in production: the controller's certificate,
+    // each site's for its prober and agent, an operator's for the drains.
+    cc.tls = Some(prober::tls::mesh_files(dir.path(), "controller"));
     let controller = controller::start(cc).await.map_err(run_err)?;
-    let url = format!("http://{}", controller.grpc_addr);
+    let url = format!("https://{}", controller.grpc_addr);
 
     let emulator = Emulator::new(EmulatorConfig {
         seed,
@@ -170,6 +173,7 @@ async fn start(s: &Scenario, seed: u64) -> Result<Mesh, LabError> {
             controllers: vec![url.clone()],
             table_file: dir.path().join(format!("agent-{}.pb", ids[a])),
             http_listen: any("127.0.0.1")?,
+            tls: Some(prober::tls::mesh_files(dir.path(), &ids[a])),
             ..Default::default()
         };
         agents.push(agent::start(acfg).await.map_err(run_err)?);
@@ -380,10 +384,14 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         let r = compute_routes(&cm, &paths_cfg, None);
         (cm, r)
     };
-    let mut admin =
-        proto::v1::admin_client::AdminClient::connect(format!("http://{}", mesh.controller.grpc_addr))
+    let operator = prober::tls::mesh_files(mesh.dir.path(), "operator");
+    let admin_channel =
+        proto::auth::endpoint(&format!("https://{}", mesh.controller.grpc_addr), Some(&operator))
+            .map_err(run_err)?
+            .connect()
             .await
             .map_err(run_err)?;
+    let mut admin = proto::v1::admin_client::AdminClient::new(admin_channel);
 
     let t0 = Instant::now();
     let mut reports: Vec<FaultReport> = s

@@ -255,6 +255,7 @@ pub async fn start(cfg: ProberConfig) -> Result<ProberHandle, ProberError> {
     if !cfg.report.endpoints.is_empty() {
         tasks.spawn(crate::report::run(
             cfg.report.clone(),
+            cfg.tls.clone(),
             me.clone(),
             outputs.subscribe(),
             metrics.clone(),

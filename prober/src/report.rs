@@ -22,6 +22,7 @@ use crate::config::ReportConfig;
 use crate::daemon::{Output, PeerLiveness, PeerWindow};
 use crate::liveness::LivenessEvent;
 use crate::metrics::Metrics;
+use crate::tls::TlsFiles;
 
 /// Converts one output to its wire form.
 pub fn to_wire(me: &SiteId, o: &Output) -> probe_report::Body {
@@ -144,6 +145,7 @@ impl ReportBuffer {
 /// Runs the report stream until `cancel`.
 pub async fn run(
     cfg: ReportConfig,
+    tls: TlsFiles,
     me: SiteId,
     mut rx: broadcast::Receiver<Output>,
     metrics: Metrics,
@@ -178,7 +180,7 @@ pub async fn run(
             next += 1;
             e
         });
-        let stream = connect(&endpoint, &me, instance);
+        let stream = connect(&endpoint, &tls, &me, instance);
         tokio::pin!(stream);
         let opened = loop {
             tokio::select! {
@@ -247,9 +249,10 @@ pub async fn run(
 
 type Opened = (mpsc::Sender<pb::ProberMessage>, tonic::Streaming<pb::ReportAck>);
 
-async fn connect(endpoint: &str, me: &SiteId, instance: u64) -> Result<Opened, String> {
-    let ep = tonic::transport::Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| e.to_string())?
+async fn connect(endpoint: &str, tls: &TlsFiles, me: &SiteId, instance: u64) -> Result<Opened, String> {
+    // An https:// controller is dialled with this prober's own certificate (prober role).
+    let tls = endpoint.starts_with("https://").then_some(tls);
+    let ep = proto::auth::endpoint(endpoint, tls)?
         .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5));

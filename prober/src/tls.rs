@@ -5,27 +5,21 @@
 //! DNS subject alternative name, so a probe datagram's sender site can be checked against the
 //! identity the handshake proved.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use serde::{Deserialize, Serialize};
+
+use proto::auth::Role;
 
 use crate::error::ProberError;
 
 /// ALPN of the probe protocol: a peer speaking anything else is refused in the handshake.
 pub const ALPN: &[u8] = b"axon-probe/1";
 
-/// Where the PEM files are.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TlsFiles {
-    /// The mesh CA certificate(s) that sign every prober's certificate.
-    pub ca: PathBuf,
-    /// This prober's certificate chain; its DNS name is the site id.
-    pub cert: PathBuf,
-    /// This prober's private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-}
+/// Where the PEM files are: the same files serve the probe connections and, when the
+/// controller's URL is `https://`, the report stream (see `proto::auth`).
+pub use proto::auth::TlsFiles;
 
 /// Loaded certificates and the rustls configurations built from them.
 #[derive(Debug, Clone)]
@@ -115,37 +109,78 @@ pub fn peer_cert(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
     chain.first().cloned()
 }
 
-/// A development CA and one certificate per site, written as PEM files into `dir`
-/// (`ca.pem`, `<site>.pem`, `<site>.key`): what the lab and the tests run on. Production
-/// meshes bring certificates from their own CA.
+/// A development CA for a whole mesh, written as PEM files into `dir`: what the lab and the
+/// tests run on (production meshes bring certificates from their own CA).
+/// - `ca.pem` (and `ca.key`, to [`issue`] more later);
+/// - `<site>.pem`/`.key` for every site, naming the site with the prober and agent roles (one
+///   certificate for both daemons of a site keeps the lab simple);
+/// - `controller.pem`/`.key` (`controller.axon`), and `operator.pem`/`.key` for an operator
+///   named `operator`.
 pub fn generate_mesh(dir: &Path, sites: &[&str]) -> Result<(), ProberError> {
     let err = |e: rcgen::Error| ProberError::Tls(e.to_string());
     let io = |e: std::io::Error| ProberError::io(format!("writing certificates to {}", dir.display()), e);
     std::fs::create_dir_all(dir).map_err(io)?;
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
+    let ca_key = rcgen::KeyPair::generate().map_err(err)?;
+    let ca_key_pem = ca_key.serialize_pem();
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params()?, ca_key).map_err(err)?;
+    std::fs::write(dir.join("ca.pem"), ca.pem()).map_err(io)?;
+    ops::write_atomically(&dir.join("ca.key"), ca_key_pem.as_bytes()).map_err(io)?;
+    let roles = [Role::Prober.cert_name(), Role::Agent.cert_name()];
+    for site in sites {
+        write_leaf(dir, &ca, site, &[site, roles[0], roles[1]])?;
+    }
+    write_leaf(dir, &ca, "controller", &[Role::Controller.cert_name()])?;
+    write_leaf(dir, &ca, "operator", &["operator", Role::Operator.cert_name()])?;
+    Ok(())
+}
+
+/// Issues one more certificate from the development CA in `dir` (see [`generate_mesh`]):
+/// `<stem>.pem` and `<stem>.key`, with these DNS names.
+pub fn issue(dir: &Path, stem: &str, names: &[&str]) -> Result<TlsFiles, ProberError> {
+    let err = |e: rcgen::Error| ProberError::Tls(e.to_string());
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f)).map_err(|e| ProberError::io(format!("reading {f}"), e))
+    };
+    // The same subject and key as the CA certificate: what a chain is checked against.
+    let key = rcgen::KeyPair::from_pem(&read("ca.key")?).map_err(err)?;
+    let ca = rcgen::Issuer::new(ca_params()?, key);
+    write_leaf(dir, &ca, stem, names)?;
+    Ok(mesh_files(dir, stem))
+}
+
+/// The development CA's certificate parameters (fixed, so the CA can be rebuilt from its key).
+fn ca_params() -> Result<rcgen::CertificateParams, ProberError> {
+    let mut p =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| ProberError::Tls(e.to_string()))?;
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name
         .push(rcgen::DnType::CommonName, "axon mesh CA");
-    ca_params.key_usages = vec![
+    p.key_usages = vec![
         rcgen::KeyUsagePurpose::KeyCertSign,
         rcgen::KeyUsagePurpose::DigitalSignature,
     ];
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().map_err(err)?)
-        .map_err(err)?;
-    std::fs::write(dir.join("ca.pem"), ca.pem()).map_err(io)?;
-    for site in sites {
-        let mut params = rcgen::CertificateParams::new(vec![(*site).to_string()]).map_err(err)?;
-        params.distinguished_name.push(rcgen::DnType::CommonName, *site);
-        params.extended_key_usages = vec![
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = rcgen::KeyPair::generate().map_err(err)?;
-        let cert = params.signed_by(&key, &ca).map_err(err)?;
-        std::fs::write(dir.join(format!("{site}.pem")), cert.pem()).map_err(io)?;
-        std::fs::write(dir.join(format!("{site}.key")), key.serialize_pem()).map_err(io)?;
-    }
+    Ok(p)
+}
+
+fn write_leaf(
+    dir: &Path,
+    ca: &rcgen::Issuer<'_, impl rcgen::SigningKey>,
+    stem: &str,
+    names: &[&str],
+) -> Result<(), ProberError> {
+    let err = |e: rcgen::Error| ProberError::Tls(e.to_string());
+    let io = |e: std::io::Error| ProberError::io(format!("writing certificates to {}", dir.display()), e);
+    let sans: Vec<String> = names.iter().map(|n| (*n).to_string()).collect();
+    let mut params = rcgen::CertificateParams::new(sans).map_err(err)?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, stem);
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = rcgen::KeyPair::generate().map_err(err)?;
+    let cert = params.signed_by(&key, ca).map_err(err)?;
+    std::fs::write(dir.join(format!("{stem}.pem")), cert.pem()).map_err(io)?;
+    ops::write_atomically(&dir.join(format!("{stem}.key")), key.serialize_pem().as_bytes()).map_err(io)?;
     Ok(())
 }
 

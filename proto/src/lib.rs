@@ -10,4 +10,5 @@ pub mod v1 {
     tonic::include_proto!("axon.v1");
 }
 
+pub mod auth;
 pub mod wire;

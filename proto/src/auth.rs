@@ -1,0 +1,257 @@
+//! Who may call what on the control plane: the TLS files every process names in its config,
+//! the names a certificate carries, and the roles those names grant.
+//!
+//! Identity is the certificate's DNS subject alternative names, verified against the mesh CA
+//! in the TLS handshake:
+//! - a **role** is a reserved name: `prober.axon`, `agent.axon`, `operator.axon`,
+//!   `controller.axon` (site ids may not end in `.axon`, so no site can pose as a role);
+//! - every other name is the holder's own: a site id for probers and agents (the controller
+//!   checks that a stream speaks for a site its certificate names), a person or a system for
+//!   operators (recorded as the author of their drains).
+//!
+//! Clients check the controller's certificate against [`CONTROLLER_NAME`], whatever address
+//! they dial, so controllers can move without new certificates.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+
+/// The name every controller's certificate carries and every client verifies.
+pub const CONTROLLER_NAME: &str = "controller.axon";
+
+/// The suffix of reserved names; site ids may not end in it.
+pub const RESERVED_SUFFIX: &str = ".axon";
+
+/// What a certificate allows its holder to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Sends probe reports for the sites its certificate names.
+    Prober,
+    /// Watches routes for the sites its certificate names.
+    Agent,
+    /// Uses the admin API: reads, drains, undrains.
+    Operator,
+    /// Serves the control plane.
+    Controller,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 4] = [Role::Prober, Role::Agent, Role::Operator, Role::Controller];
+
+    /// The certificate name that grants the role.
+    pub fn cert_name(self) -> &'static str {
+        match self {
+            Role::Prober => "prober.axon",
+            Role::Agent => "agent.axon",
+            Role::Operator => "operator.axon",
+            Role::Controller => CONTROLLER_NAME,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Prober => "prober",
+            Role::Agent => "agent",
+            Role::Operator => "operator",
+            Role::Controller => "controller",
+        })
+    }
+}
+
+/// The identity a verified certificate proves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its own names (sites, or a person's or system's name), role names excluded.
+    pub names: Vec<String>,
+    /// The roles it holds.
+    pub roles: Vec<Role>,
+}
+
+impl Peer {
+    /// Reads the names of an end-entity certificate (DER) already verified by the TLS stack.
+    /// `None` when it does not parse.
+    pub fn from_cert(der: &[u8]) -> Option<Peer> {
+        let der = rustls_pki_types::CertificateDer::from(der);
+        let cert = webpki::EndEntityCert::try_from(&der).ok()?;
+        let (mut names, mut roles) = (Vec::new(), Vec::new());
+        for name in cert.valid_dns_names() {
+            match Role::ALL.into_iter().find(|r| r.cert_name() == name) {
+                Some(r) => roles.push(r),
+                None if !name.ends_with(RESERVED_SUFFIX) => names.push(name.to_string()),
+                None => {}
+            }
+        }
+        Some(Peer { names, roles })
+    }
+
+    /// Whether the certificate grants `role`.
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    /// Whether the certificate names `name` (a site, for probers and agents).
+    pub fn names(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
+    }
+
+    /// A name for logs and audit: its first own name, else its first role.
+    pub fn principal(&self) -> String {
+        self.names
+            .first()
+            .cloned()
+            .or_else(|| self.roles.first().map(ToString::to_string))
+            .unwrap_or_else(|| "unnamed".into())
+    }
+}
+
+/// Where a process's PEM files are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The mesh CA certificate(s): peers are verified against them.
+    pub ca: PathBuf,
+    /// This process's certificate chain (its names: see the module documentation).
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// The PEM contents of [`TlsFiles`].
+struct Pems {
+    ca: Vec<u8>,
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+impl TlsFiles {
+    fn pems(&self) -> Result<Pems, String> {
+        Ok(Pems {
+            ca: read(&self.ca)?,
+            cert: read(&self.cert)?,
+            key: read(&self.key)?,
+        })
+    }
+
+    /// The server side: this certificate, and client certificates verified against the CA.
+    /// A client certificate is optional in the handshake (an operator may use a token
+    /// instead); the services decide what an unauthenticated caller may do.
+    ///
+    /// # Errors
+    /// A file that cannot be read.
+    pub fn server(&self) -> Result<ServerTlsConfig, String> {
+        let p = self.pems()?;
+        Ok(ServerTlsConfig::new()
+            .identity(Identity::from_pem(p.cert, p.key))
+            .client_ca_root(Certificate::from_pem(p.ca))
+            .client_auth_optional(true))
+    }
+
+    /// The client side: this certificate, and the controller verified against the CA under
+    /// [`CONTROLLER_NAME`].
+    ///
+    /// # Errors
+    /// A file that cannot be read.
+    pub fn client(&self) -> Result<ClientTlsConfig, String> {
+        let p = self.pems()?;
+        Ok(ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(p.ca))
+            .identity(Identity::from_pem(p.cert, p.key))
+            .domain_name(CONTROLLER_NAME))
+    }
+}
+
+/// A client endpoint for `url`: with TLS when `tls` is given (the URL's scheme must then be
+/// `https`), plaintext otherwise.
+///
+/// # Errors
+/// A malformed URL, a scheme that does not match, or TLS files that cannot be read.
+pub fn endpoint(url: &str, tls: Option<&TlsFiles>) -> Result<Endpoint, String> {
+    let ep = Endpoint::from_shared(url.to_string()).map_err(|e| format!("{url}: {e}"))?;
+    let https = url.starts_with("https://");
+    match (tls, https) {
+        (Some(files), true) => ep.tls_config(files.client()?).map_err(|e| format!("{url}: {e}")),
+        (None, false) => Ok(ep),
+        (Some(_), false) => Err(format!(
+            "{url}: TLS files are configured, so the URL must be https://"
+        )),
+        (None, true) => Err(format!("{url}: https:// needs TLS files (ca, cert, key)")),
+    }
+}
+
+/// Installs ring as the process's TLS crypto provider (idempotent). rustls needs one chosen
+/// before the first handshake; every Axon binary and test calls this first.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Another provider installed first (a host program's choice) is kept.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn cert(names: &[&str]) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn role_names_grant_roles_and_other_names_are_the_holder_s() {
+        let p = Peer::from_cert(&cert(&["aws-use1", "prober.axon", "agent.axon"])).unwrap();
+        assert!(p.has(Role::Prober) && p.has(Role::Agent) && !p.has(Role::Operator));
+        assert!(p.names("aws-use1") && !p.names("gcp-euw3"));
+        assert_eq!(p.principal(), "aws-use1");
+    }
+
+    #[test]
+    fn reserved_names_that_grant_nothing_are_not_identities() {
+        let p = Peer::from_cert(&cert(&["root.axon", "alice"])).unwrap();
+        assert!(p.roles.is_empty());
+        assert_eq!(p.names, vec!["alice".to_string()]);
+        let op = Peer::from_cert(&cert(&["operator.axon"])).unwrap();
+        assert_eq!(op.principal(), "operator");
+    }
+
+    #[test]
+    fn garbage_is_not_a_certificate() {
+        assert!(Peer::from_cert(b"not a certificate").is_none());
+    }
+
+    #[test]
+    fn the_scheme_must_match_the_tls_setting() {
+        let files = TlsFiles {
+            ca: "/nonexistent/ca.pem".into(),
+            cert: "/nonexistent/c.pem".into(),
+            key: "/nonexistent/c.key".into(),
+        };
+        assert!(endpoint("http://127.0.0.1:1", None).is_ok());
+        assert!(
+            endpoint("https://127.0.0.1:1", None)
+                .unwrap_err()
+                .contains("needs TLS files")
+        );
+        assert!(
+            endpoint("http://127.0.0.1:1", Some(&files))
+                .unwrap_err()
+                .contains("https://")
+        );
+        assert!(
+            endpoint("https://127.0.0.1:1", Some(&files))
+                .unwrap_err()
+                .contains("/nonexistent/ca.pem")
+        );
+    }
+}
