@@ -170,6 +170,7 @@ impl Core {
         &mut self,
         e: &pb::LivenessEvent,
         reporter: &SiteId,
+        now: TimestampMs,
     ) -> Result<Liveness, ControllerError> {
         if e.from != reporter.as_str() {
             return Err(reject(
@@ -183,7 +184,14 @@ impl Core {
             Ok(pb::LinkLiveness::Up) => Liveness::Up,
             _ => return Err(reject("malformed", format!("liveness state {}", e.state))),
         };
-        self.states[i].liveness(event);
+        // The prober's own time of the event (its windows are on the same clock), never later
+        // than ours.
+        let at = if e.at_unix_ms == 0 {
+            now
+        } else {
+            e.at_unix_ms.min(now)
+        };
+        self.states[i].liveness(event, at, &self.cfg.links);
         Ok(event)
     }
 
@@ -191,10 +199,12 @@ impl Core {
     pub fn compute(&mut self, now: TimestampMs) -> Computation {
         let n = self.world.inventory.len();
         let mut links = LinkTable::new(n);
+        // Links with few probes of their own lean on the mesh's loss (see `topology::link`).
+        let prior = topology::link::pooled_loss(&self.states);
         for a in 0..n {
             for b in 0..n {
                 if a != b {
-                    let view = self.states[a * n + b].view(now, &self.cfg.links);
+                    let view = self.states[a * n + b].view_with_prior(now, &self.cfg.links, prior);
                     links.set(a as topology::SiteIdx, b as topology::SiteIdx, view);
                 }
             }
@@ -482,14 +492,14 @@ mod tests {
             state: pb::LinkLiveness::Down as i32,
             ..Default::default()
         };
-        c.liveness(&ev, &a).unwrap();
+        c.liveness(&ev, &a, 1).unwrap();
         c.compute(now);
         assert_eq!(
             c.world().links.get(0, 1).unwrap().health,
             topology::LinkHealth::Down
         );
         let bad = pb::LivenessEvent { state: 9, ..ev };
-        assert!(c.liveness(&bad, &a).is_err());
+        assert!(c.liveness(&bad, &a, 1).is_err());
     }
 
     #[test]

@@ -96,7 +96,7 @@ impl pb::probe_ingest_server::ProbeIngest for Services {
                             }
                             Some(probe_report::Body::Liveness(e)) => {
                                 shared.metrics.reports.with_label_values(&["liveness"]).inc();
-                                core.liveness(e, &site).map(|ev| {
+                                core.liveness(e, &site, now_ms()).map(|ev| {
                                     info!(from = %e.from, to = %e.to, event = ?ev, "link liveness");
                                     wake = true;
                                 })
@@ -451,6 +451,8 @@ impl pb::admin_server::Admin for Services {
                         loss_ratio: v.metrics.loss,
                         jitter_ms: v.metrics.jitter_ms,
                         cost_ms: weights.link_cost(&v.metrics),
+                        loss_se: v.metrics.loss_se,
+                        cost_se_ms: weights.link_cost_se(&v.metrics),
                     });
                 }
             }

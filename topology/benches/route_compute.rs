@@ -105,6 +105,7 @@ fn mesh(n: usize, seed: u64) -> World {
                 rtt_ms: rtt,
                 loss,
                 jitter_ms: 3.0 * rng.unit(),
+                loss_se: 0.0,
             };
             links.set(
                 ai,

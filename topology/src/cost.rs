@@ -33,6 +33,10 @@ pub struct LinkMetrics {
     pub loss: f64,
     /// Interarrival jitter in milliseconds (RFC 3550 over RTT samples).
     pub jitter_ms: f64,
+    /// Standard error of `loss` (how many probes it rests on), 0 for a known value. Switching
+    /// asks for more than this much noise (see `hysteresis`). Default 0.
+    #[serde(default)]
+    pub loss_se: f64,
 }
 
 impl LinkMetrics {
@@ -42,6 +46,17 @@ impl LinkMetrics {
             rtt_ms,
             loss: 0.0,
             jitter_ms: 0.0,
+            loss_se: 0.0,
+        }
+    }
+
+    /// A link with exactly known metrics (scenarios, what-if changes, tests).
+    pub fn known(rtt_ms: f64, loss: f64, jitter_ms: f64) -> Self {
+        LinkMetrics {
+            rtt_ms,
+            loss,
+            jitter_ms,
+            loss_se: 0.0,
         }
     }
 
@@ -107,6 +122,18 @@ impl CostWeights {
         let loss = m.loss.clamp(0.0, MAX_LOSS_FOR_COST);
         let cost = m.rtt_ms / 2.0 + self.w_jitter * m.jitter_ms - self.w_loss_ms * (-loss).ln_1p();
         cost.max(MIN_LINK_COST)
+    }
+
+    /// The loss term of [`CostWeights::link_cost`], ms.
+    pub fn link_loss_cost(&self, m: &LinkMetrics) -> f64 {
+        -self.w_loss_ms * (-m.loss.clamp(0.0, MAX_LOSS_FOR_COST)).ln_1p()
+    }
+
+    /// The standard error of [`CostWeights::link_cost`] that the loss estimate's error carries
+    /// (`w_loss · se / (1 − loss)`, the slope of `−ln(1−loss)`), in milliseconds.
+    pub fn link_cost_se(&self, m: &LinkMetrics) -> f64 {
+        let loss = m.loss.clamp(0.0, MAX_LOSS_FOR_COST);
+        self.w_loss_ms * m.loss_se.max(0.0) / (1.0 - loss)
     }
 }
 
@@ -237,6 +264,7 @@ mod tests {
                 rtt_ms: 0.0,
                 loss,
                 jitter_ms: 0.0,
+                loss_se: 0.0,
             })
         };
         // Two links of 10% loss deliver 81%: the sum of their costs is -ln(0.81).
@@ -250,6 +278,7 @@ mod tests {
             rtt_ms: 10.0,
             loss: 1.0,
             jitter_ms: 0.0,
+            loss_se: 0.0,
         });
         assert!(c.is_finite() && c > 10_000.0);
     }
@@ -275,11 +304,13 @@ mod tests {
             rtt_ms: 100.0,
             loss: 0.1,
             jitter_ms: 3.0,
+            loss_se: 0.0,
         };
         let b = LinkMetrics {
             rtt_ms: 50.0,
             loss: 0.1,
             jitter_ms: 4.0,
+            loss_se: 0.0,
         };
         let q = Quality::of_path([&a, &b]);
         assert!((q.rtt_ms - 150.0).abs() < 1e-9);
@@ -307,7 +338,8 @@ mod tests {
             LinkMetrics {
                 rtt_ms: f64::NAN,
                 loss: 0.0,
-                jitter_ms: 0.0
+                jitter_ms: 0.0,
+                loss_se: 0.0,
             }
             .validate()
             .is_err()
@@ -316,7 +348,8 @@ mod tests {
             LinkMetrics {
                 rtt_ms: 10.0,
                 loss: 1.5,
-                jitter_ms: 0.0
+                jitter_ms: 0.0,
+                loss_se: 0.0,
             }
             .validate()
             .is_err()
@@ -325,7 +358,8 @@ mod tests {
             LinkMetrics {
                 rtt_ms: -1.0,
                 loss: 0.0,
-                jitter_ms: 0.0
+                jitter_ms: 0.0,
+                loss_se: 0.0,
             }
             .validate()
             .is_err()

@@ -114,6 +114,7 @@ pub fn parse_rtt(name: &str, text: &str, inv: &Inventory) -> Result<Vec<Measured
                 .map(|v| number(name, line, "jitter_ms", v))
                 .transpose()?
                 .unwrap_or(0.0),
+            loss_se: 0.0,
         };
         metrics
             .validate()

@@ -1,7 +1,10 @@
 //! Hysteresis: keep routes calm on noise and move them at once on failure.
 //!
 //! Every pair remembers the path it is on. A better candidate replaces it only after winning by
-//! at least `max(switch_ratio·cost, switch_min_ms)` for `switch_after` computations in a row;
+//! at least `max(switch_ratio·cost, switch_min_ms)` for `switch_after` computations in a row —
+//! plus `switch_z` standard errors of the difference when the gain rests on loss estimates
+//! (what they may be off by: a gain the measurements cannot tell from noise is no gain; a gain
+//! in delay or jitter alone is measured well and needs only the margin);
 //! a current path that is down or degraded is left at once — for the previous backup when that
 //! one is healthy and about as good as the candidate (agents already hold it, and it spares a
 //! second switch), else for the candidate. Each decision carries its reason.
@@ -25,6 +28,9 @@ pub struct HysteresisConfig {
     pub switch_min_ms: f64,
     /// Consecutive computations the candidate must win. Default 3.
     pub switch_after: u32,
+    /// Standard errors of the cost difference a candidate must also win by. Default 2: a
+    /// gain the loss estimates cannot vouch for at about 95% is not taken.
+    pub switch_z: f64,
 }
 
 impl Default for HysteresisConfig {
@@ -33,6 +39,7 @@ impl Default for HysteresisConfig {
             switch_ratio: 0.1,
             switch_min_ms: 5.0,
             switch_after: 3,
+            switch_z: 2.0,
         }
     }
 }
@@ -42,6 +49,7 @@ impl HysteresisConfig {
     pub fn validate(&self) -> Result<(), TopologyError> {
         check_range("switch_ratio", self.switch_ratio, 0.0, 10.0)?;
         check_range("switch_min_ms", self.switch_min_ms, 0.0, 1e6)?;
+        check_range("switch_z", self.switch_z, 0.0, 10.0)?;
         if self.switch_after == 0 {
             return Err(TopologyError::InvalidValue {
                 field: "switch_after",
@@ -51,9 +59,16 @@ impl HysteresisConfig {
         Ok(())
     }
 
-    /// The gain a candidate needs over a current path of this cost.
+    /// The gain a candidate needs over a current path of this cost, before uncertainty.
     pub fn margin(&self, current_cost: f32) -> f32 {
         (self.switch_ratio as f32 * current_cost).max(self.switch_min_ms as f32)
+    }
+
+    /// The gain a candidate needs: [`HysteresisConfig::margin`] plus `switch_z` standard errors
+    /// of the difference between two independently measured costs.
+    pub fn gain_needed(&self, current: &PathEval, candidate: &PathEval) -> f32 {
+        let noise = (current.sigma.powi(2) + candidate.sigma.powi(2)).sqrt();
+        self.margin(current.cost) + self.switch_z as f32 * noise
     }
 }
 
@@ -161,7 +176,15 @@ pub fn decide(
         return switch(mem, candidate, reason);
     }
     let gain = current.cost - candidate_cost;
-    let needed = cfg.margin(current.cost);
+    let cand = eval(&candidate);
+    // What the candidate gains on delay, jitter and price alone is measured well; only a gain
+    // that rests on loss estimates must also beat their noise.
+    let sure_gain = (current.cost - current.loss_cost) - (candidate_cost - cand.loss_cost);
+    let needed = if sure_gain >= cfg.margin(current.cost) {
+        cfg.margin(current.cost)
+    } else {
+        cfg.gain_needed(&current, &cand)
+    };
     if gain >= needed {
         mem.streak = if mem.pending == candidate {
             mem.streak + 1
@@ -254,10 +277,17 @@ mod tests {
             costs
                 .iter()
                 .find(|(q, _, _)| q == p)
-                .map(|&(_, cost, degraded)| PathEval { cost, degraded })
+                .map(|&(_, cost, degraded)| PathEval {
+                    cost,
+                    degraded,
+                    sigma: 0.0,
+                    loss_cost: 0.0,
+                })
                 .unwrap_or(PathEval {
                     cost: f32::INFINITY,
                     degraded: false,
+                    sigma: 0.0,
+                    loss_cost: 0.0,
                 })
         }
     }
@@ -284,6 +314,74 @@ mod tests {
             assert!(matches!(d, Decision::Kept { streak: 0, .. }), "{d:?}");
         }
         assert_eq!(mem.current, direct);
+    }
+
+    #[test]
+    fn a_gain_the_loss_estimates_cannot_vouch_for_is_not_taken() {
+        let cfg = HysteresisConfig::default();
+        let direct = Path::new(&[0, 1]);
+        let relay = Path::new(&[0, 2, 1]);
+        // Both paths' costs are known to ±15 ms (one standard error): the difference to ±21 ms,
+        // so a win needs the 10 ms margin plus 2 × 21 ms.
+        // The whole difference is loss: what the estimates are unsure of.
+        let noisy = |p: &Path| PathEval {
+            cost: if *p == direct { 100.0 } else { 70.0 },
+            degraded: false,
+            sigma: 15.0,
+            loss_cost: if *p == direct { 60.0 } else { 30.0 },
+        };
+        let mut mem = PairMemory {
+            current: direct,
+            ..Default::default()
+        };
+        for _ in 0..10 {
+            let d = decide(&cfg, &mut mem, relay, 70.0, noisy);
+            match d {
+                Decision::Kept {
+                    gain_needed, streak, ..
+                } => {
+                    assert!(
+                        (gain_needed - (10.0 + 2.0 * 15.0 * 2f32.sqrt())).abs() < 1e-3,
+                        "{d:?}"
+                    );
+                    assert_eq!(streak, 0);
+                }
+                other => panic!("switched on noise: {other:?}"),
+            }
+        }
+        // The same 30 ms gain on exact measurements is taken.
+        for _ in 0..cfg.switch_after {
+            decide(
+                &cfg,
+                &mut mem,
+                relay,
+                70.0,
+                eval_with(vec![(direct, 100.0, false), (relay, 70.0, false)]),
+            );
+        }
+        assert_eq!(mem.current, relay);
+    }
+
+    #[test]
+    fn a_gain_in_delay_needs_only_the_margin_however_unsure_the_loss() {
+        let cfg = HysteresisConfig::default();
+        let direct = Path::new(&[0, 1]);
+        let relay = Path::new(&[0, 2, 1]);
+        // Same loss cost on both, known to ±15 ms; the 30 ms difference is delay.
+        let e = |p: &Path| PathEval {
+            cost: if *p == direct { 100.0 } else { 70.0 },
+            degraded: false,
+            sigma: 15.0,
+            loss_cost: 20.0,
+        };
+        let mut mem = PairMemory {
+            current: direct,
+            ..Default::default()
+        };
+        for _ in 0..cfg.switch_after {
+            decide(&cfg, &mut mem, relay, 70.0, e);
+        }
+        assert_eq!(mem.current, relay);
     }
 
     #[test]

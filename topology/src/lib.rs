@@ -37,7 +37,7 @@ pub use drain::{
 pub use engine::{Computation, EngineConfig, RouteEngine};
 pub use error::TopologyError;
 pub use hysteresis::{HysteresisConfig, HysteresisState};
-pub use link::{LinkHealth, LinkState, LinkStateConfig, LinkView, LinkWindow, Liveness, TimestampMs};
+pub use link::{LinkHealth, LinkState, LinkStateConfig, LinkView, LinkWindow, Liveness, Pool, TimestampMs};
 pub use matrix::CostMatrix;
 pub use path::Path;
 pub use paths::{PairRoute, PathConfig, Reason, Routes, compute_routes};

@@ -3,6 +3,23 @@
 //! Two speeds meet here. Quality (RTT, loss, jitter) is smoothed over windows so that noise does
 //! not move routes; liveness events from the prober (`LinkDown`/`LinkUp`) override the smoothed
 //! state at once, because an outage must not wait for a window. Time is always a parameter.
+//!
+//! Loss gets more care than the rest, because it is the noisiest input and the most expensive
+//! one (1% costs about 50 ms): a 1-second window of 10 probes says "0%" or "10%", nothing in
+//! between. So loss is estimated from **counts** over many probes, not from per-window ratios:
+//! - decayed counts of probes and losses (`loss_memory_windows`, about a minute), so the
+//!   estimate rests on hundreds of probes and comes with a standard error;
+//! - a **change detector** on the last 3, 6 and 12 windows: when their losses are improbable
+//!   under the estimate (binomial tails below `loss_change_p`), the link changed — a
+//!   brown-out or its end — and the counts restart from those windows at once;
+//! - a **prior**: a link with few probes of its own is presumed to lose like the mesh as a
+//!   whole (`loss_prior_probes` of pooled evidence), so early and noisy links do not look
+//!   better or worse than they are. A link that changed is judged on its own counts only until
+//!   they agree with the mesh again.
+//!
+//! The standard error travels with the estimate (`LinkMetrics::loss_se`) so that switching can
+//! demand more than noise (see `hysteresis`), and a link is degraded only when its loss is past
+//! the threshold by more than one standard error.
 
 use std::collections::VecDeque;
 
@@ -117,6 +134,22 @@ pub struct LinkStateConfig {
     pub history: usize,
     /// How far in the future a window's end may be before it is refused, ms. Default 5000.
     pub max_future_ms: u64,
+    /// Loss counts decay by `1 − 1/loss_memory_windows` per window. Default 60 (a minute of
+    /// 1-second windows: 600 probes at 10 Hz, a standard error of 0.4 points at 1% loss).
+    pub loss_memory_windows: f64,
+    /// The recent windows' losses must be this improbable under the estimate (binomial tail,
+    /// either side) to count as a change. Default 0.001.
+    pub loss_change_p: f64,
+    /// Strength of the prior, in probes: how much pooled evidence (the loss of the mesh as a
+    /// whole) a link's estimate leans on while it behaves like the mesh. Default 500: a link
+    /// is presumed typical until its own counts say otherwise (the change detector decides
+    /// that, and a changed link drops the prior).
+    pub loss_prior_probes: f64,
+    /// After an outage (a liveness `Down` of a second or more), windows ending within this
+    /// long of its `Up` are left out of the loss counts, ms: probes lost to the outage are
+    /// resolved up to a loss timeout later. Default 2500 (the prober's 1 s loss timeout, plus
+    /// a window, plus slack).
+    pub outage_tail_ms: u64,
 }
 
 impl Default for LinkStateConfig {
@@ -129,6 +162,10 @@ impl Default for LinkStateConfig {
             degraded_jitter_ms: 30.0,
             history: 10,
             max_future_ms: 5000,
+            loss_memory_windows: 60.0,
+            loss_change_p: 0.001,
+            loss_prior_probes: 500.0,
+            outage_tail_ms: 2500,
         }
     }
 }
@@ -149,6 +186,9 @@ impl LinkStateConfig {
             });
         }
         check_range("degraded_loss", self.degraded_loss, 0.0, 1.0)?;
+        check_range("loss_memory_windows", self.loss_memory_windows, 1.0, 1e6)?;
+        check_range("loss_change_p", self.loss_change_p, 0.0, 0.5)?;
+        check_range("loss_prior_probes", self.loss_prior_probes, 0.0, 1e9)?;
         check_range("degraded_jitter_ms", self.degraded_jitter_ms, 0.0, 1e6)
     }
 }
@@ -162,10 +202,155 @@ pub struct LinkView {
     pub health: LinkHealth,
 }
 
+/// An outage shorter than this is taken as a run of random losses, not left out of the counts.
+const OUTAGE_MIN_MS: TimestampMs = 1_000;
+
+/// Probes of its own a changed link needs before it may rejoin the pool.
+const REJOIN_PROBES: f64 = 100.0;
+
+/// Windows the change detector looks back over (the longest of its spans).
+const CHANGE_SPANS: [usize; 3] = [3, 6, 12];
+
+/// Loss as counts (see the module documentation).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct LossCounts {
+    /// Decayed probes resolved (replied or lost).
+    sent: f64,
+    /// Decayed losses.
+    lost: f64,
+    /// The last windows' `(sent, lost)`, newest last.
+    recent: VecDeque<(u32, u32)>,
+    /// Set when a change made this link unlike the mesh: its own counts only, no prior.
+    distinct: bool,
+}
+
+/// `P(X ≤ k)` and `P(X ≥ k)` for `X ~ Binomial(n, p)`, summed exactly (n is at most a few
+/// hundred probes here).
+pub(crate) fn binomial_tails(n: u32, k: u32, p: f64) -> (f64, f64) {
+    let p = p.clamp(1e-9, 1.0 - 1e-9);
+    let (q, mut pmf) = (1.0 - p, (1.0 - p).powi(n as i32));
+    let mut below = 0.0; // P(X < k)
+    for i in 0..k.min(n + 1) {
+        below += pmf;
+        pmf *= f64::from(n - i) / f64::from(i + 1) * p / q;
+    }
+    let at = if k <= n { pmf } else { 0.0 };
+    ((below + at).min(1.0), (1.0 - below).clamp(0.0, 1.0))
+}
+
+impl LossCounts {
+    /// Folds a window in; returns true when it revealed a change.
+    fn observe(&mut self, sent: u32, lost: u32, cfg: &LinkStateConfig) -> bool {
+        let keep = 1.0 - 1.0 / cfg.loss_memory_windows.max(1.0);
+        self.sent = self.sent * keep + f64::from(sent);
+        self.lost = self.lost * keep + f64::from(lost);
+        if self.recent.len() == CHANGE_SPANS[CHANGE_SPANS.len() - 1] {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((sent, lost));
+        for span in CHANGE_SPANS {
+            if self.recent.len() < span {
+                break;
+            }
+            let (s, l) = self
+                .recent
+                .iter()
+                .rev()
+                .take(span)
+                .fold((0u32, 0u32), |(s, l), &(a, b)| (s + a, l + b));
+            // The estimate the recent windows are judged against leaves them out; it must rest
+            // on more probes than they hold, or there is nothing to compare with.
+            let base_sent = self.sent - f64::from(s);
+            let base_lost = (self.lost - f64::from(l)).max(0.0);
+            if base_sent < 2.0 * f64::from(s) {
+                continue;
+            }
+            // Half a loss of slack: a link that never lost a probe is not certain to never lose.
+            let p = (base_lost + 0.5) / (base_sent + 1.0);
+            let (at_most, at_least) = binomial_tails(s, l, p);
+            if at_least < cfg.loss_change_p || at_most < cfg.loss_change_p {
+                self.sent = f64::from(s);
+                self.lost = f64::from(l);
+                self.recent.clear();
+                self.recent.push_back((s, l));
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The estimate and its standard error, with the mesh's pooled loss as
+    /// `loss_prior_probes` of evidence unless this link has shown it is unlike the mesh.
+    fn estimate(&self, pool: Pool, cfg: &LinkStateConfig) -> (f64, f64) {
+        let prior = pool.loss.clamp(0.0, 1.0);
+        let (n0, evidence) = if self.distinct {
+            (0.0, self.sent)
+        } else {
+            (
+                cfg.loss_prior_probes,
+                self.sent + pool.probes.max(cfg.loss_prior_probes),
+            )
+        };
+        let n = self.sent + n0;
+        if n <= 0.0 {
+            return (prior, 0.5);
+        }
+        let p = ((self.lost + n0 * prior) / n).clamp(0.0, 1.0);
+        // The error of an estimate of 0 is not 0: at least half a loss in all the evidence it
+        // rests on (its own probes, and the pool's while it leans on the pool).
+        let pv = p.max(0.5 / evidence.max(1.0));
+        (p, (pv * (1.0 - pv) / n).sqrt())
+    }
+}
+
+/// `cfg` without a prior: a link judged on its own counts.
+fn own_counts_only(cfg: &LinkStateConfig) -> LinkStateConfig {
+    LinkStateConfig {
+        loss_prior_probes: 0.0,
+        ..cfg.clone()
+    }
+}
+
+/// The loss of the mesh as a whole: every pooled link's counts summed (links that changed are
+/// left out). The prior of [`LinkState::view_with_prior`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Pool {
+    /// Pooled loss ratio (0 before any probe).
+    pub loss: f64,
+    /// Probes behind it.
+    pub probes: f64,
+}
+
+impl Pool {
+    /// No pooled evidence.
+    pub const NONE: Pool = Pool {
+        loss: 0.0,
+        probes: 0.0,
+    };
+}
+
+/// Pools the counts of `states` (see [`Pool`]).
+pub fn pooled_loss<'a>(states: impl IntoIterator<Item = &'a LinkState>) -> Pool {
+    let (sent, lost) = states
+        .into_iter()
+        .map(LinkState::loss_counts)
+        .fold((0.0, 0.0), |(s, l), (a, b)| (s + a, l + b));
+    Pool {
+        loss: if sent > 0.0 { lost / sent } else { 0.0 },
+        probes: sent,
+    }
+}
+
 /// The smoothed state of one directed link, fed by windows and liveness events.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LinkState {
     smoothed: Option<LinkMetrics>,
+    loss: LossCounts,
+    /// Windows ending up to this time are left out of the loss counts: they hold an outage's
+    /// misses (an outage is not random loss), some resolved only after the loss timeout.
+    skip_loss_until: TimestampMs,
+    /// When the current liveness outage began.
+    down_since: Option<TimestampMs>,
     last_window_end: Option<TimestampMs>,
     empty_run: u32,
     liveness_down: bool,
@@ -197,57 +382,134 @@ impl LinkState {
             return Ok(());
         }
         self.empty_run = 0;
+        let received = w.received.min(w.sent);
+        if w.end_ms <= self.skip_loss_until || self.liveness_down {
+            // Part of an outage: not evidence of random loss.
+        } else if self.loss.observe(w.sent, w.sent - received, cfg) {
+            self.loss.distinct = true;
+        }
         let sample = LinkMetrics {
             rtt_ms: w.rtt_p50_ms,
-            loss: w.loss(),
+            loss: 0.0,
             jitter_ms: w.jitter_ms,
+            loss_se: 0.0,
         };
         let a = cfg.ewma_alpha;
+        // Loss is carried by the counts; `view` fills it in.
         self.smoothed = Some(match self.smoothed {
             None => sample,
             Some(s) => LinkMetrics {
                 rtt_ms: s.rtt_ms + a * (sample.rtt_ms - s.rtt_ms),
-                loss: s.loss + a * (sample.loss - s.loss),
                 jitter_ms: s.jitter_ms + a * (sample.jitter_ms - s.jitter_ms),
+                ..sample
             },
         });
         Ok(())
     }
 
-    /// Applies a liveness event at once: `Down` makes the link unusable until `Up`.
-    pub fn liveness(&mut self, event: Liveness) {
+    /// The decayed `(probes, losses)` behind the loss estimate, for pooling across links.
+    /// Links that changed (unlike the mesh) are left out of the pool.
+    pub fn loss_counts(&self) -> (f64, f64) {
+        if self.loss.distinct {
+            (0.0, 0.0)
+        } else {
+            (self.loss.sent, self.loss.lost)
+        }
+    }
+
+    /// Lets a link that changed be pooled with the mesh again once its own estimate agrees
+    /// with `prior` (within two standard errors, on at least [`REJOIN_PROBES`] probes).
+    fn settle(&mut self, prior: Pool, cfg: &LinkStateConfig) {
+        if self.loss.distinct && self.loss.sent >= REJOIN_PROBES {
+            let own = Pool {
+                loss: prior.loss,
+                probes: 0.0,
+            };
+            let (p, se) = self.loss.estimate(own, &own_counts_only(cfg));
+            if (p - prior.loss).abs() <= 2.0 * se {
+                self.loss.distinct = false;
+            }
+        }
+    }
+
+    /// Applies a liveness event seen at `at`, at once: `Down` makes the link unusable until
+    /// `Up`. Windows during an outage, and up to `outage_tail_ms` after one that lasted a
+    /// second or more, are left out of the loss counts.
+    pub fn liveness(&mut self, event: Liveness, at: TimestampMs, cfg: &LinkStateConfig) {
         match event {
-            Liveness::Down => self.liveness_down = true,
+            Liveness::Down => {
+                self.liveness_down = true;
+                self.down_since.get_or_insert(at);
+            }
             Liveness::Up => {
+                // Windows just after a real outage still resolve its probes as lost: leave
+                // them out. A blip shorter than a second is a run of random losses, and
+                // exactly the evidence a brown-out gives: keep it.
+                if let Some(since) = self.down_since.take()
+                    && at.saturating_sub(since) >= OUTAGE_MIN_MS
+                {
+                    self.skip_loss_until = self.skip_loss_until.max(at.saturating_add(cfg.outage_tail_ms));
+                }
                 self.liveness_down = false;
                 self.empty_run = 0;
             }
         }
     }
 
-    /// The health verdict at `now`.
-    pub fn health(&self, now: TimestampMs, cfg: &LinkStateConfig) -> LinkHealth {
+    /// The health verdict at `now`, with the mesh's pooled loss as the prior (see
+    /// [`LinkState::view_with_prior`]).
+    pub fn health_with_prior(&self, now: TimestampMs, cfg: &LinkStateConfig, prior: Pool) -> LinkHealth {
         if self.liveness_down || self.empty_run >= cfg.down_after {
             return LinkHealth::Down;
         }
         let fresh = self
             .last_window_end
             .is_some_and(|t| now.saturating_sub(t) < cfg.stale_after_ms);
+        let (loss, se) = self.loss.estimate(prior, cfg);
         match self.smoothed {
             None => LinkHealth::Down,
             Some(_) if !fresh => LinkHealth::Stale,
-            Some(m) if m.loss >= cfg.degraded_loss || m.jitter_ms >= cfg.degraded_jitter_ms => {
+            // Degraded only when the loss is past the threshold by more than its error.
+            Some(m) if loss - se >= cfg.degraded_loss || m.jitter_ms >= cfg.degraded_jitter_ms => {
                 LinkHealth::Degraded
             }
             Some(_) => LinkHealth::Up,
         }
     }
 
-    /// Metrics and verdict at `now`; `None` until a window with replies has been seen.
+    /// The health verdict at `now`, judged on this link's own counts alone (no prior).
+    pub fn health(&self, now: TimestampMs, cfg: &LinkStateConfig) -> LinkHealth {
+        self.health_with_prior(now, &own_counts_only(cfg), Pool::NONE)
+    }
+
+    /// Metrics and verdict at `now`, with `prior` (the mesh's pooled loss, see
+    /// [`pooled_loss`]) standing in for the probes a link has not sent yet; `None` until a
+    /// window with replies has been seen. Lets a link that changed rejoin the pool once it
+    /// agrees with it.
+    pub fn view_with_prior(
+        &mut self,
+        now: TimestampMs,
+        cfg: &LinkStateConfig,
+        prior: Pool,
+    ) -> Option<LinkView> {
+        self.settle(prior, cfg);
+        let (loss, loss_se) = self.loss.estimate(prior, cfg);
+        let health = self.health_with_prior(now, cfg, prior);
+        self.smoothed.map(|m| LinkView {
+            metrics: LinkMetrics { loss, loss_se, ..m },
+            health,
+        })
+    }
+
+    /// Metrics and verdict at `now` judged on this link's own counts alone (no prior); `None`
+    /// until a window with replies has been seen.
     pub fn view(&self, now: TimestampMs, cfg: &LinkStateConfig) -> Option<LinkView> {
-        self.smoothed.map(|metrics| LinkView {
-            metrics,
-            health: self.health(now, cfg),
+        let own = own_counts_only(cfg);
+        let (loss, loss_se) = self.loss.estimate(Pool::NONE, &own);
+        let health = self.health_with_prior(now, &own, Pool::NONE);
+        self.smoothed.map(|m| LinkView {
+            metrics: LinkMetrics { loss, loss_se, ..m },
+            health,
         })
     }
 
@@ -306,9 +568,9 @@ mod tests {
         let cfg = LinkStateConfig::default();
         let mut s = LinkState::default();
         s.observe(&window(1000, 10, 10, 50.0), &cfg).unwrap();
-        s.liveness(Liveness::Down);
+        s.liveness(Liveness::Down, 1050, &cfg);
         assert_eq!(s.health(1100, &cfg), LinkHealth::Down);
-        s.liveness(Liveness::Up);
+        s.liveness(Liveness::Up, 1150, &cfg);
         assert_eq!(s.health(1200, &cfg), LinkHealth::Up);
     }
 
@@ -333,6 +595,163 @@ mod tests {
         assert!(window(3000, 10, 10, -5.0).validate(3000, 5000).is_err());
         assert!(window(99_000, 10, 10, 5.0).validate(3000, 5000).is_err());
         assert!(window(3000, 10, 10, 5.0).validate(3000, 5000).is_ok());
+    }
+
+    /// splitmix64: reproducible draws without a dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn unit(&mut self) -> f64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        }
+
+        /// A window of 10 probes at loss `p`.
+        fn window(&mut self, end_ms: u64, p: f64) -> LinkWindow {
+            let lost = (0..10).filter(|_| self.unit() < p).count() as u32;
+            window(end_ms, 10, 10 - lost, 50.0)
+        }
+    }
+
+    #[test]
+    fn binomial_tails_match_hand_computed_values() {
+        // n = 10, p = 0.1: P(X = 0) = 0.9^10, P(X ≥ 1) = 1 − 0.9^10.
+        let (le, ge) = binomial_tails(10, 0, 0.1);
+        assert!((le - 0.9f64.powi(10)).abs() < 1e-12 && (ge - 1.0).abs() < 1e-12);
+        let (le, ge) = binomial_tails(10, 1, 0.1);
+        assert!((ge - (1.0 - 0.9f64.powi(10))).abs() < 1e-12);
+        assert!((le - (0.9f64.powi(10) + 10.0 * 0.1 * 0.9f64.powi(9))).abs() < 1e-12);
+        let (le, ge) = binomial_tails(5, 5, 0.5);
+        assert!((le - 1.0).abs() < 1e-12 && (ge - 1.0 / 32.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn loss_rests_on_many_probes_and_says_how_sure_it_is() {
+        let cfg = LinkStateConfig::default();
+        let mut s = LinkState::default();
+        // Exactly 1% over 300 windows: one probe lost every tenth window.
+        for i in 1..=300u32 {
+            let lost = u32::from(i % 10 == 0);
+            s.observe(&window(u64::from(i) * 1000, 10, 10 - lost, 50.0), &cfg)
+                .unwrap();
+        }
+        let m = s.view(300_000, &cfg).unwrap().metrics;
+        assert!((m.loss - 0.01).abs() < 0.002, "{m:?}");
+        // About 600 probes behind it: a standard error near √(0.01·0.99/600) = 0.4 points.
+        assert!(m.loss_se > 0.002 && m.loss_se < 0.006, "{m:?}");
+        // A window that lost one probe in ten no longer makes the link look 10% lossy.
+        s.observe(&window(301_000, 10, 9, 50.0), &cfg).unwrap();
+        let after = s.view(301_000, &cfg).unwrap().metrics.loss;
+        assert!(after < 0.015, "{after}");
+        assert_eq!(s.health(301_000, &cfg), LinkHealth::Up);
+    }
+
+    #[test]
+    fn a_step_to_five_percent_is_seen_within_about_ten_windows() {
+        let cfg = LinkStateConfig::default();
+        let mut rng = Rng(7);
+        let (mut delays, trials) = (Vec::new(), 60);
+        for _ in 0..trials {
+            let mut s = LinkState::default();
+            let mut t = 0;
+            for _ in 0..300 {
+                t += 1000;
+                s.observe(&rng.window(t, 0.002), &cfg).unwrap();
+            }
+            let d = (1..=40).find(|_| {
+                t += 1000;
+                s.observe(&rng.window(t, 0.05), &cfg).unwrap();
+                s.health(t, &cfg) == LinkHealth::Degraded
+            });
+            delays.push(d.unwrap_or(99));
+        }
+        delays.sort_unstable();
+        let (p50, p90) = (delays[trials / 2], delays[trials * 9 / 10]);
+        assert!(
+            p50 <= 10 && p90 <= 20,
+            "windows until degraded: p50 {p50}, p90 {p90}"
+        );
+    }
+
+    #[test]
+    fn steady_loss_is_rarely_taken_for_a_change() {
+        let cfg = LinkStateConfig::default();
+        let mut rng = Rng(11);
+        let mut s = LinkState::default();
+        let (mut changes, mut degraded) = (0, 0);
+        for i in 1..=20_000u64 {
+            let was = s.loss.distinct;
+            s.loss.distinct = false;
+            s.observe(&rng.window(i * 1000, 0.01), &cfg).unwrap();
+            if i > 200 {
+                changes += usize::from(s.loss.distinct);
+                degraded += usize::from(s.health(i * 1000, &cfg) == LinkHealth::Degraded);
+            }
+            s.loss.distinct |= was;
+        }
+        // About 0.6 per thousand windows at the default `loss_change_p`.
+        assert!(changes < 30, "{changes} false changes in 20,000 windows");
+        assert!(degraded < 200, "degraded {degraded} windows of 20,000 at 1% loss");
+    }
+
+    #[test]
+    fn a_new_link_leans_on_the_mesh_until_its_own_counts_speak() {
+        let cfg = LinkStateConfig::default();
+        let mut s = LinkState::default();
+        // One window, one probe of ten lost: on its own, 10%.
+        s.observe(&window(1000, 10, 9, 50.0), &cfg).unwrap();
+        assert!((s.view(1000, &cfg).unwrap().metrics.loss - 0.1).abs() < 1e-9);
+        // With a mesh at 1% as a prior of 500 probes: (1 + 5) / 510.
+        let v = s
+            .view_with_prior(
+                1000,
+                &cfg,
+                Pool {
+                    loss: 0.01,
+                    probes: 10_000.0,
+                },
+            )
+            .unwrap();
+        assert!((v.metrics.loss - 6.0 / 510.0).abs() < 1e-9, "{v:?}");
+        assert_eq!(v.health, LinkHealth::Up);
+    }
+
+    #[test]
+    fn a_link_that_changed_leaves_the_pool_and_rejoins_it_when_it_agrees() {
+        let cfg = LinkStateConfig::default();
+        let mut s = LinkState::default();
+        let mut t = 0;
+        let mut step = |s: &mut LinkState, lost: u32| {
+            t += 1000;
+            s.observe(&window(t, 10, 10 - lost, 50.0), &cfg).unwrap();
+            t
+        };
+        for _ in 0..200 {
+            step(&mut s, 0);
+        }
+        // A 30% brown-out: changed within a few windows, judged on its own counts.
+        let mut now = 0;
+        for _ in 0..4 {
+            now = step(&mut s, 3);
+        }
+        assert!(s.loss.distinct);
+        assert_eq!(s.loss_counts(), (0.0, 0.0), "a changed link is out of the pool");
+        let v = s.view_with_prior(now, &cfg, Pool::NONE).unwrap();
+        assert!(v.metrics.loss > 0.2, "{v:?}");
+        assert_eq!(v.health, LinkHealth::Degraded);
+        // Healed: the counts forget the brown-out within a few minutes (recovery is
+        // deliberately slower than failure), and once the link agrees with the mesh again it
+        // rejoins the pool.
+        for _ in 0..250 {
+            now = step(&mut s, 0);
+            s.view_with_prior(now, &cfg, Pool::NONE);
+        }
+        assert!(!s.loss.distinct, "{:?}", s.loss);
+        let v = s.view_with_prior(now, &cfg, Pool::NONE).unwrap();
+        assert!(v.metrics.loss < 0.005 && v.health == LinkHealth::Up, "{v:?}");
     }
 
     #[test]

@@ -15,6 +15,12 @@ pub struct CostMatrix {
     n: usize,
     cost: Vec<f32>,
     degraded: Vec<bool>,
+    /// Standard error of each link's cost from its loss estimate, ms; `None` when every link's
+    /// metrics are exact (no allocation for tests, benchmarks and what-if).
+    cost_se: Option<Vec<f32>>,
+    /// The part of each link's cost that comes from its loss estimate, ms; allocated with
+    /// `cost_se` (only measured loss is uncertain).
+    loss_cost: Option<Vec<f32>>,
     relay_ok: Vec<bool>,
     endpoint_ok: Vec<bool>,
     relay_penalty: f32,
@@ -29,6 +35,8 @@ impl CostMatrix {
         let n = inv.len();
         let mut cost = vec![f32::INFINITY; n * n];
         let mut degraded = vec![false; n * n];
+        let mut cost_se: Option<Vec<f32>> = None;
+        let mut loss_cost: Option<Vec<f32>> = None;
         for a in 0..n {
             for b in 0..n {
                 if a == b {
@@ -47,12 +55,20 @@ impl CostMatrix {
                 c += prices.cost_ms(&inv.sites()[a].provider, &inv.sites()[b].provider);
                 cost[a * n + b] = c as f32;
                 degraded[a * n + b] = view.health == LinkHealth::Degraded;
+                let se = weights.link_cost_se(&view.metrics);
+                if se > 0.0 {
+                    cost_se.get_or_insert_with(|| vec![0.0; n * n])[a * n + b] = se as f32;
+                    loss_cost.get_or_insert_with(|| vec![0.0; n * n])[a * n + b] =
+                        weights.link_loss_cost(&view.metrics) as f32;
+                }
             }
         }
         CostMatrix {
             n,
             cost,
             degraded,
+            cost_se,
+            loss_cost,
             relay_ok: world.relay_mask(),
             endpoint_ok: world.endpoint_mask(),
             relay_penalty: weights.relay_penalty_ms as f32,
@@ -80,6 +96,8 @@ impl CostMatrix {
             n,
             cost,
             degraded: vec![false; n * n],
+            cost_se: None,
+            loss_cost: None,
             relay_ok,
             endpoint_ok,
             relay_penalty: relay_penalty.max(0.0),
@@ -130,6 +148,18 @@ impl CostMatrix {
         self.relay_penalty
     }
 
+    /// Standard error of link `a → b`'s cost, ms (0 when its metrics are exact).
+    #[inline]
+    pub fn cost_se(&self, a: usize, b: usize) -> f32 {
+        self.cost_se.as_ref().map_or(0.0, |v| v[a * self.n + b])
+    }
+
+    /// The part of link `a → b`'s cost that comes from an uncertain loss estimate, ms.
+    #[inline]
+    pub fn loss_cost(&self, a: usize, b: usize) -> f32 {
+        self.loss_cost.as_ref().map_or(0.0, |v| v[a * self.n + b])
+    }
+
     /// Marks a link degraded (tests and what-if).
     pub fn set_degraded(&mut self, a: usize, b: usize, degraded: bool) {
         self.degraded[a * self.n + b] = degraded;
@@ -155,10 +185,28 @@ impl CostMatrix {
             cost.extend(order.iter().map(|&b| self.cost[row + b as usize]));
             degraded.extend(order.iter().map(|&b| self.degraded[row + b as usize]));
         }
+        let cost_se = self.cost_se.as_ref().map(|se| {
+            let mut out = Vec::with_capacity(n * n);
+            for &a in order {
+                let row = a as usize * n;
+                out.extend(order.iter().map(|&b| se[row + b as usize]));
+            }
+            out
+        });
+        let loss_cost = self.loss_cost.as_ref().map(|lc| {
+            let mut out = Vec::with_capacity(n * n);
+            for &a in order {
+                let row = a as usize * n;
+                out.extend(order.iter().map(|&b| lc[row + b as usize]));
+            }
+            out
+        });
         CostMatrix {
             n,
             cost,
             degraded,
+            cost_se,
+            loss_cost,
             relay_ok: order.iter().map(|&i| self.relay_ok[i as usize]).collect(),
             endpoint_ok: order.iter().map(|&i| self.endpoint_ok[i as usize]).collect(),
             relay_penalty: self.relay_penalty,

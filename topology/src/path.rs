@@ -108,6 +108,10 @@ pub struct PathEval {
     pub cost: f32,
     /// Whether any link of the path is degraded.
     pub degraded: bool,
+    /// Standard error of the cost from the links' loss estimates, ms (0 when exact).
+    pub sigma: f32,
+    /// The part of the cost that comes from measured (uncertain) loss, ms.
+    pub loss_cost: f32,
 }
 
 impl CostMatrix {
@@ -124,12 +128,16 @@ impl CostMatrix {
             return PathEval {
                 cost: f32::INFINITY,
                 degraded: false,
+                sigma: 0.0,
+                loss_cost: 0.0,
             };
         }
         if path.relays().iter().any(|&r| !self.relay_ok(usize::from(r))) {
             return PathEval {
                 cost: f32::INFINITY,
                 degraded: false,
+                sigma: 0.0,
+                loss_cost: 0.0,
             };
         }
         let c = |a: SiteIdx, b: SiteIdx| self.cost(usize::from(a), usize::from(b));
@@ -143,7 +151,22 @@ impl CostMatrix {
         let degraded = path
             .links()
             .any(|(a, b)| self.degraded(usize::from(a), usize::from(b)));
-        PathEval { cost, degraded }
+        // Links are measured independently: their errors add in quadrature.
+        let sigma = path
+            .links()
+            .map(|(a, b)| self.cost_se(usize::from(a), usize::from(b)).powi(2))
+            .sum::<f32>()
+            .sqrt();
+        let loss_cost = path
+            .links()
+            .map(|(a, b)| self.loss_cost(usize::from(a), usize::from(b)))
+            .sum();
+        PathEval {
+            cost,
+            degraded,
+            sigma,
+            loss_cost,
+        }
     }
 }
 

@@ -99,6 +99,7 @@ fn adding_a_site_in_the_middle_makes_pairs_better() {
             rtt_ms: 150.0,
             loss: 0.02,
             jitter_ms: 5.0,
+            loss_se: 0.0,
         },
         topology::LinkHealth::Up,
     )
@@ -110,6 +111,7 @@ fn adding_a_site_in_the_middle_makes_pairs_better() {
             rtt_ms: 150.0,
             loss: 0.02,
             jitter_ms: 5.0,
+            loss_se: 0.0,
         },
         topology::LinkHealth::Up,
     )
