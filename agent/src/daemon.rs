@@ -117,26 +117,10 @@ pub struct NodeLoad {
 }
 
 impl NodeLoad {
-    /// The most sessions one node is believed to carry; more is a unit mix-up, not a load.
-    pub const MAX_SESSIONS: u32 = 10_000_000;
-
-    /// Checks a report; the error names what is wrong and is the counter's reason.
+    /// Checks a report (see `proto::status::check`); the error's first part is the counter's
+    /// reason.
     pub fn new(sessions: u32, load: f64, at_ms: u64) -> Result<Self, (&'static str, String)> {
-        if !load.is_finite() || !(0.0..=1.0).contains(&load) {
-            return Err((
-                "load",
-                format!("load {load}: must be a share of capacity, 0 to 1"),
-            ));
-        }
-        if sessions > Self::MAX_SESSIONS {
-            return Err((
-                "sessions",
-                format!(
-                    "sessions {sessions}: more than {} on one node",
-                    Self::MAX_SESSIONS
-                ),
-            ));
-        }
+        proto::status::check(sessions, load)?;
         Ok(NodeLoad {
             sessions,
             load,

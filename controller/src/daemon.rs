@@ -63,23 +63,12 @@ pub struct NodeLoad {
 }
 
 impl NodeLoad {
-    /// The most sessions one node is believed to carry (the agent checks the same bound).
-    pub const MAX_SESSIONS: u32 = 10_000_000;
-
-    /// Checks a report from the wire.
+    /// Checks a report from the wire (see `proto::status::check`).
     pub fn from_wire(s: &pb::NodeStatus, at_ms: u64) -> Result<Self, ControllerError> {
-        if !s.load.is_finite() || !(0.0..=1.0).contains(&s.load) {
-            return Err(ControllerError::Rejected {
-                reason: "bad_status",
-                detail: format!("load {} is not a share of capacity", s.load),
-            });
-        }
-        if s.sessions > Self::MAX_SESSIONS {
-            return Err(ControllerError::Rejected {
-                reason: "bad_status",
-                detail: format!("{} sessions on one node", s.sessions),
-            });
-        }
+        proto::status::check(s.sessions, s.load).map_err(|(_, detail)| ControllerError::Rejected {
+            reason: "bad_status",
+            detail,
+        })?;
         Ok(NodeLoad {
             sessions: s.sessions,
             load: s.load,

@@ -11,4 +11,5 @@ pub mod v1 {
 }
 
 pub mod auth;
+pub mod status;
 pub mod wire;

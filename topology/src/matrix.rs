@@ -185,22 +185,8 @@ impl CostMatrix {
             cost.extend(order.iter().map(|&b| self.cost[row + b as usize]));
             degraded.extend(order.iter().map(|&b| self.degraded[row + b as usize]));
         }
-        let cost_se = self.cost_se.as_ref().map(|se| {
-            let mut out = Vec::with_capacity(n * n);
-            for &a in order {
-                let row = a as usize * n;
-                out.extend(order.iter().map(|&b| se[row + b as usize]));
-            }
-            out
-        });
-        let loss_cost = self.loss_cost.as_ref().map(|lc| {
-            let mut out = Vec::with_capacity(n * n);
-            for &a in order {
-                let row = a as usize * n;
-                out.extend(order.iter().map(|&b| lc[row + b as usize]));
-            }
-            out
-        });
+        let cost_se = self.cost_se.as_deref().map(|v| permute(n, v, order));
+        let loss_cost = self.loss_cost.as_deref().map(|v| permute(n, v, order));
         CostMatrix {
             n,
             cost,
@@ -212,4 +198,14 @@ impl CostMatrix {
             relay_penalty: self.relay_penalty,
         }
     }
+}
+
+/// A row-major `n × n` array with sites renumbered as in [`CostMatrix::permuted`].
+fn permute(n: usize, v: &[f32], order: &[u32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n * n);
+    for &a in order {
+        let row = a as usize * n;
+        out.extend(order.iter().map(|&b| v[row + b as usize]));
+    }
+    out
 }
