@@ -394,7 +394,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(from_status)?
                 .into_inner();
             if json_out {
-                let v: Vec<Value> = l.links.iter().map(|x| json!({"from": x.from, "to": x.to, "health": x.health, "rtt_p50_ms": x.rtt_p50_ms, "loss_ratio": x.loss_ratio, "jitter_ms": x.jitter_ms, "cost_ms": x.cost_ms})).collect();
+                let v: Vec<Value> = l.links.iter().map(|x| json!({"from": x.from, "to": x.to, "health": x.health, "rtt_p50_ms": x.rtt_p50_ms, "loss_ratio": x.loss_ratio, "loss_se": x.loss_se, "jitter_ms": x.jitter_ms, "cost_ms": x.cost_ms, "cost_se_ms": x.cost_se_ms})).collect();
                 println!("{}", Value::Array(v));
             } else if matrix {
                 let mut sites: Vec<String> = l
@@ -437,9 +437,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                                 x.to.clone(),
                                 x.health.clone(),
                                 format!("{:.1} ms", x.rtt_p50_ms),
-                                format!("{:.2}%", x.loss_ratio * 100.0),
+                                format!("{:.2}% ±{:.2}", x.loss_ratio * 100.0, x.loss_se * 100.0),
                                 format!("{:.1} ms", x.jitter_ms),
-                                format!("{:.1}", x.cost_ms),
+                                format!("{:.1} ±{:.1}", x.cost_ms, x.cost_se_ms),
                             ]
                         })
                         .collect(),
