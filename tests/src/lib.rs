@@ -79,8 +79,10 @@ pub fn controller_config(sites: &[SiteSpec], snapshot: Option<PathBuf>) -> Contr
         ..Default::default()
     };
     cfg.store.snapshot = snapshot;
-    // Windows every 500 ms: a link is judged on a few of them.
+    // Windows every 500 ms: a link is judged on a few of them, and loss is remembered for
+    // 10 s rather than a minute so that a test sees a recovery within its deadlines.
     cfg.links.down_after = 2;
+    cfg.links.loss_memory_windows = 20.0;
     cfg.guardrails.max_drained_fraction = 0.6;
     cfg.guardrails.min_active_regions = 1;
     cfg
@@ -247,15 +249,20 @@ pub async fn http_request(addr: SocketAddr, method: &str, path: &str, body: &str
     (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
 }
 
-/// Polls `f` until it returns `Some`, or panics after `within`.
+/// Polls `f` until it returns `Some`, or panics after `within`. With `AXON_TEST_TIMING` set,
+/// prints how long each condition took (to see how close a test runs to its deadlines).
 pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
     let deadline = Instant::now() + within;
+    let started = Instant::now();
     loop {
         if let Some(t) = f().await {
+            if std::env::var("AXON_TEST_TIMING").is_ok() {
+                eprintln!("TIMING {what}: {:?}", started.elapsed());
+            }
             return t;
         }
         assert!(Instant::now() < deadline, "not within {within:?}: {what}");

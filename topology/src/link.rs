@@ -329,17 +329,38 @@ impl Pool {
     };
 }
 
-/// Pools the counts of `states` (see [`Pool`]).
+/// Pools the counts of `states` (see [`Pool`]). The pooled loss is the median of the links'
+/// own loss ratios (links with at least [`POOL_MIN_PROBES`] probes), so that one lossy link
+/// the change detector has not flagged yet cannot make the whole mesh look lossy; with fewer
+/// than three such links it is the ratio of the summed counts.
 pub fn pooled_loss<'a>(states: impl IntoIterator<Item = &'a LinkState>) -> Pool {
-    let (sent, lost) = states
-        .into_iter()
-        .map(LinkState::loss_counts)
-        .fold((0.0, 0.0), |(s, l), (a, b)| (s + a, l + b));
-    Pool {
-        loss: if sent > 0.0 { lost / sent } else { 0.0 },
-        probes: sent,
+    let mut ratios = Vec::new();
+    let (mut sent, mut lost) = (0.0, 0.0);
+    for (s, l) in states.into_iter().map(LinkState::loss_counts) {
+        sent += s;
+        lost += l;
+        if s >= POOL_MIN_PROBES {
+            ratios.push(l / s);
+        }
     }
+    let loss = if ratios.len() >= 3 {
+        ratios.sort_by(f64::total_cmp);
+        let m = ratios.len() / 2;
+        if ratios.len() % 2 == 1 {
+            ratios[m]
+        } else {
+            (ratios[m - 1] + ratios[m]) / 2.0
+        }
+    } else if sent > 0.0 {
+        lost / sent
+    } else {
+        0.0
+    };
+    Pool { loss, probes: sent }
 }
+
+/// Probes a link needs for its loss ratio to count in the pool's median.
+const POOL_MIN_PROBES: f64 = 50.0;
 
 /// The smoothed state of one directed link, fed by windows and liveness events.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -752,6 +773,25 @@ mod tests {
         assert!(!s.loss.distinct, "{:?}", s.loss);
         let v = s.view_with_prior(now, &cfg, Pool::NONE).unwrap();
         assert!(v.metrics.loss < 0.005 && v.health == LinkHealth::Up, "{v:?}");
+    }
+
+    #[test]
+    fn one_lossy_link_does_not_make_the_mesh_look_lossy() {
+        let cfg = LinkStateConfig::default();
+        let mut links = vec![LinkState::default(); 7];
+        for i in 1..=30u64 {
+            for (k, s) in links.iter_mut().enumerate() {
+                // Six clean links and one losing 30% from the start (no change to detect).
+                let received = if k == 0 { 7 } else { 10 };
+                s.observe(&window(i * 1000, 10, received, 50.0), &cfg).unwrap();
+            }
+        }
+        let pool = pooled_loss(&links);
+        assert_eq!(pool.loss, 0.0, "{pool:?}");
+        assert!(pool.probes > 1000.0);
+        // Too few links for a median: the summed ratio.
+        let two = pooled_loss(&links[..2]);
+        assert!((two.loss - 0.15).abs() < 0.01, "{two:?}");
     }
 
     #[test]
