@@ -16,6 +16,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+pub use proto::status::NodeLoad;
+
 use crate::config::AgentConfig;
 use crate::error::AgentError;
 use crate::persist;
@@ -102,39 +104,6 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         ops::render(&self.registry)
-    }
-}
-
-/// What the media server last said about this node's load.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct NodeLoad {
-    /// Sessions the node carries.
-    pub sessions: u32,
-    /// Share of the node's capacity in use, 0..=1.
-    pub load: f64,
-    /// When the media server said so, Unix ms.
-    pub at_ms: u64,
-}
-
-impl NodeLoad {
-    /// Checks a report (see `proto::status::check`); the error's first part is the counter's
-    /// reason.
-    pub fn new(sessions: u32, load: f64, at_ms: u64) -> Result<Self, (&'static str, String)> {
-        proto::status::check(sessions, load)?;
-        Ok(NodeLoad {
-            sessions,
-            load,
-            at_ms,
-        })
-    }
-
-    fn message(&self) -> pb::AgentMessage {
-        pb::AgentMessage {
-            body: Some(pb::agent_message::Body::Status(pb::NodeStatus {
-                sessions: self.sessions,
-                load: self.load,
-            })),
-        }
     }
 }
 
@@ -316,7 +285,10 @@ async fn follow(
                 }
                 let report = *reports.borrow_and_update();
                 if let Some(r) = report {
-                    tx.send(r.message()).await.map_err(|e| e.to_string())?;
+                    tx.send(pb::AgentMessage {
+                        body: Some(pb::agent_message::Body::Status(r.to_wire())),
+                    })
+                    .await.map_err(|e| e.to_string())?;
                     state.metrics.status_sent.inc();
                     next_report = tokio::time::Instant::now() + gap;
                 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use proto::auth::Role;
+pub use proto::status::NodeLoad;
 use proto::v1 as pb;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
@@ -51,30 +52,12 @@ pub struct AgentRecord {
     pub load: Option<NodeLoad>,
 }
 
-/// A node's load as its media server reports it (through the agent's `NodeStatus`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct NodeLoad {
-    /// Sessions carried.
-    pub sessions: u32,
-    /// Share of capacity in use, 0..=1.
-    pub load: f64,
-    /// When the controller received it, Unix ms.
-    pub at_ms: u64,
-}
-
-impl NodeLoad {
-    /// Checks a report from the wire (see `proto::status::check`).
-    pub fn from_wire(s: &pb::NodeStatus, at_ms: u64) -> Result<Self, ControllerError> {
-        proto::status::check(s.sessions, s.load).map_err(|(_, detail)| ControllerError::Rejected {
-            reason: "bad_status",
-            detail,
-        })?;
-        Ok(NodeLoad {
-            sessions: s.sessions,
-            load: s.load,
-            at_ms,
-        })
-    }
+/// Checks a node's load report from the wire, stamped with its arrival time.
+pub fn node_load(s: &pb::NodeStatus, at_ms: u64) -> Result<NodeLoad, ControllerError> {
+    NodeLoad::new(s.sessions, s.load, at_ms).map_err(|(_, detail)| ControllerError::Rejected {
+        reason: "bad_status",
+        detail,
+    })
 }
 
 /// What the connected nodes of one site report, summed.

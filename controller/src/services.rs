@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::auth::Caller;
 use crate::core::{drain_entry, row};
-use crate::daemon::{AgentRecord, NodeLoad, Shared, now_ms};
+use crate::daemon::{AgentRecord, Shared, node_load, now_ms};
 use crate::error::ControllerError;
 
 /// Every service over the same shared state.
@@ -239,7 +239,7 @@ impl Services {
                                     shared.metrics.nacks.inc();
                                     rec.last_error = n.error;
                                 }
-                                pb::agent_message::Body::Status(st) => match NodeLoad::from_wire(&st, now_ms()) {
+                                pb::agent_message::Body::Status(st) => match node_load(&st, now_ms()) {
                                     Ok(l) => rec.load = Some(l),
                                     Err(e) => {
                                         shared.metrics.rejected.with_label_values(&["bad_status"]).inc();

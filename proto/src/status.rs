@@ -1,5 +1,8 @@
 //! What a valid node status report is: checked the same way where it enters (the agent's
-//! `PUT /v1/status`) and where it arrives (the controller's watch stream).
+//! `PUT /v1/status`) and where it arrives (the controller's watch stream), and the checked
+//! value both keep.
+
+use crate::v1::NodeStatus;
 
 /// The most sessions one node is believed to carry; more is a unit mix-up, not a load.
 pub const MAX_SESSIONS: u32 = 10_000_000;
@@ -23,6 +26,40 @@ pub fn check(sessions: u32, load: f64) -> Result<(), (&'static str, String)> {
         ));
     }
     Ok(())
+}
+
+/// A node's load as its media server reported it, checked.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NodeLoad {
+    /// Sessions the node carries.
+    pub sessions: u32,
+    /// Share of the node's capacity in use, 0..=1.
+    pub load: f64,
+    /// When the report was taken (by the agent) or received (by the controller), Unix ms.
+    pub at_ms: u64,
+}
+
+impl NodeLoad {
+    /// Checks a report (see [`check`]).
+    ///
+    /// # Errors
+    /// As [`check`].
+    pub fn new(sessions: u32, load: f64, at_ms: u64) -> Result<Self, (&'static str, String)> {
+        check(sessions, load)?;
+        Ok(NodeLoad {
+            sessions,
+            load,
+            at_ms,
+        })
+    }
+
+    /// The wire form the agent sends.
+    pub fn to_wire(&self) -> NodeStatus {
+        NodeStatus {
+            sessions: self.sessions,
+            load: self.load,
+        }
+    }
 }
 
 #[cfg(test)]
