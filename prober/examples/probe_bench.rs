@@ -4,7 +4,7 @@
 //!
 //! `cargo build --release -p axon-prober --bins --examples && target/release/examples/probe_bench`
 //! Environment: `AXON_BENCH_RTT_SECS` (default 30), `AXON_BENCH_LOSS_SECS` (default 30),
-//! `AXON_BENCH_CPU_SECS` (default 30).
+//! `AXON_BENCH_CPU_SECS` (default 30), `AXON_BENCH_TRIALS` (blackhole trials, default 15).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -128,8 +128,9 @@ async fn main() -> anyhow::Result<()> {
     let t_bytes = Instant::now();
     let got = windows(&mut rx, run).await;
     let elapsed = t_bytes.elapsed().as_secs_f64();
-    // Wire bits per second per direction: UDP payload plus 28 bytes of IPv4 and UDP headers.
-    let wire_bps: Vec<Vec<f64>> = pipes
+    // Per direction: bits per second on the wire (UDP payload plus 28 bytes of IPv4 and UDP
+    // headers), packets per second, and the mean packet size on the wire.
+    let wire: Vec<Vec<(f64, f64, f64)>> = pipes
         .iter()
         .zip(&bytes0)
         .map(|(pipe, before)| {
@@ -140,7 +141,12 @@ async fn main() -> anyhow::Result<()> {
                     let s = pipe.stats(*w);
                     let b = s.received_bytes.load(Ordering::Relaxed) - b0;
                     let p = s.received.load(Ordering::Relaxed) - p0;
-                    (b + 28 * p) as f64 * 8.0 / elapsed
+                    let on_wire = (b + 28 * p) as f64;
+                    (
+                        on_wire * 8.0 / elapsed,
+                        p as f64 / elapsed,
+                        on_wire / p.max(1) as f64,
+                    )
                 })
                 .collect()
         })
@@ -157,10 +163,13 @@ async fn main() -> anyhow::Result<()> {
         println!("| {ms} ms | {} | {e50:+.3} ms | {e99:+.3} ms |", ws.len());
     }
     println!("\n## Bytes on the wire, one probed pair at 10 Hz (IPv4 + UDP + QUIC)");
-    println!("| RTT | prober → peer (probes, ACKs) kbit/s | peer → prober (replies, ACKs) kbit/s |");
+    println!("| RTT | prober → peer (probes, ACKs) | peer → prober (replies, ACKs) |");
     println!("|---|---|---|");
-    for ((_, ms), bps) in rtts.iter().zip(&wire_bps) {
-        println!("| {ms} ms | {:.2} | {:.2} |", bps[0] / 1e3, bps[1] / 1e3);
+    for ((_, ms), w) in rtts.iter().zip(&wire) {
+        let cell = |(bps, pps, size): (f64, f64, f64)| {
+            format!("{:.2} kbit/s ({pps:.1} packets/s, {size:.0} B each)", bps / 1e3)
+        };
+        println!("| {ms} ms | {} | {} |", cell(w[0]), cell(w[1]));
     }
     a.shutdown().await;
     for r in reflectors {
@@ -175,7 +184,10 @@ async fn main() -> anyhow::Result<()> {
     let a = prober::start(config(dir.path(), ME, vec![("r40".into(), pipe.front_addr())])).await?;
     let mut rx = a.subscribe();
     tokio::time::sleep(Duration::from_secs(8)).await; // past liveness's warm-up
-    let trials = 15;
+    let trials = std::env::var("AXON_BENCH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15u64);
     eprintln!("blackhole trials: {trials} …");
     let mut detect = Vec::new();
     for i in 0..trials {

@@ -1,7 +1,9 @@
 //! How much delay the emulator itself adds: packets go through a pipe with a fixed one-way
 //! delay to a sink in the same process, and the sink subtracts the send instant and the
 //! injected delay from the arrival instant. Prints p50, p99 and max of the excess at 1,000 and
-//! 10,000 packets per second.
+//! 10,000 packets per second, twice: arrival as the kernel stamped it at the sink's socket
+//! (what the emulator adds on the wire), and arrival as the sink's task read it (adding the
+//! sink's own wake-up, which any receiver pays with or without an emulator).
 //!
 //! `cargo run --release -p axon-wan --example self_delay`
 
@@ -15,8 +17,10 @@ use wan::{Emulator, EmulatorConfig, LinkParams};
 const DELAY: Duration = Duration::from_millis(5);
 const RUN: Duration = Duration::from_secs(3);
 
-async fn measure(emu: &Emulator, rate: u32) -> Vec<Duration> {
+/// Excess delay of each packet: (at the socket, as read by the task).
+async fn measure(emu: &Emulator, rate: u32) -> (Vec<Duration>, Vec<Duration>) {
     let sink = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    wan::stamp::enable(&sink).unwrap();
     let pipe = emu
         .pipe(
             sink.local_addr().unwrap(),
@@ -26,16 +30,22 @@ async fn measure(emu: &Emulator, rate: u32) -> Vec<Duration> {
         .unwrap();
     let t0 = Instant::now();
     let recv = tokio::spawn(async move {
-        let mut excess = Vec::new();
+        let (mut wire, mut read) = (Vec::new(), Vec::new());
         let mut buf = [0u8; 64];
-        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), sink.recv(&mut buf)).await {
+        while let Ok(Ok((n, _, at))) = tokio::time::timeout(
+            Duration::from_millis(500),
+            wan::stamp::recv_stamped(&sink, &mut buf),
+        )
+        .await
+        {
             let now = t0.elapsed();
             if n == 8 {
                 let sent = Duration::from_nanos(u64::from_be_bytes(buf[..8].try_into().unwrap()));
-                excess.push(now.saturating_sub(sent + DELAY));
+                wire.push((at - t0).saturating_sub(sent + DELAY));
+                read.push(now.saturating_sub(sent + DELAY));
             }
         }
-        excess
+        (wire, read)
     });
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     client.connect(pipe.front_addr()).await.unwrap();
@@ -49,10 +59,11 @@ async fn measure(emu: &Emulator, rate: u32) -> Vec<Duration> {
             client.send(&stamp.to_be_bytes()).await.unwrap();
         }
     }
-    let mut v = recv.await.unwrap();
-    v.sort();
+    let (mut wire, mut read) = recv.await.unwrap();
+    wire.sort();
+    read.sort();
     drop(pipe);
-    v
+    (wire, read)
 }
 
 fn pct(v: &[Duration], p: f64) -> f64 {
@@ -77,17 +88,20 @@ async fn main() {
         cfg.spin.as_micros()
     );
     println!(
-        "{:>10} {:>10} {:>10} {:>10} {:>10}",
-        "packets/s", "received", "p50 ms", "p99 ms", "max ms"
+        "{:>10} {:>10} {:>10} {:>10} {:>10} | {:>10} {:>10} {:>10}",
+        "packets/s", "received", "p50 ms", "p99 ms", "max ms", "read p50", "read p99", "read max"
     );
     for rate in [1_000, 10_000] {
-        let v = measure(&emu, rate).await;
+        let (w, r) = measure(&emu, rate).await;
         println!(
-            "{rate:>10} {:>10} {:>10.3} {:>10.3} {:>10.3}",
-            v.len(),
-            pct(&v, 0.5),
-            pct(&v, 0.99),
-            pct(&v, 1.0)
+            "{rate:>10} {:>10} {:>10.3} {:>10.3} {:>10.3} | {:>10.3} {:>10.3} {:>10.3}",
+            w.len(),
+            pct(&w, 0.5),
+            pct(&w, 0.99),
+            pct(&w, 1.0),
+            pct(&r, 0.5),
+            pct(&r, 0.99),
+            pct(&r, 1.0)
         );
     }
 }

@@ -6,6 +6,8 @@
 //! direction shaped by its own [`LinkParams`], which can change while traffic flows.
 //!
 //! - [`shaper`] decides each packet's fate (pure: time and randomness are parameters);
+//! - receive tasks time each packet from its kernel arrival stamp ([`stamp`]), so their own
+//!   wake-up latency is not added to the emulated delay;
 //! - the sender thread (`scheduler`) sends each packet at its instant to a fraction of a
 //!   millisecond, sleeping first and spinning for the last stretch;
 //! - [`Emulator`] and [`Pipe`] wire sockets, Tokio receive tasks and the sender together.
@@ -15,6 +17,7 @@ pub mod params;
 pub mod pipe;
 mod scheduler;
 pub mod shaper;
+pub mod stamp;
 
 pub use error::WanError;
 pub use params::{GilbertElliott, JitterDist, LinkParams};

@@ -6,7 +6,7 @@
 use std::net::{SocketAddr, UdpSocket as StdSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
@@ -15,6 +15,7 @@ use crate::error::WanError;
 use crate::params::LinkParams;
 use crate::scheduler::{Job, Scheduler};
 use crate::shaper::{DropReason, Fate, Shaper};
+use crate::stamp;
 
 /// Largest datagram a pipe carries (a UDP payload over IPv4).
 const MAX_DATAGRAM: usize = 65_507;
@@ -119,6 +120,8 @@ impl Emulator {
             let s = StdSocket::bind(local)?;
             s.set_nonblocking(true)?;
             let recv = UdpSocket::from_std(s.try_clone()?)?;
+            // Packets are timed from their arrival in the kernel, not from the task's wake-up.
+            stamp::enable(&recv)?;
             Ok((Arc::new(s), recv))
         };
         let (front_send, front_recv) = open()?;
@@ -180,13 +183,12 @@ async fn relay(
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
-        let Ok((len, from)) = socket.recv_from(&mut buf).await else {
+        let Ok((len, from, now)) = stamp::recv_stamped(&socket, &mut buf).await else {
             // ICMP errors from a closed peer surface here on Linux; keep serving, but let
             // other tasks run should errors repeat.
             tokio::task::yield_now().await;
             continue;
         };
-        let now = Instant::now();
         let dest = match &peer {
             Peer::Learn(client, server) => {
                 *client.lock().unwrap_or_else(|e| e.into_inner()) = Some(from);
