@@ -9,7 +9,7 @@ use topology::SiteId;
 
 use crate::error::ProberError;
 use crate::liveness::LivenessConfig;
-use crate::session::SessionConfig;
+use crate::session::{BurstConfig, SessionConfig};
 use crate::tls::TlsFiles;
 
 /// One peer site to probe.
@@ -50,6 +50,33 @@ impl Default for LivenessSettings {
             max_run: d.max_run,
             false_alarms_per_day: d.false_alarms_per_day,
             warmup_probes: d.warmup_probes,
+        }
+    }
+}
+
+/// Evidence bursts (see [`BurstConfig`] for the reasoning): more probes for a short while
+/// after a miss on a link that rarely misses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BurstSettings {
+    /// Extra probes per probe interval during a burst; 0 turns bursts off. Default 4.
+    pub extra: u32,
+    /// Burst length, ms. Default 2000.
+    pub duration_ms: u64,
+    /// Least time between two bursts' starts, ms. Default 5000.
+    pub cooldown_ms: u64,
+    /// Only links missing fewer probes than this fraction burst. Default 0.01.
+    pub below_miss_rate: f64,
+}
+
+impl Default for BurstSettings {
+    fn default() -> Self {
+        let d = BurstConfig::default();
+        BurstSettings {
+            extra: d.extra,
+            duration_ms: d.duration.as_millis() as u64,
+            cooldown_ms: d.cooldown.as_millis() as u64,
+            below_miss_rate: d.below_miss_rate,
         }
     }
 }
@@ -110,6 +137,8 @@ pub struct ProberConfig {
     pub worker_threads: usize,
     /// Fast liveness tuning.
     pub liveness: LivenessSettings,
+    /// Evidence bursts.
+    pub burst: BurstSettings,
     /// Certificates (mutual TLS is mandatory). Default files under `/etc/axon/`.
     pub tls: TlsFiles,
     /// The peers to probe. Default none.
@@ -132,6 +161,7 @@ impl Default for ProberConfig {
             idle_timeout_ms: 3_000,
             worker_threads: 1,
             liveness: LivenessSettings::default(),
+            burst: BurstSettings::default(),
             tls: TlsFiles {
                 ca: PathBuf::from("/etc/axon/ca.pem"),
                 cert: PathBuf::from("/etc/axon/prober.pem"),
@@ -189,6 +219,19 @@ impl ProberConfig {
         if !(l.false_alarms_per_day.is_finite() && l.false_alarms_per_day > 0.0) {
             return bad("liveness.false_alarms_per_day must be positive".into());
         }
+        let b = &self.burst;
+        if b.extra > 20 {
+            return bad(format!("burst.extra {} is above 20", b.extra));
+        }
+        if b.extra > 0 && (b.duration_ms == 0 || b.cooldown_ms < b.duration_ms) {
+            return bad("burst.duration_ms must be positive and ≤ burst.cooldown_ms".into());
+        }
+        if !(0.0..=1.0).contains(&b.below_miss_rate) {
+            return bad(format!(
+                "burst.below_miss_rate {} is outside 0..=1",
+                b.below_miss_rate
+            ));
+        }
         if !(1..=64).contains(&self.worker_threads) {
             return bad(format!(
                 "worker_threads {} is outside 1..=64",
@@ -226,6 +269,12 @@ impl ProberConfig {
                 false_alarms_per_day: l.false_alarms_per_day,
                 warmup_probes: l.warmup_probes,
                 ..LivenessConfig::default()
+            },
+            burst: BurstConfig {
+                extra: self.burst.extra,
+                duration: Duration::from_millis(self.burst.duration_ms),
+                cooldown: Duration::from_millis(self.burst.cooldown_ms),
+                below_miss_rate: self.burst.below_miss_rate,
             },
         }
     }
@@ -283,6 +332,26 @@ mod tests {
                     ..base.clone()
                 },
                 "own site",
+            ),
+            (
+                ProberConfig {
+                    burst: BurstSettings {
+                        duration_ms: 6_000,
+                        ..Default::default()
+                    },
+                    ..base.clone()
+                },
+                "burst.duration_ms",
+            ),
+            (
+                ProberConfig {
+                    burst: BurstSettings {
+                        below_miss_rate: f64::NAN,
+                        ..Default::default()
+                    },
+                    ..base.clone()
+                },
+                "burst.below_miss_rate",
             ),
             (
                 ProberConfig {

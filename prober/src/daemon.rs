@@ -367,6 +367,23 @@ fn dial(shared: &Shared, peer: &SiteId, addr: SocketAddr) -> Dialing {
     }
 }
 
+/// Sends the session's next probe on `conn`.
+fn send_probe(
+    session: &mut PeerSession,
+    conn: &quinn::Connection,
+    out: &mut Vec<u8>,
+    clock: Clock,
+    me: &SiteId,
+    peer: &SiteId,
+) {
+    let p = session.next_probe(clock.now_ns());
+    out.clear();
+    p.encode(out);
+    if let Err(e) = conn.send_datagram(Bytes::copy_from_slice(out)) {
+        debug!(site = %me, peer = %peer, error = %e, "probe not sent");
+    }
+}
+
 async fn read(conn: &Option<quinn::Connection>) -> Result<Bytes, quinn::ConnectionError> {
     match conn {
         Some(c) => c.read_datagram().await,
@@ -397,6 +414,17 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, cfg: PeerConfig, cancel: Ca
     let phase = Duration::from_nanos(rand::random_range(0..interval.as_nanos() as u64));
     let mut probe_tick = tokio::time::interval_at(start + phase, interval);
     probe_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // Evidence bursts (see `BurstConfig`): `extra` more probes per interval on a grid between
+    // the regular ticks, ticking only while the session says a burst runs.
+    let extra = shared.cfg.burst.extra;
+    let step = interval / (extra + 1);
+    let mut burst_tick = tokio::time::interval_at(start + phase + step, step.max(Duration::from_millis(1)));
+    burst_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let on_regular_grid = |t: tokio::time::Instant| {
+        let off = t.saturating_duration_since(start + phase).as_nanos() % interval.as_nanos().max(1);
+        off < step.as_nanos() / 2 || interval.as_nanos() - off < step.as_nanos() / 2
+    };
+    let mut bursts_seen = 0;
     let mut window_tick = tokio::time::interval_at(start + window, window);
     window_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
 
@@ -417,6 +445,14 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, cfg: PeerConfig, cancel: Ca
     let mut armed_for: Option<u64> = None;
 
     loop {
+        if session.bursts() != bursts_seen {
+            shared
+                .metrics
+                .bursts
+                .with_label_values(&label)
+                .inc_by(session.bursts() - bursts_seen);
+            bursts_seen = session.bursts();
+        }
         // One timer for the session's next deadline, re-armed only when the deadline moves:
         // re-registering a fresh timer on every wake-up costs more than the probing itself.
         let next = session.next_deadline();
@@ -511,16 +547,17 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, cfg: PeerConfig, cancel: Ca
             tick = probe_tick.tick() => {
                 match &conn {
                     Some(c) => {
-                        let now = clock.now_ns();
                         shared.metrics.send_lateness.observe(tick.elapsed().as_secs_f64());
-                        let p = session.next_probe(now);
-                        out.clear();
-                        p.encode(&mut out);
-                        if let Err(e) = c.send_datagram(Bytes::copy_from_slice(&out)) {
-                            debug!(site = %me, peer = %peer, error = %e, "probe not sent");
-                        }
+                        send_probe(&mut session, c, &mut out, clock, &me, &peer);
                     }
                     None => session.unsendable(),
+                }
+            }
+            tick = burst_tick.tick(), if extra > 0 && conn.is_some() && session.bursting(clock.now_ns()) => {
+                if let Some(c) = &conn
+                    && !on_regular_grid(tick)
+                {
+                    send_probe(&mut session, c, &mut out, clock, &me, &peer);
                 }
             }
             _ = window_tick.tick() => {

@@ -65,6 +65,7 @@ pub struct Liveness {
     seen: u32,
     run: u32,
     down: bool,
+    misses: u64,
 }
 
 impl Liveness {
@@ -80,12 +81,23 @@ impl Liveness {
             seen: 0,
             run: 0,
             down: false,
+            misses: 0,
         }
     }
 
     /// Whether the link is currently declared down.
     pub fn is_down(&self) -> bool {
         self.down
+    }
+
+    /// Probes that missed their deadline since this state was created.
+    pub fn misses(&self) -> u64 {
+        self.misses
+    }
+
+    /// The link's measured miss rate (about the last 200 probes).
+    pub fn miss_rate(&self) -> f64 {
+        self.miss_rate
     }
 
     /// The current deadline after which a reply counts as missed.
@@ -153,6 +165,7 @@ impl Liveness {
             }
             self.pending.pop_front();
             self.run += 1;
+            self.misses += 1;
             if !self.down && self.run >= self.run_length() {
                 self.down = true;
                 event = Some(LivenessEvent::Down);

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub liveness_events: IntCounterVec,
     /// Datagrams refused, by reason.
     pub dropped: IntCounterVec,
+    /// Evidence bursts started, by peer (see `BurstConfig`).
+    pub bursts: IntCounterVec,
     /// Probes reflected for peers.
     pub reflected: IntCounter,
     /// Connection attempts that failed, by peer.
@@ -111,6 +113,16 @@ impl Metrics {
             reflected: register(
                 r,
                 IntCounter::new("axon_probes_reflected_total", "Probes reflected for peers."),
+            ),
+            bursts: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "axon_probe_bursts_total",
+                        "Evidence bursts started: more probes after a surprising miss.",
+                    ),
+                    &["peer"],
+                ),
             ),
             dial_failures: register(
                 r,

@@ -26,6 +26,8 @@ pub struct SessionConfig {
     pub loss_timeout: Duration,
     /// Fast liveness settings (the probe interval lives there).
     pub liveness: LivenessConfig,
+    /// Evidence bursts on a surprising miss.
+    pub burst: BurstConfig,
 }
 
 impl Default for SessionConfig {
@@ -33,6 +35,37 @@ impl Default for SessionConfig {
         SessionConfig {
             loss_timeout: Duration::from_secs(1),
             liveness: LivenessConfig::default(),
+            burst: BurstConfig::default(),
+        }
+    }
+}
+
+/// Evidence bursts: a miss on a link that rarely misses is the first sign of a brown-out,
+/// and at 10 probes a second it takes five seconds or more to tell 5% loss from noise. For a
+/// short while after such a miss the prober sends `extra` more probes per interval, so the
+/// windows the controller judges carry several times the evidence and a brown-out is routed
+/// around in seconds. A link that already misses often is known to be lossy and gets no burst,
+/// so bursts cost almost nothing on clean links and stay bounded on lossy ones.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BurstConfig {
+    /// Extra probes per probe interval during a burst; 0 turns bursts off. Default 4 (five
+    /// times the probe rate).
+    pub extra: u32,
+    /// How long a burst lasts. Default 2 s.
+    pub duration: Duration,
+    /// Least time between the starts of two bursts. Default 5 s.
+    pub cooldown: Duration,
+    /// Only a link whose miss rate is below this bursts. Default 0.01.
+    pub below_miss_rate: f64,
+}
+
+impl Default for BurstConfig {
+    fn default() -> Self {
+        BurstConfig {
+            extra: 4,
+            duration: Duration::from_secs(2),
+            cooldown: Duration::from_secs(5),
+            below_miss_rate: 0.01,
         }
     }
 }
@@ -118,6 +151,12 @@ pub struct PeerSession {
     window: Window,
     liveness: Liveness,
     connected: bool,
+    /// A burst runs until this instant (ns); 0 when none ever started.
+    burst_until: u64,
+    /// When the last burst started.
+    burst_started: Option<u64>,
+    /// Bursts started since this state was created.
+    bursts: u64,
 }
 
 impl PeerSession {
@@ -136,6 +175,9 @@ impl PeerSession {
             window: Window::default(),
             liveness,
             connected: true,
+            burst_until: 0,
+            burst_started: None,
+            bursts: 0,
         }
     }
 
@@ -261,7 +303,9 @@ impl PeerSession {
         }
         self.max_answered = Some(self.max_answered.map_or(reply.seq, |m| m.max(reply.seq)));
         let rtt_ns = now.saturating_sub(reply.sent_ns);
+        let misses = self.liveness.misses();
         let event = self.liveness.on_reply(reply.seq, rtt_ns, now);
+        self.after_misses(misses, now);
         Ok(ReplyOutcome {
             kind,
             reordered,
@@ -291,7 +335,40 @@ impl PeerSession {
             self.ring.pop_front();
             self.base += 1;
         }
-        self.liveness.poll(now)
+        let misses = self.liveness.misses();
+        let event = self.liveness.poll(now);
+        self.after_misses(misses, now);
+        event
+    }
+
+    /// Starts a burst if liveness counted a miss since it stood at `before`, the link rarely
+    /// misses, and the last burst is older than the cooldown.
+    fn after_misses(&mut self, before: u64, now: u64) {
+        let b = &self.cfg.burst;
+        if b.extra == 0
+            || self.liveness.misses() == before
+            || self.liveness.is_down()
+            || self.liveness.miss_rate() >= b.below_miss_rate
+            || self
+                .burst_started
+                .is_some_and(|t| now.saturating_sub(t) < b.cooldown.as_nanos() as u64)
+        {
+            return;
+        }
+        self.burst_started = Some(now);
+        self.burst_until = now.saturating_add(b.duration.as_nanos() as u64);
+        self.bursts += 1;
+    }
+
+    /// Whether a burst is running at `now`: the shell then sends `extra` more probes per
+    /// interval.
+    pub fn bursting(&self, now: u64) -> bool {
+        now < self.burst_until
+    }
+
+    /// Bursts started so far.
+    pub fn bursts(&self) -> u64 {
+        self.bursts
     }
 
     /// When `poll` next has something to do (a liveness deadline or a loss timeout), if any.
@@ -425,5 +502,59 @@ mod tests {
         assert!(s.next_deadline().is_none(), "nothing pending");
         s.next_probe(10_000 * MS);
         assert!(s.next_deadline().is_some());
+    }
+
+    /// Drives a 40 ms link at 10 Hz for `probes` probes from `t`, polling like the shell does;
+    /// `lost(i)` says whether probe `i` goes unanswered. Returns the time after the last one.
+    fn drive(s: &mut PeerSession, t: u64, probes: u64, lost: impl Fn(u64) -> bool) -> u64 {
+        let mut t = t;
+        for i in 0..probes {
+            let p = s.next_probe(t);
+            if !lost(i) {
+                s.on_reply(&p.reflect(), t + 40 * MS).unwrap();
+            }
+            t += 100 * MS;
+            s.poll(t);
+        }
+        t
+    }
+
+    #[test]
+    fn a_miss_on_a_clean_link_starts_one_burst_per_cooldown() {
+        let mut s = session();
+        let t = drive(&mut s, 0, 300, |_| false);
+        assert!(!s.bursting(t));
+        assert_eq!(s.bursts(), 0);
+        // One probe goes missing: at its liveness deadline a burst starts, for 2 s.
+        let _ = s.next_probe(t);
+        let dl = s.next_deadline().expect("a pending probe has a deadline");
+        s.poll(dl);
+        assert_eq!(s.bursts(), 1);
+        assert!(s.bursting(dl) && s.bursting(dl + 1_900 * MS));
+        assert!(!s.bursting(dl + 2_001 * MS));
+        // A second miss within the cooldown starts nothing; one after it does.
+        let t = drive(&mut s, dl + 100 * MS, 20, |i| i == 5);
+        assert_eq!(s.bursts(), 1);
+        let _ = drive(&mut s, t, 60, |i| i == 40);
+        assert_eq!(s.bursts(), 2);
+    }
+
+    #[test]
+    fn a_link_known_to_be_lossy_does_not_burst() {
+        let mut s = session();
+        // 5% of probes lost for 40 s: the miss rate is far above 1%.
+        let t = drive(&mut s, 0, 400, |i| i % 20 == 7);
+        let before = s.bursts();
+        let _ = drive(&mut s, t, 100, |i| i % 20 == 7);
+        assert_eq!(s.bursts(), before, "a lossy link kept bursting");
+    }
+
+    #[test]
+    fn bursts_can_be_turned_off() {
+        let mut cfg = SessionConfig::default();
+        cfg.burst.extra = 0;
+        let mut s = PeerSession::new(cfg, SiteId::new("a").unwrap(), 7);
+        let _ = drive(&mut s, 0, 300, |i| i == 250);
+        assert_eq!(s.bursts(), 0);
     }
 }

@@ -260,3 +260,64 @@ async fn a_restarted_peer_is_probed_again_without_restarting_the_sender() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_loss_on_a_clean_link_brings_a_burst_of_evidence_and_then_calm() {
+    let dir = certs(&["a", "b"]);
+    let b = prober::start(config(dir.path(), "b", &[])).await.unwrap();
+    let emu = Emulator::new(EmulatorConfig::default()).unwrap();
+    let clean = LinkParams::delay(Duration::from_millis(5));
+    let pipe = emu.pipe(b.local_addr, clean.clone(), clean.clone()).unwrap();
+    let a = prober::start(config(dir.path(), "a", &[("b", pipe.front_addr())]))
+        .await
+        .unwrap();
+    let mut rx = a.subscribe();
+    let bursts = || a.metrics.bursts.with_label_values(&["b"]).get();
+    // A clean link settles at 10 probes a window, without bursts.
+    let mut calm = 0;
+    wait_for(&mut rx, Duration::from_secs(30), "three calm windows", |o| {
+        let w = window_of(o, "b")?;
+        calm = if w.connected && w.report.sent <= 11 {
+            calm + 1
+        } else {
+            0
+        };
+        (calm >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(bursts(), 0, "a clean link burst");
+    // A brown-out: the first miss starts a burst, and windows carry several times the probes.
+    pipe.set(
+        Way::Forward,
+        LinkParams {
+            loss: 0.3,
+            ..clean.clone()
+        },
+    )
+    .unwrap();
+    let busiest = wait_for(&mut rx, Duration::from_secs(30), "a window of a burst", |o| {
+        let w = window_of(o, "b")?;
+        (w.report.sent >= 25).then_some(w.report.sent)
+    })
+    .await;
+    assert!(
+        bursts() >= 1,
+        "{busiest} probes in a window without a burst counted"
+    );
+    // Healed, the link goes back to its rate.
+    pipe.set(Way::Forward, clean).unwrap();
+    let mut calm = 0;
+    wait_for(
+        &mut rx,
+        Duration::from_secs(30),
+        "calm windows after healing",
+        |o| {
+            let w = window_of(o, "b")?;
+            calm = if w.report.sent <= 11 { calm + 1 } else { 0 };
+            (calm >= 3).then_some(())
+        },
+    )
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -128,7 +128,9 @@ mod tests {
         let mut held = Vec::new();
         for _ in 0..10 {
             let sent = Instant::now();
-            tx.send_to(b"hello", rx.local_addr().expect("addr")).await.expect("send");
+            tx.send_to(b"hello", rx.local_addr().expect("addr"))
+                .await
+                .expect("send");
             // Let the datagram sit in the socket: the stamp must keep its arrival.
             std::thread::sleep(Duration::from_millis(20));
             let mut buf = [0u8; 16];
@@ -136,7 +138,10 @@ mod tests {
             let read = Instant::now();
             assert_eq!(&buf[..n], b"hello");
             assert_eq!(from, tx.local_addr().expect("addr"));
-            assert!(at + Duration::from_millis(1) >= sent, "stamped before it was sent");
+            assert!(
+                at + Duration::from_millis(1) >= sent,
+                "stamped before it was sent"
+            );
             held.push(read - at);
             if read - at >= Duration::from_millis(19) {
                 return;
