@@ -4,7 +4,8 @@
 //!
 //! `cargo build --release -p axon-prober --bins --examples && target/release/examples/probe_bench`
 //! Environment: `AXON_BENCH_RTT_SECS` (default 30), `AXON_BENCH_LOSS_SECS` (default 30),
-//! `AXON_BENCH_CPU_SECS` (default 30), `AXON_BENCH_TRIALS` (blackhole trials, default 15).
+//! `AXON_BENCH_CPU_SECS` (default 30), `AXON_BENCH_TRIALS` (blackhole trials, default 15),
+//! `AXON_BENCH_BURST_EXTRA` (evidence-burst probes per interval, default the prober's).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -39,6 +40,13 @@ fn config(dir: &std::path::Path, site: &str, peers: Vec<(String, SocketAddr)>) -
             .into_iter()
             .map(|(site, addr)| PeerConfig { site, addr })
             .collect(),
+        burst: prober::config::BurstSettings {
+            extra: std::env::var("AXON_BENCH_BURST_EXTRA")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(prober::config::BurstSettings::default().extra),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }

@@ -130,7 +130,15 @@ impl Liveness {
     /// Records a reply to probe `seq` with round trip `rtt_ns`, received at `now`.
     pub fn on_reply(&mut self, seq: u64, rtt_ns: u64, now: u64) -> Option<LivenessEvent> {
         let _ = self.poll(now);
-        if let Some(i) = self.pending.iter().position(|&(s, _)| s == seq) {
+        if let Some(mut i) = self.pending.iter().position(|&(s, _)| s == seq) {
+            if self.down {
+                // The first reply after an outage: probes sent before this one were lost to
+                // the outage, even those whose deadline has not passed yet. Counting them
+                // later would start a new run, and when a reply ended it, make the outage
+                // look like random loss and lengthen the run needed to see the next one.
+                self.pending.drain(..i);
+                i = 0;
+            }
             // In time: every earlier pending probe is still within its deadline too.
             self.pending.remove(i);
             // A run that ends in a reply before the link was declared down was random loss:
@@ -226,15 +234,25 @@ mod tests {
         reply: impl Fn(u64) -> bool,
         rtt: impl Fn(u64) -> u64,
     ) -> Vec<(u64, LivenessEvent)> {
+        drive_every(100, probes, reply, rtt).1
+    }
+
+    /// [`drive`] with probes every `every_ms`; also returns the final state.
+    fn drive_every(
+        every_ms: u64,
+        probes: u64,
+        reply: impl Fn(u64) -> bool,
+        rtt: impl Fn(u64) -> u64,
+    ) -> (Liveness, Vec<(u64, LivenessEvent)>) {
         let mut l = Liveness::new(LivenessConfig::default());
         let mut events = Vec::new();
         let mut arrivals: Vec<(u64, u64, u64)> = Vec::new(); // (at, seq, rtt)
         // Step the clock in 1 ms ticks.
-        let end = probes * 100 * MS + 2_000 * MS;
+        let end = probes * every_ms * MS + 2_000 * MS;
         let mut t = 0;
         while t <= end {
-            if t % (100 * MS) == 0 && t / (100 * MS) < probes {
-                let i = t / (100 * MS);
+            if t % (every_ms * MS) == 0 && t / (every_ms * MS) < probes {
+                let i = t / (every_ms * MS);
                 l.on_send(i, t);
                 if reply(i) {
                     arrivals.push((t + rtt(i), i, rtt(i)));
@@ -252,7 +270,7 @@ mod tests {
             }
             t += MS;
         }
-        events
+        (l, events)
     }
 
     #[test]
@@ -305,6 +323,18 @@ mod tests {
                 (at - start) / MS
             );
         }
+    }
+
+    #[test]
+    fn probes_lost_to_an_outage_are_not_counted_as_random_loss_after_it() {
+        // 50 probes a second on a clean 40 ms link: at the heal several probes sent into the
+        // blackhole are still pending. They belong to the outage, not to the link's loss.
+        let dark = |i: u64| i >= 500 && (i - 500) % 150 < 40 && i < 500 + 10 * 150;
+        let (l, ev) = drive_every(20, 500 + 10 * 150 + 100, |i| !dark(i), |_| 40 * MS);
+        let downs = ev.iter().filter(|e| e.1 == LivenessEvent::Down).count();
+        assert_eq!(downs, 10, "one Down per outage and no other: {ev:?}");
+        assert!(l.miss_rate() < 1e-9, "outages counted as loss: {}", l.miss_rate());
+        assert_eq!(l.run_length(), 3);
     }
 
     #[test]
