@@ -55,7 +55,7 @@ pub struct BurstConfig {
     pub duration: Duration,
     /// Least time between the starts of two bursts. Default 5 s.
     pub cooldown: Duration,
-    /// Only a link whose miss rate is below this bursts. Default 0.01.
+    /// Only a link whose miss rate is below this bursts. Default 0.005.
     pub below_miss_rate: f64,
 }
 
@@ -65,7 +65,7 @@ impl Default for BurstConfig {
             extra: 4,
             duration: Duration::from_secs(2),
             cooldown: Duration::from_secs(5),
-            below_miss_rate: 0.01,
+            below_miss_rate: 0.005,
         }
     }
 }
