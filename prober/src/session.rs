@@ -535,7 +535,8 @@ mod tests {
         // A second miss within the cooldown starts nothing; one after it does.
         let t = drive(&mut s, dl + 100 * MS, 20, |i| i == 5);
         assert_eq!(s.bursts(), 1);
-        let _ = drive(&mut s, t, 60, |i| i == 40);
+        // Once the misses have aged out of the miss rate (about 200 probes), a miss bursts again.
+        let _ = drive(&mut s, t, 300, |i| i == 250);
         assert_eq!(s.bursts(), 2);
     }
 
