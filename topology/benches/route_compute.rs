@@ -19,8 +19,11 @@ use criterion::{BenchmarkId, Criterion};
 use petgraph::graph::DiGraph;
 use topology::data::world_from_csv;
 use topology::link::LinkView;
-use topology::whatif::estimated_rtt_ms;
-use topology::{CostMatrix, EngineConfig, Epoch, LinkHealth, LinkMetrics, RouteEngine, Site, Version, World};
+use topology::whatif::RTT_INFLATION;
+use topology::{
+    CostMatrix, EngineConfig, Epoch, LinkHealth, LinkMetrics, Reason, RouteEngine, Site, Version, World,
+    compute_routes,
+};
 
 const SIZES: [usize; 4] = [50, 200, 500, 1000];
 
@@ -48,73 +51,78 @@ impl Rng {
     }
 }
 
-fn mesh(n: usize, seed: u64) -> World {
+/// The measured Azure matrix.
+fn real_world() -> World {
     let dir = format!("{}/../data/azure-2025", env!("CARGO_MANIFEST_DIR"));
-    let real = world_from_csv(
-        "sites.csv",
-        &std::fs::read_to_string(format!("{dir}/sites.csv")).unwrap(),
-        "rtt.csv",
-        &std::fs::read_to_string(format!("{dir}/rtt.csv")).unwrap(),
-    )
-    .unwrap();
+    let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).unwrap();
+    world_from_csv("sites.csv", &read("sites.csv"), "rtt.csv", &read("rtt.csv")).unwrap()
+}
+
+fn mesh(n: usize, seed: u64) -> World {
+    let real = real_world();
     let mut rng = Rng(seed);
     let base = real.inventory.sites();
+    let nb = base.len();
     let mut sites: Vec<Site> = base.iter().take(n).cloned().collect();
+    // Each site's anchor: the real site it was placed near (real sites anchor themselves).
+    let mut anchor: Vec<usize> = (0..sites.len()).collect();
     while sites.len() < n {
-        let anchor = &base[(rng.next() % base.len() as u64) as usize];
-        let lat = (anchor.lat + (rng.unit() - 0.5) * spread()).clamp(-60.0, 70.0);
-        let lon = ((anchor.lon + (rng.unit() - 0.5) * spread() * 1.5 + 540.0) % 360.0) - 180.0;
+        let a = (rng.next() % nb as u64) as usize;
+        let at = &base[a];
+        let lat = (at.lat + (rng.unit() - 0.5) * spread()).clamp(-60.0, 70.0);
+        let lon = ((at.lon + (rng.unit() - 0.5) * spread() * 1.5 + 540.0) % 360.0) - 180.0;
         let i = sites.len();
-        sites.push(
-            Site::new(
-                &format!("syn-{i}"),
-                anchor.region.as_str(),
-                "metal",
-                lat,
-                lon,
-                1000,
-            )
-            .unwrap(),
-        );
+        sites.push(Site::new(&format!("syn-{i}"), at.region.as_str(), "metal", lat, lon, 1000).unwrap());
+        anchor.push(a);
     }
+    // A measured pair's inflation over the great circle, in the form of `estimated_rtt_ms`
+    // (`infl · km/100 + 1`); pairs too close for the ratio to mean anything take the typical one.
+    let inflation = |x: usize, y: usize| -> f64 {
+        let (sx, sy) = (&base[x], &base[y]);
+        let km = sx.distance_km(sy);
+        match real.links.get(x as u16, y as u16) {
+            Some(v) if x != y && km > 500.0 => ((v.metrics.rtt_ms - 1.0) / (km / 100.0)).clamp(1.0, 4.0),
+            _ => RTT_INFLATION,
+        }
+    };
     let inv = topology::Inventory::new(sites).unwrap();
     let mut world = World::new(inv);
     let links = std::sync::Arc::make_mut(&mut world.links);
     for a in 0..n {
-        for b in 0..n {
-            if a == b {
-                continue;
-            }
+        for b in a + 1..n {
             let (ai, bi) = (a as u16, b as u16);
-            let measured = (a < base.len() && b < base.len())
-                .then(|| real.links.get(ai, bi))
-                .flatten();
+            let measured = (a < nb && b < nb).then(|| real.links.get(ai, bi)).flatten();
             let rtt = match measured {
                 Some(v) => v.metrics.rtt_ms,
                 None => {
-                    let (sa, sb) = (world.inventory.site(ai), world.inventory.site(bi));
-                    estimated_rtt_ms(sa, sb) * (0.85 + 0.5 * rng.unit())
+                    // Sites near each other share their region's fibre: a synthetic link is
+                    // inflated like its anchors' measured link, give or take 10%.
+                    let km = world.inventory.site(ai).distance_km(world.inventory.site(bi));
+                    inflation(anchor[a], anchor[b]) * (0.9 + 0.2 * rng.unit()) * km / 100.0 + 1.0
                 }
             };
-            let loss = if rng.unit() < 0.03 {
-                0.005 + 0.045 * rng.unit()
-            } else {
-                0.0
-            };
-            let metrics = LinkMetrics {
-                rtt_ms: rtt,
-                loss,
-                jitter_ms: 3.0 * rng.unit(),
-                loss_se: 0.0,
-            };
-            links.set(
-                ai,
-                bi,
-                Some(LinkView {
-                    metrics,
-                    health: LinkHealth::Up,
-                }),
-            );
+            // Round trips are symmetric; loss and jitter belong to each direction.
+            for (x, y) in [(ai, bi), (bi, ai)] {
+                let loss = if rng.unit() < 0.03 {
+                    0.005 + 0.045 * rng.unit()
+                } else {
+                    0.0
+                };
+                let metrics = LinkMetrics {
+                    rtt_ms: rtt,
+                    loss,
+                    jitter_ms: 3.0 * rng.unit(),
+                    loss_se: 0.0,
+                };
+                links.set(
+                    x,
+                    y,
+                    Some(LinkView {
+                        metrics,
+                        health: LinkHealth::Up,
+                    }),
+                );
+            }
         }
     }
     world
@@ -173,18 +181,39 @@ fn median_ms(id: &str, n: usize) -> Option<f64> {
     Some(v["median"]["point_estimate"].as_f64()? / 1e6)
 }
 
+/// Share of ordered pairs whose best path is relayed: how much work the mesh gives the search.
+fn relayed_share(world: &World) -> f64 {
+    let cfg = EngineConfig::default();
+    let cm = CostMatrix::build(world, &cfg.cost, &cfg.prices);
+    let routes = compute_routes(&cm, &cfg.paths, None);
+    let n = cm.len();
+    let relayed = routes
+        .pairs()
+        .iter()
+        .filter(|p| matches!(p.reason, Reason::RelayBeatsDirect { .. }))
+        .count();
+    relayed as f64 / (n * (n - 1)) as f64
+}
+
 fn main() {
+    let real = real_world();
+    println!(
+        "measured matrix ({} sites): a relay beats the direct link for {:.1}% of pairs",
+        real.inventory.len(),
+        100.0 * relayed_share(&real)
+    );
     let mut c = Criterion::default().configure_from_args();
     bench(&mut c);
     c.final_summary();
     println!("\nroute_compute (median of criterion samples)");
     println!(
-        "{:>6} {:>12} {:>22} {:>8}",
-        "N", "axon ms", "floyd_warshall ms", "ratio"
+        "{:>6} {:>12} {:>22} {:>8} {:>10}",
+        "N", "axon ms", "floyd_warshall ms", "ratio", "relayed"
     );
     for n in sizes() {
         if let (Some(a), Some(f)) = (median_ms("axon", n), median_ms("petgraph_floyd_warshall", n)) {
-            println!("{n:>6} {a:>12.3} {f:>22.3} {:>7.1}x", f / a);
+            let share = 100.0 * relayed_share(&mesh(n, 42));
+            println!("{n:>6} {a:>12.3} {f:>22.3} {:>7.1}x {share:>9.1}%", f / a);
         }
     }
 }

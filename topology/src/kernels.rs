@@ -3,26 +3,34 @@
 //! Everything here works on a cost matrix already renumbered for locality
 //! (see [`crate::locality`]). Destinations are cut into blocks of [`BLOCK`], and matrices that
 //! the loops read at random rows are stored **block-major**: the lanes of row `r` in block `k`
-//! sit at `(k·n + r)·BLOCK`, so one block's column slab of every row (`n·BLOCK` values, 128 KiB
+//! sit at `(k·n + r)·BLOCK`, so one block's column slab of every row (`n·BLOCK` values, 256 KiB
 //! at 1,000 sites) stays in cache while every source row is relaxed against it. Work is split
 //! across threads by block, so each thread owns the slabs it writes.
 //!
-//! Per source row and block, relays are visited cheapest first so that two bounds stop the
-//! scan early:
-//! - `L[a][r] ≥ worst`: no later relay can beat the block's worst current cost, so stop;
-//! - `L[a][r] + min_{b∈block} K[r][b] ≥ worst`: this relay cannot help the block, so skip.
+//! Per source row and block, relays are visited cheapest first, once, and bounded per
+//! **sub-block** of [`SUB`] destinations (a block's 64 destinations span too much of the globe
+//! for one bound to prune well; eight sites near each other do):
+//! - `L[a][r] ≥` the block's worst current cost: no later relay can help, so stop;
+//! - `L[a][r] + min_{b∈sub-block} K[r][b] ≥` the sub-block's worst: skip that sub-block. The
+//!   eight tests of a relay are one vector compare and a bit mask; only the sub-blocks whose
+//!   bit is set are relaxed, and only their bound is refreshed.
 //!
-//! The loops over a block run exactly [`BLOCK`] times over fixed-size arrays and update with
+//! The loops over a sub-block run exactly [`SUB`] times over fixed-size arrays and update with
 //! bit-mask selects rather than branches: LLVM turns them into SIMD compares and blends (costs
-//! and indices are both 32 bits wide, so they share lanes). Padding lanes (past the last site)
-//! and the diagonal read `INFINITY` as a source and hold `NEG_INFINITY` while accumulating, so
-//! they never win and never loosen a bound.
+//! and indices are both 32 bits wide, so they share lanes). A loop over a slice of dynamic
+//! bounds would not vectorise (it compiled to scalar code with branches, 3× slower). Padding
+//! lanes (past the last site) and the diagonal read `INFINITY` as a source and hold
+//! `NEG_INFINITY` while accumulating, so they never win and never loosen a bound.
 
 // Lanes index several same-length arrays at once; iterator chains would hide that.
 #![allow(clippy::needless_range_loop)]
 
 use crate::matrix::CostMatrix;
-use crate::paths::BLOCK;
+use crate::paths::{BLOCK, SUB};
+
+/// Sub-blocks per block.
+const SUBS: usize = BLOCK / SUB;
+const _: () = assert!(SUB == 8 && SUBS == 8, "the reductions are written for 8 × 8");
 
 /// "No relay": a direct continuation.
 pub(crate) const NONE: u32 = u32::MAX;
@@ -48,17 +56,57 @@ fn pickf(m: u32, a: f32, b: f32) -> f32 {
     f32::from_bits(pick(m, a.to_bits(), b.to_bits()))
 }
 
-/// The largest value of a block. Eight independent running maxima vectorise (one chain of
-/// `max` would not: float max is not reassociated without fast-math), then fold.
 #[inline(always)]
-fn block_max(v: &Lanes<f32>) -> f32 {
-    let mut acc = [NEG; 8];
-    for chunk in v.chunks_exact(8) {
-        for i in 0..8 {
-            acc[i] = if chunk[i] > acc[i] { chunk[i] } else { acc[i] };
-        }
+fn fmax(a: f32, b: f32) -> f32 {
+    if a > b { a } else { b }
+}
+
+/// The largest of eight values, folded as a tree: a chain of `max` would be eight deep (float
+/// max is not reassociated without fast-math), and the next relay's bound waits on it.
+#[inline(always)]
+fn max8(x: &[f32]) -> f32 {
+    let x: &[f32; 8] = x.try_into().expect("eight values");
+    let a = [
+        fmax(x[0], x[4]),
+        fmax(x[1], x[5]),
+        fmax(x[2], x[6]),
+        fmax(x[3], x[7]),
+    ];
+    fmax(fmax(a[0], a[2]), fmax(a[1], a[3]))
+}
+
+/// The largest value of sub-block `q` of a block.
+#[inline(always)]
+fn sub_max(v: &Lanes<f32>, q: usize) -> f32 {
+    max8(&v[q * SUB..(q + 1) * SUB])
+}
+
+/// Every sub-block's largest value: the bound each sub-block must be beaten by.
+#[inline(always)]
+fn sub_maxima(v: &Lanes<f32>) -> [f32; SUBS] {
+    std::array::from_fn(|q| sub_max(v, q))
+}
+
+/// The sub-blocks a relay may improve: bit `q` set when its first leg `l` plus its cheapest
+/// continuation into sub-block `q` beats that sub-block's worst current cost.
+#[inline(always)]
+fn hopeful(l: f32, bmin: &[f32], worst: &[f32; SUBS]) -> u32 {
+    let mut bits = 0;
+    for q in 0..SUBS {
+        bits |= u32::from(l + bmin[q] < worst[q]) << q;
     }
-    acc.iter().fold(NEG, |m, &x| if x > m { x } else { m })
+    bits
+}
+
+/// Pops the lowest set bit: the next sub-block to visit.
+#[inline(always)]
+fn next_sub(bits: &mut u32) -> Option<usize> {
+    if *bits == 0 {
+        return None;
+    }
+    let q = bits.trailing_zeros() as usize;
+    *bits &= *bits - 1;
+    Some(q)
 }
 
 /// Geometry of the blocked matrices.
@@ -102,6 +150,83 @@ impl Grid {
     }
 }
 
+/// Sub-block `q` of a block's lanes, as a fixed-size array so that the loops over it are
+/// unrolled and vectorised.
+#[inline(always)]
+fn sub<T>(v: &Lanes<T>, q: usize) -> &[T; SUB] {
+    v[q * SUB..(q + 1) * SUB].try_into().expect("whole sub-blocks")
+}
+
+#[inline(always)]
+fn sub_mut<T>(v: &mut Lanes<T>, q: usize) -> &mut [T; SUB] {
+    (&mut v[q * SUB..(q + 1) * SUB])
+        .try_into()
+        .expect("whole sub-blocks")
+}
+
+/// Relaxes one sub-block of best and second-best paths with relay `r` (first leg `l`).
+#[inline(always)]
+fn relax_top2(
+    l: f32,
+    r: u32,
+    c: &[f32; SUB],
+    (h, m): (&mut [f32; SUB], &mut [u32; SUB]),
+    (hs, ms): (&mut [f32; SUB], &mut [u32; SUB]),
+) {
+    for j in 0..SUB {
+        let cand = l + c[j];
+        let lt1 = mask(cand < h[j]);
+        let lt2 = mask(cand < hs[j]);
+        // Second best: the old best if beaten, else the candidate if it beats it.
+        hs[j] = pickf(lt1, h[j], pickf(lt2, cand, hs[j]));
+        ms[j] = pick(lt1, m[j], pick(lt2, r, ms[j]));
+        h[j] = pickf(lt1, cand, h[j]);
+        m[j] = pick(lt1, r, m[j]);
+    }
+}
+
+/// Relaxes one sub-block of best paths with relay `r` (first leg `l`).
+#[inline(always)]
+fn relax_min(l: f32, r: u32, c: &[f32; SUB], best: &mut [f32; SUB], arg: &mut [u32; SUB]) {
+    for j in 0..SUB {
+        let cand = l + c[j];
+        let lt = mask(cand < best[j]);
+        best[j] = pickf(lt, cand, best[j]);
+        arg[j] = pick(lt, r, arg[j]);
+    }
+}
+
+/// Relaxes one sub-block of backups with first relay `r1` (first leg `l`, source `a`): its
+/// continuation is the best ≤1-relay path from `r1` whose relay is neither `a` nor one of the
+/// primary's relays `x1`, `x2`, else the second best. Returns whether some lane had both
+/// excluded and must be searched in full.
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+fn relax_backup(
+    (l, r1, a): (f32, u32, u32),
+    (x1, x2): (&[u32; SUB], &[u32; SUB]),
+    (h, m, hs, ms): (&[f32; SUB], &[u32; SUB], &[f32; SUB], &[u32; SUB]),
+    (best, b1, b2): (&mut [f32; SUB], &mut [u32; SUB], &mut [u32; SUB]),
+) -> bool {
+    // Stored per lane, not OR-reduced in the loop: a reduction there keeps LLVM from
+    // vectorising it.
+    let mut slow = [0u32; SUB];
+    for j in 0..SUB {
+        let skip = mask(r1 == x1[j]) | mask(r1 == x2[j]);
+        let bad_m = mask(m[j] == a) | mask(m[j] == x1[j]) | mask(m[j] == x2[j]);
+        let bad_ms = mask(ms[j] == a) | mask(ms[j] == x1[j]) | mask(ms[j] == x2[j]);
+        let cont = pickf(bad_m, pickf(bad_ms, INF, hs[j]), h[j]);
+        let r2 = pick(bad_m, ms[j], m[j]);
+        slow[j] = bad_m & bad_ms & !skip;
+        let cand = pickf(skip, INF, l + cont);
+        let lt = mask(cand < best[j]);
+        best[j] = pickf(lt, cand, best[j]);
+        b1[j] = pick(lt, r1, b1[j]);
+        b2[j] = pick(lt, r2, b2[j]);
+    }
+    slow.iter().fold(0, |acc, &x| acc | x) != 0
+}
+
 fn lanes<T>(slab: &[T], r: usize) -> &Lanes<T> {
     slab[r * BLOCK..(r + 1) * BLOCK]
         .try_into()
@@ -127,17 +252,29 @@ pub(crate) fn blocked<'a>(g: Grid, row: impl Fn(usize) -> &'a [f32]) -> Vec<f32>
     out
 }
 
-/// Minimum over each block's real lanes of each row of a block-major matrix, stored
-/// `[k·n + r]` so one block's bounds are one small, cache-resident row.
+/// Minimum over each sub-block's lanes of each row of a block-major matrix, stored
+/// `[(k·n + r)·SUBS + q]` so that one block's bounds are one small, cache-resident array and a
+/// relay's bounds for every sub-block are adjacent.
 pub(crate) fn block_minima(g: Grid, v: &[f32]) -> Vec<f32> {
-    let mut out = vec![INF; g.n * g.nblk];
+    let mut out = vec![INF; g.n * g.nblk * SUBS];
     for (k, slab) in v.chunks(g.slab()).enumerate() {
         for r in 0..g.n {
-            // Padding lanes hold INFINITY, so they never lower the minimum.
-            out[k * g.n + r] = lanes(slab, r).iter().fold(INF, |m, &x| if x < m { x } else { m });
+            let row = lanes(slab, r);
+            for q in 0..SUBS {
+                // Padding lanes hold INFINITY, so they never lower the minimum.
+                out[(k * g.n + r) * SUBS + q] = row[q * SUB..(q + 1) * SUB]
+                    .iter()
+                    .fold(INF, |m, &x| if x < m { x } else { m });
+            }
         }
     }
     out
+}
+
+/// One block's sub-block minima for row `r`.
+#[inline(always)]
+fn bounds(bmin: &[f32], r: usize) -> &[f32] {
+    &bmin[r * SUBS..(r + 1) * SUBS]
 }
 
 /// Relays usable from every site, with their first-leg cost (link + penalty), cheapest first.
@@ -202,33 +339,35 @@ pub(crate) fn one_relay(
         || (),
         |_, k, (((h_slab, m_slab), hs_slab), ms_slab)| {
             let c_slab = &costs[k * w..(k + 1) * w];
-            let bmin = &bmin_c[k * n..(k + 1) * n];
+            let bmin = &bmin_c[k * n * SUBS..(k + 1) * n * SUBS];
             for s in 0..n {
                 let (h, m) = (lanes_mut(h_slab, s), lanes_mut(m_slab, s));
                 let (hs, ms) = (lanes_mut(hs_slab, s), lanes_mut(ms_slab, s));
                 for j in g.dead_lanes(k, s) {
                     (h[j], hs[j]) = (NEG, NEG);
                 }
-                let mut worst = block_max(hs);
+                let mut worst = sub_maxima(hs);
+                let mut top = max8(&worst);
                 for &(l, r) in &relays[s] {
-                    if l >= worst {
+                    if l >= top {
                         break;
                     }
-                    if l + bmin[r as usize] >= worst {
+                    let mut bits = hopeful(l, bounds(bmin, r as usize), &worst);
+                    if bits == 0 {
                         continue;
                     }
                     let c = lanes(c_slab, r as usize);
-                    for j in 0..BLOCK {
-                        let cand = l + c[j];
-                        let lt1 = mask(cand < h[j]);
-                        let lt2 = mask(cand < hs[j]);
-                        // Second best: the old best if beaten, else the candidate if it beats it.
-                        hs[j] = pickf(lt1, h[j], pickf(lt2, cand, hs[j]));
-                        ms[j] = pick(lt1, m[j], pick(lt2, r, ms[j]));
-                        h[j] = pickf(lt1, cand, h[j]);
-                        m[j] = pick(lt1, r, m[j]);
+                    while let Some(q) = next_sub(&mut bits) {
+                        relax_top2(
+                            l,
+                            r,
+                            sub(c, q),
+                            (sub_mut(h, q), sub_mut(m, q)),
+                            (sub_mut(hs, q), sub_mut(ms, q)),
+                        );
+                        worst[q] = sub_max(hs, q);
                     }
-                    worst = block_max(hs);
+                    top = max8(&worst);
                 }
                 // From here on these rows are sources: dead lanes read as unreachable.
                 for j in g.dead_lanes(k, s) {
@@ -240,13 +379,42 @@ pub(crate) fn one_relay(
     o
 }
 
-/// Step 2: `best[a][b] = min(H[a][b], min_r L[a][r] + H[r][b])`, with the winning first relay
-/// in `arg` (`NONE` when no second relay helps). Block-major.
+/// The last relays worth a second relay in front of them, from every site: `r` whose best
+/// ≤1-relay path from the source is relayed, with that path's cost plus the relay penalty,
+/// cheapest first. A path `a→r1→r2→b` can only beat every ≤1-relay path when `a→r1→r2` beats
+/// the direct link `a→r2` (else `a→r2→b` is as good), so no other `r2` can help.
+pub(crate) fn second_relays(
+    g: Grid,
+    one: &OneRelay,
+    cm: &CostMatrix,
+    threads: usize,
+) -> Vec<Vec<(f32, u32)>> {
+    let p = cm.relay_penalty();
+    let mut out: Vec<Vec<(f32, u32)>> = vec![Vec::new(); g.n];
+    parallel_rows(
+        out.iter_mut().collect(),
+        threads,
+        || (),
+        |_, a, row: &mut Vec<(f32, u32)>| {
+            row.extend((0..g.n).filter_map(|r| {
+                let i = g.at(a, r);
+                (one.m[i] != NONE && one.h[i].is_finite() && cm.relay_ok(r)).then(|| (one.h[i] + p, r as u32))
+            }));
+            row.sort_unstable_by_key(|&(c, r)| (u64::from(c.to_bits()) << 32) | u64::from(r));
+        },
+    );
+    out
+}
+
+/// Step 2: `best[a][b] = min(H[a][b], min_r2 (H[a][r2] + penalty) + C[r2][b])` over the relays
+/// of [`second_relays`], with the winning last relay in `arg` (`NONE` when no second relay
+/// helps; the first relay is then `H`'s relay from `a` to `r2`). Block-major.
 pub(crate) fn two_relay(
     g: Grid,
     one: &OneRelay,
-    relays: &[Vec<(f32, u32)>],
-    bmin_h: &[f32],
+    costs: &[f32],
+    second: &[Vec<(f32, u32)>],
+    bmin_c: &[f32],
     threads: usize,
 ) -> (Vec<f32>, Vec<u32>) {
     let n = g.n;
@@ -259,29 +427,29 @@ pub(crate) fn two_relay(
         threads,
         || (),
         |_, k, (best_slab, arg_slab)| {
-            let h_slab = &one.h[k * w..(k + 1) * w];
-            let bmin = &bmin_h[k * n..(k + 1) * n];
+            let c_slab = &costs[k * w..(k + 1) * w];
+            let bmin = &bmin_c[k * n * SUBS..(k + 1) * n * SUBS];
             for a in 0..n {
                 let (best, arg) = (lanes_mut(best_slab, a), lanes_mut(arg_slab, a));
                 for j in g.dead_lanes(k, a) {
                     best[j] = NEG;
                 }
-                let mut worst = block_max(best);
-                for &(l, r) in &relays[a] {
-                    if l >= worst {
+                let mut worst = sub_maxima(best);
+                let mut top = max8(&worst);
+                for &(l, r) in &second[a] {
+                    if l >= top {
                         break;
                     }
-                    if l + bmin[r as usize] >= worst {
+                    let mut bits = hopeful(l, bounds(bmin, r as usize), &worst);
+                    if bits == 0 {
                         continue;
                     }
-                    let h = lanes(h_slab, r as usize);
-                    for j in 0..BLOCK {
-                        let cand = l + h[j];
-                        let lt = mask(cand < best[j]);
-                        best[j] = pickf(lt, cand, best[j]);
-                        arg[j] = pick(lt, r, arg[j]);
+                    let c = lanes(c_slab, r as usize);
+                    while let Some(q) = next_sub(&mut bits) {
+                        relax_min(l, r, sub(c, q), sub_mut(best, q), sub_mut(arg, q));
+                        worst[q] = sub_max(best, q);
                     }
-                    worst = block_max(best);
+                    top = max8(&worst);
                 }
                 for j in g.dead_lanes(k, a) {
                     (best[j], arg[j]) = (INF, NONE);
@@ -365,56 +533,65 @@ impl Backups<'_> {
         b2: &mut Lanes<u32>,
     ) {
         let (n, w) = (self.g.n, self.g.slab());
-        let bmin = &self.bmin[k * n..(k + 1) * n];
+        let bmin = &self.bmin[k * n * SUBS..(k + 1) * n * SUBS];
         let a32 = a as u32;
-        let mut worst = block_max(best);
+        let mut worst = sub_maxima(best);
+        let mut top = max8(&worst);
         for &(l, r1) in &self.relays[a] {
-            if l >= worst {
+            if l >= top {
                 break;
             }
-            if l + bmin[r1 as usize] >= worst {
+            let mut bits = hopeful(l, bounds(bmin, r1 as usize), &worst);
+            if bits == 0 {
                 continue;
             }
+            let slab = k * w..(k + 1) * w;
+            let r = r1 as usize;
             match self.one {
                 None => {
-                    let c = lanes(&self.costs[k * w..(k + 1) * w], r1 as usize);
-                    for j in 0..BLOCK {
-                        let skip = mask(r1 == x1[j]) | mask(r1 == x2[j]);
-                        let cand = pickf(skip, INF, l + c[j]);
-                        let lt = mask(cand < best[j]);
-                        best[j] = pickf(lt, cand, best[j]);
-                        b1[j] = pick(lt, r1, b1[j]);
-                        b2[j] = pick(lt, NONE, b2[j]);
+                    let c = lanes(&self.costs[slab], r);
+                    while let Some(q) = next_sub(&mut bits) {
+                        let (x1, x2) = (sub(x1, q), sub(x2, q));
+                        let (c, best) = (sub(c, q), sub_mut(best, q));
+                        let (b1, b2) = (sub_mut(b1, q), sub_mut(b2, q));
+                        for j in 0..SUB {
+                            let skip = mask(r1 == x1[j]) | mask(r1 == x2[j]);
+                            let cand = pickf(skip, INF, l + c[j]);
+                            let lt = mask(cand < best[j]);
+                            best[j] = pickf(lt, cand, best[j]);
+                            b1[j] = pick(lt, r1, b1[j]);
+                            b2[j] = pick(lt, NONE, b2[j]);
+                        }
+                        worst[q] = max8(best);
                     }
                 }
                 Some(one) => {
-                    let slab = k * w..(k + 1) * w;
-                    let r = r1 as usize;
-                    let (h, m) = (lanes(&one.h[slab.clone()], r), lanes(&one.m[slab.clone()], r));
-                    let (hs, ms) = (lanes(&one.hs[slab.clone()], r), lanes(&one.ms[slab], r));
-                    // Stored per lane, not OR-reduced: a reduction here keeps LLVM from
-                    // vectorising the loop.
-                    let mut slow = [0u32; BLOCK];
-                    for j in 0..BLOCK {
-                        let skip = mask(r1 == x1[j]) | mask(r1 == x2[j]);
-                        let bad_m = mask(m[j] == a32) | mask(m[j] == x1[j]) | mask(m[j] == x2[j]);
-                        let bad_ms = mask(ms[j] == a32) | mask(ms[j] == x1[j]) | mask(ms[j] == x2[j]);
-                        // The best continuation from r1 if allowed, else the second best.
-                        let cont = pickf(bad_m, pickf(bad_ms, INF, hs[j]), h[j]);
-                        let r2 = pick(bad_m, ms[j], m[j]);
-                        slow[j] = bad_m & bad_ms & !skip;
-                        let cand = pickf(skip, INF, l + cont);
-                        let lt = mask(cand < best[j]);
-                        best[j] = pickf(lt, cand, best[j]);
-                        b1[j] = pick(lt, r1, b1[j]);
-                        b2[j] = pick(lt, r2, b2[j]);
-                    }
-                    if slow.iter().any(|&x| x != 0) {
-                        self.slow_lanes(k, a32, l, r1, (x1, x2), (m, ms), (best, b1, b2));
+                    let h = lanes(&one.h[slab.clone()], r);
+                    let (m, hs, ms) = (
+                        lanes(&one.m[slab.clone()], r),
+                        lanes(&one.hs[slab.clone()], r),
+                        lanes(&one.ms[slab], r),
+                    );
+                    while let Some(q) = next_sub(&mut bits) {
+                        let (hq, bq) = (sub(h, q), sub(best, q));
+                        // The best continuation is a lower bound: most visits end here.
+                        if !(0..SUB).any(|j| l + hq[j] < bq[j]) {
+                            continue;
+                        }
+                        let slow = relax_backup(
+                            (l, r1, a32),
+                            (sub(x1, q), sub(x2, q)),
+                            (hq, sub(m, q), sub(hs, q), sub(ms, q)),
+                            (sub_mut(best, q), sub_mut(b1, q), sub_mut(b2, q)),
+                        );
+                        if slow {
+                            self.slow_lanes(k, q, a32, l, r1, (x1, x2), (m, ms), (best, b1, b2));
+                        }
+                        worst[q] = sub_max(best, q);
                     }
                 }
             }
-            worst = block_max(best);
+            top = max8(&worst);
         }
     }
 
@@ -424,6 +601,7 @@ impl Backups<'_> {
     fn slow_lanes(
         &self,
         k: usize,
+        q: usize,
         a: u32,
         l: f32,
         r1: u32,
@@ -432,7 +610,7 @@ impl Backups<'_> {
         (best, b1, b2): (&mut Lanes<f32>, &mut Lanes<u32>, &mut Lanes<u32>),
     ) {
         let cm = self.cm;
-        for j in 0..BLOCK {
+        for j in q * SUB..(q + 1) * SUB {
             let b = k * BLOCK + j;
             let bad = |r: u32| r == a || r == x1[j] || r == x2[j];
             if b >= cm.len() || r1 == x1[j] || r1 == x2[j] || !bad(m[j]) || !bad(ms[j]) {

@@ -8,12 +8,12 @@
 //! Correctness never depends on the order; only speed does.
 
 use crate::matrix::CostMatrix;
-use crate::paths::BLOCK;
+use crate::paths::SUB;
 
 /// `order[p]` is the original index of the site placed at position `p`.
 pub fn locality_order(cm: &CostMatrix) -> Vec<u32> {
     let n = cm.len();
-    if n <= 2 * BLOCK {
+    if n <= 2 * SUB {
         return (0..n as u32).collect();
     }
     // Symmetric distance; unreachable pairs are far.
@@ -21,7 +21,7 @@ pub fn locality_order(cm: &CostMatrix) -> Vec<u32> {
         let c = cm.cost(i, j).min(cm.cost(j, i));
         if c.is_finite() { c } else { f32::MAX }
     };
-    let k = n.div_ceil(BLOCK);
+    let k = n.div_ceil(SUB);
     let mut landmarks = vec![0usize];
     let mut near: Vec<f32> = (0..n).map(|i| if i == 0 { 0.0 } else { d(0, i) }).collect();
     let mut owner = vec![0usize; n];

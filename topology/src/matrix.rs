@@ -2,12 +2,28 @@
 //!
 //! One `f32` per directed link in a row-major `n × n` array, `INFINITY` where a link may not be
 //! used (down, never measured, or a self-link). `f32` halves the memory traffic of `f64`, and
-//! the search only ever adds three terms, so its rounding stays far below a microsecond.
+//! every cost is a multiple of [`COST_QUANTUM`] so that the search's sums are exact.
+//!
+//! # Why quantised
+//! Float addition is not associative: `(x + p) + (y + p + z)` and `((x + p + y) + p) + z` may
+//! differ in the last bit. The search adds a path's links in whatever order its kernels find
+//! fastest, while hysteresis, backups and reports re-add them in path order; with every cost a
+//! multiple of 1/256 ms and every path below 2^16 ms, each of those sums is exact, so they all
+//! agree to the bit whatever the order. A 4 µs step is far below what any probe can measure.
 
 use crate::cost::{CostWeights, PriceBook};
 use crate::link::LinkHealth;
 use crate::site::SiteIdx;
 use crate::world::World;
+
+/// The step every cost is a multiple of, ms (1/256 ms, about 4 µs).
+pub const COST_QUANTUM: f32 = 1.0 / 256.0;
+
+/// Rounds a cost to the nearest multiple of [`COST_QUANTUM`] (infinity stays infinite).
+#[inline]
+pub fn quantize(c: f32) -> f32 {
+    (c * 256.0).round() / 256.0
+}
 
 /// Link costs, relay and endpoint eligibility, and link health flags, all dense.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,7 +69,7 @@ impl CostMatrix {
                     c += weights.stale_penalty_ms;
                 }
                 c += prices.cost_ms(&inv.sites()[a].provider, &inv.sites()[b].provider);
-                cost[a * n + b] = c as f32;
+                cost[a * n + b] = quantize(c as f32).max(COST_QUANTUM);
                 degraded[a * n + b] = view.health == LinkHealth::Degraded;
                 let se = weights.link_cost_se(&view.metrics);
                 if se > 0.0 {
@@ -71,7 +87,7 @@ impl CostMatrix {
             loss_cost,
             relay_ok: world.relay_mask(),
             endpoint_ok: world.endpoint_mask(),
-            relay_penalty: weights.relay_penalty_ms as f32,
+            relay_penalty: quantize(weights.relay_penalty_ms as f32),
         }
     }
 
@@ -90,6 +106,8 @@ impl CostMatrix {
         for (i, c) in cost.iter_mut().enumerate() {
             if i / n == i % n || !c.is_finite() || *c <= 0.0 {
                 *c = f32::INFINITY;
+            } else {
+                *c = quantize(*c).max(COST_QUANTUM);
             }
         }
         CostMatrix {
@@ -100,7 +118,7 @@ impl CostMatrix {
             loss_cost: None,
             relay_ok,
             endpoint_ok,
-            relay_penalty: relay_penalty.max(0.0),
+            relay_penalty: quantize(relay_penalty.max(0.0)),
         }
     }
 

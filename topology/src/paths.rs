@@ -7,15 +7,17 @@
 //! 1. `H1[s][b]`: the best and second-best paths from `s` to `b` with at most one relay (two
 //!    candidates with distinct relays, so that a backup can route around an excluded relay
 //!    without searching again);
-//! 2. `best[a][b] = min(H1[a][b], min_r L[a][r] + H1[r][b])` where `L` is a link cost plus the
-//!    relay penalty, `INFINITY` when `r` may not relay.
+//! 2. `best[a][b] = min(H1[a][b], min_r2 (H1[a][r2] + penalty) + C[r2][b])`, where `r2` runs
+//!    only over the sites whose best path from `a` is already relayed: a second relay in front
+//!    of `r2` cannot win unless it beats the direct link to `r2`.
 //!
-//! Each row `a` is computed on its own (rows run on every core), one block of
-//! [`BLOCK`] destinations at a time, with relays `r` visited in increasing `L[a][r]`. Two bounds
-//! prune almost all of the cube: a relay cannot help a destination once `L[a][r]` alone reaches
-//! the block's worst current cost, and it cannot help the block when `L[a][r]` plus the block's
-//! cheapest continuation from `r` (precomputed per block) does not beat that worst cost. The
-//! inner loop over a block is branch-free so that it compiles to SIMD.
+//! Each row `a` is computed on its own (rows run on every core), one block of [`BLOCK`]
+//! destinations at a time, with relays visited cheapest first and bounded per sub-block of
+//! [`SUB`] destinations: a relay cannot help once its first leg alone reaches the block's worst
+//! current cost, and it cannot help a sub-block when its first leg plus its cheapest
+//! continuation into the sub-block (precomputed) does not beat that sub-block's worst cost. The
+//! inner loop over a sub-block is branch-free so that it compiles to SIMD. Costs are multiples
+//! of [`crate::matrix::COST_QUANTUM`], so sums added in any order agree to the bit.
 //!
 //! Walks that revisit a site (`a→r→a→b`) are never chosen: every link costs more than zero, so
 //! such a walk costs more than the simple path inside it, which is always a candidate.
@@ -28,16 +30,19 @@ use crate::error::TopologyError;
 use crate::hysteresis::{Decision, HysteresisConfig, HysteresisState, PairMemory, SwitchReason, decide};
 use crate::kernels::{
     ABSENT, BackupResult, Backups, Grid, INF, NEG, NONE, OneRelay, block_minima, blocked, one_relay,
-    parallel_rows, sorted_relays, two_relay,
+    parallel_rows, second_relays, sorted_relays, two_relay,
 };
 use crate::locality::locality_order;
 use crate::matrix::CostMatrix;
 use crate::path::Path;
 use crate::site::SiteIdx;
 
-/// Destinations handled together by the inner loop: wide enough for SIMD, small enough that
-/// the block's worst cost stays a tight bound.
-pub const BLOCK: usize = 32;
+/// Destinations whose relay scan is shared: a relay list is walked once per source and block.
+pub const BLOCK: usize = 64;
+
+/// Destinations bounded and updated together: small enough that a sub-block's worst cost
+/// stays a tight bound, wide enough for SIMD.
+pub const SUB: usize = 8;
 
 /// How paths are searched.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -207,7 +212,10 @@ pub fn compute_routes(
         _ => Vec::new(),
     };
     let two = match &one {
-        Some(o) if max_relays == 2 => Some(two_relay(g, o, &relays, &bmin_h, threads)),
+        Some(o) if max_relays == 2 => {
+            let second = second_relays(g, o, &pm, threads);
+            Some(two_relay(g, o, &costs, &second, &bmin_c, threads))
+        }
         _ => None,
     };
     let search = Search {
@@ -314,16 +322,14 @@ impl Search<'_> {
     /// The best path found by the search, in positions.
     fn best_path(&self, ap: usize, bp: usize) -> Path {
         let (a16, b16) = (ap as SiteIdx, bp as SiteIdx);
-        let via = |r: usize| self.one.map_or(NONE, |o| o.m[self.g.at(r, bp)]);
+        let via = |to: usize| self.one.map_or(NONE, |o| o.m[self.g.at(ap, to)]);
         match self.two.map_or(NONE, |t| t.1[self.g.at(ap, bp)]) {
-            NONE => match via(ap) {
+            NONE => match via(bp) {
                 NONE => Path::new(&[a16, b16]),
                 r => Path::new(&[a16, r as SiteIdx, b16]),
             },
-            r1 => match via(r1 as usize) {
-                NONE => Path::new(&[a16, r1 as SiteIdx, b16]),
-                r2 => Path::new(&[a16, r1 as SiteIdx, r2 as SiteIdx, b16]),
-            },
+            // Step 2 records the last relay; the first is on the best path to it.
+            r2 => Path::new(&[a16, via(r2 as usize) as SiteIdx, r2 as SiteIdx, b16]),
         }
     }
 
