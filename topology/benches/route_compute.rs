@@ -8,7 +8,8 @@
 //! `petgraph_floyd_warshall/{N}` is petgraph's all-pairs shortest paths on the same costs
 //! (which computes less: no hop limit, no backups). A summary table is printed at the end.
 //!
-//! `AXON_BENCH_SIZES=50,200` limits the sizes.
+//! `AXON_BENCH_SIZES=50,200` limits the sizes; `AXON_BENCH_THREADS=1` runs the search on one
+//! thread.
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -128,6 +129,14 @@ fn mesh(n: usize, seed: u64) -> World {
     world
 }
 
+/// `AXON_BENCH_THREADS`: threads for the search (default 0, one per core).
+fn threads() -> usize {
+    std::env::var("AXON_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 fn sizes() -> Vec<usize> {
     match std::env::var("AXON_BENCH_SIZES") {
         Ok(v) => v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
@@ -143,7 +152,8 @@ fn bench(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(5));
     for n in sizes() {
         let world = mesh(n, 42);
-        let cfg = EngineConfig::default();
+        let mut cfg = EngineConfig::default();
+        cfg.paths.threads = threads();
         let mut engine = RouteEngine::new(cfg.clone(), Epoch(1), Version(1)).unwrap();
         // Warm the hysteresis memory so every iteration is a steady-state recomputation.
         engine.compute(&world, 0);
