@@ -96,11 +96,26 @@ fn sub_maxima(v: &Lanes<f32>) -> [f32; SUBS] {
 /// continuation into sub-block `q` beats that sub-block's worst current cost.
 #[inline(always)]
 fn hopeful(l: f32, bmin: &[f32], worst: &[f32; SUBS]) -> u32 {
+    // The sign bits of `l + bmin − worst`, gathered: LLVM makes this one vector subtraction
+    // and a `movmskps` per four sub-blocks (a `bool` per sub-block compiled to shuffles). An
+    // infinite bound minus an infinite worst is NaN, whose sign bit may be set: that only
+    // costs a visit that finds nothing.
     let mut bits = 0;
     for q in 0..SUBS {
-        bits |= u32::from(l + bmin[q] < worst[q]) << q;
+        bits |= ((l + bmin[q] - worst[q]).to_bits() >> 31) << q;
     }
     bits
+}
+
+/// Whether any lane of a sub-block would take a candidate `l + c`: one vector compare, no
+/// early exit (a short-circuiting `any` compiles to a branch per lane).
+#[inline(always)]
+fn any_better(l: f32, c: &[f32; SUB], best: &[f32; SUB]) -> bool {
+    let mut m = 0;
+    for j in 0..SUB {
+        m |= mask(l + c[j] < best[j]);
+    }
+    m != 0
 }
 
 /// Pops the lowest set bit: the next sub-block to visit.
@@ -201,37 +216,6 @@ fn relax_min(l: f32, r: u32, c: &[f32; SUB], best: &mut [f32; SUB], arg: &mut [u
     }
 }
 
-/// Relaxes one sub-block of backups with first relay `r1` (first leg `l`, source `a`): its
-/// continuation is the best ≤1-relay path from `r1` whose relay is neither `a` nor one of the
-/// primary's relays `x1`, `x2`, else the second best. Returns whether some lane had both
-/// excluded and must be searched in full.
-#[inline(always)]
-#[allow(clippy::type_complexity)]
-fn relax_backup(
-    (l, r1, a): (f32, u32, u32),
-    (x1, x2): (&[u32; SUB], &[u32; SUB]),
-    (h, m, hs, ms): (&[f32; SUB], &[u32; SUB], &[f32; SUB], &[u32; SUB]),
-    (best, b1, b2): (&mut [f32; SUB], &mut [u32; SUB], &mut [u32; SUB]),
-) -> bool {
-    // Stored per lane, not OR-reduced in the loop: a reduction there keeps LLVM from
-    // vectorising it.
-    let mut slow = [0u32; SUB];
-    for j in 0..SUB {
-        let skip = mask(r1 == x1[j]) | mask(r1 == x2[j]);
-        let bad_m = mask(m[j] == a) | mask(m[j] == x1[j]) | mask(m[j] == x2[j]);
-        let bad_ms = mask(ms[j] == a) | mask(ms[j] == x1[j]) | mask(ms[j] == x2[j]);
-        let cont = pickf(bad_m, pickf(bad_ms, INF, hs[j]), h[j]);
-        let r2 = pick(bad_m, ms[j], m[j]);
-        slow[j] = bad_m & bad_ms & !skip;
-        let cand = pickf(skip, INF, l + cont);
-        let lt = mask(cand < best[j]);
-        best[j] = pickf(lt, cand, best[j]);
-        b1[j] = pick(lt, r1, b1[j]);
-        b2[j] = pick(lt, r2, b2[j]);
-    }
-    slow.iter().fold(0, |acc, &x| acc | x) != 0
-}
-
 fn lanes<T>(slab: &[T], r: usize) -> &Lanes<T> {
     slab[r * BLOCK..(r + 1) * BLOCK]
         .try_into()
@@ -290,20 +274,34 @@ pub(crate) fn sorted_relays(cm: &CostMatrix, threads: usize) -> Vec<Vec<(f32, u3
     parallel_rows(
         out.iter_mut().collect(),
         threads,
-        || (),
-        |_, a, row: &mut Vec<(f32, u32)>| {
-            row.extend(
+        Vec::new,
+        |keys: &mut Vec<u64>, a, row: &mut Vec<(f32, u32)>| {
+            keys.clear();
+            keys.extend(
                 cm.row(a)
                     .iter()
                     .enumerate()
                     .filter(|&(r, c)| c.is_finite() && cm.relay_ok(r))
-                    .map(|(r, &c)| (c + p, r as u32)),
+                    .map(|(r, &c)| key(c + p, r as u32)),
             );
-            // Costs are positive, so their bit patterns sort like the numbers: one integer key.
-            row.sort_unstable_by_key(|&(c, r)| (u64::from(c.to_bits()) << 32) | u64::from(r));
+            keys.sort_unstable();
+            row.extend(keys.iter().map(|&k| unkey(k)));
         },
     );
     out
+}
+
+/// A cost and a site as one integer that sorts like `(cost, site)`: costs are positive, so
+/// their bit patterns sort like the numbers, and plain integers sort faster than tuples
+/// compared through a key function.
+#[inline]
+fn key(c: f32, r: u32) -> u64 {
+    (u64::from(c.to_bits()) << 32) | u64::from(r)
+}
+
+#[inline]
+fn unkey(k: u64) -> (f32, u32) {
+    (f32::from_bits((k >> 32) as u32), k as u32)
 }
 
 /// Best ≤1-relay paths from every site, and the best one through a different relay (or the
@@ -388,28 +386,53 @@ pub(crate) fn one_relay(
     o
 }
 
+/// A last relay worth a second relay in front of it, as seen from one source: everything the
+/// scans need about the source's best paths to it, so that they read one list in order
+/// instead of three matrices at random.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Second {
+    /// The best path to `r` plus the relay penalty: the cheapest first leg of `…→r→b`.
+    pub l: f32,
+    /// The last relay.
+    pub r: u32,
+    /// The relay of the best path to `r`.
+    pub f1: u32,
+    /// The relay of the second-best path to `r` (`NONE`: the direct link).
+    pub f2: u32,
+    /// The second-best path to `r` plus the relay penalty.
+    pub l2: f32,
+}
+
 /// The last relays worth a second relay in front of them, from every site: `r` whose best
-/// ≤1-relay path from the source is relayed, with that path's cost plus the relay penalty,
-/// cheapest first. A path `a→r1→r2→b` can only beat every ≤1-relay path when `a→r1→r2` beats
-/// the direct link `a→r2` (else `a→r2→b` is as good), so no other `r2` can help.
-pub(crate) fn second_relays(
-    g: Grid,
-    one: &OneRelay,
-    cm: &CostMatrix,
-    threads: usize,
-) -> Vec<Vec<(f32, u32)>> {
+/// ≤1-relay path from the source is relayed, cheapest first. A path `a→r1→r2→b` can only beat
+/// every ≤1-relay path when `a→r1→r2` beats the direct link `a→r2` (else `a→r2→b` is as good),
+/// so no other `r2` can help.
+pub(crate) fn second_relays(g: Grid, one: &OneRelay, cm: &CostMatrix, threads: usize) -> Vec<Vec<Second>> {
     let p = cm.relay_penalty();
-    let mut out: Vec<Vec<(f32, u32)>> = vec![Vec::new(); g.n];
+    let mut out: Vec<Vec<Second>> = vec![Vec::new(); g.n];
     parallel_rows(
         out.iter_mut().collect(),
         threads,
-        || (),
-        |_, a, row: &mut Vec<(f32, u32)>| {
-            row.extend((0..g.n).filter_map(|r| {
+        Vec::new,
+        |keys: &mut Vec<u64>, a, row: &mut Vec<Second>| {
+            keys.clear();
+            keys.extend((0..g.n).filter_map(|r| {
                 let i = g.at(a, r);
-                (one.m[i] != NONE && one.h[i].is_finite() && cm.relay_ok(r)).then(|| (one.h[i] + p, r as u32))
+                (one.m[i] != NONE && one.h[i].is_finite() && cm.relay_ok(r))
+                    .then(|| key(one.h[i] + p, r as u32))
             }));
-            row.sort_unstable_by_key(|&(c, r)| (u64::from(c.to_bits()) << 32) | u64::from(r));
+            keys.sort_unstable();
+            row.extend(keys.iter().map(|&k| {
+                let (l, r) = unkey(k);
+                let i = g.at(a, r as usize);
+                Second {
+                    l,
+                    r,
+                    f1: one.m[i],
+                    f2: one.ms[i],
+                    l2: one.hs[i] + p,
+                }
+            }));
         },
     );
     out
@@ -422,7 +445,7 @@ pub(crate) fn two_relay(
     g: Grid,
     one: &OneRelay,
     costs: &[f32],
-    second: &[Vec<(f32, u32)>],
+    second: &[Vec<Second>],
     bmin_c: &[f32],
     threads: usize,
 ) -> (Vec<f32>, Vec<u32>) {
@@ -446,7 +469,7 @@ pub(crate) fn two_relay(
                 let mut worst = sub_maxima(best);
                 let mut top = max8(&worst);
                 let mut passes = 0u32;
-                for &(l, r) in &second[a] {
+                for &Second { l, r, .. } in &second[a] {
                     if l >= top {
                         break;
                     }
@@ -474,21 +497,30 @@ pub(crate) fn two_relay(
 }
 
 /// The backup search: per pair, the best path whose relays avoid the primary's (`x1`, `x2`,
-/// [`ABSENT`] when missing) and the source itself, and that is not the direct link when the
-/// primary is. `x1`, `x2` and `init` are row-major with the padded stride; `init` holds the
-/// starting cost (an allowed path already known, `INFINITY`, or `NEG_INFINITY` for "no backup
-/// wanted") and `init_r1` that path's relay.
+/// [`ABSENT`] when missing) and that is not the primary itself.
+///
+/// `init` (row-major, padded stride) starts each pair at the best path with at most one relay
+/// that the backup may take — exact, found by the caller from the two best one-relay paths —
+/// or at `NEG_INFINITY` for "no backup wanted"; `init_r1` is that path's relay (`NONE` for the
+/// direct link). What is left is two-relay paths `a→r1→r2→b`, and as in step 2 only the `r2`
+/// whose best path from `a` is relayed can give one that beats every one-relay path avoiding
+/// the primary: otherwise `a→r2→b` is as good and just as allowed. The first leg to `r2` is the
+/// best path to it whose relay is allowed here, else the second best (if that one is direct,
+/// the candidate is the one-relay path `a→r2→b`, already counted); lanes where both are
+/// excluded are searched in full.
 pub(crate) struct Backups<'a> {
     pub g: Grid,
     pub cm: &'a CostMatrix,
     pub costs: &'a [f32],
-    pub one: Option<&'a OneRelay>,
-    pub bmin: &'a [f32],
+    pub bmin_c: &'a [f32],
+    /// Sources' relays, cheapest first (for the full search of slow lanes).
     pub relays: &'a [Vec<(f32, u32)>],
+    /// Last relays worth a relay in front, per source (see [`second_relays`]); `None` when
+    /// paths have at most one relay, so that `init` is the answer.
+    pub second: Option<&'a [Vec<Second>]>,
     pub x1: &'a [u32],
     pub x2: &'a [u32],
     pub init: &'a [f32],
-    /// The first relay of the path `init` costs (`NONE` for the direct link).
     pub init_r1: &'a [u32],
 }
 
@@ -497,6 +529,41 @@ pub(crate) struct BackupResult {
     pub cost: Vec<f32>,
     pub r1: Vec<u32>,
     pub r2: Vec<u32>,
+}
+
+/// Relaxes one sub-block of backups with last relay `r2`: `l1` is the first leg through the
+/// best path to `r2` (relay `f1`), `l2` through the second best (relay `f2`, maybe `NONE`);
+/// `d0` is the sub-block's first destination. Returns whether some lane had both first relays
+/// excluded and must be searched in full.
+#[inline(always)]
+#[allow(clippy::type_complexity)]
+fn relax_backup(
+    (l1, l2, r2, f1, f2, d0): (f32, f32, u32, u32, u32, u32),
+    (x1, x2): (&[u32; SUB], &[u32; SUB]),
+    c: &[f32; SUB],
+    (best, b1, b2): (&mut [f32; SUB], &mut [u32; SUB], &mut [u32; SUB]),
+) -> bool {
+    // Stored per lane, not OR-reduced in the loop: a reduction there keeps LLVM from
+    // vectorising it.
+    let mut slow = [0u32; SUB];
+    for j in 0..SUB {
+        let d = d0 + j as u32;
+        let skip = mask(r2 == x1[j]) | mask(r2 == x2[j]);
+        // A first relay is excluded when the primary uses it or it is the destination (a walk).
+        let bad1 = mask(f1 == x1[j]) | mask(f1 == x2[j]) | mask(f1 == d);
+        let bad2 = mask(f2 == x1[j]) | mask(f2 == x2[j]) | mask(f2 == d);
+        let first = pickf(bad1, pickf(bad2, INF, l2), l1);
+        let f = pick(bad1, f2, f1);
+        slow[j] = bad1 & bad2 & !skip;
+        let cand = pickf(skip, INF, first + c[j]);
+        let lt = mask(cand < best[j]);
+        best[j] = pickf(lt, cand, best[j]);
+        // A direct first leg makes `r2` the only relay.
+        let direct = mask(f == NONE);
+        b1[j] = pick(lt, pick(direct, r2, f), b1[j]);
+        b2[j] = pick(lt, pick(direct, NONE, r2), b2[j]);
+    }
+    slow.iter().fold(0, |acc, &x| acc | x) != 0
 }
 
 impl Backups<'_> {
@@ -524,82 +591,64 @@ impl Backups<'_> {
                     best.copy_from_slice(&self.init[row.clone()]);
                     let (b1, b2) = (lanes_mut(b1_rows, a - a0), lanes_mut(b2_rows, a - a0));
                     b1.copy_from_slice(&self.init_r1[row.clone()]);
-                    let x1: &Lanes<u32> = self.x1[row.clone()].try_into().expect("whole block");
-                    let x2: &Lanes<u32> = self.x2[row].try_into().expect("whole block");
-                    self.block(k, a, x1, x2, best, b1, b2);
+                    if let Some(second) = self.second {
+                        let x1: &Lanes<u32> = self.x1[row.clone()].try_into().expect("whole block");
+                        let x2: &Lanes<u32> = self.x2[row].try_into().expect("whole block");
+                        self.block(k, a, &second[a], (x1, x2), (best, b1, b2));
+                    }
                 }
             },
         );
         out
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::type_complexity)]
     fn block(
         &self,
         k: usize,
         a: usize,
-        x1: &Lanes<u32>,
-        x2: &Lanes<u32>,
-        best: &mut Lanes<f32>,
-        b1: &mut Lanes<u32>,
-        b2: &mut Lanes<u32>,
+        second: &[Second],
+        (x1, x2): (&Lanes<u32>, &Lanes<u32>),
+        (best, b1, b2): (&mut Lanes<f32>, &mut Lanes<u32>, &mut Lanes<u32>),
     ) {
         let (n, w) = (self.g.n, self.g.slab());
-        let bmin = &self.bmin[k * n * SUBS..(k + 1) * n * SUBS];
-        let a32 = a as u32;
+        let bmin = &self.bmin_c[k * n * SUBS..(k + 1) * n * SUBS];
+        let c_slab = &self.costs[k * w..(k + 1) * w];
         let mut worst = sub_maxima(best);
         let mut top = max8(&worst);
         let mut passes = 0u32;
-        for &(l, r1) in &self.relays[a] {
-            if l >= top {
+        for &Second {
+            l: l1,
+            r: r2,
+            f1,
+            f2,
+            l2,
+        } in second
+        {
+            if l1 >= top {
                 break;
             }
-            let mut bits = hopeful(l, bounds(bmin, r1 as usize), &worst);
+            // `l1` is the cheapest first leg to `r2`: a lower bound for every lane.
+            let mut bits = hopeful(l1, bounds(bmin, r2 as usize), &worst);
             if bits == 0 {
                 continue;
             }
-            let slab = k * w..(k + 1) * w;
-            let r = r1 as usize;
-            match self.one {
-                None => {
-                    let c = lanes(&self.costs[slab], r);
-                    while let Some(q) = next_sub(&mut bits) {
-                        let (x1, x2) = (sub(x1, q), sub(x2, q));
-                        let (c, best) = (sub(c, q), sub_mut(best, q));
-                        let (b1, b2) = (sub_mut(b1, q), sub_mut(b2, q));
-                        for j in 0..SUB {
-                            let skip = mask(r1 == x1[j]) | mask(r1 == x2[j]);
-                            let cand = pickf(skip, INF, l + c[j]);
-                            let lt = mask(cand < best[j]);
-                            best[j] = pickf(lt, cand, best[j]);
-                            b1[j] = pick(lt, r1, b1[j]);
-                            b2[j] = pick(lt, NONE, b2[j]);
-                        }
-                    }
+            let c = lanes(c_slab, r2 as usize);
+            while let Some(q) = next_sub(&mut bits) {
+                let (cq, bq) = (sub(c, q), sub(best, q));
+                // The cheapest first leg gives a lower bound: most visits end here.
+                if !any_better(l1, cq, bq) {
+                    continue;
                 }
-                Some(one) => {
-                    let h = lanes(&one.h[slab.clone()], r);
-                    let (m, hs, ms) = (
-                        lanes(&one.m[slab.clone()], r),
-                        lanes(&one.hs[slab.clone()], r),
-                        lanes(&one.ms[slab], r),
-                    );
-                    while let Some(q) = next_sub(&mut bits) {
-                        let (hq, bq) = (sub(h, q), sub(best, q));
-                        // The best continuation is a lower bound: most visits end here.
-                        if !(0..SUB).any(|j| l + hq[j] < bq[j]) {
-                            continue;
-                        }
-                        let slow = relax_backup(
-                            (l, r1, a32),
-                            (sub(x1, q), sub(x2, q)),
-                            (hq, sub(m, q), sub(hs, q), sub(ms, q)),
-                            (sub_mut(best, q), sub_mut(b1, q), sub_mut(b2, q)),
-                        );
-                        if slow {
-                            self.slow_lanes(k, q, a32, l, r1, (x1, x2), (m, ms), (best, b1, b2));
-                        }
-                    }
+                let d0 = (k * BLOCK + q * SUB) as u32;
+                let slow = relax_backup(
+                    (l1, l2, r2, f1, f2, d0),
+                    (sub(x1, q), sub(x2, q)),
+                    cq,
+                    (sub_mut(best, q), sub_mut(b1, q), sub_mut(b2, q)),
+                );
+                if slow {
+                    self.slow_lanes(k, q, a, r2, (f1, f2), (x1, x2), (best, b1, b2));
                 }
             }
             passes += 1;
@@ -610,46 +659,42 @@ impl Backups<'_> {
         }
     }
 
-    /// Lanes where both stored continuations from `r1` are excluded: search those in full.
+    /// Lanes where both stored first legs to `r2` are excluded: the best allowed first relay,
+    /// searched in full.
     #[cold]
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn slow_lanes(
         &self,
         k: usize,
         q: usize,
-        a: u32,
-        l: f32,
-        r1: u32,
+        a: usize,
+        r2: u32,
+        (f1, f2): (u32, u32),
         (x1, x2): (&Lanes<u32>, &Lanes<u32>),
-        (m, ms): (&Lanes<u32>, &Lanes<u32>),
         (best, b1, b2): (&mut Lanes<f32>, &mut Lanes<u32>, &mut Lanes<u32>),
     ) {
         let cm = self.cm;
+        let (r2u, p) = (r2 as usize, cm.relay_penalty());
         for j in q * SUB..(q + 1) * SUB {
             let b = k * BLOCK + j;
-            let bad = |r: u32| r == a || r == x1[j] || r == x2[j];
-            if b >= cm.len() || r1 == x1[j] || r1 == x2[j] || !bad(m[j]) || !bad(ms[j]) {
+            let bad = |r: u32| r == x1[j] || r == x2[j] || r as usize == b;
+            if b >= cm.len() || bad(r2) || !bad(f1) || !bad(f2) {
                 continue;
             }
-            let r1u = r1 as usize;
-            let mut cont = (cm.cost(r1u, b), NONE);
-            // Second relays cheapest first: none can help once its first leg alone costs as
-            // much as the continuation found (link costs are positive).
-            for &(l2, r2) in &self.relays[r1u] {
-                if l2 >= cont.0 {
+            let tail = p + cm.cost(r2u, b);
+            // First relays cheapest first: none can help once its first leg alone, plus the
+            // tail, reaches the best found.
+            for &(l, r1) in &self.relays[a] {
+                if l + tail >= best[j] {
                     break;
                 }
-                if r2 as usize == b || bad(r2) {
+                if r1 == r2 || bad(r1) {
                     continue;
                 }
-                let c = l2 + cm.cost(r2 as usize, b);
-                if c < cont.0 {
-                    cont = (c, r2);
+                let cand = l + cm.cost(r1 as usize, r2u) + tail;
+                if cand < best[j] {
+                    (best[j], b1[j], b2[j]) = (cand, r1, r2);
                 }
-            }
-            let cand = l + cont.0;
-            if cand < best[j] {
-                (best[j], b1[j], b2[j]) = (cand, r1, cont.1);
             }
         }
     }

@@ -207,15 +207,12 @@ pub fn compute_routes(
     let relays = sorted_relays(&pm, threads);
     let bmin_c = block_minima(g, &costs);
     let one = (max_relays >= 1).then(|| one_relay(g, &costs, &relays, &bmin_c, threads));
-    let bmin_h = match &one {
-        Some(o) if max_relays == 2 => block_minima(g, &o.h),
+    let second = match &one {
+        Some(o) if max_relays == 2 => second_relays(g, o, &pm, threads),
         _ => Vec::new(),
     };
     let two = match &one {
-        Some(o) if max_relays == 2 => {
-            let second = second_relays(g, o, &pm, threads);
-            Some(two_relay(g, o, &costs, &second, &bmin_c, threads))
-        }
+        Some(o) if max_relays == 2 => Some(two_relay(g, o, &costs, &second, &bmin_c, threads)),
         _ => None,
     };
     let search = Search {
@@ -227,6 +224,7 @@ pub fn compute_routes(
         max_relays,
         one: one.as_ref(),
         two: two.as_ref(),
+        relays: &relays,
     };
 
     // Memory rows of the hysteresis state, in search order.
@@ -260,14 +258,14 @@ pub fn compute_routes(
     );
 
     // Backups that avoid the chosen primaries.
-    let backups = (max_relays >= 1).then(|| {
+    let backups = one.as_ref().map(|_| {
         Backups {
             g,
             cm: &pm,
             costs: &costs,
-            one: one.as_ref().filter(|_| max_relays == 2),
-            bmin: if max_relays == 2 { &bmin_h } else { &bmin_c },
+            bmin_c: &bmin_c,
             relays: &relays,
+            second: (max_relays == 2).then_some(&second[..]),
             x1: &x1,
             x2: &x2,
             init: &init,
@@ -304,6 +302,7 @@ struct Search<'a> {
     max_relays: u8,
     one: Option<&'a OneRelay>,
     two: Option<&'a (Vec<f32>, Vec<u32>)>,
+    relays: &'a [Vec<(f32, u32)>],
 }
 
 impl Search<'_> {
@@ -409,9 +408,23 @@ impl Search<'_> {
             };
             if let Some(o) = self.one.filter(|_| !pick.0.is_none()) {
                 let i = self.g.at(ap, bp);
-                for (c, r) in [(o.h[i], o.m[i]), (o.hs[i], o.ms[i])] {
+                let tops = [(o.h[i], o.m[i]), (o.hs[i], o.ms[i])];
+                for (c, r) in tops {
                     if r != NONE && r != x1b && r != x2b && c < start.0 {
                         start = (c, r);
+                    }
+                }
+                // Both of the best two are relays of the primary (only a two-relay primary can
+                // do that): a third may still beat the direct link, so look for it.
+                if tops.iter().all(|&(_, r)| r == x1b || r == x2b) {
+                    for &(l, r) in &self.relays[ap] {
+                        if l >= start.0 {
+                            break;
+                        }
+                        let c = l + pm.cost(r as usize, bp);
+                        if r != x1b && r != x2b && c < start.0 {
+                            start = (c, r);
+                        }
                     }
                 }
             }
