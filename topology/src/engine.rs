@@ -14,7 +14,7 @@ use crate::error::TopologyError;
 use crate::hysteresis::{HysteresisConfig, HysteresisState};
 use crate::link::TimestampMs;
 use crate::matrix::CostMatrix;
-use crate::paths::{PathConfig, compute_routes};
+use crate::paths::{PathConfig, Scratch, compute_routes_in};
 use crate::site::SiteId;
 use crate::table::{Epoch, RouteTable, TableId, Version};
 use crate::world::World;
@@ -60,6 +60,7 @@ pub struct RouteEngine {
     last: Option<RouteTable>,
     epoch: Epoch,
     next_version: Version,
+    scratch: Scratch,
 }
 
 impl RouteEngine {
@@ -73,6 +74,7 @@ impl RouteEngine {
             last: None,
             epoch,
             next_version: first_version,
+            scratch: Scratch::default(),
         })
     }
 
@@ -110,10 +112,11 @@ impl RouteEngine {
     pub fn compute(&mut self, world: &World, now: TimestampMs) -> Computation {
         self.state.align(&world.inventory);
         let cm = CostMatrix::build(world, &self.cfg.cost, &self.cfg.prices);
-        let routes = compute_routes(
+        let routes = compute_routes_in(
             &cm,
             &self.cfg.paths,
             Some((&self.cfg.hysteresis, &mut self.state)),
+            &mut self.scratch,
         );
         let sites: Arc<[SiteId]> = match &self.last {
             Some(t) if t.sites().iter().eq(world.inventory.sites().iter().map(|s| &s.id)) => t.sites_arc(),
@@ -128,8 +131,10 @@ impl RouteEngine {
                 .zip(routes.pairs())
                 .all(|(x, y)| x.primary == y.primary && x.backup == y.backup)
         {
+            let table = last.clone();
+            self.scratch.recycle(routes);
             return Computation {
-                table: last.clone(),
+                table,
                 changed: false,
             };
         }

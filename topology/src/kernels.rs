@@ -229,8 +229,8 @@ fn lanes_mut<T>(slab: &mut [T], r: usize) -> &mut Lanes<T> {
 }
 
 /// A row-major matrix (`n × n`) in block-major layout, padding lanes `INFINITY`.
-pub(crate) fn blocked<'a>(g: Grid, row: impl Fn(usize) -> &'a [f32]) -> Vec<f32> {
-    let mut out = vec![INF; g.n * g.np()];
+pub(crate) fn blocked<'a>(g: Grid, row: impl Fn(usize) -> &'a [f32], out: &mut Vec<f32>) {
+    refill(out, g.n * g.np(), INF);
     for (k, slab) in out.chunks_mut(g.slab()).enumerate() {
         let lo = k * BLOCK;
         let hi = (lo + BLOCK).min(g.n);
@@ -238,7 +238,13 @@ pub(crate) fn blocked<'a>(g: Grid, row: impl Fn(usize) -> &'a [f32]) -> Vec<f32>
             lanes_mut(slab, r)[..hi - lo].copy_from_slice(&row(r)[lo..hi]);
         }
     }
-    out
+}
+
+/// Empties `v` and fills it with `len` copies of `x`, keeping its allocation: buffers are
+/// reused from one computation to the next, so the pages are already there.
+pub(crate) fn refill<T: Copy>(v: &mut Vec<T>, len: usize, x: T) {
+    v.clear();
+    v.resize(len, x);
 }
 
 /// Minimum over each sub-block's lanes of each row of a block-major matrix, stored
@@ -307,6 +313,7 @@ fn unkey(k: u64) -> (f32, u32) {
 /// Best ≤1-relay paths from every site, and the best one through a different relay (or the
 /// direct link), so a backup can step around one excluded relay without searching again.
 /// All four are block-major.
+#[derive(Debug, Default)]
 pub(crate) struct OneRelay {
     pub h: Vec<f32>,
     pub m: Vec<u32>,
@@ -321,14 +328,14 @@ pub(crate) fn one_relay(
     relays: &[Vec<(f32, u32)>],
     bmin_c: &[f32],
     threads: usize,
-) -> OneRelay {
+    o: &mut OneRelay,
+) {
     let n = g.n;
-    let mut o = OneRelay {
-        h: costs.to_vec(),
-        m: vec![NONE; costs.len()],
-        hs: vec![INF; costs.len()],
-        ms: vec![NONE; costs.len()],
-    };
+    o.h.clear();
+    o.h.extend_from_slice(costs);
+    refill(&mut o.m, costs.len(), NONE);
+    refill(&mut o.hs, costs.len(), INF);
+    refill(&mut o.ms, costs.len(), NONE);
     let w = g.slab();
     let work: Vec<_> = units(g, &mut o.h)
         .into_iter()
@@ -383,7 +390,6 @@ pub(crate) fn one_relay(
             }
         },
     );
-    o
 }
 
 /// A last relay worth a second relay in front of it, as seen from one source: everything the
@@ -448,12 +454,14 @@ pub(crate) fn two_relay(
     second: &[Vec<Second>],
     bmin_c: &[f32],
     threads: usize,
-) -> (Vec<f32>, Vec<u32>) {
+    (best, arg): &mut (Vec<f32>, Vec<u32>),
+) {
     let n = g.n;
     let w = g.slab();
-    let mut best = one.h.clone();
-    let mut arg = vec![NONE; best.len()];
-    let work: Vec<_> = units(g, &mut best).into_iter().zip(units(g, &mut arg)).collect();
+    best.clear();
+    best.extend_from_slice(&one.h);
+    refill(arg, best.len(), NONE);
+    let work: Vec<_> = units(g, best).into_iter().zip(units(g, arg)).collect();
     parallel_rows(
         work,
         threads,
@@ -493,7 +501,6 @@ pub(crate) fn two_relay(
             }
         },
     );
-    (best, arg)
 }
 
 /// The backup search: per pair, the best path whose relays avoid the primary's (`x1`, `x2`,
@@ -525,6 +532,7 @@ pub(crate) struct Backups<'a> {
 }
 
 /// Backup costs and relays, block-major.
+#[derive(Debug, Default)]
 pub(crate) struct BackupResult {
     pub cost: Vec<f32>,
     pub r1: Vec<u32>,
@@ -567,14 +575,12 @@ fn relax_backup(
 }
 
 impl Backups<'_> {
-    pub(crate) fn run(&self, threads: usize) -> BackupResult {
+    pub(crate) fn run(&self, threads: usize, out: &mut BackupResult) {
         let g = self.g;
         let len = g.n * g.np();
-        let mut out = BackupResult {
-            cost: vec![INF; len],
-            r1: vec![NONE; len],
-            r2: vec![NONE; len],
-        };
+        refill(&mut out.cost, len, INF);
+        refill(&mut out.r1, len, NONE);
+        refill(&mut out.r2, len, NONE);
         let work: Vec<_> = units(g, &mut out.cost)
             .into_iter()
             .zip(units(g, &mut out.r1))
@@ -599,7 +605,6 @@ impl Backups<'_> {
                 }
             },
         );
-        out
     }
 
     #[allow(clippy::type_complexity)]

@@ -40,7 +40,7 @@ pub use hysteresis::{HysteresisConfig, HysteresisState};
 pub use link::{LinkHealth, LinkState, LinkStateConfig, LinkView, LinkWindow, Liveness, Pool, TimestampMs};
 pub use matrix::CostMatrix;
 pub use path::Path;
-pub use paths::{PairRoute, PathConfig, Reason, Routes, compute_routes};
+pub use paths::{PairRoute, PathConfig, Reason, Routes, Scratch, compute_routes, compute_routes_in};
 pub use site::{Inventory, RegionId, Role, Site, SiteId, SiteIdx};
 pub use table::{Epoch, RouteEntry, RouteTable, SiteTable, TableDiff, TableId, Version};
 pub use whatif::{Change, WhatIfReport, what_if};

@@ -30,7 +30,7 @@ use crate::error::TopologyError;
 use crate::hysteresis::{Decision, HysteresisConfig, HysteresisState, PairMemory, SwitchReason, decide};
 use crate::kernels::{
     ABSENT, BackupResult, Backups, Grid, INF, NEG, NONE, OneRelay, block_minima, blocked, one_relay,
-    parallel_rows, second_relays, sorted_relays, two_relay,
+    parallel_rows, refill, second_relays, sorted_relays, two_relay,
 };
 use crate::locality::locality_order;
 use crate::matrix::CostMatrix;
@@ -184,6 +184,37 @@ type ChosenRow<'a> = (
 /// A pair's chosen primary (in site numbering), its cost and why.
 type Chosen = (Path, f32, Reason);
 
+/// Buffers of a computation, kept from one computation to the next: a 1,000-site mesh needs
+/// about 150 MB of working arrays, and asking the kernel for that many fresh zeroed pages
+/// every second costs more than a tenth of the computation. Holds no result: a clone is empty.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    costs: Vec<f32>,
+    one: OneRelay,
+    two: (Vec<f32>, Vec<u32>),
+    backups: BackupResult,
+    x1: Vec<u32>,
+    x2: Vec<u32>,
+    init: Vec<f32>,
+    init_r1: Vec<u32>,
+    chosen: Vec<Chosen>,
+    pairs: Vec<PairRoute>,
+}
+
+impl Clone for Scratch {
+    fn clone(&self) -> Self {
+        Scratch::default()
+    }
+}
+
+impl Scratch {
+    /// Takes back the rows of routes no longer needed (a computation whose result changed
+    /// nothing), so that the next computation writes into them.
+    pub fn recycle(&mut self, routes: Routes) {
+        self.pairs = routes.pairs;
+    }
+}
+
 /// Computes every pair's primary and backup. With `hysteresis`, primaries follow the
 /// hysteresis rules and the state is updated; without, the best path is always taken.
 pub fn compute_routes(
@@ -191,6 +222,28 @@ pub fn compute_routes(
     cfg: &PathConfig,
     hysteresis: Option<(&HysteresisConfig, &mut HysteresisState)>,
 ) -> Routes {
+    compute_routes_in(cm, cfg, hysteresis, &mut Scratch::default())
+}
+
+/// [`compute_routes`] with buffers kept by the caller between computations.
+pub fn compute_routes_in(
+    cm: &CostMatrix,
+    cfg: &PathConfig,
+    hysteresis: Option<(&HysteresisConfig, &mut HysteresisState)>,
+    scratch: &mut Scratch,
+) -> Routes {
+    let Scratch {
+        costs,
+        one,
+        two,
+        backups,
+        x1,
+        x2,
+        init,
+        init_r1,
+        chosen,
+        pairs,
+    } = scratch;
     let n = cm.len();
     let threads = cfg.thread_count(n);
     let max_relays = cfg.max_relays.min(2);
@@ -203,18 +256,31 @@ pub fn compute_routes(
     let pm = cm.permuted(&order);
     let g = Grid::new(n);
     let np = g.np();
-    let costs = blocked(g, |r| pm.row(r));
+    blocked(g, |r| pm.row(r), costs);
+    let costs = &costs[..];
     let relays = sorted_relays(&pm, threads);
-    let bmin_c = block_minima(g, &costs);
-    let one = (max_relays >= 1).then(|| one_relay(g, &costs, &relays, &bmin_c, threads));
-    let second = match &one {
+    let bmin_c = block_minima(g, costs);
+    if max_relays >= 1 {
+        one_relay(g, costs, &relays, &bmin_c, threads, one);
+    }
+    let one = (max_relays >= 1).then_some(&*one);
+    let second = match one {
         Some(o) if max_relays == 2 => second_relays(g, o, &pm, threads),
         _ => Vec::new(),
     };
-    let two = match &one {
-        Some(o) if max_relays == 2 => Some(two_relay(g, o, &costs, &second, &bmin_c, threads)),
+    let two = match one {
+        Some(o) if max_relays == 2 => {
+            two_relay(g, o, costs, &second, &bmin_c, threads, two);
+            Some(&*two)
+        }
         _ => None,
     };
+    let mut min_in = vec![INF; n];
+    for r in (0..n).filter(|&r| pm.relay_ok(r)) {
+        for (m, &c) in min_in.iter_mut().zip(pm.row(r)) {
+            *m = if c < *m { c } else { *m };
+        }
+    }
     let search = Search {
         cm,
         pm: &pm,
@@ -222,9 +288,11 @@ pub fn compute_routes(
         order: &order,
         pos: &pos,
         max_relays,
-        one: one.as_ref(),
-        two: two.as_ref(),
+        one,
+        two,
         relays: &relays,
+        min_in: &min_in,
+        costs,
     };
 
     // Memory rows of the hysteresis state, in search order.
@@ -240,9 +308,11 @@ pub fn compute_routes(
         order.iter().map(|&o| mem_by_site[o as usize].take()).collect();
 
     // Choose every pair's primary (hysteresis needs the candidate and the old backup).
-    let mut chosen: Vec<Chosen> = vec![(Path::NONE, INF, Reason::NoRoute); n * n];
-    let (mut x1, mut x2) = (vec![ABSENT; n * np], vec![ABSENT; n * np]);
-    let (mut init, mut init_r1) = (vec![NEG; n * np], vec![NONE; n * np]);
+    refill(chosen, n * n, (Path::NONE, INF, Reason::NoRoute));
+    refill(x1, n * np, ABSENT);
+    refill(x2, n * np, ABSENT);
+    refill(init, n * np, NEG);
+    refill(init_r1, n * np, NONE);
     let rows: Vec<(ChosenRow<'_>, Option<&mut [PairMemory]>)> = chosen
         .chunks_mut(n.max(1))
         .zip(x1.chunks_mut(np.max(1)).zip(x2.chunks_mut(np.max(1))))
@@ -258,23 +328,25 @@ pub fn compute_routes(
     );
 
     // Backups that avoid the chosen primaries.
-    let backups = one.as_ref().map(|_| {
+    let backups = one.map(|_| {
         Backups {
             g,
             cm: &pm,
-            costs: &costs,
+            costs,
             bmin_c: &bmin_c,
             relays: &relays,
             second: (max_relays == 2).then_some(&second[..]),
-            x1: &x1,
-            x2: &x2,
-            init: &init,
-            init_r1: &init_r1,
+            x1,
+            x2,
+            init,
+            init_r1,
         }
-        .run(threads)
+        .run(threads, backups);
+        &*backups
     });
 
-    let mut pairs = vec![PairRoute::UNREACHABLE; n * n];
+    let mut pairs = std::mem::take(pairs);
+    refill(&mut pairs, n * n, PairRoute::UNREACHABLE);
     let mut out_by_site: Vec<Option<&mut [PairRoute]>> = pairs.chunks_mut(n.max(1)).map(Some).collect();
     let rows: Vec<_> = order
         .iter()
@@ -286,7 +358,7 @@ pub fn compute_routes(
         rows,
         threads,
         || (),
-        |_, ap, ((out, chosen), mem)| search.assemble(hcfg, ap, chosen, backups.as_ref(), out, mem),
+        |_, ap, ((out, chosen), mem)| search.assemble(hcfg, ap, chosen, backups, out, mem),
     );
     Routes { n, pairs }
 }
@@ -303,6 +375,11 @@ struct Search<'a> {
     one: Option<&'a OneRelay>,
     two: Option<&'a (Vec<f32>, Vec<u32>)>,
     relays: &'a [Vec<(f32, u32)>],
+    /// The cheapest link into each site from a relay: a lower bound on any path's last leg.
+    min_in: &'a [f32],
+    /// Link costs, block-major: a destination's column is read from one block's slab, which
+    /// stays in cache, where the row-major matrix would cost a miss per relay.
+    costs: &'a [f32],
 }
 
 impl Search<'_> {
@@ -418,10 +495,10 @@ impl Search<'_> {
                 // do that): a third may still beat the direct link, so look for it.
                 if tops.iter().all(|&(_, r)| r == x1b || r == x2b) {
                     for &(l, r) in &self.relays[ap] {
-                        if l >= start.0 {
+                        if l + self.min_in[bp] >= start.0 {
                             break;
                         }
-                        let c = l + pm.cost(r as usize, bp);
+                        let c = l + self.costs[self.g.at(r as usize, bp)];
                         if r != x1b && r != x2b && c < start.0 {
                             start = (c, r);
                         }
