@@ -272,29 +272,78 @@ fn bounds(bmin: &[f32], r: usize) -> &[f32] {
     &bmin[r * SUBS..(r + 1) * SUBS]
 }
 
-/// Relays usable from every site, with their first-leg cost (link + penalty), cheapest first.
-pub(crate) fn sorted_relays(cm: &CostMatrix, threads: usize) -> Vec<Vec<(f32, u32)>> {
-    let n = cm.len();
-    let p = cm.relay_penalty();
-    let mut out: Vec<Vec<(f32, u32)>> = vec![Vec::new(); n];
-    parallel_rows(
-        out.iter_mut().collect(),
-        threads,
-        Vec::new,
-        |keys: &mut Vec<u64>, a, row: &mut Vec<(f32, u32)>| {
-            keys.clear();
-            keys.extend(
-                cm.row(a)
-                    .iter()
-                    .enumerate()
-                    .filter(|&(r, c)| c.is_finite() && cm.relay_ok(r))
-                    .map(|(r, &c)| key(c + p, r as u32)),
-            );
-            keys.sort_unstable();
-            row.extend(keys.iter().map(|&k| unkey(k)));
-        },
-    );
-    out
+/// What every group of sources shares: the renumbered cost matrix, its block-major copy and
+/// the sub-block minima of that copy.
+pub(crate) struct Shared<'a> {
+    pub g: Grid,
+    pub cm: &'a CostMatrix,
+    pub costs: &'a [f32],
+    pub bmin_c: &'a [f32],
+}
+
+/// Sources processed together, through every step, by one thread. Every step for a source
+/// reads only that source's rows and the shared cost matrix, so a group goes from link costs to
+/// routes without waiting for any other, and its working rows stay in cache between the steps
+/// instead of making round trips through mesh-sized matrices. Thirty-two sources share each
+/// visit to a block's slab of the cost matrix.
+pub(crate) const GROUP: usize = 32;
+
+/// A last relay worth a second relay in front of it, as seen from one source: everything the
+/// scans need about the source's best paths to it, so that they read one list in order
+/// instead of three rows at random.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Second {
+    /// The best path to `r` plus the relay penalty: the cheapest first leg of `…→r→b`.
+    pub l: f32,
+    /// The last relay.
+    pub r: u32,
+    /// The relay of the best path to `r`.
+    pub f1: u32,
+    /// The relay of the second-best path to `r` (`NONE`: the direct link).
+    pub f2: u32,
+    /// The second-best path to `r` plus the relay penalty.
+    pub l2: f32,
+}
+
+/// The search results of a group's sources: row `i` of each array (`np` long, by destination
+/// position) belongs to the group's `i`-th source.
+#[derive(Debug, Default)]
+pub(crate) struct Steps {
+    /// Relays usable from each source with their first leg (link + penalty), cheapest first.
+    pub relays: Vec<Vec<(f32, u32)>>,
+    /// Step 1: the best ≤1-relay path and its relay (`NONE`: direct), and the best one through
+    /// a different relay or the direct link, so a backup can step around one excluded relay
+    /// without searching again.
+    pub h: Vec<f32>,
+    pub m: Vec<u32>,
+    pub hs: Vec<f32>,
+    pub ms: Vec<u32>,
+    /// Last relays worth a second relay in front, per source, cheapest first.
+    pub second: Vec<Vec<Second>>,
+    /// Step 2: the best ≤2-relay path and its last relay (`NONE`: step 1's path is best).
+    pub best: Vec<f32>,
+    pub arg: Vec<u32>,
+    keys: Vec<u64>,
+}
+
+/// What the backup search starts from, per pair, written by the caller once primaries are
+/// chosen: the primary's relays (`x1`, `x2`, [`ABSENT`] when missing), and the best path with
+/// at most one relay that the backup may take (`init`, `NEG_INFINITY` for "no backup wanted")
+/// with its relay (`init_r1`, `NONE` for the direct link).
+#[derive(Debug, Default)]
+pub(crate) struct BackupStart {
+    pub x1: Vec<u32>,
+    pub x2: Vec<u32>,
+    pub init: Vec<f32>,
+    pub init_r1: Vec<u32>,
+}
+
+/// Backup costs and relays (`r1` first, `r2` second or `NONE`), per pair.
+#[derive(Debug, Default)]
+pub(crate) struct BackupResult {
+    pub cost: Vec<f32>,
+    pub r1: Vec<u32>,
+    pub r2: Vec<u32>,
 }
 
 /// A cost and a site as one integer that sorts like `(cost, site)`: costs are positive, so
@@ -310,56 +359,70 @@ fn unkey(k: u64) -> (f32, u32) {
     (f32::from_bits((k >> 32) as u32), k as u32)
 }
 
-/// Best ≤1-relay paths from every site, and the best one through a different relay (or the
-/// direct link), so a backup can step around one excluded relay without searching again.
-/// All four are block-major.
-#[derive(Debug, Default)]
-pub(crate) struct OneRelay {
-    pub h: Vec<f32>,
-    pub m: Vec<u32>,
-    pub hs: Vec<f32>,
-    pub ms: Vec<u32>,
+/// Row `i` of a group array.
+#[inline(always)]
+fn row<T>(v: &[T], np: usize, i: usize) -> &[T] {
+    &v[i * np..(i + 1) * np]
 }
 
-/// Step 1: for every source, the best and second-best paths with at most one relay.
-pub(crate) fn one_relay(
-    g: Grid,
-    costs: &[f32],
-    relays: &[Vec<(f32, u32)>],
-    bmin_c: &[f32],
-    threads: usize,
-    o: &mut OneRelay,
-) {
-    let n = g.n;
-    o.h.clear();
-    o.h.extend_from_slice(costs);
-    refill(&mut o.m, costs.len(), NONE);
-    refill(&mut o.hs, costs.len(), INF);
-    refill(&mut o.ms, costs.len(), NONE);
-    let w = g.slab();
-    let work: Vec<_> = units(g, &mut o.h)
-        .into_iter()
-        .zip(units(g, &mut o.m))
-        .zip(units(g, &mut o.hs))
-        .zip(units(g, &mut o.ms))
-        .collect();
-    parallel_rows(
-        work,
-        threads,
-        || (),
-        |_, _, ((((k, s0, h_rows), (.., m_rows)), (.., hs_rows)), (.., ms_rows))| {
-            let c_slab = &costs[k * w..(k + 1) * w];
-            let bmin = &bmin_c[k * n * SUBS..(k + 1) * n * SUBS];
-            for s in s0..s0 + h_rows.len() / BLOCK {
-                let (h, m) = (lanes_mut(h_rows, s - s0), lanes_mut(m_rows, s - s0));
-                let (hs, ms) = (lanes_mut(hs_rows, s - s0), lanes_mut(ms_rows, s - s0));
+#[inline(always)]
+fn row_mut<T>(v: &mut [T], np: usize, i: usize) -> &mut [T] {
+    &mut v[i * np..(i + 1) * np]
+}
+
+impl Steps {
+    /// Sizes the rows for `rows` sources from `s0` and sorts their relays.
+    pub(crate) fn prepare(&mut self, sh: &Shared<'_>, s0: usize, rows: usize) {
+        let len = rows * sh.g.np();
+        for v in [&mut self.m, &mut self.ms, &mut self.arg] {
+            refill(v, len, NONE);
+        }
+        for v in [&mut self.h, &mut self.hs, &mut self.best] {
+            refill(v, len, INF);
+        }
+        let cm = sh.cm;
+        let p = cm.relay_penalty();
+        self.relays.resize_with(rows, Vec::new);
+        for (i, out) in self.relays.iter_mut().enumerate() {
+            let keys = &mut self.keys;
+            keys.clear();
+            keys.extend(
+                cm.row(s0 + i)
+                    .iter()
+                    .enumerate()
+                    .filter(|&(r, c)| c.is_finite() && cm.relay_ok(r))
+                    .map(|(r, &c)| key(c + p, r as u32)),
+            );
+            keys.sort_unstable();
+            out.clear();
+            out.extend(keys.iter().map(|&k| unkey(k)));
+        }
+    }
+
+    /// Step 1: for every source of the group, the best and second-best paths with at most
+    /// one relay.
+    pub(crate) fn one_relay(&mut self, sh: &Shared<'_>, s0: usize, rows: usize) {
+        let (g, np, w, n) = (sh.g, sh.g.np(), sh.g.slab(), sh.g.n);
+        let Steps {
+            relays, h, m, hs, ms, ..
+        } = self;
+        for k in 0..g.nblk {
+            let c_slab = &sh.costs[k * w..(k + 1) * w];
+            let bmin = &sh.bmin_c[k * n * SUBS..(k + 1) * n * SUBS];
+            for (i, relays) in relays.iter().enumerate().take(rows) {
+                let s = s0 + i;
+                let h = lanes_mut(row_mut(h, np, i), k);
+                let m = lanes_mut(row_mut(m, np, i), k);
+                let hs = lanes_mut(row_mut(hs, np, i), k);
+                let ms = lanes_mut(row_mut(ms, np, i), k);
+                *h = *lanes(c_slab, s);
                 for j in g.dead_lanes(k, s) {
                     (h[j], hs[j]) = (NEG, NEG);
                 }
                 let mut worst = sub_maxima(hs);
                 let mut top = max8(&worst);
                 let mut passes = 0u32;
-                for &(l, r) in &relays[s] {
+                for &(l, r) in relays {
                     if l >= top {
                         break;
                     }
@@ -388,96 +451,72 @@ pub(crate) fn one_relay(
                     (h[j], hs[j], m[j], ms[j]) = (INF, INF, NONE, NONE);
                 }
             }
-        },
-    );
-}
+        }
+    }
 
-/// A last relay worth a second relay in front of it, as seen from one source: everything the
-/// scans need about the source's best paths to it, so that they read one list in order
-/// instead of three matrices at random.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Second {
-    /// The best path to `r` plus the relay penalty: the cheapest first leg of `…→r→b`.
-    pub l: f32,
-    /// The last relay.
-    pub r: u32,
-    /// The relay of the best path to `r`.
-    pub f1: u32,
-    /// The relay of the second-best path to `r` (`NONE`: the direct link).
-    pub f2: u32,
-    /// The second-best path to `r` plus the relay penalty.
-    pub l2: f32,
-}
-
-/// The last relays worth a second relay in front of them, from every site: `r` whose best
-/// ≤1-relay path from the source is relayed, cheapest first. A path `a→r1→r2→b` can only beat
-/// every ≤1-relay path when `a→r1→r2` beats the direct link `a→r2` (else `a→r2→b` is as good),
-/// so no other `r2` can help.
-pub(crate) fn second_relays(g: Grid, one: &OneRelay, cm: &CostMatrix, threads: usize) -> Vec<Vec<Second>> {
-    let p = cm.relay_penalty();
-    let mut out: Vec<Vec<Second>> = vec![Vec::new(); g.n];
-    parallel_rows(
-        out.iter_mut().collect(),
-        threads,
-        Vec::new,
-        |keys: &mut Vec<u64>, a, row: &mut Vec<Second>| {
+    /// The last relays worth a second relay in front of them, from each source: `r` whose
+    /// best ≤1-relay path is relayed, cheapest first. A path `a→r1→r2→b` can only beat every
+    /// ≤1-relay path when `a→r1→r2` beats the direct link `a→r2` (else `a→r2→b` is as good),
+    /// so no other `r2` can help.
+    pub(crate) fn second_relays(&mut self, sh: &Shared<'_>, rows: usize) {
+        let (n, np, p) = (sh.g.n, sh.g.np(), sh.cm.relay_penalty());
+        let Steps {
+            h,
+            m,
+            hs,
+            ms,
+            second,
+            keys,
+            ..
+        } = self;
+        second.resize_with(rows, Vec::new);
+        for (i, out) in second.iter_mut().enumerate() {
+            let (h, m, hs, ms) = (row(h, np, i), row(m, np, i), row(hs, np, i), row(ms, np, i));
             keys.clear();
-            keys.extend((0..g.n).filter_map(|r| {
-                let i = g.at(a, r);
-                (one.m[i] != NONE && one.h[i].is_finite() && cm.relay_ok(r))
-                    .then(|| key(one.h[i] + p, r as u32))
-            }));
+            keys.extend(
+                (0..n)
+                    .filter(|&r| m[r] != NONE && h[r].is_finite() && sh.cm.relay_ok(r))
+                    .map(|r| key(h[r] + p, r as u32)),
+            );
             keys.sort_unstable();
-            row.extend(keys.iter().map(|&k| {
+            out.clear();
+            out.extend(keys.iter().map(|&k| {
                 let (l, r) = unkey(k);
-                let i = g.at(a, r as usize);
+                let r_ = r as usize;
                 Second {
                     l,
                     r,
-                    f1: one.m[i],
-                    f2: one.ms[i],
-                    l2: one.hs[i] + p,
+                    f1: m[r_],
+                    f2: ms[r_],
+                    l2: hs[r_] + p,
                 }
             }));
-        },
-    );
-    out
-}
+        }
+    }
 
-/// Step 2: `best[a][b] = min(H[a][b], min_r2 (H[a][r2] + penalty) + C[r2][b])` over the relays
-/// of [`second_relays`], with the winning last relay in `arg` (`NONE` when no second relay
-/// helps; the first relay is then `H`'s relay from `a` to `r2`). Block-major.
-pub(crate) fn two_relay(
-    g: Grid,
-    one: &OneRelay,
-    costs: &[f32],
-    second: &[Vec<Second>],
-    bmin_c: &[f32],
-    threads: usize,
-    (best, arg): &mut (Vec<f32>, Vec<u32>),
-) {
-    let n = g.n;
-    let w = g.slab();
-    best.clear();
-    best.extend_from_slice(&one.h);
-    refill(arg, best.len(), NONE);
-    let work: Vec<_> = units(g, best).into_iter().zip(units(g, arg)).collect();
-    parallel_rows(
-        work,
-        threads,
-        || (),
-        |_, _, ((k, a0, best_rows), (.., arg_rows))| {
-            let c_slab = &costs[k * w..(k + 1) * w];
-            let bmin = &bmin_c[k * n * SUBS..(k + 1) * n * SUBS];
-            for a in a0..a0 + best_rows.len() / BLOCK {
-                let (best, arg) = (lanes_mut(best_rows, a - a0), lanes_mut(arg_rows, a - a0));
+    /// Step 2: `best[a][b] = min(H[a][b], min_r2 (H[a][r2] + penalty) + C[r2][b])` over the
+    /// relays of [`Steps::second_relays`], with the winning last relay in `arg` (`NONE` when no
+    /// second relay helps; the first relay is then `H`'s relay from `a` to `r2`).
+    pub(crate) fn two_relay(&mut self, sh: &Shared<'_>, s0: usize, rows: usize) {
+        let (g, np, w, n) = (sh.g, sh.g.np(), sh.g.slab(), sh.g.n);
+        let Steps {
+            h, second, best, arg, ..
+        } = self;
+        for k in 0..g.nblk {
+            let c_slab = &sh.costs[k * w..(k + 1) * w];
+            let bmin = &sh.bmin_c[k * n * SUBS..(k + 1) * n * SUBS];
+            for (i, second) in second.iter().enumerate().take(rows) {
+                let a = s0 + i;
+                let best = lanes_mut(row_mut(best, np, i), k);
+                let arg = lanes_mut(row_mut(arg, np, i), k);
+                *best = *lanes(row(h, np, i), k);
                 for j in g.dead_lanes(k, a) {
                     best[j] = NEG;
                 }
                 let mut worst = sub_maxima(best);
                 let mut top = max8(&worst);
                 let mut passes = 0u32;
-                for &Second { l, r, .. } in &second[a] {
+                for &Second { l, r, .. } in second {
                     if l >= top {
                         break;
                     }
@@ -499,44 +538,8 @@ pub(crate) fn two_relay(
                     (best[j], arg[j]) = (INF, NONE);
                 }
             }
-        },
-    );
-}
-
-/// The backup search: per pair, the best path whose relays avoid the primary's (`x1`, `x2`,
-/// [`ABSENT`] when missing) and that is not the primary itself.
-///
-/// `init` (row-major, padded stride) starts each pair at the best path with at most one relay
-/// that the backup may take — exact, found by the caller from the two best one-relay paths —
-/// or at `NEG_INFINITY` for "no backup wanted"; `init_r1` is that path's relay (`NONE` for the
-/// direct link). What is left is two-relay paths `a→r1→r2→b`, and as in step 2 only the `r2`
-/// whose best path from `a` is relayed can give one that beats every one-relay path avoiding
-/// the primary: otherwise `a→r2→b` is as good and just as allowed. The first leg to `r2` is the
-/// best path to it whose relay is allowed here, else the second best (if that one is direct,
-/// the candidate is the one-relay path `a→r2→b`, already counted); lanes where both are
-/// excluded are searched in full.
-pub(crate) struct Backups<'a> {
-    pub g: Grid,
-    pub cm: &'a CostMatrix,
-    pub costs: &'a [f32],
-    pub bmin_c: &'a [f32],
-    /// Sources' relays, cheapest first (for the full search of slow lanes).
-    pub relays: &'a [Vec<(f32, u32)>],
-    /// Last relays worth a relay in front, per source (see [`second_relays`]); `None` when
-    /// paths have at most one relay, so that `init` is the answer.
-    pub second: Option<&'a [Vec<Second>]>,
-    pub x1: &'a [u32],
-    pub x2: &'a [u32],
-    pub init: &'a [f32],
-    pub init_r1: &'a [u32],
-}
-
-/// Backup costs and relays, block-major.
-#[derive(Debug, Default)]
-pub(crate) struct BackupResult {
-    pub cost: Vec<f32>,
-    pub r1: Vec<u32>,
-    pub r2: Vec<u32>,
+        }
+    }
 }
 
 /// Relaxes one sub-block of backups with last relay `r2`: `l1` is the first leg through the
@@ -574,152 +577,151 @@ fn relax_backup(
     slow.iter().fold(0, |acc, &x| acc | x) != 0
 }
 
-impl Backups<'_> {
-    pub(crate) fn run(&self, threads: usize, out: &mut BackupResult) {
-        let g = self.g;
-        let len = g.n * g.np();
-        refill(&mut out.cost, len, INF);
-        refill(&mut out.r1, len, NONE);
-        refill(&mut out.r2, len, NONE);
-        let work: Vec<_> = units(g, &mut out.cost)
-            .into_iter()
-            .zip(units(g, &mut out.r1))
-            .zip(units(g, &mut out.r2))
-            .collect();
-        parallel_rows(
-            work,
-            threads,
-            || (),
-            |_, _, (((k, a0, c_rows), (.., b1_rows)), (.., b2_rows))| {
-                for a in a0..a0 + c_rows.len() / BLOCK {
-                    let row = a * g.np() + k * BLOCK..a * g.np() + (k + 1) * BLOCK;
-                    let best = lanes_mut(c_rows, a - a0);
-                    best.copy_from_slice(&self.init[row.clone()]);
-                    let (b1, b2) = (lanes_mut(b1_rows, a - a0), lanes_mut(b2_rows, a - a0));
-                    b1.copy_from_slice(&self.init_r1[row.clone()]);
-                    if let Some(second) = self.second {
-                        let x1: &Lanes<u32> = self.x1[row.clone()].try_into().expect("whole block");
-                        let x2: &Lanes<u32> = self.x2[row].try_into().expect("whole block");
-                        self.block(k, a, &second[a], (x1, x2), (best, b1, b2));
-                    }
-                }
-            },
-        );
+/// The backup search: per pair, the best path whose relays avoid the primary's and that is not
+/// the primary itself.
+///
+/// [`BackupStart`] starts each pair at the best path with at most one relay that the backup
+/// may take — exact, found by the caller from the two best one-relay paths. What is left is
+/// two-relay paths `a→r1→r2→b`, and as in step 2 only the `r2` whose best path from `a` is
+/// relayed can give one that beats every one-relay path avoiding the primary: otherwise
+/// `a→r2→b` is as good and just as allowed. The first leg to `r2` is the best path to it whose
+/// relay is allowed here, else the second best (if that one is direct, the candidate is the
+/// one-relay path `a→r2→b`, already counted); lanes where both are excluded are searched in
+/// full. With at most one relay per path, the start is the answer.
+pub(crate) fn backups(
+    sh: &Shared<'_>,
+    st: &Steps,
+    start: &BackupStart,
+    (s0, rows, two_relays): (usize, usize, bool),
+    out: &mut BackupResult,
+) {
+    let (g, np, w, n) = (sh.g, sh.g.np(), sh.g.slab(), sh.g.n);
+    out.cost.clear();
+    out.cost.extend_from_slice(&start.init[..rows * np]);
+    out.r1.clear();
+    out.r1.extend_from_slice(&start.init_r1[..rows * np]);
+    refill(&mut out.r2, rows * np, NONE);
+    if !two_relays {
+        return;
     }
-
-    #[allow(clippy::type_complexity)]
-    fn block(
-        &self,
-        k: usize,
-        a: usize,
-        second: &[Second],
-        (x1, x2): (&Lanes<u32>, &Lanes<u32>),
-        (best, b1, b2): (&mut Lanes<f32>, &mut Lanes<u32>, &mut Lanes<u32>),
-    ) {
-        let (n, w) = (self.g.n, self.g.slab());
-        let bmin = &self.bmin_c[k * n * SUBS..(k + 1) * n * SUBS];
-        let c_slab = &self.costs[k * w..(k + 1) * w];
-        let mut worst = sub_maxima(best);
-        let mut top = max8(&worst);
-        let mut passes = 0u32;
-        for &Second {
-            l: l1,
-            r: r2,
-            f1,
-            f2,
-            l2,
-        } in second
-        {
-            if l1 >= top {
-                break;
-            }
-            // `l1` is the cheapest first leg to `r2`: a lower bound for every lane.
-            let mut bits = hopeful(l1, bounds(bmin, r2 as usize), &worst);
-            if bits == 0 {
-                continue;
-            }
-            let c = lanes(c_slab, r2 as usize);
-            while let Some(q) = next_sub(&mut bits) {
-                let (cq, bq) = (sub(c, q), sub(best, q));
-                // The cheapest first leg gives a lower bound: most visits end here.
-                if !any_better(l1, cq, bq) {
-                    continue;
-                }
-                let d0 = (k * BLOCK + q * SUB) as u32;
-                let slow = relax_backup(
-                    (l1, l2, r2, f1, f2, d0),
-                    (sub(x1, q), sub(x2, q)),
-                    cq,
-                    (sub_mut(best, q), sub_mut(b1, q), sub_mut(b2, q)),
-                );
-                if slow {
-                    self.slow_lanes(k, q, a, r2, (f1, f2), (x1, x2), (best, b1, b2));
-                }
-            }
-            passes += 1;
-            if passes % REFRESH == 0 {
-                worst = sub_maxima(best);
-                top = max8(&worst);
-            }
-        }
-    }
-
-    /// Lanes where both stored first legs to `r2` are excluded: the best allowed first relay,
-    /// searched in full.
-    #[cold]
-    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
-    fn slow_lanes(
-        &self,
-        k: usize,
-        q: usize,
-        a: usize,
-        r2: u32,
-        (f1, f2): (u32, u32),
-        (x1, x2): (&Lanes<u32>, &Lanes<u32>),
-        (best, b1, b2): (&mut Lanes<f32>, &mut Lanes<u32>, &mut Lanes<u32>),
-    ) {
-        let cm = self.cm;
-        let (r2u, p) = (r2 as usize, cm.relay_penalty());
-        for j in q * SUB..(q + 1) * SUB {
-            let b = k * BLOCK + j;
-            let bad = |r: u32| r == x1[j] || r == x2[j] || r as usize == b;
-            if b >= cm.len() || bad(r2) || !bad(f1) || !bad(f2) {
-                continue;
-            }
-            let tail = p + cm.cost(r2u, b);
-            // First relays cheapest first: none can help once its first leg alone, plus the
-            // tail, reaches the best found.
-            for &(l, r1) in &self.relays[a] {
-                if l + tail >= best[j] {
+    for k in 0..g.nblk {
+        let c_slab = &sh.costs[k * w..(k + 1) * w];
+        let bmin = &sh.bmin_c[k * n * SUBS..(k + 1) * n * SUBS];
+        for i in 0..rows {
+            let best = lanes_mut(row_mut(&mut out.cost, np, i), k);
+            let b1 = lanes_mut(row_mut(&mut out.r1, np, i), k);
+            let b2 = lanes_mut(row_mut(&mut out.r2, np, i), k);
+            let x1 = lanes(row(&start.x1, np, i), k);
+            let x2 = lanes(row(&start.x2, np, i), k);
+            let mut worst = sub_maxima(best);
+            let mut top = max8(&worst);
+            let mut passes = 0u32;
+            for &Second {
+                l: l1,
+                r: r2,
+                f1,
+                f2,
+                l2,
+            } in &st.second[i]
+            {
+                if l1 >= top {
                     break;
                 }
-                if r1 == r2 || bad(r1) {
+                // `l1` is the cheapest first leg to `r2`: a lower bound for every lane.
+                let mut bits = hopeful(l1, bounds(bmin, r2 as usize), &worst);
+                if bits == 0 {
                     continue;
                 }
-                let cand = l + cm.cost(r1 as usize, r2u) + tail;
-                if cand < best[j] {
-                    (best[j], b1[j], b2[j]) = (cand, r1, r2);
+                let c = lanes(c_slab, r2 as usize);
+                while let Some(q) = next_sub(&mut bits) {
+                    let (cq, bq) = (sub(c, q), sub(best, q));
+                    // The cheapest first leg gives a lower bound: most visits end here.
+                    if !any_better(l1, cq, bq) {
+                        continue;
+                    }
+                    let d0 = (k * BLOCK + q * SUB) as u32;
+                    let slow = relax_backup(
+                        (l1, l2, r2, f1, f2, d0),
+                        (sub(x1, q), sub(x2, q)),
+                        cq,
+                        (sub_mut(best, q), sub_mut(b1, q), sub_mut(b2, q)),
+                    );
+                    if slow {
+                        slow_lanes(
+                            sh,
+                            &st.relays[i],
+                            (k, q, s0 + i, r2),
+                            (f1, f2),
+                            (x1, x2),
+                            (best, b1, b2),
+                        );
+                    }
+                }
+                passes += 1;
+                if passes % REFRESH == 0 {
+                    worst = sub_maxima(best);
+                    top = max8(&worst);
                 }
             }
         }
     }
 }
 
-/// Runs `f` on every item (a row, or a run of rows of a block's slab) on `threads` scoped
-/// threads, each taking the next item when it finishes one: items differ in cost (some blocks
-/// prune better than others), so a fixed deal would leave one core idle at the end.
-pub(crate) fn parallel_rows<R: Send, S>(
+/// Lanes where both stored first legs to `r2` are excluded: the best allowed first relay,
+/// searched in full.
+#[cold]
+#[allow(clippy::type_complexity)]
+fn slow_lanes(
+    sh: &Shared<'_>,
+    relays: &[(f32, u32)],
+    (k, q, a, r2): (usize, usize, usize, u32),
+    (f1, f2): (u32, u32),
+    (x1, x2): (&Lanes<u32>, &Lanes<u32>),
+    (best, b1, b2): (&mut Lanes<f32>, &mut Lanes<u32>, &mut Lanes<u32>),
+) {
+    let cm = sh.cm;
+    let (r2u, p) = (r2 as usize, cm.relay_penalty());
+    debug_assert!(relays.iter().all(|&(_, r)| r as usize != a));
+    for j in q * SUB..(q + 1) * SUB {
+        let b = k * BLOCK + j;
+        let bad = |r: u32| r == x1[j] || r == x2[j] || r as usize == b;
+        if b >= cm.len() || bad(r2) || !bad(f1) || !bad(f2) {
+            continue;
+        }
+        let tail = p + cm.cost(r2u, b);
+        // First relays cheapest first: none can help once its first leg alone, plus the
+        // tail, reaches the best found.
+        for &(l, r1) in relays {
+            if l + tail >= best[j] {
+                break;
+            }
+            if r1 == r2 || bad(r1) {
+                continue;
+            }
+            let cand = l + cm.cost(r1 as usize, r2u) + tail;
+            if cand < best[j] {
+                (best[j], b1[j], b2[j]) = (cand, r1, r2);
+            }
+        }
+    }
+}
+
+/// Runs `f` on every item on `threads` scoped threads, each taking the next item when it
+/// finishes one: items differ in cost (some prune better than others), so a fixed deal would
+/// leave one core idle at the end. Each thread works with a scratch from `scratch`; they are
+/// handed back, so that the caller can keep them for the next run.
+pub(crate) fn parallel_rows<R: Send, S: Send>(
     rows: Vec<R>,
     threads: usize,
     scratch: impl Fn() -> S + Sync,
     f: impl Fn(&mut S, usize, R) + Sync,
-) {
+) -> Vec<S> {
     if threads <= 1 || rows.len() <= 1 {
         let mut s = scratch();
         for (i, r) in rows.into_iter().enumerate() {
             f(&mut s, i, r);
         }
-        return;
+        return vec![s];
     }
     let queue = std::sync::Mutex::new(rows.into_iter().enumerate());
     let work = || {
@@ -727,30 +729,20 @@ pub(crate) fn parallel_rows<R: Send, S>(
         loop {
             // A poisoned queue means another worker panicked; the scope re-raises it.
             let Some((i, r)) = queue.lock().ok().and_then(|mut q| q.next()) else {
-                return;
+                return s;
             };
             f(&mut s, i, r);
         }
     };
     std::thread::scope(|scope| {
-        for _ in 1..threads {
-            scope.spawn(work);
+        let others: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        let mut done = vec![work()];
+        for t in others {
+            match t.join() {
+                Ok(s) => done.push(s),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
         }
-        work();
-    });
-}
-
-/// Rows of a block's slab handed to a thread at once: enough to amortise taking them, few
-/// enough that both cores stay busy to the end.
-pub(crate) const UNIT_ROWS: usize = 32;
-
-/// A block-major matrix cut into work units: `(block, first row, the unit's lanes)`.
-pub(crate) fn units<T>(g: Grid, v: &mut [T]) -> Vec<(usize, usize, &mut [T])> {
-    let mut out = Vec::new();
-    for (k, slab) in v.chunks_mut(g.slab()).enumerate() {
-        for (i, rows) in slab.chunks_mut(UNIT_ROWS * BLOCK).enumerate() {
-            out.push((k, i * UNIT_ROWS, rows));
-        }
-    }
-    out
+        done
+    })
 }

@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::TopologyError;
 use crate::hysteresis::{Decision, HysteresisConfig, HysteresisState, PairMemory, SwitchReason, decide};
 use crate::kernels::{
-    ABSENT, BackupResult, Backups, Grid, INF, NEG, NONE, OneRelay, block_minima, blocked, one_relay,
-    parallel_rows, refill, second_relays, sorted_relays, two_relay,
+    self, ABSENT, BackupResult, BackupStart, GROUP, Grid, INF, NEG, NONE, Shared, Steps, block_minima,
+    blocked, parallel_rows, refill,
 };
 use crate::locality::locality_order;
 use crate::matrix::CostMatrix;
@@ -175,29 +175,16 @@ impl Routes {
     }
 }
 
-type ChosenRow<'a> = (
-    &'a mut [Chosen],
-    (&'a mut [u32], &'a mut [u32]),
-    (&'a mut [f32], &'a mut [u32]),
-);
-
 /// A pair's chosen primary (in site numbering), its cost and why.
 type Chosen = (Path, f32, Reason);
 
-/// Buffers of a computation, kept from one computation to the next: a 1,000-site mesh needs
-/// about 150 MB of working arrays, and asking the kernel for that many fresh zeroed pages
-/// every second costs more than a tenth of the computation. Holds no result: a clone is empty.
+/// Buffers of a computation, kept from one computation to the next: asking the kernel for
+/// fresh zeroed pages every second costs more than a tenth of a computation. Holds no result:
+/// a clone is empty.
 #[derive(Debug, Default)]
 pub struct Scratch {
     costs: Vec<f32>,
-    one: OneRelay,
-    two: (Vec<f32>, Vec<u32>),
-    backups: BackupResult,
-    x1: Vec<u32>,
-    x2: Vec<u32>,
-    init: Vec<f32>,
-    init_r1: Vec<u32>,
-    chosen: Vec<Chosen>,
+    groups: Vec<Group>,
     pairs: Vec<PairRoute>,
 }
 
@@ -213,6 +200,15 @@ impl Scratch {
     pub fn recycle(&mut self, routes: Routes) {
         self.pairs = routes.pairs;
     }
+}
+
+/// One thread's working rows for a group of sources (see [`GROUP`]).
+#[derive(Debug, Default)]
+struct Group {
+    steps: Steps,
+    start: BackupStart,
+    chosen: Vec<Chosen>,
+    backups: BackupResult,
 }
 
 /// Computes every pair's primary and backup. With `hysteresis`, primaries follow the
@@ -232,18 +228,6 @@ pub fn compute_routes_in(
     hysteresis: Option<(&HysteresisConfig, &mut HysteresisState)>,
     scratch: &mut Scratch,
 ) -> Routes {
-    let Scratch {
-        costs,
-        one,
-        two,
-        backups,
-        x1,
-        x2,
-        init,
-        init_r1,
-        chosen,
-        pairs,
-    } = scratch;
     let n = cm.len();
     let threads = cfg.thread_count(n);
     let max_relays = cfg.max_relays.min(2);
@@ -255,32 +239,21 @@ pub fn compute_routes_in(
     }
     let pm = cm.permuted(&order);
     let g = Grid::new(n);
-    let np = g.np();
-    blocked(g, |r| pm.row(r), costs);
-    let costs = &costs[..];
-    let relays = sorted_relays(&pm, threads);
+    blocked(g, |r| pm.row(r), &mut scratch.costs);
+    let costs = &scratch.costs[..];
     let bmin_c = block_minima(g, costs);
-    if max_relays >= 1 {
-        one_relay(g, costs, &relays, &bmin_c, threads, one);
-    }
-    let one = (max_relays >= 1).then_some(&*one);
-    let second = match one {
-        Some(o) if max_relays == 2 => second_relays(g, o, &pm, threads),
-        _ => Vec::new(),
-    };
-    let two = match one {
-        Some(o) if max_relays == 2 => {
-            two_relay(g, o, costs, &second, &bmin_c, threads, two);
-            Some(&*two)
-        }
-        _ => None,
-    };
     let mut min_in = vec![INF; n];
     for r in (0..n).filter(|&r| pm.relay_ok(r)) {
         for (m, &c) in min_in.iter_mut().zip(pm.row(r)) {
             *m = if c < *m { c } else { *m };
         }
     }
+    let shared = Shared {
+        g,
+        cm: &pm,
+        costs,
+        bmin_c: &bmin_c,
+    };
     let search = Search {
         cm,
         pm: &pm,
@@ -288,14 +261,11 @@ pub fn compute_routes_in(
         order: &order,
         pos: &pos,
         max_relays,
-        one,
-        two,
-        relays: &relays,
         min_in: &min_in,
         costs,
     };
 
-    // Memory rows of the hysteresis state, in search order.
+    // Memory and output rows, in search order.
     let (hcfg, mems) = match hysteresis {
         Some((c, st)) => (Some(c), Some(st.rows_mut())),
         None => (None, None),
@@ -304,67 +274,71 @@ pub fn compute_routes_in(
         Some(m) if m.len() == n * n => m.chunks_mut(n.max(1)).map(Some).collect(),
         _ => (0..n).map(|_| None).collect(),
     };
-    let mut mem_rows: Vec<Option<&mut [PairMemory]>> =
-        order.iter().map(|&o| mem_by_site[o as usize].take()).collect();
-
-    // Choose every pair's primary (hysteresis needs the candidate and the old backup).
-    refill(chosen, n * n, (Path::NONE, INF, Reason::NoRoute));
-    refill(x1, n * np, ABSENT);
-    refill(x2, n * np, ABSENT);
-    refill(init, n * np, NEG);
-    refill(init_r1, n * np, NONE);
-    let rows: Vec<(ChosenRow<'_>, Option<&mut [PairMemory]>)> = chosen
-        .chunks_mut(n.max(1))
-        .zip(x1.chunks_mut(np.max(1)).zip(x2.chunks_mut(np.max(1))))
-        .zip(init.chunks_mut(np.max(1)).zip(init_r1.chunks_mut(np.max(1))))
-        .map(|((c, x), i)| (c, x, i))
-        .zip(mem_rows.iter_mut().map(|m| m.as_deref_mut()))
-        .collect();
-    parallel_rows(
-        rows,
-        threads,
-        || (),
-        |_, ap, (row, mem)| search.choose(hcfg, ap, row, mem),
-    );
-
-    // Backups that avoid the chosen primaries.
-    let backups = one.map(|_| {
-        Backups {
-            g,
-            cm: &pm,
-            costs,
-            bmin_c: &bmin_c,
-            relays: &relays,
-            second: (max_relays == 2).then_some(&second[..]),
-            x1,
-            x2,
-            init,
-            init_r1,
-        }
-        .run(threads, backups);
-        &*backups
-    });
-
-    let mut pairs = std::mem::take(pairs);
+    let mut pairs = std::mem::take(&mut scratch.pairs);
     refill(&mut pairs, n * n, PairRoute::UNREACHABLE);
     let mut out_by_site: Vec<Option<&mut [PairRoute]>> = pairs.chunks_mut(n.max(1)).map(Some).collect();
-    let rows: Vec<_> = order
+    let mut rows: Vec<Row<'_>> = order
         .iter()
-        .map(|&o| out_by_site[o as usize].take().expect("order is a permutation"))
-        .zip(chosen.chunks(n.max(1)))
-        .zip(mem_rows.iter_mut().map(|m| m.as_deref_mut()))
+        .map(|&o| {
+            let o = o as usize;
+            let out = out_by_site[o].take().expect("order is a permutation");
+            (out, mem_by_site[o].take())
+        })
         .collect();
-    parallel_rows(
-        rows,
+    let mut units = Vec::new();
+    let mut s0 = 0;
+    while !rows.is_empty() {
+        let rest = rows.split_off(GROUP.min(rows.len()));
+        let unit = std::mem::replace(&mut rows, rest);
+        let len = unit.len();
+        units.push((s0, unit));
+        s0 += len;
+    }
+
+    // Every group of sources, from link costs to routes, on every core.
+    let pool = std::sync::Mutex::new(std::mem::take(&mut scratch.groups));
+    let used = parallel_rows(
+        units,
         threads,
-        || (),
-        |_, ap, ((out, chosen), mem)| search.assemble(hcfg, ap, chosen, backups, out, mem),
+        || pool.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default(),
+        |grp: &mut Group, _, (s0, mut rows): (usize, Vec<Row<'_>>)| {
+            let len = rows.len();
+            let Group {
+                steps,
+                start,
+                chosen,
+                backups,
+            } = grp;
+            steps.prepare(&shared, s0, len);
+            if max_relays >= 1 {
+                steps.one_relay(&shared, s0, len);
+            }
+            if max_relays == 2 {
+                steps.second_relays(&shared, len);
+                steps.two_relay(&shared, s0, len);
+            }
+            search.size_start(start, chosen, len);
+            for (i, (_, mem)) in rows.iter_mut().enumerate() {
+                search.choose(hcfg, (s0 + i, i), steps, (start, chosen), mem.as_deref_mut());
+            }
+            if max_relays >= 1 {
+                kernels::backups(&shared, steps, start, (s0, len, max_relays == 2), backups);
+            }
+            for (i, (out, mem)) in rows.iter_mut().enumerate() {
+                let bk = (max_relays >= 1).then_some(&*backups);
+                search.assemble(hcfg, (s0 + i, i), chosen, bk, out, mem.as_deref_mut());
+            }
+        },
     );
+    scratch.groups = used;
     Routes { n, pairs }
 }
 
-/// The search results, in search order (`pm`, positions `p`); paths handed out and judged by
-/// hysteresis are in the caller's numbering (`cm`).
+/// A source's output row and hysteresis memory row (by destination site).
+type Row<'a> = (&'a mut [PairRoute], Option<&'a mut [PairMemory]>);
+
+/// The search's shared inputs, in search order (`pm`, positions `p`); paths handed out and
+/// judged by hysteresis are in the caller's numbering (`cm`).
 struct Search<'a> {
     cm: &'a CostMatrix,
     pm: &'a CostMatrix,
@@ -372,9 +346,6 @@ struct Search<'a> {
     order: &'a [u32],
     pos: &'a [u32],
     max_relays: u8,
-    one: Option<&'a OneRelay>,
-    two: Option<&'a (Vec<f32>, Vec<u32>)>,
-    relays: &'a [Vec<(f32, u32)>],
     /// The cheapest link into each site from a relay: a lower bound on any path's last leg.
     min_in: &'a [f32],
     /// Link costs, block-major: a destination's column is read from one block's slab, which
@@ -387,19 +358,43 @@ impl Search<'_> {
         p.map(|i| self.order[usize::from(i)] as SiteIdx)
     }
 
-    fn best_cost(&self, ap: usize, bp: usize) -> f32 {
-        match (self.two, self.one) {
-            (Some(t), _) => t.0[self.g.at(ap, bp)],
-            (None, Some(o)) => o.h[self.g.at(ap, bp)],
-            (None, None) => self.pm.cost(ap, bp),
+    /// Sizes a group's backup start and chosen rows.
+    fn size_start(&self, start: &mut BackupStart, chosen: &mut Vec<Chosen>, rows: usize) {
+        let len = rows * self.g.np();
+        refill(&mut start.x1, len, ABSENT);
+        refill(&mut start.x2, len, ABSENT);
+        refill(&mut start.init, len, NEG);
+        refill(&mut start.init_r1, len, NONE);
+        refill(chosen, rows * self.g.n, (Path::NONE, INF, Reason::NoRoute));
+    }
+
+    /// The best cost found by the search from the group's `i`-th source (position `ap`).
+    fn best_cost(&self, st: &Steps, (ap, i): (usize, usize), bp: usize) -> f32 {
+        let at = i * self.g.np() + bp;
+        match self.max_relays {
+            2 => st.best[at],
+            1 => st.h[at],
+            _ => self.pm.cost(ap, bp),
         }
     }
 
     /// The best path found by the search, in positions.
-    fn best_path(&self, ap: usize, bp: usize) -> Path {
+    fn best_path(&self, st: &Steps, (ap, i): (usize, usize), bp: usize) -> Path {
         let (a16, b16) = (ap as SiteIdx, bp as SiteIdx);
-        let via = |to: usize| self.one.map_or(NONE, |o| o.m[self.g.at(ap, to)]);
-        match self.two.map_or(NONE, |t| t.1[self.g.at(ap, bp)]) {
+        let row = i * self.g.np();
+        let via = |to: usize| {
+            if self.max_relays >= 1 {
+                st.m[row + to]
+            } else {
+                NONE
+            }
+        };
+        let last = if self.max_relays == 2 {
+            st.arg[row + bp]
+        } else {
+            NONE
+        };
+        match last {
             NONE => match via(bp) {
                 NONE => Path::new(&[a16, b16]),
                 r => Path::new(&[a16, r as SiteIdx, b16]),
@@ -414,11 +409,18 @@ impl Search<'_> {
     fn choose(
         &self,
         hcfg: Option<&HysteresisConfig>,
-        ap: usize,
-        (chosen, (x1, x2), (init, init_r1)): ChosenRow<'_>,
+        (ap, i): (usize, usize),
+        st: &Steps,
+        (start, chosen): (&mut BackupStart, &mut [Chosen]),
         mut mem: Option<&mut [PairMemory]>,
     ) {
         let pm = self.pm;
+        let (n, np) = (self.g.n, self.g.np());
+        let chosen = &mut chosen[i * n..(i + 1) * n];
+        let x1 = &mut start.x1[i * np..(i + 1) * np];
+        let x2 = &mut start.x2[i * np..(i + 1) * np];
+        let init = &mut start.init[i * np..(i + 1) * np];
+        let init_r1 = &mut start.init_r1[i * np..(i + 1) * np];
         if !pm.endpoint_ok(ap) {
             if let Some(mem) = mem {
                 mem.fill(PairMemory::default());
@@ -427,9 +429,9 @@ impl Search<'_> {
         }
         for bp in 0..self.g.n {
             let b = self.order[bp] as usize;
-            let cost = self.best_cost(ap, bp);
+            let cost = self.best_cost(st, (ap, i), bp);
             let candidate = if bp != ap && pm.endpoint_ok(bp) && cost.is_finite() {
-                self.to_site(&self.best_path(ap, bp))
+                self.to_site(&self.best_path(st, (ap, i), bp))
             } else {
                 Path::NONE
             };
@@ -483,9 +485,9 @@ impl Search<'_> {
             } else {
                 (direct, NONE)
             };
-            if let Some(o) = self.one.filter(|_| !pick.0.is_none()) {
-                let i = self.g.at(ap, bp);
-                let tops = [(o.h[i], o.m[i]), (o.hs[i], o.ms[i])];
+            if self.max_relays >= 1 && !pick.0.is_none() {
+                let at = i * np + bp;
+                let tops = [(st.h[at], st.m[at]), (st.hs[at], st.ms[at])];
                 for (c, r) in tops {
                     if r != NONE && r != x1b && r != x2b && c < start.0 {
                         start = (c, r);
@@ -494,7 +496,7 @@ impl Search<'_> {
                 // Both of the best two are relays of the primary (only a two-relay primary can
                 // do that): a third may still beat the direct link, so look for it.
                 if tops.iter().all(|&(_, r)| r == x1b || r == x2b) {
-                    for &(l, r) in &self.relays[ap] {
+                    for &(l, r) in &st.relays[i] {
                         if l + self.min_in[bp] >= start.0 {
                             break;
                         }
@@ -514,13 +516,15 @@ impl Search<'_> {
     fn assemble(
         &self,
         hcfg: Option<&HysteresisConfig>,
-        ap: usize,
+        (ap, i): (usize, usize),
         chosen: &[Chosen],
         backups: Option<&BackupResult>,
         out: &mut [PairRoute],
         mut mem: Option<&mut [PairMemory]>,
     ) {
         let a = self.order[ap] as usize;
+        let (n, np) = (self.g.n, self.g.np());
+        let chosen = &chosen[i * n..(i + 1) * n];
         for (bp, &(primary, primary_cost, reason)) in chosen.iter().enumerate() {
             let b = self.order[bp] as usize;
             if primary.is_none() {
@@ -529,7 +533,7 @@ impl Search<'_> {
             }
             let (mut backup, mut backup_cost, mut disjoint) = (Path::NONE, INF, false);
             if let Some(bk) = backups {
-                let i = self.g.at(ap, bp);
+                let i = i * np + bp;
                 if bk.cost[i].is_finite() {
                     let (a16, b16) = (ap as SiteIdx, bp as SiteIdx);
                     let p = match (bk.r1[i], bk.r2[i]) {
