@@ -66,6 +66,11 @@ fn fmax(a: f32, b: f32) -> f32 {
     if a > b { a } else { b }
 }
 
+#[inline(always)]
+fn fmin(a: f32, b: f32) -> f32 {
+    if a < b { a } else { b }
+}
+
 /// The largest of eight values, folded as a tree: a chain of `max` would be eight deep (float
 /// max is not reassociated without fast-math), and the next relay's bound waits on it.
 #[inline(always)]
@@ -197,10 +202,11 @@ fn relax_top2(
         let cand = l + c[j];
         let lt1 = mask(cand < h[j]);
         let lt2 = mask(cand < hs[j]);
-        // Second best: the old best if beaten, else the candidate if it beats it.
-        hs[j] = pickf(lt1, h[j], pickf(lt2, cand, hs[j]));
+        // Second best: the old best if beaten, else the candidate if it beats it; as costs,
+        // `min(hs, max(h, cand))`, two instructions where selects take six.
+        hs[j] = fmin(hs[j], fmax(h[j], cand));
         ms[j] = pick(lt1, m[j], pick(lt2, r, ms[j]));
-        h[j] = pickf(lt1, cand, h[j]);
+        h[j] = fmin(h[j], cand);
         m[j] = pick(lt1, r, m[j]);
     }
 }
@@ -211,7 +217,7 @@ fn relax_min(l: f32, r: u32, c: &[f32; SUB], best: &mut [f32; SUB], arg: &mut [u
     for j in 0..SUB {
         let cand = l + c[j];
         let lt = mask(cand < best[j]);
-        best[j] = pickf(lt, cand, best[j]);
+        best[j] = fmin(best[j], cand);
         arg[j] = pick(lt, r, arg[j]);
     }
 }
