@@ -25,6 +25,28 @@ impl Path {
         len: 0,
     };
 
+    /// A path through `relays` (`NONE`-terminated: `[r1, r2]` with `u32::MAX` for "no relay",
+    /// as the path search records them), built in registers. The hot loops build a million
+    /// paths a computation; a path assembled one hop at a time in memory and then read back
+    /// whole stalls on store forwarding, which cost more than the rest of the work on a pair.
+    #[inline]
+    pub(crate) fn from_hops(a: SiteIdx, r1: u32, r2: u32, b: SiteIdx) -> Path {
+        match (r1, r2) {
+            (u32::MAX, _) => Path {
+                hops: [a, b, 0, 0],
+                len: 2,
+            },
+            (r1, u32::MAX) => Path {
+                hops: [a, r1 as SiteIdx, b, 0],
+                len: 3,
+            },
+            (r1, r2) => Path {
+                hops: [a, r1 as SiteIdx, r2 as SiteIdx, b],
+                len: 4,
+            },
+        }
+    }
+
     /// Builds a path from 2 to 4 sites.
     ///
     /// # Panics

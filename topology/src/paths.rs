@@ -285,10 +285,13 @@ pub fn compute_routes_in(
             (out, mem_by_site[o].take())
         })
         .collect();
+    // Groups small enough that every core gets several (the last ones even out the load),
+    // at most GROUP sources.
+    let group = n.div_ceil(threads * 6).clamp(8, GROUP);
     let mut units = Vec::new();
     let mut s0 = 0;
     while !rows.is_empty() {
-        let rest = rows.split_off(GROUP.min(rows.len()));
+        let rest = rows.split_off(group.min(rows.len()));
         let unit = std::mem::replace(&mut rows, rest);
         let len = unit.len();
         units.push((s0, unit));
@@ -354,10 +357,6 @@ struct Search<'a> {
 }
 
 impl Search<'_> {
-    fn to_site(&self, p: &Path) -> Path {
-        p.map(|i| self.order[usize::from(i)] as SiteIdx)
-    }
-
     /// Sizes a group's backup start and chosen rows.
     fn size_start(&self, start: &mut BackupStart, chosen: &mut Vec<Chosen>, rows: usize) {
         let len = rows * self.g.np();
@@ -378,9 +377,8 @@ impl Search<'_> {
         }
     }
 
-    /// The best path found by the search, in positions.
+    /// The best path found by the search, in the caller's numbering.
     fn best_path(&self, st: &Steps, (ap, i): (usize, usize), bp: usize) -> Path {
-        let (a16, b16) = (ap as SiteIdx, bp as SiteIdx);
         let row = i * self.g.np();
         let via = |to: usize| {
             if self.max_relays >= 1 {
@@ -394,14 +392,19 @@ impl Search<'_> {
         } else {
             NONE
         };
-        match last {
-            NONE => match via(bp) {
-                NONE => Path::new(&[a16, b16]),
-                r => Path::new(&[a16, r as SiteIdx, b16]),
-            },
-            // Step 2 records the last relay; the first is on the best path to it.
-            r2 => Path::new(&[a16, via(r2 as usize) as SiteIdx, r2 as SiteIdx, b16]),
-        }
+        // Step 2 records the last relay; the first is on the best path to it.
+        let (r1, r2) = match last {
+            NONE => (via(bp), NONE),
+            r2 => (via(r2 as usize), r2),
+        };
+        self.site_path(ap, r1, r2, bp)
+    }
+
+    /// A path given in positions (relays `NONE` when absent), in the caller's numbering.
+    #[inline]
+    fn site_path(&self, ap: usize, r1: u32, r2: u32, bp: usize) -> Path {
+        let o = |p: u32| if p == NONE { NONE } else { self.order[p as usize] };
+        Path::from_hops(self.order[ap] as SiteIdx, o(r1), o(r2), self.order[bp] as SiteIdx)
     }
 
     /// Chooses the primaries of row `ap` (through hysteresis when given) and prepares the
@@ -431,7 +434,7 @@ impl Search<'_> {
             let b = self.order[bp] as usize;
             let cost = self.best_cost(st, (ap, i), bp);
             let candidate = if bp != ap && pm.endpoint_ok(bp) && cost.is_finite() {
-                self.to_site(&self.best_path(st, (ap, i), bp))
+                self.best_path(st, (ap, i), bp)
             } else {
                 Path::NONE
             };
@@ -535,13 +538,8 @@ impl Search<'_> {
             if let Some(bk) = backups {
                 let i = i * np + bp;
                 if bk.cost[i].is_finite() {
-                    let (a16, b16) = (ap as SiteIdx, bp as SiteIdx);
-                    let p = match (bk.r1[i], bk.r2[i]) {
-                        (NONE, _) => Path::new(&[a16, b16]),
-                        (r1, NONE) => Path::new(&[a16, r1 as SiteIdx, b16]),
-                        (r1, r2) => Path::new(&[a16, r1 as SiteIdx, r2 as SiteIdx, b16]),
-                    };
-                    (backup, backup_cost, disjoint) = (self.to_site(&p), bk.cost[i], true);
+                    let (r1, r2) = (bk.r1[i], if bk.r1[i] == NONE { NONE } else { bk.r2[i] });
+                    (backup, backup_cost, disjoint) = (self.site_path(ap, r1, r2, bp), bk.cost[i], true);
                 } else if let Some((p, c)) = self.partial_backup(a, b, &primary) {
                     (backup, backup_cost) = (p, c);
                 }
