@@ -119,13 +119,16 @@ impl CostWeights {
 
     /// The cost of one link, without price and relay penalty. Always ≥ [`MIN_LINK_COST`].
     pub fn link_cost(&self, m: &LinkMetrics) -> f64 {
-        let loss = m.loss.clamp(0.0, MAX_LOSS_FOR_COST);
-        let cost = m.rtt_ms / 2.0 + self.w_jitter * m.jitter_ms - self.w_loss_ms * (-loss).ln_1p();
+        let cost = m.rtt_ms / 2.0 + self.w_jitter * m.jitter_ms + self.link_loss_cost(m);
         cost.max(MIN_LINK_COST)
     }
 
     /// The loss term of [`CostWeights::link_cost`], ms.
     pub fn link_loss_cost(&self, m: &LinkMetrics) -> f64 {
+        // Most links lose nothing: skip the logarithm (a library call) for them.
+        if m.loss <= 0.0 {
+            return 0.0;
+        }
         -self.w_loss_ms * (-m.loss.clamp(0.0, MAX_LOSS_FOR_COST)).ln_1p()
     }
 

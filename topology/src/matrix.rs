@@ -12,6 +12,7 @@
 //! agree to the bit whatever the order. A 4 µs step is far below what any probe can measure.
 
 use crate::cost::{CostWeights, PriceBook};
+use crate::kernels::parallel_rows;
 use crate::link::LinkHealth;
 use crate::site::SiteIdx;
 use crate::world::World;
@@ -22,7 +23,13 @@ pub const COST_QUANTUM: f32 = 1.0 / 256.0;
 /// Rounds a cost to the nearest multiple of [`COST_QUANTUM`] (infinity stays infinite).
 #[inline]
 pub fn quantize(c: f32) -> f32 {
-    (c * 256.0).round() / 256.0
+    let x = c * 256.0;
+    if (0.0..8.0e6).contains(&x) {
+        // Half up by truncation: `round` is a library call on baseline x86-64.
+        (x + 0.5) as u32 as f32 / 256.0
+    } else {
+        x.round() / 256.0
+    }
 }
 
 /// Link costs, relay and endpoint eligibility, and link health flags, all dense.
@@ -51,9 +58,12 @@ impl CostMatrix {
         let n = inv.len();
         let mut cost = vec![f32::INFINITY; n * n];
         let mut degraded = vec![false; n * n];
-        let mut cost_se: Option<Vec<f32>> = None;
-        let mut loss_cost: Option<Vec<f32>> = None;
-        for a in 0..n {
+        // Zeroed allocations are mapped lazily: rows whose links carry no loss error are never
+        // written, so a mesh without measured loss costs no pages here.
+        let mut se_all = vec![0.0f32; n * n];
+        let mut loss_all = vec![0.0f32; n * n];
+        let fill = |a: usize, (cost, degraded, se_row, loss_row): (&mut [f32], &mut [bool], &mut [f32], &mut [f32])| {
+            let mut any_se = false;
             for b in 0..n {
                 if a == b {
                     continue;
@@ -69,16 +79,35 @@ impl CostMatrix {
                     c += weights.stale_penalty_ms;
                 }
                 c += prices.cost_ms(&inv.sites()[a].provider, &inv.sites()[b].provider);
-                cost[a * n + b] = quantize(c as f32).max(COST_QUANTUM);
-                degraded[a * n + b] = view.health == LinkHealth::Degraded;
+                cost[b] = quantize(c as f32).max(COST_QUANTUM);
+                degraded[b] = view.health == LinkHealth::Degraded;
                 let se = weights.link_cost_se(&view.metrics);
                 if se > 0.0 {
-                    cost_se.get_or_insert_with(|| vec![0.0; n * n])[a * n + b] = se as f32;
-                    loss_cost.get_or_insert_with(|| vec![0.0; n * n])[a * n + b] =
-                        weights.link_loss_cost(&view.metrics) as f32;
+                    any_se = true;
+                    se_row[b] = se as f32;
+                    loss_row[b] = weights.link_loss_cost(&view.metrics) as f32;
                 }
             }
-        }
+            any_se
+        };
+        let rows: Vec<_> = cost
+            .chunks_mut(n.max(1))
+            .zip(degraded.chunks_mut(n.max(1)))
+            .zip(se_all.chunks_mut(n.max(1)).zip(loss_all.chunks_mut(n.max(1))))
+            .map(|((c, d), (e, l))| (c, d, e, l))
+            .collect();
+        // Rows on every core for large meshes (a 1,000-site matrix is a million links).
+        let threads = if n < 128 {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        };
+        let any_se = parallel_rows(rows, threads, || false, |any, a, row| *any |= fill(a, row));
+        let (cost_se, loss_cost) = if any_se.into_iter().any(|x| x) {
+            (Some(se_all), Some(loss_all))
+        } else {
+            (None, None)
+        };
         CostMatrix {
             n,
             cost,
