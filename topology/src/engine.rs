@@ -112,24 +112,24 @@ impl RouteEngine {
     pub fn compute(&mut self, world: &World, now: TimestampMs) -> Computation {
         self.state.align(&world.inventory);
         let cm = CostMatrix::build(world, &self.cfg.cost, &self.cfg.prices);
-        let routes = compute_routes_in(
+        let same_sites = self
+            .last
+            .as_ref()
+            .is_some_and(|t| t.sites().iter().eq(world.inventory.sites().iter().map(|s| &s.id)));
+        let previous = self.last.as_ref().filter(|_| same_sites).map(RouteTable::routes);
+        let (routes, unchanged) = compute_routes_in(
             &cm,
             &self.cfg.paths,
             Some((&self.cfg.hysteresis, &mut self.state)),
             &mut self.scratch,
+            previous,
         );
         let sites: Arc<[SiteId]> = match &self.last {
-            Some(t) if t.sites().iter().eq(world.inventory.sites().iter().map(|s| &s.id)) => t.sites_arc(),
+            Some(t) if same_sites => t.sites_arc(),
             _ => world.inventory.sites().iter().map(|s| s.id.clone()).collect(),
         };
         if let Some(last) = &self.last
-            && last.sites() == &*sites
-            && last
-                .routes()
-                .pairs()
-                .iter()
-                .zip(routes.pairs())
-                .all(|(x, y)| x.primary == y.primary && x.backup == y.backup)
+            && unchanged
         {
             let table = last.clone();
             self.scratch.recycle(routes);

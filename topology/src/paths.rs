@@ -23,6 +23,7 @@
 //! such a walk costs more than the simple path inside it, which is always a candidate.
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -218,16 +219,19 @@ pub fn compute_routes(
     cfg: &PathConfig,
     hysteresis: Option<(&HysteresisConfig, &mut HysteresisState)>,
 ) -> Routes {
-    compute_routes_in(cm, cfg, hysteresis, &mut Scratch::default())
+    compute_routes_in(cm, cfg, hysteresis, &mut Scratch::default(), None).0
 }
 
-/// [`compute_routes`] with buffers kept by the caller between computations.
+/// [`compute_routes`] with buffers kept by the caller between computations, and whether every
+/// pair's primary and backup are those of `previous` (the last routes of the same sites), found
+/// while each row is still in cache rather than by a second pass over both tables.
 pub fn compute_routes_in(
     cm: &CostMatrix,
     cfg: &PathConfig,
     hysteresis: Option<(&HysteresisConfig, &mut HysteresisState)>,
     scratch: &mut Scratch,
-) -> Routes {
+    previous: Option<&Routes>,
+) -> (Routes, bool) {
     let n = cm.len();
     let threads = cfg.thread_count(n);
     let max_relays = cfg.max_relays.min(2);
@@ -298,6 +302,8 @@ pub fn compute_routes_in(
         s0 += len;
     }
 
+    let previous = previous.filter(|p| p.n == n);
+    let differs = AtomicBool::new(false);
     // Every group of sources, from link costs to routes, on every core.
     let pool = std::sync::Mutex::new(std::mem::take(&mut scratch.groups));
     let used = parallel_rows(
@@ -330,11 +336,22 @@ pub fn compute_routes_in(
             for (i, (out, mem)) in rows.iter_mut().enumerate() {
                 let bk = (max_relays >= 1).then_some(&*backups);
                 search.assemble(hcfg, (s0 + i, i), chosen, bk, out, mem.as_deref_mut());
+                if let Some(prev) = previous.filter(|_| !differs.load(Ordering::Relaxed)) {
+                    let a = order[s0 + i] as usize;
+                    let same = prev.pairs[a * n..(a + 1) * n]
+                        .iter()
+                        .zip(out.iter())
+                        .all(|(x, y)| x.primary == y.primary && x.backup == y.backup);
+                    if !same {
+                        differs.store(true, Ordering::Relaxed);
+                    }
+                }
             }
         },
     );
     scratch.groups = used;
-    Routes { n, pairs }
+    let unchanged = previous.is_some() && !differs.into_inner();
+    (Routes { n, pairs }, unchanged)
 }
 
 /// A source's output row and hysteresis memory row (by destination site).
