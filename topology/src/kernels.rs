@@ -123,6 +123,41 @@ fn any_better(l: f32, c: &[f32; SUB], best: &[f32; SUB]) -> bool {
     m != 0
 }
 
+/// Walks one source's relays, cheapest first, over one block: stops once a first leg alone
+/// reaches the block's worst cost, skips a relay no sub-block can gain from, and hands
+/// `visit` each other relay with the bit mask of its hopeful sub-blocks. The bounds come from
+/// `acc` (the cost lanes being lowered, through `worst`) and are refreshed every [`REFRESH`]
+/// visits. `lr` gives an entry's first leg and relay.
+#[inline(always)]
+fn walk<T: Copy, A>(
+    list: &[T],
+    lr: impl Fn(T) -> (f32, u32),
+    bmin: &[f32],
+    acc: &mut A,
+    worst: impl Fn(&A) -> [f32; SUBS],
+    mut visit: impl FnMut(&mut A, T, u32),
+) {
+    let mut bound = worst(acc);
+    let mut top = max8(&bound);
+    let mut passes = 0u32;
+    for &x in list {
+        let (l, r) = lr(x);
+        if l >= top {
+            break;
+        }
+        let bits = hopeful(l, bounds(bmin, r as usize), &bound);
+        if bits == 0 {
+            continue;
+        }
+        visit(acc, x, bits);
+        passes += 1;
+        if passes % REFRESH == 0 {
+            bound = worst(acc);
+            top = max8(&bound);
+        }
+    }
+}
+
 /// Pops the lowest set bit: the next sub-block to visit.
 #[inline(always)]
 fn next_sub(bits: &mut u32) -> Option<usize> {
@@ -287,6 +322,17 @@ pub(crate) struct Shared<'a> {
     pub bmin_c: &'a [f32],
 }
 
+impl Shared<'_> {
+    /// Block `k`'s slab of link costs and its sub-block minima.
+    fn block(&self, k: usize) -> (&[f32], &[f32]) {
+        let (n, w) = (self.g.n, self.g.slab());
+        (
+            &self.costs[k * w..(k + 1) * w],
+            &self.bmin_c[k * n * SUBS..(k + 1) * n * SUBS],
+        )
+    }
+}
+
 /// Sources processed together, through every step, by one thread. Every step for a source
 /// reads only that source's rows and the shared cost matrix, so a group goes from link costs to
 /// routes without waiting for any other, and its working rows stay in cache between the steps
@@ -408,13 +454,12 @@ impl Steps {
     /// Step 1: for every source of the group, the best and second-best paths with at most
     /// one relay.
     pub(crate) fn one_relay(&mut self, sh: &Shared<'_>, s0: usize, rows: usize) {
-        let (g, np, w, n) = (sh.g, sh.g.np(), sh.g.slab(), sh.g.n);
+        let (g, np) = (sh.g, sh.g.np());
         let Steps {
             relays, h, m, hs, ms, ..
         } = self;
         for k in 0..g.nblk {
-            let c_slab = &sh.costs[k * w..(k + 1) * w];
-            let bmin = &sh.bmin_c[k * n * SUBS..(k + 1) * n * SUBS];
+            let (c_slab, bmin) = sh.block(k);
             for (i, relays) in relays.iter().enumerate().take(rows) {
                 let s = s0 + i;
                 let h = lanes_mut(row_mut(h, np, i), k);
@@ -425,33 +470,25 @@ impl Steps {
                 for j in g.dead_lanes(k, s) {
                     (h[j], hs[j]) = (NEG, NEG);
                 }
-                let mut worst = sub_maxima(hs);
-                let mut top = max8(&worst);
-                let mut passes = 0u32;
-                for &(l, r) in relays {
-                    if l >= top {
-                        break;
-                    }
-                    let mut bits = hopeful(l, bounds(bmin, r as usize), &worst);
-                    if bits == 0 {
-                        continue;
-                    }
-                    let c = lanes(c_slab, r as usize);
-                    while let Some(q) = next_sub(&mut bits) {
-                        relax_top2(
-                            l,
-                            r,
-                            sub(c, q),
-                            (sub_mut(h, q), sub_mut(m, q)),
-                            (sub_mut(hs, q), sub_mut(ms, q)),
-                        );
-                    }
-                    passes += 1;
-                    if passes % REFRESH == 0 {
-                        worst = sub_maxima(hs);
-                        top = max8(&worst);
-                    }
-                }
+                walk(
+                    relays,
+                    |x| x,
+                    bmin,
+                    &mut (&mut *h, &mut *m, &mut *hs, &mut *ms),
+                    |(_, _, hs, _)| sub_maxima(hs),
+                    |(h, m, hs, ms), (l, r), mut bits| {
+                        let c = lanes(c_slab, r as usize);
+                        while let Some(q) = next_sub(&mut bits) {
+                            relax_top2(
+                                l,
+                                r,
+                                sub(c, q),
+                                (sub_mut(h, q), sub_mut(m, q)),
+                                (sub_mut(hs, q), sub_mut(ms, q)),
+                            );
+                        }
+                    },
+                );
                 // From here on these rows are sources: dead lanes read as unreachable.
                 for j in g.dead_lanes(k, s) {
                     (h[j], hs[j], m[j], ms[j]) = (INF, INF, NONE, NONE);
@@ -504,13 +541,12 @@ impl Steps {
     /// relays of [`Steps::second_relays`], with the winning last relay in `arg` (`NONE` when no
     /// second relay helps; the first relay is then `H`'s relay from `a` to `r2`).
     pub(crate) fn two_relay(&mut self, sh: &Shared<'_>, s0: usize, rows: usize) {
-        let (g, np, w, n) = (sh.g, sh.g.np(), sh.g.slab(), sh.g.n);
+        let (g, np) = (sh.g, sh.g.np());
         let Steps {
             h, second, best, arg, ..
         } = self;
         for k in 0..g.nblk {
-            let c_slab = &sh.costs[k * w..(k + 1) * w];
-            let bmin = &sh.bmin_c[k * n * SUBS..(k + 1) * n * SUBS];
+            let (c_slab, bmin) = sh.block(k);
             for (i, second) in second.iter().enumerate().take(rows) {
                 let a = s0 + i;
                 let best = lanes_mut(row_mut(best, np, i), k);
@@ -519,27 +555,19 @@ impl Steps {
                 for j in g.dead_lanes(k, a) {
                     best[j] = NEG;
                 }
-                let mut worst = sub_maxima(best);
-                let mut top = max8(&worst);
-                let mut passes = 0u32;
-                for &Second { l, r, .. } in second {
-                    if l >= top {
-                        break;
-                    }
-                    let mut bits = hopeful(l, bounds(bmin, r as usize), &worst);
-                    if bits == 0 {
-                        continue;
-                    }
-                    let c = lanes(c_slab, r as usize);
-                    while let Some(q) = next_sub(&mut bits) {
-                        relax_min(l, r, sub(c, q), sub_mut(best, q), sub_mut(arg, q));
-                    }
-                    passes += 1;
-                    if passes % REFRESH == 0 {
-                        worst = sub_maxima(best);
-                        top = max8(&worst);
-                    }
-                }
+                walk(
+                    second,
+                    |x| (x.l, x.r),
+                    bmin,
+                    &mut (&mut *best, &mut *arg),
+                    |(best, _)| sub_maxima(best),
+                    |(best, arg), Second { l, r, .. }, mut bits| {
+                        let c = lanes(c_slab, r as usize);
+                        while let Some(q) = next_sub(&mut bits) {
+                            relax_min(l, r, sub(c, q), sub_mut(best, q), sub_mut(arg, q));
+                        }
+                    },
+                );
                 for j in g.dead_lanes(k, a) {
                     (best[j], arg[j]) = (INF, NONE);
                 }
@@ -601,7 +629,7 @@ pub(crate) fn backups(
     (s0, rows, two_relays): (usize, usize, bool),
     out: &mut BackupResult,
 ) {
-    let (g, np, w, n) = (sh.g, sh.g.np(), sh.g.slab(), sh.g.n);
+    let (g, np) = (sh.g, sh.g.np());
     out.cost.clear();
     out.cost.extend_from_slice(&start.init[..rows * np]);
     out.r1.clear();
@@ -611,64 +639,48 @@ pub(crate) fn backups(
         return;
     }
     for k in 0..g.nblk {
-        let c_slab = &sh.costs[k * w..(k + 1) * w];
-        let bmin = &sh.bmin_c[k * n * SUBS..(k + 1) * n * SUBS];
+        let (c_slab, bmin) = sh.block(k);
         for i in 0..rows {
             let best = lanes_mut(row_mut(&mut out.cost, np, i), k);
             let b1 = lanes_mut(row_mut(&mut out.r1, np, i), k);
             let b2 = lanes_mut(row_mut(&mut out.r2, np, i), k);
             let x1 = lanes(row(&start.x1, np, i), k);
             let x2 = lanes(row(&start.x2, np, i), k);
-            let mut worst = sub_maxima(best);
-            let mut top = max8(&worst);
-            let mut passes = 0u32;
-            for &Second {
-                l: l1,
-                r: r2,
-                f1,
-                f2,
-                l2,
-            } in &st.second[i]
-            {
-                if l1 >= top {
-                    break;
-                }
-                // `l1` is the cheapest first leg to `r2`: a lower bound for every lane.
-                let mut bits = hopeful(l1, bounds(bmin, r2 as usize), &worst);
-                if bits == 0 {
-                    continue;
-                }
-                let c = lanes(c_slab, r2 as usize);
-                while let Some(q) = next_sub(&mut bits) {
-                    let (cq, bq) = (sub(c, q), sub(best, q));
-                    // The cheapest first leg gives a lower bound: most visits end here.
-                    if !any_better(l1, cq, bq) {
-                        continue;
-                    }
-                    let d0 = (k * BLOCK + q * SUB) as u32;
-                    let slow = relax_backup(
-                        (l1, l2, r2, f1, f2, d0),
-                        (sub(x1, q), sub(x2, q)),
-                        cq,
-                        (sub_mut(best, q), sub_mut(b1, q), sub_mut(b2, q)),
-                    );
-                    if slow {
-                        slow_lanes(
-                            sh,
-                            &st.relays[i],
-                            (k, q, s0 + i, r2),
-                            (f1, f2),
-                            (x1, x2),
-                            (best, b1, b2),
+            // `l` is the cheapest first leg to `r2`: a lower bound for every lane.
+            walk(
+                &st.second[i],
+                |x| (x.l, x.r),
+                bmin,
+                &mut (&mut *best, &mut *b1, &mut *b2),
+                |(best, ..)| sub_maxima(best),
+                |(best, b1, b2), x, mut bits| {
+                    let c = lanes(c_slab, x.r as usize);
+                    while let Some(q) = next_sub(&mut bits) {
+                        let (cq, bq) = (sub(c, q), sub(best, q));
+                        // The cheapest first leg gives a lower bound: most visits end here.
+                        if !any_better(x.l, cq, bq) {
+                            continue;
+                        }
+                        let d0 = (k * BLOCK + q * SUB) as u32;
+                        let slow = relax_backup(
+                            (x.l, x.l2, x.r, x.f1, x.f2, d0),
+                            (sub(x1, q), sub(x2, q)),
+                            cq,
+                            (sub_mut(best, q), sub_mut(b1, q), sub_mut(b2, q)),
                         );
+                        if slow {
+                            slow_lanes(
+                                sh,
+                                &st.relays[i],
+                                (k, q, s0 + i, x.r),
+                                (x.f1, x.f2),
+                                (x1, x2),
+                                (best, b1, b2),
+                            );
+                        }
                     }
-                }
-                passes += 1;
-                if passes % REFRESH == 0 {
-                    worst = sub_maxima(best);
-                    top = max8(&worst);
-                }
-            }
+                },
+            );
         }
     }
 }

@@ -17,6 +17,21 @@ struct Case {
     max_relays: u8,
 }
 
+impl Case {
+    /// Site kinds: 0 shadow (no endpoint, no relay), 1 drained (endpoint, no relay), else
+    /// active.
+    fn new(n: usize, costs: Vec<f32>, kinds: &[u8], penalty: f32, max_relays: u8) -> Case {
+        Case {
+            n,
+            costs,
+            relay_ok: kinds.iter().map(|&k| k >= 2).collect(),
+            endpoint_ok: kinds.iter().map(|&k| k != 0).collect(),
+            penalty,
+            max_relays,
+        }
+    }
+}
+
 /// A float uniform in `[lo, hi)` drawn from an integer: proptest's own float-range sampler
 /// trips one of its debug assertions on rare draws, which failed a run now and then.
 fn uniform(lo: f32, hi: f32) -> impl Strategy<Value = f32> + Clone {
@@ -42,17 +57,7 @@ fn case() -> impl Strategy<Value = Case> {
                         .iter()
                         .map(|&(c, down)| if down { f32::INFINITY } else { c })
                         .collect();
-                    // 0: shadow (no endpoint, no relay), 1: drained (endpoint, no relay), else active.
-                    let endpoint_ok = kinds.iter().map(|&k| k != 0).collect();
-                    let relay_ok = kinds.iter().map(|&k| k >= 2).collect();
-                    Case {
-                        n,
-                        costs,
-                        relay_ok,
-                        endpoint_ok,
-                        penalty,
-                        max_relays,
-                    }
+                    Case::new(n, costs, &kinds, penalty, max_relays)
                 })
         },
     )
@@ -272,16 +277,7 @@ fn geo_case() -> impl Strategy<Value = Case> {
                         }
                     }
                 }
-                let endpoint_ok = kinds.iter().map(|&k| k != 0).collect();
-                let relay_ok = kinds.iter().map(|&k| k >= 2).collect();
-                Case {
-                    n,
-                    costs,
-                    relay_ok,
-                    endpoint_ok,
-                    penalty,
-                    max_relays,
-                }
+                Case::new(n, costs, &kinds, penalty, max_relays)
             })
     })
 }
