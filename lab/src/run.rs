@@ -492,6 +492,34 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                     changes += 1;
                     if t > TRANSIENT && t.saturating_sub(last_event) > TRANSIENT {
                         flaps += 1;
+                        if opts.live {
+                            // A change no fault explains: say which pair and why, so that a
+                            // flap can be looked into.
+                            let inv = &s.world.inventory;
+                            let name = |p: &Option<Vec<usize>>| {
+                                p.as_ref().map_or_else(
+                                    || "none".to_string(),
+                                    |p| {
+                                        p.iter()
+                                            .map(|&x| inv.site(x as u16).id.as_str())
+                                            .collect::<Vec<_>>()
+                                            .join(">")
+                                    },
+                                )
+                            };
+                            let core = mesh.controller.shared.core();
+                            let why = core.table().and_then(|tb| {
+                                tb.entry(&inv.site(a as u16).id, &inv.site(b as u16).id)
+                                    .ok()
+                                    .flatten()
+                            });
+                            println!(
+                                "t={ts:>5.1}s  flap {} -> {}: {:?}",
+                                name(&prev[a][b]),
+                                name(&now[a][b]),
+                                why.map(|e| e.reason)
+                            );
+                        }
                     }
                 }
             }
