@@ -260,7 +260,28 @@ fn true_world(s: &Scenario, active: &[&Fault]) -> World {
                 .drain(&w.inventory, &healthy, &topology::GuardrailConfig::default(), req);
         }
     }
+    add_noise(&mut w, s.run.noise);
     w
+}
+
+/// The noise as the emulator applies it, so that the truth is what an ideal prober would
+/// measure: each probe crosses the forward pipe (the link's loss, the noise and any fault) and
+/// its reply the backward one (the noise), so a round trip is lost with probability
+/// `1 − (1 − l − n)(1 − n)`; the forward pipe's jitter grows by the noise's.
+fn add_noise(w: &mut World, noise: crate::scenario::Noise) {
+    let n = w.inventory.len();
+    let p = noise.loss_pct / 100.0;
+    let table = std::sync::Arc::make_mut(&mut w.links);
+    for a in 0..n as u16 {
+        for b in 0..n as u16 {
+            if let Some(mut v) = table.get(a, b).copied() {
+                let fwd = (v.metrics.loss + p).min(1.0);
+                v.metrics.loss = 1.0 - (1.0 - fwd) * (1.0 - p);
+                v.metrics.jitter_ms += noise.jitter_ms;
+                table.set(a, b, Some(v));
+            }
+        }
+    }
 }
 
 /// Sets a pipe's parameters for the faults active on it.
@@ -519,6 +540,14 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                                 name(&now[a][b]),
                                 why.map(|e| e.reason)
                             );
+                            if std::env::var_os("AXON_LAB_DEBUG").is_some() {
+                                for p in [&prev[a][b], &now[a][b]].into_iter().flatten() {
+                                    for w in p.windows(2) {
+                                        let v = core.world().links.get(w[0] as u16, w[1] as u16);
+                                        eprintln!("    {}->{} {:?}", w[0], w[1], v.map(|v| v.metrics));
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -654,8 +683,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                     && m.health != LinkHealth::Down
                 {
                     rtt_err.push((m.metrics.rtt_ms - t.metrics.rtt_ms).abs());
-                    loss_err
-                        .push((m.metrics.loss - t.metrics.loss - s.run.noise.loss_pct / 100.0).abs() * 100.0);
+                    loss_err.push((m.metrics.loss - t.metrics.loss).abs() * 100.0);
                 }
             }
         }
