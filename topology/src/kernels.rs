@@ -411,6 +411,24 @@ fn unkey(k: u64) -> (f32, u32) {
     (f32::from_bits((k >> 32) as u32), k as u32)
 }
 
+/// Fills `out` with `items` (cost, site) cheapest first, each made into an entry by `make`;
+/// `keys` is a reused buffer.
+fn sort_by_cost<T>(
+    keys: &mut Vec<u64>,
+    items: impl Iterator<Item = (f32, u32)>,
+    out: &mut Vec<T>,
+    make: impl Fn(f32, u32) -> T,
+) {
+    keys.clear();
+    keys.extend(items.map(|(c, r)| key(c, r)));
+    keys.sort_unstable();
+    out.clear();
+    out.extend(keys.iter().map(|&k| {
+        let (c, r) = unkey(k);
+        make(c, r)
+    }));
+}
+
 /// Row `i` of a group array.
 #[inline(always)]
 fn row<T>(v: &[T], np: usize, i: usize) -> &[T] {
@@ -436,18 +454,13 @@ impl Steps {
         let p = cm.relay_penalty();
         self.relays.resize_with(rows, Vec::new);
         for (i, out) in self.relays.iter_mut().enumerate() {
-            let keys = &mut self.keys;
-            keys.clear();
-            keys.extend(
-                cm.row(s0 + i)
-                    .iter()
-                    .enumerate()
-                    .filter(|&(r, c)| c.is_finite() && cm.relay_ok(r))
-                    .map(|(r, &c)| key(c + p, r as u32)),
-            );
-            keys.sort_unstable();
-            out.clear();
-            out.extend(keys.iter().map(|&k| unkey(k)));
+            let usable = cm
+                .row(s0 + i)
+                .iter()
+                .enumerate()
+                .filter(|&(r, c)| c.is_finite() && cm.relay_ok(r))
+                .map(|(r, &c)| (c + p, r as u32));
+            sort_by_cost(&mut self.keys, usable, out, |l, r| (l, r));
         }
     }
 
@@ -515,16 +528,10 @@ impl Steps {
         second.resize_with(rows, Vec::new);
         for (i, out) in second.iter_mut().enumerate() {
             let (h, m, hs, ms) = (row(h, np, i), row(m, np, i), row(hs, np, i), row(ms, np, i));
-            keys.clear();
-            keys.extend(
-                (0..n)
-                    .filter(|&r| m[r] != NONE && h[r].is_finite() && sh.cm.relay_ok(r))
-                    .map(|r| key(h[r] + p, r as u32)),
-            );
-            keys.sort_unstable();
-            out.clear();
-            out.extend(keys.iter().map(|&k| {
-                let (l, r) = unkey(k);
+            let relayed = (0..n)
+                .filter(|&r| m[r] != NONE && h[r].is_finite() && sh.cm.relay_ok(r))
+                .map(|r| (h[r] + p, r as u32));
+            sort_by_cost(keys, relayed, out, |l, r| {
                 let r_ = r as usize;
                 Second {
                     l,
@@ -533,7 +540,7 @@ impl Steps {
                     f2: ms[r_],
                     l2: hs[r_] + p,
                 }
-            }));
+            });
         }
     }
 
