@@ -188,7 +188,31 @@ async fn start(s: &Scenario, seed: u64) -> Result<Mesh, LabError> {
     })
 }
 
-/// The links (directed, by index) and sites a fault hits.
+/// The scenario as the mesh measures it. Two sites share one probing connection and both
+/// measure the same round trip over its two ways, so the matrix's two directions of a pair
+/// become one link: the mean of their round trips, losses and jitters, in both directions.
+fn paired(s: &Scenario) -> Scenario {
+    let mut s = s.clone();
+    let n = s.world.inventory.len() as u16;
+    let table = std::sync::Arc::make_mut(&mut s.world.links);
+    for a in 0..n {
+        for b in a + 1..n {
+            let (Some(ab), Some(ba)) = (table.get(a, b).copied(), table.get(b, a).copied()) else {
+                continue;
+            };
+            let mut v = ab;
+            v.metrics.rtt_ms = (ab.metrics.rtt_ms + ba.metrics.rtt_ms) / 2.0;
+            v.metrics.loss = (ab.metrics.loss + ba.metrics.loss) / 2.0;
+            v.metrics.jitter_ms = (ab.metrics.jitter_ms + ba.metrics.jitter_ms) / 2.0;
+            table.set(a, b, Some(v));
+            table.set(b, a, Some(v));
+        }
+    }
+    s
+}
+
+/// The links (directed, by index) and sites a fault hits. A link fault hits both directions
+/// of its pair, whichever it names: their measurements cross the same two ways.
 type Hits = (Vec<(usize, usize)>, Vec<usize>);
 
 /// What `f` hits, by index.
@@ -196,7 +220,15 @@ fn hits(s: &Scenario, f: &Fault) -> Hits {
     let inv = &s.world.inventory;
     let idx = |id: &topology::SiteId| usize::from(inv.index_of(id).unwrap_or_default());
     match &f.target {
-        Target::Links(l) => (l.iter().map(|(a, b)| (idx(a), idx(b))).collect(), Vec::new()),
+        Target::Links(l) => {
+            let mut links: Vec<(usize, usize)> = l
+                .iter()
+                .flat_map(|(a, b)| [(idx(a), idx(b)), (idx(b), idx(a))])
+                .collect();
+            links.sort_unstable();
+            links.dedup();
+            (links, Vec::new())
+        }
         Target::Site(x) => (Vec::new(), vec![idx(x)]),
         Target::Region(r) => (
             Vec::new(),
@@ -390,6 +422,7 @@ fn active_faults<'a>(s: &'a Scenario, started: &[bool], ended: &[bool]) -> Vec<&
 
 /// Runs the scenario to the end and reports.
 pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
+    let s = &paired(s);
     let duration = Duration::from_secs_f64(opts.duration_s.unwrap_or(s.run.duration_s));
     let cpu0 = ops::cpu_seconds(None).unwrap_or(0.0);
     let mesh = start(s, opts.seed.max(1)).await?;

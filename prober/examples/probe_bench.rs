@@ -18,7 +18,7 @@ use prober::{Output, PeerConfig, ProberConfig, wilson};
 use tokio::sync::broadcast;
 use wan::{Emulator, EmulatorConfig, LinkParams, Way};
 
-/// The measuring site: a realistic id length, since probes carry it.
+/// The measuring site (a realistic id; it sorts before the peers', so it dials).
 const ME: &str = "aws-use1";
 
 fn secs(var: &str, default: u64) -> Duration {
@@ -95,12 +95,14 @@ async fn main() -> anyhow::Result<()> {
     generate_mesh(dir.path(), &sites)?;
     let emu = Emulator::new(EmulatorConfig::default())?;
 
-    // 1. RTT error, and bytes on the wire on each pair.
+    // 1. RTT error, and bytes on the wire on each pair, both sites measuring each other (the
+    // peers list ME at its own address; ME's id sorts first, so ME dials, through the pipes).
     let rtts = [("r5", 5u64), ("r40", 40), ("r150", 150)];
+    let me_addr = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
     let mut reflectors = Vec::new();
     let mut pipes = Vec::new();
     for (site, ms) in rtts {
-        let r = prober::start(config(dir.path(), site, vec![])).await?;
+        let r = prober::start(config(dir.path(), site, vec![(ME.into(), me_addr)])).await?;
         let (f, b) = wan::symmetric(Duration::from_millis(ms));
         pipes.push(emu.pipe(r.local_addr, f, b)?);
         reflectors.push(r);
@@ -112,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let mut cfg = config(dir.path(), ME, peers_cfg);
     cfg.window_ms = 5_000;
+    cfg.listen = me_addr;
     let a = prober::start(cfg).await?;
     let mut rx = a.subscribe();
     let run = secs("AXON_BENCH_RTT_SECS", 30);
@@ -170,8 +173,8 @@ async fn main() -> anyhow::Result<()> {
         let e99 = median(ws.iter().map(|w| w.report.rtt_ms[3] - ms as f64).collect());
         println!("| {ms} ms | {} | {e50:+.3} ms | {e99:+.3} ms |", ws.len());
     }
-    println!("\n## Bytes on the wire, one probed pair at 10 Hz (IPv4 + UDP + QUIC)");
-    println!("| RTT | prober → peer (probes, ACKs) | peer → prober (replies, ACKs) |");
+    println!("\n## Bytes on the wire per pair, both sites measuring at 10 Hz (IPv4 + UDP + QUIC)");
+    println!("| RTT | {ME} → peer (datagrams, ACKs) | peer → {ME} (datagrams, ACKs) |");
     println!("|---|---|---|");
     for ((_, ms), w) in rtts.iter().zip(&wire) {
         let cell = |(bps, pps, size): (f64, f64, f64)| {

@@ -129,6 +129,10 @@ pub struct ProberConfig {
     pub redial_min_ms: u64,
     /// Default 5000.
     pub redial_max_ms: u64,
+    /// Two sites share one connection, dialled at once by the site whose id sorts first. The
+    /// other dials only when nothing arrived from that peer for this long (the peer may not
+    /// list it, or may be down), ms. Default 2000.
+    pub dial_grace_ms: u64,
     /// QUIC idle timeout: a connection silent this long is closed and re-dialled, ms.
     /// Default 3000.
     pub idle_timeout_ms: u64,
@@ -158,6 +162,7 @@ impl Default for ProberConfig {
             loss_timeout_ms: 1_000,
             redial_min_ms: 100,
             redial_max_ms: 5_000,
+            dial_grace_ms: 2_000,
             idle_timeout_ms: 3_000,
             worker_threads: 1,
             liveness: LivenessSettings::default(),
@@ -202,6 +207,9 @@ impl ProberConfig {
         }
         if self.loss_timeout_ms == 0 || self.idle_timeout_ms == 0 {
             return bad("loss_timeout_ms and idle_timeout_ms must be positive".into());
+        }
+        if self.dial_grace_ms > 60_000 {
+            return bad(format!("dial_grace_ms {} is above 60000", self.dial_grace_ms));
         }
         if self.redial_min_ms == 0 || self.redial_max_ms < self.redial_min_ms {
             return bad("redial_min_ms must be positive and ≤ redial_max_ms".into());

@@ -1,12 +1,20 @@
-//! The async shell: a quinn endpoint that probes every peer and reflects every peer's probes.
+//! The async shell: a quinn endpoint sharing one connection with every peer site.
 //!
-//! One task per peer owns that peer's [`PeerSession`] and its outgoing connection (dialled with
-//! back-off); it sends probes on a jittered 10 Hz timer, feeds replies to the session, polls it
-//! at its next deadline and closes a window every `window_ms`. Incoming connections are
-//! reflectors: each probe is checked (format, and that its sender site is the site the peer's
-//! certificate names) and sent straight back. Everything the tasks learn leaves as [`Output`]
-//! on a broadcast channel that the report stream, the lab and the tests subscribe to.
+//! One task per configured peer owns that peer's [`PeerSession`] and the pair's connection:
+//! the site whose id sorts first dials at once (with back-off), the other only after
+//! `dial_grace_ms` without one, and if both connections come up both sides keep the one the
+//! first site dialled (the other is closed as superseded, which is no outage). The task asks
+//! on a 10 Hz timer with a random phase, answers the peer's asks at once, feeds every datagram
+//! to the session, asks again every half interval while an ask is missing, polls the session
+//! at its next deadline and closes a window every `window_ms`.
+//!
+//! An incoming connection is routed by its first valid datagram: the site tag must name a site
+//! the peer's certificate proves. A configured peer's task takes it over; any other site is
+//! answered the same way by a task of its own, without windows. Everything the tasks learn
+//! leaves as [`Output`] on a broadcast channel that the report stream, the lab and the tests
+//! subscribe to.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -14,24 +22,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use topology::SiteId;
 use tracing::{debug, info};
 
-use crate::config::{PeerConfig, ProberConfig};
+use crate::config::ProberConfig;
 use crate::error::ProberError;
 use crate::liveness::LivenessEvent;
 use crate::metrics::Metrics;
-use crate::session::{PeerSession, SessionConfig};
-use crate::tls::{TlsMaterial, cert_names_site, peer_cert};
+use crate::session::{EchoKind, PeerSession, SessionConfig};
+use crate::tls::{TlsMaterial, peer_cert};
 use crate::window::WindowReport;
-use crate::wire::{Kind, MAX_PROBE, Probe};
+use crate::wire::{Datagram, MAX_PROBE, site_tag};
 
 /// Incoming connections beyond this are refused: a mesh has far fewer peers.
 const MAX_INCOMING: usize = 4_096;
+/// The close code of a connection dropped because the pair keeps another one.
+const SUPERSEDED: u32 = 1;
+/// How long an incoming connection may take to send a first valid datagram.
+const IDENTIFY_WITHIN: Duration = Duration::from_secs(10);
 
 /// One peer's closed window.
 #[derive(Debug, Clone, PartialEq)]
@@ -108,8 +120,16 @@ impl Clock {
     }
 }
 
+/// A connection a peer dialled, handed to that peer's task with its first datagram.
+struct Accepted {
+    conn: quinn::Connection,
+    first: Datagram,
+}
+
 struct Shared {
     me: SiteId,
+    /// Configured peers by site tag: where their accepted connections go.
+    peers: HashMap<u32, (SiteId, mpsc::Sender<Accepted>)>,
     cfg: ProberConfig,
     session: SessionConfig,
     endpoint: quinn::Endpoint,
@@ -176,6 +196,11 @@ impl ProberHandle {
         self.endpoint.wait_idle().await;
     }
 
+    /// QUIC connections open now: one per peer site once the mesh has settled.
+    pub fn open_connections(&self) -> usize {
+        self.endpoint.open_connections()
+    }
+
     /// Resolves when the prober is asked to stop.
     pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.cancel.cancelled()
@@ -195,11 +220,12 @@ fn transport(cfg: &ProberConfig) -> Result<Arc<quinn::TransportConfig>, ProberEr
     t.max_concurrent_bidi_streams(0u32.into());
     t.max_concurrent_uni_streams(0u32.into());
     t.mtu_discovery_config(None);
+    // A dial to a peer still starting is retried after a third of quinn's default 333 ms.
+    t.initial_rtt(Duration::from_millis(100));
     t.datagram_receive_buffer_size(Some(256 * 1024));
-    // Every reply would otherwise be acknowledged by a packet of its own 25 ms later (the
-    // default ACK delay is shorter than the probe interval). Asking the peer to wait a little
-    // longer than one interval lets each ACK ride on the next probe: about a third fewer
-    // packets on the wire. Datagrams are never retransmitted, so a later ACK costs nothing.
+    // Asking the peer to delay its ACKs lets many of them ride on its next datagram instead
+    // of a packet of their own (quinn grants at most max(RTT, 25 ms), so on short links some
+    // still go alone). Datagrams are never retransmitted, so a later ACK costs nothing.
     let interval = Duration::from_millis(cfg.probe_interval_ms);
     let mut ack = quinn::AckFrequencyConfig::default();
     ack.ack_eliciting_threshold(10u32.into())
@@ -237,8 +263,21 @@ pub async fn start(cfg: ProberConfig) -> Result<ProberHandle, ProberError> {
         None => None,
     };
 
+    let mut peers = HashMap::new();
+    let mut inboxes = Vec::new();
+    for id in &peer_ids {
+        let (tx, rx) = mpsc::channel(4);
+        peers.insert(site_tag(id.as_str()), (id.clone(), tx));
+        inboxes.push(rx);
+    }
+    if peers.len() != peer_ids.len() {
+        return Err(ProberError::Config(
+            "two peers' site ids share a wire tag; rename one".into(),
+        ));
+    }
     let shared = Arc::new(Shared {
         me: me.clone(),
+        peers,
         session: cfg.session(),
         cfg: cfg.clone(),
         endpoint: endpoint.clone(),
@@ -247,9 +286,10 @@ pub async fn start(cfg: ProberConfig) -> Result<ProberHandle, ProberError> {
         outputs: outputs.clone(),
         clock: Clock::new(),
     });
-    for (p, id) in cfg.peers.iter().zip(peer_ids) {
+    for ((p, id), inbox) in cfg.peers.iter().zip(peer_ids).zip(inboxes) {
         shared.metrics.peer_up.with_label_values(&[id.as_str()]).set(0);
-        tasks.spawn(run_peer(shared.clone(), id, p.clone(), cancel.clone()));
+        let role = Role::Measure { addr: p.addr, inbox };
+        tasks.spawn(run_peer(shared.clone(), id, role, cancel.clone()));
     }
     tasks.spawn(accept(shared.clone(), cancel.clone()));
     if !cfg.report.endpoints.is_empty() {
@@ -275,27 +315,29 @@ pub async fn start(cfg: ProberConfig) -> Result<ProberHandle, ProberError> {
 }
 
 async fn accept(shared: Arc<Shared>, cancel: CancellationToken) {
-    let mut reflectors = JoinSet::new();
+    let mut handshakes = JoinSet::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             incoming = shared.endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if reflectors.len() >= MAX_INCOMING {
+                if handshakes.len() >= MAX_INCOMING {
                     shared.drop_datagram("connection_limit");
                     incoming.refuse();
                     continue;
                 }
-                reflectors.spawn(reflect(shared.clone(), incoming, cancel.clone()));
+                handshakes.spawn(identify(shared.clone(), incoming, cancel.clone()));
             }
-            Some(_) = reflectors.join_next(), if !reflectors.is_empty() => {}
+            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
         }
     }
-    reflectors.shutdown().await;
+    handshakes.shutdown().await;
 }
 
-/// Serves one incoming connection: reflects the probes of the site its certificate names.
-async fn reflect(shared: Arc<Shared>, incoming: quinn::Incoming, cancel: CancellationToken) {
+/// Completes an incoming connection and learns which site it is from its first valid
+/// datagram: the tag must name a site the certificate proves. A configured peer's task takes
+/// the connection over; any other site is answered here, without windows.
+async fn identify(shared: Arc<Shared>, incoming: quinn::Incoming, cancel: CancellationToken) {
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
@@ -304,52 +346,60 @@ async fn reflect(shared: Arc<Shared>, incoming: quinn::Incoming, cancel: Cancell
             return;
         }
     };
-    let Some(cert) = peer_cert(&conn) else {
+    let Some(names) = peer_cert(&conn).and_then(|c| proto::auth::Peer::from_cert(&c)) else {
         shared.drop_datagram("no_identity");
         return;
     };
-    // The site this connection proved to be, learnt from its first probe that the cert names.
-    let mut peer: Option<SiteId> = None;
-    let mut out = Vec::with_capacity(MAX_PROBE);
-    loop {
+    let deadline = tokio::time::Instant::now() + IDENTIFY_WITHIN;
+    let (site, first) = loop {
         let bytes = tokio::select! {
-            _ = cancel.cancelled() => break,
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(deadline) => {
+                conn.close(0u32.into(), b"no valid datagram");
+                return;
+            }
             d = conn.read_datagram() => match d {
                 Ok(b) => b,
-                Err(_) => break,
+                Err(_) => return,
             },
         };
-        let probe = match Probe::decode(&bytes) {
-            Ok(p) => p,
+        let d = match Datagram::decode(&bytes) {
+            Ok(d) => d,
             Err(e) => {
                 shared.drop_datagram(e.label());
                 continue;
             }
         };
-        if probe.kind != Kind::Probe {
-            shared.drop_datagram("unexpected_reply");
-            continue;
+        match names.names.iter().find(|n| site_tag(n) == d.site) {
+            Some(site) => match SiteId::new(site.clone()) {
+                Ok(site) if site != shared.me => break (site, d),
+                _ => shared.drop_datagram("identity"),
+            },
+            None => shared.drop_datagram("identity"),
         }
-        let proven = match &peer {
-            Some(site) => *site == probe.site,
-            None => {
-                let ok = cert_names_site(&cert, probe.site.as_str());
-                if ok {
-                    peer = Some(probe.site.clone());
-                }
-                ok
-            }
-        };
-        if !proven {
-            shared.drop_datagram("identity");
-            continue;
+    };
+    match shared.peers.get(&first.site) {
+        Some((id, inbox)) if *id == site => {
+            // The task gone (shutting down) or busy with a flood of connections: drop it.
+            let _ = inbox.try_send(Accepted { conn, first });
         }
-        out.clear();
-        probe.reflect().encode(&mut out);
-        if conn.send_datagram(Bytes::copy_from_slice(&out)).is_ok() {
-            shared.metrics.reflected.inc();
-        }
+        _ => run_peer(shared, site, Role::Answer { conn, first }, cancel).await,
     }
+}
+
+/// What a link task does.
+enum Role {
+    /// A configured peer: dial, ask, measure, report; take over connections it dials to us.
+    Measure {
+        addr: SocketAddr,
+        inbox: mpsc::Receiver<Accepted>,
+    },
+    /// A site that probes us without being configured here: answer its asks on its
+    /// connection until it closes.
+    Answer {
+        conn: quinn::Connection,
+        first: Datagram,
+    },
 }
 
 type Dialing = Pin<Box<dyn Future<Output = Result<quinn::Connection, String>> + Send>>;
@@ -367,26 +417,30 @@ fn dial(shared: &Shared, peer: &SiteId, addr: SocketAddr) -> Dialing {
     }
 }
 
-/// Sends the session's next probe on `conn`.
-fn send_probe(
-    session: &mut PeerSession,
-    conn: &quinn::Connection,
-    out: &mut Vec<u8>,
-    clock: Clock,
-    me: &SiteId,
-    peer: &SiteId,
-) {
-    let p = session.next_probe(clock.now_ns());
-    out.clear();
-    p.encode(out);
-    if let Err(e) = conn.send_datagram(Bytes::copy_from_slice(out)) {
-        debug!(site = %me, peer = %peer, error = %e, "probe not sent");
+/// The pair's connection, as one side sees it.
+struct Link {
+    conn: quinn::Connection,
+    /// Dialled by the site whose id sorts first: the one both sides keep.
+    canonical: bool,
+    /// When a datagram last arrived on it (monotonic ns).
+    heard_ns: u64,
+}
+
+/// Whether a newly up connection should replace the current one. Both sides apply the same
+/// rule, so they converge on the same connection: the first site's dial wins, unless it has
+/// gone quiet (a restarted peer dialling back finds the old one dead before QUIC's idle
+/// timeout says so); between two of the same kind the newer wins.
+fn replaces(current: &Link, new_canonical: bool, now_ns: u64, quiet_ns: u64) -> bool {
+    match (current.canonical, new_canonical) {
+        (false, true) => true,
+        (true, false) => now_ns.saturating_sub(current.heard_ns) > quiet_ns,
+        _ => true,
     }
 }
 
-async fn read(conn: &Option<quinn::Connection>) -> Result<Bytes, quinn::ConnectionError> {
-    match conn {
-        Some(c) => c.read_datagram().await,
+async fn read(link: &Option<Link>) -> Result<Bytes, quinn::ConnectionError> {
+    match link {
+        Some(l) => l.conn.read_datagram().await,
         None => std::future::pending().await,
     }
 }
@@ -398,23 +452,54 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Probes one peer for the prober's whole life.
-async fn run_peer(shared: Arc<Shared>, peer: SiteId, cfg: PeerConfig, cancel: CancellationToken) {
+/// Sends the session's next datagram (an ask, or an answer) on the link.
+fn send(session: &mut PeerSession, link: &Option<Link>, out: &mut Vec<u8>, clock: Clock, ask: bool) {
+    let Some(link) = link else { return };
+    let d = session.next_datagram(clock.now_ns(), ask);
+    out.clear();
+    d.encode(out);
+    if let Err(e) = link.conn.send_datagram(Bytes::copy_from_slice(out)) {
+        debug!(error = %e, "datagram not sent");
+    }
+}
+
+/// One peer for the prober's whole life ([`Role::Measure`]), or one unlisted peer's
+/// connection for its life ([`Role::Answer`]).
+async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: CancellationToken) {
     let clock = shared.clock;
     let me = shared.me.clone();
     let label = [peer.as_str()];
+    let peer_tag = site_tag(peer.as_str());
+    let first_sorts_me = me < peer;
     let interval = Duration::from_millis(shared.cfg.probe_interval_ms);
     let window = Duration::from_millis(shared.cfg.window_ms);
+    let grace = Duration::from_millis(shared.cfg.dial_grace_ms);
+    let quiet_ns = 3 * interval.as_nanos() as u64 * 2;
     let (redial_min, redial_max) = (
         Duration::from_millis(shared.cfg.redial_min_ms),
         Duration::from_millis(shared.cfg.redial_max_ms),
     );
+    let (measure, addr, mut inbox, mut link, mut pending_first) = match role {
+        Role::Measure { addr, inbox } => (true, Some(addr), Some(inbox), None, None),
+        Role::Answer { conn, first } => (
+            false,
+            None,
+            None,
+            Some(Link {
+                conn,
+                canonical: !first_sorts_me,
+                heard_ns: clock.now_ns(),
+            }),
+            Some(first),
+        ),
+    };
     let start = tokio::time::Instant::now();
-    // A random phase per peer spreads the probes of all peers over the interval: no bursts.
+    // A random phase per peer spreads the asks of all peers over the interval: no bursts.
     let phase = Duration::from_nanos(rand::random_range(0..interval.as_nanos() as u64));
-    let mut probe_tick = tokio::time::interval_at(start + phase, interval);
-    probe_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    // Evidence bursts (see `BurstConfig`): `extra` more probes per interval on a grid between
+    let mut ask_tick = tokio::time::interval_at(start + phase, interval);
+    ask_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut ticks: u64 = 0;
+    // Evidence bursts (see `BurstConfig`): `extra` more asks per interval on a grid between
     // the regular ticks, ticking only while the session says a burst runs.
     let extra = shared.cfg.burst.extra;
     let step = interval / (extra + 1);
@@ -428,10 +513,16 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, cfg: PeerConfig, cancel: Ca
     let mut window_tick = tokio::time::interval_at(start + window, window);
     window_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
 
-    let mut session = PeerSession::new(shared.session.clone(), me.clone(), rand::random());
-    let mut conn: Option<quinn::Connection> = None;
-    let mut dialing: Option<Dialing> = Some(dial(&shared, &peer, cfg.addr));
-    let mut redial_at: Option<tokio::time::Instant> = None;
+    let mut session = PeerSession::new(shared.session.clone(), me.as_str());
+    if link.is_some() {
+        session.connected();
+    }
+    let mut dialing: Option<Dialing> = None;
+    let mut dial_at: Option<tokio::time::Instant> = match addr {
+        Some(_) if first_sorts_me => Some(start),
+        Some(_) => Some(start + grace),
+        None => None,
+    };
     let mut backoff = redial_min;
     // Whether the connection was up for the whole current window.
     let mut window_connected = false;
@@ -443,6 +534,9 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, cfg: PeerConfig, cancel: Ca
     let cancelled = cancel.cancelled();
     tokio::pin!(cancelled);
     let mut armed_for: Option<u64> = None;
+    // Asks again every half interval while the last ask is missing (see `PeerSession::suspect`).
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut misses_seen = 0;
 
     loop {
         if session.bursts() != bursts_seen {
@@ -453,6 +547,16 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, cfg: PeerConfig, cancel: Ca
                 .inc_by(session.bursts() - bursts_seen);
             bursts_seen = session.bursts();
         }
+        // A new miss: ask again at once, then every half interval until the verdict.
+        if session.misses() != misses_seen {
+            misses_seen = session.misses();
+            if measure && session.suspect() {
+                send(&mut session, &link, &mut out, clock, true);
+                retry_at = Some(tokio::time::Instant::now() + interval / 2);
+            }
+        }
+        // The first datagram of an accepted connection, read before the task had it.
+        let arrived = pending_first.take();
         // One timer for the session's next deadline, re-armed only when the deadline moves:
         // re-registering a fresh timer on every wake-up costs more than the probing itself.
         let next = session.next_deadline();
@@ -464,127 +568,207 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, cfg: PeerConfig, cancel: Ca
                 deadline_timer.as_mut().reset(at);
             }
         }
-        tokio::select! {
-            biased;
-            _ = &mut cancelled => break,
-            r = async { match dialing.as_mut() { Some(d) => d.await, None => std::future::pending().await } } => {
-                dialing = None;
-                match r {
-                    Ok(c) => {
-                        debug!(site = %me, peer = %peer, "connected");
-                        conn = Some(c);
-                        session.reconnected(rand::random());
-                        backoff = redial_min;
-                        shared.metrics.peer_up.with_label_values(&label).set(1);
-                    }
-                    Err(e) => {
-                        debug!(site = %me, peer = %peer, error = %e, "dial failed");
-                        shared.metrics.dial_failures.with_label_values(&label).inc();
-                        let jitter = rand::random_range(0.5..1.0);
-                        redial_at = Some(tokio::time::Instant::now() + backoff.mul_f64(jitter));
-                        backoff = (backoff * 2).min(redial_max);
-                    }
-                }
-            }
-            d = read(&conn) => match d {
-                Ok(bytes) => {
-                    let now = clock.now_ns();
-                    match Probe::decode(&bytes) {
-                        Ok(p) if p.kind == Kind::Reply => {
-                            if p.site != me {
-                                shared.drop_datagram("site_mismatch");
-                                continue;
-                            }
-                            match session.on_reply(&p, now) {
-                                Ok(o) => {
-                                    if let crate::session::ReplyKind::InTime { rtt_ns } = o.kind {
-                                        shared.metrics.rtt.with_label_values(&label).observe(rtt_ns as f64 / 1e9);
-                                    }
-                                    if let Some(ev) = o.event {
-                                        shared.metrics.peer_up.with_label_values(&label).set(1);
-                                        shared.emit_liveness(&peer, ev, Cause::Probes);
-                                    }
+        let datagram = if let Some(d) = arrived {
+            Some(d)
+        } else {
+            tokio::select! {
+                biased;
+                _ = &mut cancelled => break,
+                r = async { match dialing.as_mut() { Some(d) => d.await, None => std::future::pending().await } } => {
+                    dialing = None;
+                    match r {
+                        Ok(c) => {
+                            let canonical = first_sorts_me;
+                            let now = clock.now_ns();
+                            if link.as_ref().is_some_and(|l| !replaces(l, canonical, now, quiet_ns)) {
+                                c.close(SUPERSEDED.into(), b"superseded");
+                            } else {
+                                debug!(site = %me, peer = %peer, "connected");
+                                if let Some(old) = link.replace(Link { conn: c, canonical, heard_ns: now }) {
+                                    old.conn.close(SUPERSEDED.into(), b"superseded");
                                 }
-                                Err(r) => shared.drop_datagram(r.label()),
+                                session.connected();
+                                backoff = redial_min;
                             }
                         }
-                        Ok(p) => {
-                            // A peer probing over our connection: reflect it like any other.
-                            out.clear();
-                            p.reflect().encode(&mut out);
-                            if let Some(c) = &conn
-                                && c.send_datagram(Bytes::copy_from_slice(&out)).is_ok()
-                            {
-                                shared.metrics.reflected.inc();
+                        Err(e) => {
+                            debug!(site = %me, peer = %peer, error = %e, "dial failed");
+                            shared.metrics.dial_failures.with_label_values(&label).inc();
+                            if link.is_none() {
+                                let jitter = rand::random_range(0.5..1.0);
+                                dial_at = Some(tokio::time::Instant::now() + backoff.mul_f64(jitter));
+                                backoff = (backoff * 2).min(redial_max);
                             }
                         }
-                        Err(e) => shared.drop_datagram(e.label()),
+                    }
+                    None
+                }
+                a = async { match inbox.as_mut() { Some(i) => i.recv().await, None => std::future::pending().await } } => {
+                    let Some(Accepted { conn, first }) = a else { continue };
+                    let canonical = !first_sorts_me;
+                    let now = clock.now_ns();
+                    if link.as_ref().is_some_and(|l| !replaces(l, canonical, now, quiet_ns)) {
+                        conn.close(SUPERSEDED.into(), b"superseded");
+                        None
+                    } else {
+                        debug!(site = %me, peer = %peer, "peer connected");
+                        if let Some(old) = link.replace(Link { conn, canonical, heard_ns: now }) {
+                            old.conn.close(SUPERSEDED.into(), b"superseded");
+                        }
+                        session.connected();
+                        dial_at = None;
+                        backoff = redial_min;
+                        Some(first)
                     }
                 }
-                Err(e) => {
-                    debug!(site = %me, peer = %peer, error = %e, "connection lost");
-                    conn = None;
-                    window_connected = false;
-                    shared.metrics.peer_up.with_label_values(&label).set(0);
-                    if let Some(ev) = session.connection_lost() {
-                        shared.emit_liveness(&peer, ev, Cause::Connection);
+                d = read(&link) => match d {
+                    Ok(bytes) => match Datagram::decode(&bytes) {
+                        Ok(d) => Some(d),
+                        Err(e) => {
+                            shared.drop_datagram(e.label());
+                            None
+                        }
+                    },
+                    Err(e) => {
+                        let superseded = matches!(&e, quinn::ConnectionError::ApplicationClosed(c)
+                            if c.error_code == SUPERSEDED.into());
+                        link = None;
+                        window_connected = false;
+                        if !measure {
+                            break;
+                        }
+                        if superseded {
+                            // The peer keeps another connection of the pair, on its way here:
+                            // no outage. Its arrival starts the session again.
+                            debug!(site = %me, peer = %peer, "connection superseded");
+                            dial_at = Some(tokio::time::Instant::now() + grace);
+                        } else {
+                            debug!(site = %me, peer = %peer, error = %e, "connection lost");
+                            shared.metrics.peer_up.with_label_values(&label).set(0);
+                            if let Some(ev) = session.connection_lost() {
+                                shared.emit_liveness(&peer, ev, Cause::Connection);
+                            }
+                            let wait = if first_sorts_me { backoff } else { backoff.max(grace) };
+                            dial_at = Some(tokio::time::Instant::now() + wait);
+                            backoff = (backoff * 2).min(redial_max);
+                        }
+                        None
                     }
-                    redial_at = Some(tokio::time::Instant::now() + backoff);
-                    backoff = (backoff * 2).min(redial_max);
-                }
-            },
-            _ = sleep_until_opt(redial_at) => {
-                redial_at = None;
-                dialing = Some(dial(&shared, &peer, cfg.addr));
-            }
-            _ = deadline_timer.as_mut(), if armed_for.is_some() => {
-                armed_for = None;
-                if let Some(ev) = session.poll(clock.now_ns()) {
-                    shared.metrics.peer_up.with_label_values(&label).set(0);
-                    shared.emit_liveness(&peer, ev, Cause::Probes);
-                }
-            }
-            tick = probe_tick.tick() => {
-                match &conn {
-                    Some(c) => {
-                        shared.metrics.send_lateness.observe(tick.elapsed().as_secs_f64());
-                        send_probe(&mut session, c, &mut out, clock, &me, &peer);
+                },
+                _ = sleep_until_opt(dial_at) => {
+                    dial_at = None;
+                    if link.is_none() && dialing.is_none() && let Some(addr) = addr {
+                        dialing = Some(dial(&shared, &peer, addr));
                     }
-                    None => session.unsendable(),
+                    None
+                }
+                _ = deadline_timer.as_mut(), if armed_for.is_some() => {
+                    armed_for = None;
+                    if let Some(ev) = session.poll(clock.now_ns()) {
+                        shared.metrics.peer_up.with_label_values(&label).set(0);
+                        shared.emit_liveness(&peer, ev, Cause::Probes);
+                    }
+                    None
+                }
+                tick = ask_tick.tick(), if measure => {
+                    ticks += 1;
+                    match &link {
+                        Some(_) if session.ask_due(ticks, clock.now_ns()) => {
+                            shared.metrics.send_lateness.observe(tick.elapsed().as_secs_f64());
+                            send(&mut session, &link, &mut out, clock, true);
+                        }
+                        Some(_) => {}
+                        None if session.ever_connected() => session.unsendable(),
+                        None => {}
+                    }
+                    None
+                }
+                _ = sleep_until_opt(retry_at) => {
+                    retry_at = None;
+                    if session.suspect() {
+                        send(&mut session, &link, &mut out, clock, true);
+                        retry_at = Some(tokio::time::Instant::now() + interval / 2);
+                    }
+                    None
+                }
+                tick = burst_tick.tick(), if measure && extra > 0 && link.is_some() && session.bursting(clock.now_ns()) => {
+                    if !on_regular_grid(tick) {
+                        send(&mut session, &link, &mut out, clock, true);
+                    }
+                    None
+                }
+                _ = window_tick.tick() => {
+                    let _ = session.poll(clock.now_ns());
+                    let report = session.close_window();
+                    let end = ops::unix_ms();
+                    if measure && session.ever_connected() {
+                        shared.metrics.sent.with_label_values(&label).inc_by(u64::from(report.sent));
+                        shared.metrics.lost.with_label_values(&label).inc_by(u64::from(report.lost));
+                        shared.metrics.loss.with_label_values(&label).set(report.loss);
+                        shared.metrics.jitter.with_label_values(&label).set(report.jitter_ms / 1e3);
+                        shared.emit(Output::Window(PeerWindow {
+                            peer: peer.clone(),
+                            start_unix_ms: window_start,
+                            end_unix_ms: end,
+                            connected: window_connected && link.is_some(),
+                            report,
+                        }));
+                    }
+                    window_start = end;
+                    window_connected = link.is_some();
+                    None
                 }
             }
-            tick = burst_tick.tick(), if extra > 0 && conn.is_some() && session.bursting(clock.now_ns()) => {
-                if let Some(c) = &conn
-                    && !on_regular_grid(tick)
+        };
+        let Some(d) = datagram else { continue };
+        if d.site != peer_tag {
+            shared.drop_datagram("identity");
+            continue;
+        }
+        let now = clock.now_ns();
+        if let Some(l) = link.as_mut() {
+            l.heard_ns = now;
+        }
+        let mut up = None;
+        let asked = session.on_datagram(&d, now, |o| match o {
+            Ok(o) => {
+                if let EchoKind::InTime { rtt_ns } = o.kind
+                    && measure
                 {
-                    send_probe(&mut session, c, &mut out, clock, &me, &peer);
+                    shared
+                        .metrics
+                        .rtt
+                        .with_label_values(&label)
+                        .observe(rtt_ns as f64 / 1e9);
+                }
+                if o.event.is_some() {
+                    up = o.event;
                 }
             }
-            _ = window_tick.tick() => {
-                let _ = session.poll(clock.now_ns());
-                let report = session.close_window();
-                let end = ops::unix_ms();
-                shared.metrics.sent.with_label_values(&label).inc_by(u64::from(report.sent));
-                shared.metrics.lost.with_label_values(&label).inc_by(u64::from(report.lost));
-                shared.metrics.loss.with_label_values(&label).set(report.loss);
-                shared.metrics.jitter.with_label_values(&label).set(report.jitter_ms / 1e3);
-                shared.emit(Output::Window(PeerWindow {
-                    peer: peer.clone(),
-                    start_unix_ms: window_start,
-                    end_unix_ms: end,
-                    connected: window_connected && conn.is_some(),
-                    report,
-                }));
-                window_start = end;
-                window_connected = conn.is_some();
+            Err(r) => shared.drop_datagram(r.label()),
+        });
+        match asked {
+            Ok(true) => {
+                send(&mut session, &link, &mut out, clock, false);
+                shared.metrics.answered.inc();
+            }
+            Ok(false) => {}
+            Err(r) => shared.drop_datagram(r.label()),
+        }
+        if measure {
+            if session.is_connected() && !session.is_down() {
+                shared.metrics.peer_up.with_label_values(&label).set(1);
+            }
+            if let Some(ev) = up {
+                shared.emit_liveness(&peer, ev, Cause::Probes);
             }
         }
     }
-    if let Some(c) = conn {
-        let st = c.stats();
+    if let Some(l) = link {
+        let st = l.conn.stats();
         debug!(site = %me, peer = %peer, udp_tx = st.udp_tx.datagrams, udp_tx_bytes = st.udp_tx.bytes,
-            udp_rx = st.udp_rx.datagrams, acks_tx = st.frame_tx.acks, ack_freq_tx = st.frame_tx.ack_frequency,
-            datagrams_tx = st.frame_tx.datagram, pings_tx = st.frame_tx.ping, "connection closed");
-        c.close(0u32.into(), b"shutdown");
+            udp_rx = st.udp_rx.datagrams, acks_tx = st.frame_tx.acks, datagrams_tx = st.frame_tx.datagram,
+            pings_tx = st.frame_tx.ping, "connection closed");
+        l.conn.close(0u32.into(), b"shutdown");
     }
 }

@@ -3,26 +3,23 @@
 /// What went wrong. Datagram variants are also drop-counter labels (see [`ProberError::label`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProberError {
-    /// Shorter than the fixed header, or its declared site id runs past the end.
+    /// Shorter than the fixed header.
     #[error("truncated datagram ({0} bytes)")]
     Truncated(usize),
     /// Larger than any probe we send.
     #[error("oversized datagram ({0} bytes)")]
     Oversized(usize),
-    /// Does not start with the probe magic: not ours.
-    #[error("foreign datagram (bad magic)")]
+    /// Does not start with the probe format byte: not ours.
+    #[error("foreign datagram (not an Axon probe)")]
     Foreign,
     /// A format version we do not speak.
     #[error("unsupported probe version {0}")]
     Version(u8),
-    /// Neither a probe nor a reply.
-    #[error("unknown probe kind {0}")]
-    Kind(u8),
-    /// The sender site id is not a valid id.
-    #[error("invalid sender site id")]
-    Site,
-    /// Bytes after the site id.
-    #[error("trailing bytes after the probe")]
+    /// Flag bits this version does not define.
+    #[error("unknown probe flags {0:#04x}")]
+    Flags(u8),
+    /// Bytes after the header that do not make whole echoes.
+    #[error("trailing bytes after the probe's echoes")]
     Trailing,
     /// Certificates or keys could not be loaded or do not fit together.
     #[error("tls: {0}")]
@@ -48,8 +45,7 @@ impl ProberError {
             ProberError::Oversized(_) => "oversized",
             ProberError::Foreign => "foreign",
             ProberError::Version(_) => "version",
-            ProberError::Kind(_) => "kind",
-            ProberError::Site => "site",
+            ProberError::Flags(_) => "flags",
             ProberError::Trailing => "trailing",
             ProberError::Tls(_) => "tls",
             ProberError::Config(_) => "config",

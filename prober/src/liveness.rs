@@ -95,6 +95,12 @@ impl Liveness {
         self.misses
     }
 
+    /// Whether a run of misses is in progress on a link not yet declared down: the moment to
+    /// ask again quickly, so an outage is confirmed (or ruled out) in tens of milliseconds.
+    pub fn suspect(&self) -> bool {
+        self.run > 0 && !self.down
+    }
+
     /// The link's measured miss rate (about the last 200 probes).
     pub fn miss_rate(&self) -> f64 {
         self.miss_rate
@@ -186,6 +192,12 @@ impl Liveness {
     pub fn next_deadline(&self) -> Option<u64> {
         let deadline = self.deadline().as_nanos() as u64;
         self.pending.front().map(|&(_, sent)| sent + deadline + 1)
+    }
+
+    /// A new connection: asks sent on the old one will never be answered, and their
+    /// sequence numbers are used again. A link that was down stays down until an answer.
+    pub fn new_connection(&mut self) {
+        self.pending.clear();
     }
 
     /// The connection itself is gone: down at once.

@@ -30,8 +30,8 @@ pub struct Metrics {
     pub dropped: IntCounterVec,
     /// Evidence bursts started, by peer (see `BurstConfig`).
     pub bursts: IntCounterVec,
-    /// Probes reflected for peers.
-    pub reflected: IntCounter,
+    /// Peers' asks answered at once.
+    pub answered: IntCounter,
     /// Connection attempts that failed, by peer.
     pub dial_failures: IntCounterVec,
     /// Reports dropped because the buffer was full while no controller took them.
@@ -110,9 +110,9 @@ impl Metrics {
                     &["reason"],
                 ),
             ),
-            reflected: register(
+            answered: register(
                 r,
-                IntCounter::new("axon_probes_reflected_total", "Probes reflected for peers."),
+                IntCounter::new("axon_probes_answered_total", "Peers' asks answered at once."),
             ),
             bursts: register(
                 r,

@@ -1,23 +1,31 @@
-//! One peer's probing state, without I/O: what to send, what a reply means, when a probe is lost.
+//! One peer's probing state, without I/O: what to send, what an echo means, when a probe is lost.
 //!
-//! The async shell calls [`PeerSession::next_probe`] on its timer, hands every reply to
-//! [`PeerSession::on_reply`], calls [`PeerSession::poll`] at [`PeerSession::next_deadline`] and
-//! closes a window every `window` with [`PeerSession::close_window`]. Time is always a parameter
+//! Two sites share one connection and every datagram is both a probe and the echo of the
+//! peer's datagrams received since the last send (see [`crate::wire`]). Each side *asks* on
+//! its own timer (every second probe interval while the peer asks too, every interval when it
+//! does not), and answers the peer's asks at once; an answer is a probe in its own right,
+//! echoed by the peer's next datagram. So both sites get a sample per probe interval from one
+//! datagram per interval in each direction, where probe-and-reflect on a connection per
+//! direction takes three packets.
+//!
+//! The async shell calls [`PeerSession::next_datagram`] to send (on its ask timer, and at once
+//! when [`PeerSession::on_datagram`] reports an ask), feeds every arriving datagram to
+//! `on_datagram`, calls [`PeerSession::poll`] at [`PeerSession::next_deadline`] and closes a
+//! window every `window` with [`PeerSession::close_window`]. Time is always a parameter
 //! (monotonic nanoseconds), so the whole state machine is tested with a simulated clock.
 //!
-//! Every probe sent stays in a ring indexed by sequence number until its fate is known and a
-//! little longer, so a reply is classified in O(1): in time, late (after `loss_timeout`),
-//! duplicate, reordered, or refused (never sent, or carrying another send time: forged or
-//! replayed from an older session).
+//! Every datagram sent stays in a ring indexed by sequence number until its fate is known and
+//! a little longer, so an echo is classified in O(1): in time, late (after `loss_timeout`),
+//! duplicate, reordered, or refused (never sent, too old, or holding longer than the probe
+//! has existed: forged). Fast liveness times asks only: an answer's echo waits for the peer's
+//! next datagram, which says nothing about the path.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use topology::SiteId;
-
 use crate::liveness::{Liveness, LivenessConfig, LivenessEvent};
 use crate::window::{Window, WindowReport};
-use crate::wire::{Kind, Probe};
+use crate::wire::{ANSWER, ASK, Datagram, Echo, MAX_ECHOES, site_tag};
 
 /// Per-peer probing settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,54 +78,51 @@ impl Default for BurstConfig {
     }
 }
 
-/// Why a reply was refused.
+/// Why an echo or a datagram was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
-    /// Not a reply (a probe must be reflected, not measured).
-    NotReply,
-    /// Another session's reply: a leftover of an older connection.
-    StaleSession,
-    /// A sequence number never sent.
+    /// An echo of a sequence number never sent.
     Unsent,
-    /// Older than the history kept: cannot be classified.
+    /// An echo older than the history kept: cannot be classified.
     TooOld,
-    /// The send time does not match what was sent under this sequence: forged or corrupted.
-    Mismatch,
+    /// An echo holding a probe longer than it has existed: forged or corrupted.
+    Forged,
+    /// A datagram of the peer's seen before (a replay).
+    Replayed,
 }
 
 impl Refused {
     /// A short, stable label for the `reason` of a drop counter.
     pub fn label(self) -> &'static str {
         match self {
-            Refused::NotReply => "not_reply",
-            Refused::StaleSession => "stale_session",
             Refused::Unsent => "unsent",
             Refused::TooOld => "too_old",
-            Refused::Mismatch => "mismatch",
+            Refused::Forged => "forged",
+            Refused::Replayed => "replayed",
         }
     }
 }
 
-/// What a reply turned out to be.
+/// What an echo turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplyKind {
+pub enum EchoKind {
     /// In time; its RTT was recorded.
     InTime {
-        /// Round trip, ns.
+        /// Round trip, ns, the peer's hold taken out.
         rtt_ns: u64,
     },
     /// After its loss timeout (already counted lost).
     Late,
-    /// A second reply to the same probe.
+    /// A second echo of the same probe.
     Duplicate,
 }
 
-/// The outcome of one accepted reply.
+/// The outcome of one accepted echo.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReplyOutcome {
-    /// What the reply was.
-    pub kind: ReplyKind,
-    /// Whether it came after a newer one.
+pub struct EchoOutcome {
+    /// What the echo was.
+    pub kind: EchoKind,
+    /// Whether it came after the echo of a newer probe.
     pub reordered: bool,
     /// A liveness change it caused (`Up` after a `Down`).
     pub event: Option<LivenessEvent>,
@@ -133,24 +138,34 @@ enum Fate {
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     sent_ns: u64,
+    ask: bool,
     fate: Fate,
 }
 
-/// One peer's probing state for one connection session.
+/// One peer's probing state for the pair's connection.
 #[derive(Debug, Clone)]
 pub struct PeerSession {
     cfg: SessionConfig,
-    me: SiteId,
-    session: u32,
-    next_seq: u64,
+    /// This site's [`site_tag`], written into every datagram.
+    tag: u32,
+    next_seq: u32,
     /// `ring[i]` is sequence `base + i`.
     ring: VecDeque<Slot>,
-    base: u64,
-    max_answered: Option<u64>,
+    base: u32,
+    max_answered: Option<u32>,
     srtt_ns: Option<f64>,
     window: Window,
     liveness: Liveness,
     connected: bool,
+    ever_connected: bool,
+    /// The peer's datagrams to echo with the next send: (its sequence, arrival ns).
+    to_echo: Vec<(u32, u64)>,
+    /// The peer's highest sequence seen, and a bitmap of the 64 below and at it (bit `i` is
+    /// `max − i`): replays are refused, so nothing is echoed twice.
+    peer_max: Option<u32>,
+    peer_seen: u64,
+    /// When the peer last asked.
+    peer_asked_ns: Option<u64>,
     /// A burst runs until this instant (ns); 0 when none ever started.
     burst_until: u64,
     /// When the last burst started.
@@ -160,13 +175,12 @@ pub struct PeerSession {
 }
 
 impl PeerSession {
-    /// A fresh state for probes from `me`; `session` must be random per connection.
-    pub fn new(cfg: SessionConfig, me: SiteId, session: u32) -> Self {
+    /// A fresh state for the datagrams of site `me`, not yet connected.
+    pub fn new(cfg: SessionConfig, me: &str) -> Self {
         let liveness = Liveness::new(cfg.liveness.clone());
         PeerSession {
             cfg,
-            me,
-            session,
+            tag: site_tag(me),
             next_seq: 0,
             ring: VecDeque::new(),
             base: 0,
@@ -174,21 +188,32 @@ impl PeerSession {
             srtt_ns: None,
             window: Window::default(),
             liveness,
-            connected: true,
+            connected: false,
+            ever_connected: false,
+            to_echo: Vec::with_capacity(MAX_ECHOES),
+            peer_max: None,
+            peer_seen: 0,
+            peer_asked_ns: None,
             burst_until: 0,
             burst_started: None,
             bursts: 0,
         }
     }
 
-    /// The session number replies must carry.
-    pub fn session(&self) -> u32 {
-        self.session
-    }
-
     /// Whether liveness currently says down.
     pub fn is_down(&self) -> bool {
         self.liveness.is_down()
+    }
+
+    /// Whether an ask just missed on a link not yet declared down: the shell asks again every
+    /// half interval until an echo or the verdict comes.
+    pub fn suspect(&self) -> bool {
+        self.connected && self.liveness.suspect()
+    }
+
+    /// Asks that missed their liveness deadline so far.
+    pub fn misses(&self) -> u64 {
+        self.liveness.misses()
     }
 
     /// The loss timeout in force: the configured one, or three smoothed RTTs if longer.
@@ -197,29 +222,52 @@ impl PeerSession {
         self.cfg.loss_timeout.max(three_rtt)
     }
 
-    /// The next probe to send at `now`; it is recorded as sent.
-    pub fn next_probe(&mut self, now: u64) -> Probe {
+    /// Whether the regular ask of timer tick number `tick` is due at `now`: every second tick
+    /// while the peer asks too (its answers then carry the other half of the samples), every
+    /// tick when it does not.
+    pub fn ask_due(&self, tick: u64, now: u64) -> bool {
+        let recent = 6 * self.cfg.liveness.probe_interval.as_nanos() as u64;
+        let peer_asks = self
+            .peer_asked_ns
+            .is_some_and(|t| now.saturating_sub(t) <= recent);
+        !peer_asks || tick % 2 == 0
+    }
+
+    /// The next datagram to send at `now` (an ask, or the answer to one), carrying the echoes
+    /// of every peer datagram received since the last send; it is recorded as a probe.
+    pub fn next_datagram(&mut self, now: u64, ask: bool) -> Datagram {
         let seq = self.next_seq;
-        self.next_seq += 1;
+        self.next_seq = self.next_seq.saturating_add(1);
         if self.ring.is_empty() {
             self.base = seq;
         }
         self.ring.push_back(Slot {
             sent_ns: now,
+            ask,
             fate: Fate::Pending,
         });
         self.window.sent();
-        self.liveness.on_send(seq, now);
-        Probe {
-            kind: Kind::Probe,
-            session: self.session,
+        if ask {
+            self.liveness.on_send(u64::from(seq), now);
+        }
+        let echoes = self
+            .to_echo
+            .drain(..)
+            .map(|(seq, at)| Echo {
+                seq,
+                hold_us: u32::try_from(now.saturating_sub(at) / 1_000).unwrap_or(u32::MAX),
+            })
+            .collect();
+        Datagram {
+            flags: if ask { ASK } else { ANSWER },
             seq,
-            sent_ns: now,
-            site: self.me.clone(),
+            sent_us: now / 1_000,
+            site: self.tag,
+            echoes,
         }
     }
 
-    /// A probe interval passed while the connection is down: a window with no reply counts it
+    /// A probe interval passed while the connection is down: a window with no echo counts it
     /// as sent and lost, so that a dead connection reads as 100% loss for every window it is
     /// down (see [`Window::close`]).
     pub fn unsendable(&mut self) {
@@ -236,13 +284,20 @@ impl PeerSession {
         self.liveness.connection_lost()
     }
 
-    /// A new connection is up; the caller must use a new session number, so replies to the
-    /// old one are refused as stale.
-    pub fn reconnected(&mut self, session: u32) {
+    /// A connection is up (a first one, a new one, or one that replaced another): sequence
+    /// numbers start again on both sides, so nothing of the old one is carried over.
+    pub fn connected(&mut self) {
         self.connected = true;
-        self.session = session;
+        self.ever_connected = true;
+        self.next_seq = 0;
+        self.base = 0;
         self.ring.clear();
         self.max_answered = None;
+        self.to_echo.clear();
+        self.peer_max = None;
+        self.peer_seen = 0;
+        self.peer_asked_ns = None;
+        self.liveness.new_connection();
     }
 
     /// Whether the connection is currently up.
@@ -250,34 +305,87 @@ impl PeerSession {
         self.connected
     }
 
-    /// Classifies a reply received at `now`.
-    pub fn on_reply(&mut self, reply: &Probe, now: u64) -> Result<ReplyOutcome, Refused> {
-        if reply.kind != Kind::Reply {
-            return Err(Refused::NotReply);
+    /// Whether a connection was ever up: a link never reached reports no windows (it has
+    /// nothing to say about loss), one that was reports its outages as loss.
+    pub fn ever_connected(&self) -> bool {
+        self.ever_connected
+    }
+
+    /// Takes in a datagram from the peer received at `now` (already checked to come from the
+    /// peer): queues it to be echoed and classifies its echoes, handing each outcome to
+    /// `each`. Returns whether the peer asked for an answer at once.
+    pub fn on_datagram(
+        &mut self,
+        d: &Datagram,
+        now: u64,
+        mut each: impl FnMut(Result<EchoOutcome, Refused>),
+    ) -> Result<bool, Refused> {
+        if !self.first_sight(d.seq) {
+            return Err(Refused::Replayed);
         }
-        if reply.session != self.session {
-            return Err(Refused::StaleSession);
+        if self.to_echo.len() == MAX_ECHOES {
+            // Cannot happen at sane rates (a datagram leaves at least every other arrival);
+            // the oldest goes unechoed and its sender counts it lost.
+            self.to_echo.remove(0);
         }
-        if reply.seq >= self.next_seq {
+        self.to_echo.push((d.seq, now));
+        if d.asks() {
+            self.peer_asked_ns = Some(now);
+        }
+        for e in &d.echoes {
+            each(self.on_echo(*e, now));
+        }
+        Ok(d.asks())
+    }
+
+    /// Records the peer's sequence `seq`; false if it was seen before (or is too old to tell).
+    fn first_sight(&mut self, seq: u32) -> bool {
+        let Some(max) = self.peer_max else {
+            self.peer_max = Some(seq);
+            self.peer_seen = 1;
+            return true;
+        };
+        if seq > max {
+            let shift = seq - max;
+            self.peer_seen = if shift >= 64 { 0 } else { self.peer_seen << shift };
+            self.peer_seen |= 1;
+            self.peer_max = Some(seq);
+            return true;
+        }
+        let back = max - seq;
+        if back >= 64 || self.peer_seen & (1 << back) != 0 {
+            return false;
+        }
+        self.peer_seen |= 1 << back;
+        true
+    }
+
+    /// Classifies one echo of our datagram received at `now`.
+    fn on_echo(&mut self, e: Echo, now: u64) -> Result<EchoOutcome, Refused> {
+        // The ring holds sequences `base..next_seq`, contiguous (2^32 datagrams are more than
+        // a decade of one connection at 10 Hz, so sequences never wrap in practice).
+        if e.seq >= self.next_seq {
             return Err(Refused::Unsent);
         }
-        let Some(i) = reply
+        let Some(slot) = e
             .seq
             .checked_sub(self.base)
-            .filter(|&i| (i as usize) < self.ring.len())
+            .and_then(|i| self.ring.get_mut(i as usize))
         else {
             return Err(Refused::TooOld);
         };
-        let slot = &mut self.ring[i as usize];
-        if slot.sent_ns != reply.sent_ns {
-            return Err(Refused::Mismatch);
+        let elapsed = now.saturating_sub(slot.sent_ns);
+        let hold = u64::from(e.hold_us) * 1_000;
+        if hold > elapsed {
+            return Err(Refused::Forged);
         }
-        let reordered = self.max_answered.is_some_and(|m| reply.seq < m);
+        let rtt_ns = elapsed - hold;
+        let reordered = self.max_answered.is_some_and(|m| e.seq < m);
         let kind = match slot.fate {
             Fate::Answered => {
                 self.window.duplicate();
-                return Ok(ReplyOutcome {
-                    kind: ReplyKind::Duplicate,
+                return Ok(EchoOutcome {
+                    kind: EchoKind::Duplicate,
                     reordered: false,
                     event: None,
                 });
@@ -285,36 +393,38 @@ impl PeerSession {
             Fate::Lost => {
                 slot.fate = Fate::Answered;
                 self.window.late();
-                ReplyKind::Late
+                EchoKind::Late
             }
             Fate::Pending => {
                 slot.fate = Fate::Answered;
-                let rtt_ns = now.saturating_sub(slot.sent_ns);
                 self.window.received(rtt_ns);
                 self.srtt_ns = Some(match self.srtt_ns {
                     None => rtt_ns as f64,
                     Some(s) => s + (rtt_ns as f64 - s) / 8.0,
                 });
-                ReplyKind::InTime { rtt_ns }
+                EchoKind::InTime { rtt_ns }
             }
         };
+        let ask = slot.ask;
         if reordered {
             self.window.reordered();
         }
-        self.max_answered = Some(self.max_answered.map_or(reply.seq, |m| m.max(reply.seq)));
-        let rtt_ns = now.saturating_sub(reply.sent_ns);
-        let misses = self.liveness.misses();
-        let event = self.liveness.on_reply(reply.seq, rtt_ns, now);
-        self.after_misses(misses, now);
-        Ok(ReplyOutcome {
+        self.max_answered = Some(self.max_answered.map_or(e.seq, |m| m.max(e.seq)));
+        let mut event = None;
+        if ask {
+            let misses = self.liveness.misses();
+            event = self.liveness.on_reply(u64::from(e.seq), rtt_ns, now);
+            self.after_misses(misses, now);
+        }
+        Ok(EchoOutcome {
             kind,
             reordered,
             event,
         })
     }
 
-    /// Advances time: probes past the loss timeout are lost; a run of liveness misses may
-    /// declare the link down.
+    /// Advances time: probes past the loss timeout are lost; a run of missed asks may declare
+    /// the link down.
     pub fn poll(&mut self, now: u64) -> Option<LivenessEvent> {
         let timeout = self.loss_timeout().as_nanos() as u64;
         for slot in self.ring.iter_mut() {
@@ -326,7 +436,7 @@ impl PeerSession {
                 self.window.lost();
             }
         }
-        // Keep two loss timeouts of history so late replies and duplicates are classified.
+        // Keep two loss timeouts of history so late echoes and duplicates are classified.
         while self
             .ring
             .front()
@@ -360,7 +470,7 @@ impl PeerSession {
         self.bursts += 1;
     }
 
-    /// Whether a burst is running at `now`: the shell then sends `extra` more probes per
+    /// Whether a burst is running at `now`: the shell then sends `extra` more asks per
     /// interval.
     pub fn bursting(&self, now: u64) -> bool {
         now < self.burst_until
@@ -392,30 +502,60 @@ mod tests {
     const MS: u64 = 1_000_000;
 
     fn session() -> PeerSession {
-        PeerSession::new(SessionConfig::default(), SiteId::new("a").unwrap(), 7)
+        let mut s = PeerSession::new(SessionConfig::default(), "a");
+        s.connected();
+        s
+    }
+
+    /// A datagram of the peer's, sequence `seq`, echoing `echoes` (our seq, hold ms).
+    fn from_peer(seq: u32, flags: u8, echoes: &[(u32, u64)]) -> Datagram {
+        Datagram {
+            flags,
+            seq,
+            sent_us: 0,
+            site: site_tag("b"),
+            echoes: echoes
+                .iter()
+                .map(|&(seq, hold_ms)| Echo {
+                    seq,
+                    hold_us: (hold_ms * 1_000) as u32,
+                })
+                .collect(),
+        }
+    }
+
+    /// Feeds `d` at `now` and collects the echo outcomes.
+    fn feed(s: &mut PeerSession, d: &Datagram, now: u64) -> Vec<Result<EchoOutcome, Refused>> {
+        let mut out = Vec::new();
+        s.on_datagram(d, now, |o| out.push(o)).unwrap();
+        out
     }
 
     #[test]
-    fn replies_are_classified_in_time_late_duplicate_reordered() {
+    fn the_peer_s_hold_is_taken_out_of_the_round_trip() {
         let mut s = session();
-        let p0 = s.next_probe(0);
-        let p1 = s.next_probe(100 * MS);
-        let p2 = s.next_probe(200 * MS);
-        // p1 answered first, then p0 (reordered), then p1 again (duplicate).
-        let o = s.on_reply(&p1.reflect(), 140 * MS).unwrap();
-        assert_eq!(o.kind, ReplyKind::InTime { rtt_ns: 40 * MS });
-        let o = s.on_reply(&p0.reflect(), 150 * MS).unwrap();
-        assert!(o.reordered);
-        assert_eq!(
-            s.on_reply(&p1.reflect(), 160 * MS).unwrap().kind,
-            ReplyKind::Duplicate
-        );
-        // p2 times out, then arrives late.
+        let p = s.next_datagram(0, false);
+        // The peer got it at 20 ms, held it 60 ms, its datagram arrived at 100 ms.
+        let o = feed(&mut s, &from_peer(0, ASK, &[(p.seq, 60)]), 100 * MS);
+        assert_eq!(o[0].unwrap().kind, EchoKind::InTime { rtt_ns: 40 * MS });
+    }
+
+    #[test]
+    fn echoes_are_classified_in_time_late_duplicate_reordered() {
+        let mut s = session();
+        let p0 = s.next_datagram(0, true);
+        let p1 = s.next_datagram(100 * MS, true);
+        let p2 = s.next_datagram(200 * MS, true);
+        // p1 echoed first, then p0 (reordered), then p1 again (duplicate).
+        let o = feed(&mut s, &from_peer(0, 0, &[(p1.seq, 0)]), 140 * MS);
+        assert_eq!(o[0].unwrap().kind, EchoKind::InTime { rtt_ns: 40 * MS });
+        let o = feed(&mut s, &from_peer(1, 0, &[(p0.seq, 0), (p1.seq, 0)]), 150 * MS);
+        assert!(o[0].unwrap().reordered);
+        assert_eq!(o[1].unwrap().kind, EchoKind::Duplicate);
+        // p2 times out, then its echo arrives late.
         s.poll(1_300 * MS);
-        assert_eq!(
-            s.on_reply(&p2.reflect(), 1_350 * MS).unwrap().kind,
-            ReplyKind::Late
-        );
+        let o = feed(&mut s, &from_peer(2, 0, &[(p2.seq, 0)]), 1_350 * MS);
+        assert_eq!(o[0].unwrap().kind, EchoKind::Late);
         let w = s.close_window();
         assert_eq!(
             (w.sent, w.received, w.lost, w.late, w.duplicates, w.reordered),
@@ -424,40 +564,83 @@ mod tests {
     }
 
     #[test]
-    fn forged_stale_and_unsent_replies_are_refused() {
+    fn every_peer_datagram_is_echoed_once_with_its_hold() {
         let mut s = session();
-        let p = s.next_probe(0);
-        let mut other = p.reflect();
-        other.session = 8;
-        assert_eq!(s.on_reply(&other, MS), Err(Refused::StaleSession));
-        let mut future = p.reflect();
-        future.seq = 5;
-        assert_eq!(s.on_reply(&future, MS), Err(Refused::Unsent));
-        let mut forged = p.reflect();
-        forged.sent_ns = 1;
-        assert_eq!(s.on_reply(&forged, MS), Err(Refused::Mismatch));
-        assert_eq!(s.on_reply(&p, MS), Err(Refused::NotReply));
-        // None of them touched the window.
-        assert_eq!(s.close_window().received, 0);
+        assert!(feed(&mut s, &from_peer(0, ANSWER, &[]), 10 * MS).is_empty());
+        assert!(feed(&mut s, &from_peer(1, ANSWER, &[]), 30 * MS).is_empty());
+        let d = s.next_datagram(50 * MS, true);
+        assert_eq!(d.flags, ASK);
+        assert_eq!(
+            d.echoes,
+            vec![
+                Echo {
+                    seq: 0,
+                    hold_us: 40_000
+                },
+                Echo {
+                    seq: 1,
+                    hold_us: 20_000
+                }
+            ]
+        );
+        assert!(s.next_datagram(60 * MS, false).echoes.is_empty(), "echoed twice");
+        // A replay of the peer's datagram is refused and not echoed again.
+        assert_eq!(
+            s.on_datagram(&from_peer(1, ANSWER, &[]), 70 * MS, |_| {}),
+            Err(Refused::Replayed)
+        );
+        assert!(s.next_datagram(80 * MS, false).echoes.is_empty());
     }
 
     #[test]
-    fn history_is_bounded_and_old_replies_are_refused() {
+    fn an_ask_is_reported_so_the_shell_answers_at_once() {
         let mut s = session();
-        let first = s.next_probe(0);
-        for i in 1..1_000u64 {
-            let p = s.next_probe(i * 100 * MS);
-            s.on_reply(&p.reflect(), i * 100 * MS + 10 * MS).unwrap();
-            s.poll(i * 100 * MS + 10 * MS);
+        assert_eq!(s.on_datagram(&from_peer(0, ASK, &[]), MS, |_| {}), Ok(true));
+        assert_eq!(s.on_datagram(&from_peer(1, ANSWER, &[]), MS, |_| {}), Ok(false));
+        let answer = s.next_datagram(MS + 5_000, false);
+        assert_eq!(answer.flags, ANSWER);
+        assert_eq!(answer.echoes[0], Echo { seq: 0, hold_us: 5 });
+    }
+
+    #[test]
+    fn forged_unsent_too_old_and_replayed_are_refused_without_touching_the_window() {
+        let mut s = session();
+        let p = s.next_datagram(0, true);
+        let o = feed(&mut s, &from_peer(0, 0, &[(p.seq + 5, 0)]), MS);
+        assert_eq!(o, vec![Err(Refused::Unsent)]);
+        // Held 10 ms, but sent only 1 ms ago: a lie.
+        let o = feed(&mut s, &from_peer(1, 0, &[(p.seq, 10)]), MS);
+        assert_eq!(o, vec![Err(Refused::Forged)]);
+        assert_eq!(s.close_window().received, 0);
+        // Peer sequences far below the newest cannot be told from replays.
+        feed(&mut s, &from_peer(500, 0, &[]), MS);
+        assert_eq!(
+            s.on_datagram(&from_peer(2, 0, &[]), MS, |_| {}),
+            Err(Refused::Replayed)
+        );
+        // Out-of-order but new is fine.
+        assert!(s.on_datagram(&from_peer(499, 0, &[]), MS, |_| {}).is_ok());
+    }
+
+    #[test]
+    fn history_is_bounded_and_old_echoes_are_refused() {
+        let mut s = session();
+        let first = s.next_datagram(0, true);
+        for i in 1..1_000u32 {
+            let t = u64::from(i) * 100 * MS;
+            let p = s.next_datagram(t, true);
+            feed(&mut s, &from_peer(i, 0, &[(p.seq, 0)]), t + 10 * MS);
+            s.poll(t + 10 * MS);
         }
         assert!(s.ring.len() < 40, "ring holds {}", s.ring.len());
-        assert_eq!(s.on_reply(&first.reflect(), 100_000 * MS), Err(Refused::TooOld));
+        let o = feed(&mut s, &from_peer(5_000, 0, &[(first.seq, 0)]), 100_000 * MS);
+        assert_eq!(o, vec![Err(Refused::TooOld)]);
     }
 
     #[test]
-    fn a_dead_connection_reads_as_full_loss_and_a_new_session_starts_clean() {
+    fn a_dead_connection_reads_as_full_loss_and_a_new_one_starts_clean() {
         let mut s = session();
-        let old = s.next_probe(0);
+        s.next_datagram(0, true);
         assert_eq!(s.connection_lost(), Some(LivenessEvent::Down));
         for _ in 0..9 {
             s.unsendable();
@@ -465,11 +648,19 @@ mod tests {
         let w = s.close_window();
         assert_eq!((w.sent, w.lost, w.received), (10, 10, 0));
         assert_eq!(w.loss, 1.0);
-        s.reconnected(9);
-        assert_eq!(s.on_reply(&old.reflect(), MS), Err(Refused::StaleSession));
-        let p = s.next_probe(2_000 * MS);
-        let o = s.on_reply(&p.reflect(), 2_030 * MS).unwrap();
-        assert_eq!(o.event, Some(LivenessEvent::Up));
+        s.connected();
+        let p = s.next_datagram(2_000 * MS, true);
+        assert_eq!(p.seq, 0, "sequences start again on a new connection");
+        let o = feed(&mut s, &from_peer(0, 0, &[(p.seq, 0)]), 2_030 * MS);
+        assert_eq!(o[0].unwrap().event, Some(LivenessEvent::Up));
+    }
+
+    #[test]
+    fn a_link_never_connected_says_so() {
+        let mut s = PeerSession::new(SessionConfig::default(), "a");
+        assert!(!s.ever_connected() && !s.is_connected());
+        s.connected();
+        assert!(s.ever_connected());
     }
 
     #[test]
@@ -478,9 +669,10 @@ mod tests {
         for _ in 0..7 {
             s.unsendable();
         }
-        for i in 0..3u64 {
-            let p = s.next_probe(i * 100 * MS);
-            s.on_reply(&p.reflect(), i * 100 * MS + 20 * MS).unwrap();
+        for i in 0..3u32 {
+            let t = u64::from(i) * 100 * MS;
+            let p = s.next_datagram(t, true);
+            feed(&mut s, &from_peer(i, 0, &[(p.seq, 0)]), t + 20 * MS);
         }
         let w = s.close_window();
         assert_eq!((w.sent, w.received, w.lost), (3, 3, 0), "{w:?}");
@@ -490,9 +682,10 @@ mod tests {
     #[test]
     fn the_loss_timeout_stretches_to_three_rtts_on_long_links() {
         let mut s = session();
-        for i in 0..20u64 {
-            let p = s.next_probe(i * 100 * MS);
-            s.on_reply(&p.reflect(), i * 100 * MS + 500 * MS).unwrap();
+        for i in 0..20u32 {
+            let t = u64::from(i) * 100 * MS;
+            let p = s.next_datagram(t, true);
+            feed(&mut s, &from_peer(i, 0, &[(p.seq, 0)]), t + 500 * MS);
         }
         assert!(
             s.loss_timeout() >= Duration::from_millis(1_400),
@@ -500,18 +693,59 @@ mod tests {
             s.loss_timeout()
         );
         assert!(s.next_deadline().is_none(), "nothing pending");
-        s.next_probe(10_000 * MS);
+        s.next_datagram(10_000 * MS, true);
         assert!(s.next_deadline().is_some());
     }
 
-    /// Drives a 40 ms link at 10 Hz for `probes` probes from `t`, polling like the shell does;
-    /// `lost(i)` says whether probe `i` goes unanswered. Returns the time after the last one.
-    fn drive(s: &mut PeerSession, t: u64, probes: u64, lost: impl Fn(u64) -> bool) -> u64 {
+    #[test]
+    fn unechoed_answers_are_lost_but_never_declare_the_link_down() {
+        let mut s = session();
+        // Warm the link up with asks, then send only answers that are never echoed.
+        let mut t = drive(&mut s, 0, 100, |_| false);
+        for _ in 0..30 {
+            s.next_datagram(t, false);
+            t += 100 * MS;
+            assert_eq!(s.poll(t), None);
+        }
+        assert!(!s.is_down());
+        s.poll(t + 2_000 * MS);
+        assert!(s.close_window().lost >= 30);
+    }
+
+    #[test]
+    fn asks_go_every_tick_alone_and_every_other_tick_when_the_peer_asks_too() {
+        let mut s = session();
+        assert!((0..4).all(|tick| s.ask_due(tick, 0)));
+        feed(&mut s, &from_peer(0, ASK, &[]), 0);
+        assert_eq!((0..4).filter(|&tick| s.ask_due(tick, 50 * MS)).count(), 2);
+        // The peer stopped asking a while ago: back to every tick.
+        assert!((0..4).all(|tick| s.ask_due(tick, 5_000 * MS)));
+    }
+
+    #[test]
+    fn a_missed_ask_makes_the_link_suspect_until_an_echo() {
+        let mut s = session();
+        let t = drive(&mut s, 0, 100, |_| false);
+        assert!(!s.suspect());
+        s.next_datagram(t, true);
+        let dl = s.next_deadline().unwrap();
+        s.poll(dl);
+        assert!(s.suspect() && !s.is_down());
+        let p = s.next_datagram(dl, true);
+        feed(&mut s, &from_peer(10_000, 0, &[(p.seq, 0)]), dl + 40 * MS);
+        assert!(!s.suspect());
+    }
+
+    /// Drives a 40 ms link with an ask every 100 ms for `asks` asks from `t`, polling like the
+    /// shell does; `lost(i)` says whether ask `i` goes unechoed. Returns the time after the
+    /// last one.
+    fn drive(s: &mut PeerSession, t: u64, asks: u64, lost: impl Fn(u64) -> bool) -> u64 {
         let mut t = t;
-        for i in 0..probes {
-            let p = s.next_probe(t);
+        for i in 0..asks {
+            let p = s.next_datagram(t, true);
             if !lost(i) {
-                s.on_reply(&p.reflect(), t + 40 * MS).unwrap();
+                let peer_seq = (t / MS) as u32;
+                feed(s, &from_peer(peer_seq, ANSWER, &[(p.seq, 0)]), t + 40 * MS);
             }
             t += 100 * MS;
             s.poll(t);
@@ -525,9 +759,9 @@ mod tests {
         let t = drive(&mut s, 0, 300, |_| false);
         assert!(!s.bursting(t));
         assert_eq!(s.bursts(), 0);
-        // One probe goes missing: at its liveness deadline a burst starts, for 2 s.
-        let _ = s.next_probe(t);
-        let dl = s.next_deadline().expect("a pending probe has a deadline");
+        // One ask goes missing: at its liveness deadline a burst starts, for 2 s.
+        let _ = s.next_datagram(t, true);
+        let dl = s.next_deadline().expect("a pending ask has a deadline");
         s.poll(dl);
         assert_eq!(s.bursts(), 1);
         assert!(s.bursting(dl) && s.bursting(dl + 1_900 * MS));
@@ -535,7 +769,7 @@ mod tests {
         // A second miss within the cooldown starts nothing; one after it does.
         let t = drive(&mut s, dl + 100 * MS, 20, |i| i == 5);
         assert_eq!(s.bursts(), 1);
-        // Once the misses have aged out of the miss rate (about 200 probes), a miss bursts again.
+        // Once the misses have aged out of the miss rate (about 200 asks), a miss bursts again.
         let _ = drive(&mut s, t, 300, |i| i == 250);
         assert_eq!(s.bursts(), 2);
     }
@@ -543,7 +777,7 @@ mod tests {
     #[test]
     fn a_link_known_to_be_lossy_does_not_burst() {
         let mut s = session();
-        // 5% of probes lost for 40 s: the miss rate is far above 1%.
+        // 5% of asks lost for 40 s: the miss rate is far above the threshold.
         let t = drive(&mut s, 0, 400, |i| i % 20 == 7);
         let before = s.bursts();
         let _ = drive(&mut s, t, 100, |i| i % 20 == 7);
@@ -554,7 +788,8 @@ mod tests {
     fn bursts_can_be_turned_off() {
         let mut cfg = SessionConfig::default();
         cfg.burst.extra = 0;
-        let mut s = PeerSession::new(cfg, SiteId::new("a").unwrap(), 7);
+        let mut s = PeerSession::new(cfg, "a");
+        s.connected();
         let _ = drive(&mut s, 0, 300, |i| i == 250);
         assert_eq!(s.bursts(), 0);
     }

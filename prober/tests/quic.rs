@@ -12,6 +12,13 @@ use common::{certs, config, eventually, http_get, metric, wait_for};
 use prober::{Cause, LivenessEvent, Output, PeerWindow, wilson};
 use wan::{Emulator, EmulatorConfig, LinkParams, Way};
 
+/// A loopback UDP address free a moment ago: two probers that list each other need each
+/// other's address before either starts.
+fn free_udp_addr() -> std::net::SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
+}
+
 fn window_of<'a>(o: &'a Output, peer: &str) -> Option<&'a PeerWindow> {
     match o {
         Output::Window(w) if w.peer.as_str() == peer => Some(w),
@@ -63,8 +70,8 @@ async fn injected_40ms_rtt_is_measured_within_3ms_and_exported() {
     assert_eq!(metric(&page, "axon_peer_up{peer=\"b\"}"), Some(1.0));
     assert!(metric(&page, "axon_probes_sent_total{peer=\"b\"}").unwrap() >= 40.0);
     assert_eq!(http_get(a.metrics_addr.unwrap(), "/healthz").await.trim(), "ok");
-    // B reflected A's probes.
-    assert!(b.metrics.reflected.get() >= 40);
+    // B, which does not list A, answered A's asks.
+    assert!(b.metrics.answered.get() >= 40);
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -318,6 +325,57 @@ async fn a_first_loss_on_a_clean_link_brings_a_burst_of_evidence_and_then_calm()
         },
     )
     .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sites_listing_each_other_share_one_connection_and_both_measure_it() {
+    let dir = certs(&["a", "b"]);
+    let (addr_a, addr_b) = (free_udp_addr(), free_udp_addr());
+    let mut cfg = config(dir.path(), "a", &[("b", addr_b)]);
+    cfg.listen = addr_a;
+    let a = prober::start(cfg).await.unwrap();
+    let mut cfg = config(dir.path(), "b", &[("a", addr_a)]);
+    cfg.listen = addr_b;
+    let b = prober::start(cfg).await.unwrap();
+    let (mut ra, mut rb) = (a.subscribe(), b.subscribe());
+    for (rx, peer) in [(&mut ra, "b"), (&mut rb, "a")] {
+        let mut good = 0;
+        wait_for(rx, Duration::from_secs(30), "three full windows", |o| {
+            let w = window_of(o, peer)?;
+            // Half the samples come from its asks, half from its answers to the peer's asks.
+            good = if w.connected && w.report.received >= 8 && w.report.sent <= 12 {
+                good + 1
+            } else {
+                0
+            };
+            (good >= 3).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(a.open_connections(), 1);
+    assert_eq!(b.open_connections(), 1);
+    assert!(a.metrics.answered.get() > 0 && b.metrics.answered.get() > 0);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_listed_by_a_peer_it_does_not_list_is_dialled_after_the_grace_and_answers() {
+    let dir = certs(&["a", "b"]);
+    let a = prober::start(config(dir.path(), "a", &[])).await.unwrap();
+    let b = prober::start(config(dir.path(), "b", &[("a", a.local_addr)]))
+        .await
+        .unwrap();
+    let mut rx = b.subscribe();
+    let t0 = Instant::now();
+    wait_for(&mut rx, Duration::from_secs(30), "a measured window", |o| {
+        window_of(o, "a").and_then(|w| (w.connected && w.report.received >= 8).then_some(()))
+    })
+    .await;
+    assert!(t0.elapsed() >= Duration::from_secs(2), "dialled before the grace");
+    assert!(a.metrics.answered.get() >= 8);
     a.shutdown().await;
     b.shutdown().await;
 }

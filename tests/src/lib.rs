@@ -175,15 +175,19 @@ impl Mesh {
         }
     }
 
-    /// Blackholes (or heals) both directions of the pipe `from` dials `to` through.
+    /// Blackholes (or heals) the link between `from` and `to`, both ways.
     pub fn blackhole(&self, from: &str, to: &str, on: bool) {
-        let p = &self.pipes[&(from.to_string(), to.to_string())];
-        for way in [Way::Forward, Way::Backward] {
-            let params = LinkParams {
-                blackhole: on,
-                ..p.params(way)
-            };
-            p.set(way, params).unwrap();
+        // The pair's two sites share one probing connection (through the pipe of whichever
+        // dialled): cutting the link cuts both pipes of the pair.
+        for key in [(from, to), (to, from)] {
+            let p = &self.pipes[&(key.0.to_string(), key.1.to_string())];
+            for way in [Way::Forward, Way::Backward] {
+                let params = LinkParams {
+                    blackhole: on,
+                    ..p.params(way)
+                };
+                p.set(way, params).unwrap();
+            }
         }
     }
 

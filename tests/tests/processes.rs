@@ -170,18 +170,20 @@ async fn separate_processes_close_the_loop_and_agents_outlive_the_controller() {
     })
     .await;
 
-    // A blackhole on c → b: agent a leaves it.
+    // A blackhole between c and b (both pipes: the pair shares the connection one of them
+    // dialled): agent a leaves it.
     let t0 = Instant::now();
-    let pipe = &pipes[&("c", "b")];
-    for way in [Way::Forward, Way::Backward] {
-        pipe.set(
-            way,
-            LinkParams {
-                blackhole: true,
-                ..pipe.params(way)
-            },
-        )
-        .unwrap();
+    for pipe in [&pipes[&("c", "b")], &pipes[&("b", "c")]] {
+        for way in [Way::Forward, Way::Backward] {
+            pipe.set(
+                way,
+                LinkParams {
+                    blackhole: true,
+                    ..pipe.params(way)
+                },
+            )
+            .unwrap();
+        }
     }
     eventually(Duration::from_secs(30), "agent a to avoid c → b", || async {
         let p = primary(a, "b").await?;
