@@ -736,6 +736,86 @@ mod tests {
         assert!(!s.suspect());
     }
 
+    /// Simulates the shell on a 40 ± 2 ms link for `ms` milliseconds in 1 ms steps: an ask
+    /// every 100 ms, and after a miss an ask at once and every 50 ms while suspect. Each way
+    /// loses with probability `loss`; from `dark_from` ms on, everything is lost. Returns the
+    /// liveness events with their times (ms).
+    fn simulate(ms: u64, loss: f64, dark_from: Option<u64>) -> Vec<(u64, LivenessEvent)> {
+        let coin = |i: u64, salt: u64| {
+            let mut z = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            (z ^ (z >> 31)) as f64 / u64::MAX as f64
+        };
+        let mut s = session();
+        let mut arrivals: VecDeque<(u64, u32)> = VecDeque::new();
+        let (mut sent, mut peer_seq, mut misses) = (0u64, 0u32, 0u64);
+        let mut retry_at: Option<u64> = None;
+        let mut events = Vec::new();
+        let mut send = |s: &mut PeerSession, t: u64, arrivals: &mut VecDeque<(u64, u32)>| {
+            let d = s.next_datagram(t * MS, true);
+            sent += 1;
+            let dark = dark_from.is_some_and(|from| t >= from);
+            if !dark && coin(sent, 1) >= loss && coin(sent, 2) >= loss {
+                let rtt = 38 + (coin(sent, 3) * 4.0) as u64;
+                arrivals.push_back((t + rtt, d.seq));
+            }
+        };
+        for t in 0..ms {
+            if t % 100 == 0 {
+                send(&mut s, t, &mut arrivals);
+            }
+            while arrivals.front().is_some_and(|&(at, _)| at <= t) {
+                let (_, seq) = arrivals.pop_front().unwrap();
+                peer_seq += 1;
+                let d = from_peer(peer_seq, ANSWER, &[(seq, 0)]);
+                s.on_datagram(&d, t * MS, |o| {
+                    if let Ok(EchoOutcome { event: Some(e), .. }) = o {
+                        events.push((t, e));
+                    }
+                })
+                .unwrap();
+            }
+            if s.next_deadline().is_some_and(|d| d <= t * MS)
+                && let Some(e) = s.poll(t * MS)
+            {
+                events.push((t, e));
+            }
+            if s.misses() != misses {
+                misses = s.misses();
+                if s.suspect() {
+                    send(&mut s, t, &mut arrivals);
+                    retry_at = Some(t + 50);
+                }
+            }
+            if retry_at == Some(t) {
+                retry_at = None;
+                if s.suspect() {
+                    send(&mut s, t, &mut arrivals);
+                    retry_at = Some(t + 50);
+                }
+            }
+        }
+        events
+    }
+
+    #[test]
+    fn ten_minutes_of_five_percent_loss_each_way_with_asks_again_never_look_like_an_outage() {
+        let events = simulate(600_000, 0.05, None);
+        assert!(events.is_empty(), "false alarms: {events:?}");
+    }
+
+    #[test]
+    fn asking_again_after_a_miss_sees_a_blackhole_within_a_quarter_second() {
+        for dark in [60_000, 60_037, 60_071] {
+            let events = simulate(62_000, 0.0, Some(dark));
+            let (at, e) = events[0];
+            assert_eq!(e, LivenessEvent::Down);
+            // Asks every 100 ms alone would need three ticks: 268 ms at the very best.
+            assert!(at - dark <= 250, "LinkDown {} ms after the blackhole", at - dark);
+        }
+    }
+
     /// Drives a 40 ms link with an ask every 100 ms for `asks` asks from `t`, polling like the
     /// shell does; `lost(i)` says whether ask `i` goes unechoed. Returns the time after the
     /// last one.
