@@ -45,11 +45,27 @@ fn default_capacity() -> u32 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `memory` (embedded; the only kind so far). Default `memory`.
+    /// `memory` (embedded: one controller, optionally a snapshot file) or `etcd` (several
+    /// replicas, one leader elected through an etcd lease; drains, the version counter and
+    /// published tables live in etcd). Default `memory`.
     pub kind: String,
-    /// Snapshot file for drains and the version counter; none = nothing survives a restart.
-    /// Default none.
+    /// Snapshot file for drains and the version counter (`memory` only); none = nothing
+    /// survives a restart. Default none.
     pub snapshot: Option<PathBuf>,
+    /// etcd client URLs (`http://127.0.0.1:2379`), for `kind = "etcd"`. Default none.
+    pub etcd_endpoints: Vec<String>,
+    /// Every key Axon writes starts with this prefix: one etcd can hold several meshes.
+    /// Default `/axon`.
+    pub etcd_prefix: String,
+    /// Leadership lease TTL, s: a leader that stops renewing it (crashed, cut off) is replaced
+    /// within about this long. Default 3.
+    pub lease_ttl_s: u64,
+    /// How long a new leader gathers probe reports before it publishes its first table, ms
+    /// (until then agents keep the previous leader's). Default 3000.
+    pub leader_warmup_ms: u64,
+    /// The URL probers and agents use to reach this replica, handed out as the leader's
+    /// address by followers. Default `http://` (or `https://` with TLS) + `grpc_listen`.
+    pub advertise_url: Option<String>,
 }
 
 impl Default for StoreConfig {
@@ -57,6 +73,11 @@ impl Default for StoreConfig {
         StoreConfig {
             kind: "memory".into(),
             snapshot: None,
+            etcd_endpoints: Vec::new(),
+            etcd_prefix: "/axon".into(),
+            lease_ttl_s: 3,
+            leader_warmup_ms: 3_000,
+            advertise_url: None,
         }
     }
 }
@@ -118,6 +139,14 @@ impl Default for ControllerConfig {
 }
 
 impl ControllerConfig {
+    /// The URL other processes reach this replica at (see [`StoreConfig::advertise_url`]).
+    pub fn advertise_url(&self, grpc: SocketAddr) -> String {
+        self.store.advertise_url.clone().unwrap_or_else(|| {
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{grpc}")
+        })
+    }
+
     /// Parses a TOML document.
     pub fn from_toml(text: &str) -> Result<Self, ControllerError> {
         toml::from_str(text).map_err(|e| ControllerError::Config(e.to_string()))
@@ -140,11 +169,32 @@ impl ControllerConfig {
         if self.resync_ms < self.tick_ms {
             return bad("resync_ms must be ≥ tick_ms".into());
         }
-        if self.store.kind != "memory" {
-            return bad(format!(
-                "store.kind `{}`: only `memory` is available",
-                self.store.kind
-            ));
+        match self.store.kind.as_str() {
+            "memory" => {}
+            "etcd" => {
+                if self.store.etcd_endpoints.is_empty() {
+                    return bad("store.etcd_endpoints: `etcd` needs at least one endpoint".into());
+                }
+                if !(1..=60).contains(&self.store.lease_ttl_s) {
+                    return bad(format!(
+                        "store.lease_ttl_s {} is outside 1..=60",
+                        self.store.lease_ttl_s
+                    ));
+                }
+                if !self.store.etcd_prefix.starts_with('/') || self.store.etcd_prefix.ends_with('/') {
+                    return bad(format!(
+                        "store.etcd_prefix `{}` must start with `/` and not end with one",
+                        self.store.etcd_prefix
+                    ));
+                }
+                if self.store.snapshot.is_some() {
+                    return bad("store.snapshot is for `memory`; etcd keeps the state".into());
+                }
+            }
+            other => return bad(format!("store.kind `{other}`: `memory` or `etcd`")),
+        }
+        if self.store.leader_warmup_ms > 600_000 {
+            return bad("store.leader_warmup_ms is above 600000".into());
         }
         self.engine
             .validate()

@@ -67,6 +67,21 @@ impl Core {
         })
     }
 
+    /// Takes the lead under `epoch` (high availability): drains and the version counter come
+    /// from the stored state the previous leader left, and the hysteresis memory starts
+    /// afresh (this replica computed nothing while it followed).
+    pub fn lead(&mut self, epoch: u64, snapshot: &Snapshot) -> Result<(), ControllerError> {
+        self.world.drains = DrainSet::from_drains(snapshot.drains.clone())?;
+        self.engine = RouteEngine::new(
+            self.cfg.engine.clone(),
+            Epoch(epoch.max(1)),
+            Version(snapshot.last_version + 1),
+        )?;
+        self.table = None;
+        self.held_ready.clear();
+        Ok(())
+    }
+
     /// The world as of the last computation.
     pub fn world(&self) -> &World {
         &self.world

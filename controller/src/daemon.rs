@@ -12,13 +12,14 @@ use proto::v1 as pb;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use topology::{RouteTable, SiteId};
+use topology::{RouteTable, SiteId, TableId};
 use tracing::{info, warn};
 
 use crate::auth::Auth;
 use crate::config::ControllerConfig;
 use crate::core::{Core, site_update};
 use crate::error::ControllerError;
+use crate::ha::{Etcd, Leadership};
 use crate::metrics::Metrics;
 use crate::store::{MemoryStore, Store};
 
@@ -27,8 +28,10 @@ pub use ops::unix_ms as now_ms;
 /// A published table with every site's update prepared once (agents of a site share it).
 #[derive(Debug)]
 pub struct Published {
-    /// The table.
-    pub table: RouteTable,
+    /// Its `(epoch, version)`.
+    pub id: TableId,
+    /// The table, on the replica that computed it (a follower has only the sites' updates).
+    pub table: Option<RouteTable>,
     /// Per site id: its update, nonce left empty (each send sets its own).
     pub updates: HashMap<SiteId, pb::RouteUpdate>,
     /// The same updates encoded once, shared by every watch stream of the site.
@@ -95,6 +98,14 @@ pub struct Shared {
     pub cancel: CancellationToken,
     /// Who may call what.
     pub auth: Auth,
+    /// Whether this replica leads, and where the leader is.
+    pub leadership: watch::Sender<Leadership>,
+    /// The etcd store, when replicas share one (`store.kind = "etcd"`).
+    pub etcd: Option<Etcd>,
+    /// How long a new leader gathers reports before publishing (etcd only).
+    pub warmup: Duration,
+    /// Held across a computation and its publication, so tables are persisted in order.
+    pub publishing: Mutex<()>,
 }
 
 impl Shared {
@@ -133,10 +144,11 @@ impl Shared {
     /// publication), not on every agent message: with thousands of agents a recount per
     /// acknowledgement would cost more than the acknowledgements.
     pub fn refresh_agent_gauges(&self) {
-        let latest = self.published.borrow().as_ref().map(|p| {
-            let id = p.table.id();
-            (id.epoch.0, id.version.0)
-        });
+        let latest = self
+            .published
+            .borrow()
+            .as_ref()
+            .map(|p| (p.id.epoch.0, p.id.version.0));
         {
             let agents = self.agents();
             self.metrics
@@ -170,8 +182,19 @@ impl Shared {
         }
     }
 
-    /// Computes now and publishes a new table if it changed; persists the version counter.
+    /// Computes now and publishes a new table if it changed; persists the version counter and
+    /// drains first (in etcd, fenced: a replica that no longer leads publishes nothing). Only
+    /// the leader computes, and a new leader only once it has gathered reports for `warmup`.
+    /// Runs on a blocking thread (etcd writes are waited for here).
     pub fn compute_and_publish(&self) -> Result<bool, ControllerError> {
+        let _order = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
+        let lead = self.leadership.borrow().clone();
+        let Some(fence) = lead.fence else {
+            return Ok(false);
+        };
+        if self.etcd.is_some() && lead.since.is_some_and(|t| t.elapsed() < self.warmup) {
+            return Ok(false);
+        }
         let started = Instant::now();
         let mut core = self.core();
         let c = core.compute(now_ms());
@@ -179,10 +202,11 @@ impl Shared {
         self.metrics
             .compute_seconds
             .observe(started.elapsed().as_secs_f64());
-        if !c.changed && self.published.borrow().is_some() {
+        let current = self.published.borrow().as_ref().map(|p| p.id);
+        if !c.changed && current.is_some_and(|id| id.epoch == c.table.id().epoch) {
             return Ok(false);
         }
-        self.store.save(&core.snapshot())?;
+        let snapshot = core.snapshot();
         let mut updates = HashMap::new();
         for site in core.world().inventory.sites() {
             if site.role == topology::Role::Active
@@ -197,6 +221,12 @@ impl Shared {
             .iter()
             .map(|(s, u)| (s.clone(), proto::wire::EncodedRouteUpdate::encode_shared(u)))
             .collect();
+        match &self.etcd {
+            Some(etcd) => {
+                tokio::runtime::Handle::current().block_on(etcd.publish(&fence, &snapshot, id, &encoded))?
+            }
+            None => self.store.save(&snapshot)?,
+        }
         self.metrics.table_version.set(id.version.0 as i64);
         info!(
             epoch = id.epoch.0,
@@ -204,7 +234,8 @@ impl Shared {
             "route table published"
         );
         self.published.send_replace(Some(Arc::new(Published {
-            table: c.table,
+            id,
+            table: Some(c.table),
             updates,
             encoded,
         })));
@@ -226,6 +257,14 @@ pub struct ControllerHandle {
 }
 
 impl ControllerHandle {
+    /// Stops at once, like a crash: no resignation, so in a replicated setup the others wait
+    /// for the lease to expire (the lab's `controller_kill`).
+    pub async fn kill(mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.cancel.cancel();
+    }
+
     /// Stops serving and waits for every task.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
@@ -261,9 +300,15 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
         None => None,
     };
     let store: Arc<dyn Store> = Arc::new(MemoryStore::open(cfg.store.snapshot.clone())?);
+    let etcd = match cfg.store.kind.as_str() {
+        "etcd" => Some(Etcd::connect(&cfg.store).await?),
+        _ => None,
+    };
+    // A replica starts as a follower; the embedded store's controller leads from the start.
     let snapshot = store.load()?;
     let core = Core::new(cfg.clone(), inventory, &snapshot)?;
     let (published, _) = watch::channel(None);
+    let (leadership, _) = watch::channel(Leadership::default());
     let cancel = CancellationToken::new();
     let shared = Arc::new(Shared {
         core: Mutex::new(core),
@@ -276,8 +321,11 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
         resync: Duration::from_millis(cfg.resync_ms),
         cancel: cancel.clone(),
         auth,
+        leadership,
+        etcd: etcd.clone(),
+        warmup: Duration::from_millis(cfg.store.leader_warmup_ms),
+        publishing: Mutex::new(()),
     });
-    shared.compute_and_publish()?;
 
     let mut tasks = JoinSet::new();
     let grpc = tokio::net::TcpListener::bind(cfg.grpc_listen)
@@ -286,6 +334,30 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
     let grpc_addr = grpc
         .local_addr()
         .map_err(|e| ControllerError::io("gRPC address", e))?;
+    let url = cfg.advertise_url(grpc_addr);
+    match etcd {
+        Some(etcd) => {
+            let ttl = Duration::from_secs(cfg.store.lease_ttl_s);
+            tasks.spawn(crate::ha::campaign(
+                shared.clone(),
+                etcd.clone(),
+                ttl,
+                url,
+                cancel.clone(),
+            ));
+            tasks.spawn(crate::ha::follow(shared.clone(), etcd, cancel.clone()));
+        }
+        None => {
+            shared
+                .leadership
+                .send_replace(Leadership::solo(snapshot.epoch.max(1), url));
+            shared.metrics.leader.set(1);
+            let s = shared.clone();
+            tokio::task::spawn_blocking(move || s.compute_and_publish())
+                .await
+                .map_err(|e| ControllerError::Store(format!("first computation: {e}")))??;
+        }
+    }
     let http = tokio::net::TcpListener::bind(cfg.http_listen)
         .await
         .map_err(|e| ControllerError::io("bind HTTP", e))?;

@@ -31,6 +31,10 @@ pub enum ControllerError {
     /// The store could not be read or written.
     #[error("store: {0}")]
     Store(String),
+    /// A write refused because this replica no longer leads (a newer leader holds the
+    /// fencing key): nothing it computed may be published.
+    #[error("fenced: this controller is no longer the leader")]
+    Fenced,
     /// A socket could not be opened or served.
     #[error("{context}: {detail}")]
     Io {

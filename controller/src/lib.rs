@@ -11,6 +11,7 @@ pub mod config;
 pub mod core;
 pub mod daemon;
 pub mod error;
+pub mod ha;
 pub mod http;
 pub mod metrics;
 pub mod services;

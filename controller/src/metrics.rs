@@ -21,6 +21,8 @@ pub struct Metrics {
     pub compute_seconds: Histogram,
     /// The version of the table in force.
     pub table_version: IntGauge,
+    /// 1 while this replica leads (always 1 on the embedded store).
+    pub leader: IntGauge,
     /// Agents with an open watch stream.
     pub agents_connected: IntGauge,
     /// Agents whose last ack is the table in force.
@@ -76,6 +78,10 @@ impl Metrics {
             table_version: register(
                 r,
                 IntGauge::new("axon_route_table_version", "Version of the table in force."),
+            ),
+            leader: register(
+                r,
+                IntGauge::new("axon_controller_leader", "1 while this replica leads."),
             ),
             agents_connected: register(
                 r,

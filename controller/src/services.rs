@@ -65,12 +65,31 @@ impl pb::probe_ingest_server::ProbeIngest for Services {
             self.0.metrics.rejected.with_label_values(&["unknown_site"]).inc();
             return Err(Status::not_found(format!("unknown site `{site}`")));
         }
+        if let Some(hint) = follower_hint(&self.0)? {
+            // A follower: point the prober at the leader and end the stream.
+            let ack = pb::ReportAck {
+                acked_through: 0,
+                rejected: 0,
+                leader_hint: hint,
+            };
+            return Ok(Response::new(Box::pin(tokio_stream::once(Ok(ack)))));
+        }
         info!(site = %site, instance = hello.instance, "prober connected");
         let (tx, rx) = mpsc::channel(64);
         let shared = self.0.clone();
         tokio::spawn(async move {
             let mut rejected = 0u64;
             loop {
+                if let Ok(Some(hint)) = follower_hint(&shared) {
+                    // Leadership moved while the stream was open.
+                    let ack = pb::ReportAck {
+                        acked_through: 0,
+                        rejected,
+                        leader_hint: hint,
+                    };
+                    let _ = tx.send(Ok(ack)).await;
+                    break;
+                }
                 let m = tokio::select! {
                     _ = shared.cancel.cancelled() => {
                         let _ = tx.send(Err(Status::unavailable("controller shutting down"))).await;
@@ -305,13 +324,34 @@ async fn wait_for_agents(shared: &Shared, version: (u64, u64), timeout: Duration
     warn!("make before break: agents still behind after {timeout:?}; announcing the drain anyway");
 }
 
+/// On a follower, the leader's URL to send a prober to (an error while no leader is known);
+/// `None` on the leader.
+pub fn follower_hint(shared: &Shared) -> Result<Option<String>, Status> {
+    let l = shared.leadership.borrow();
+    if l.is_leader() {
+        return Ok(None);
+    }
+    match &l.leader_url {
+        Some(url) => Ok(Some(url.clone())),
+        None => Err(Status::unavailable("no leader elected yet")),
+    }
+}
+
+/// Admin calls that read or change the leader's state are answered by the leader only: a
+/// follower's link states are empty and its drains would not be the mesh's.
+fn leader_only(shared: &Shared) -> Result<(), Status> {
+    match follower_hint(shared)? {
+        None => Ok(()),
+        Some(url) => Err(Status::failed_precondition(format!(
+            "this controller follows; ask the leader at {url}"
+        ))),
+    }
+}
+
 fn table_version(shared: &Shared) -> Option<pb::TableVersion> {
-    shared.published.borrow().as_ref().map(|p| {
-        let id = p.table.id();
-        pb::TableVersion {
-            epoch: id.epoch.0,
-            version: id.version.0,
-        }
+    shared.published.borrow().as_ref().map(|p| pb::TableVersion {
+        epoch: p.id.epoch.0,
+        version: p.id.version.0,
     })
 }
 
@@ -391,7 +431,7 @@ impl pb::admin_server::Admin for Services {
         let on_latest = agents.iter().filter(|a| version_of(&a.applied) == latest).count() as u32;
         Ok(Response::new(pb::StatusReply {
             controller: s.name.clone(),
-            leader: true,
+            leader: s.leadership.borrow().is_leader(),
             table: version,
             computed_unix_ms: computed,
             sites,
@@ -434,6 +474,7 @@ impl pb::admin_server::Admin for Services {
     }
 
     async fn links(&self, _: Request<pb::LinksRequest>) -> Result<Response<pb::LinksReply>, Status> {
+        leader_only(&self.0)?;
         let core = self.0.core();
         let w = core.world();
         let inv = &w.inventory;
@@ -461,6 +502,7 @@ impl pb::admin_server::Admin for Services {
     }
 
     async fn routes(&self, req: Request<pb::RoutesRequest>) -> Result<Response<pb::RoutesReply>, Status> {
+        leader_only(&self.0)?;
         let req = req.into_inner();
         let published = self
             .0
@@ -499,6 +541,7 @@ impl pb::admin_server::Admin for Services {
     }
 
     async fn explain(&self, req: Request<pb::ExplainRequest>) -> Result<Response<pb::ExplainReply>, Status> {
+        leader_only(&self.0)?;
         let req = req.into_inner();
         let (from, to) = (site_id(&req.from)?, site_id(&req.to)?);
         let core = self.0.core();
@@ -519,6 +562,7 @@ impl pb::admin_server::Admin for Services {
     }
 
     async fn drain(&self, req: Request<pb::DrainRequest>) -> Result<Response<pb::DrainReply>, Status> {
+        leader_only(&self.0)?;
         let proven = proven_author(&req);
         let req = req.into_inner();
         if req.reason.trim().is_empty() {
@@ -576,6 +620,7 @@ impl pb::admin_server::Admin for Services {
     }
 
     async fn undrain(&self, req: Request<pb::UndrainRequest>) -> Result<Response<pb::UndrainReply>, Status> {
+        leader_only(&self.0)?;
         let proven = proven_author(&req);
         let req = req.into_inner();
         let target = target(&req.kind, &req.name)?;
@@ -593,6 +638,7 @@ impl pb::admin_server::Admin for Services {
     }
 
     async fn drains(&self, _: Request<pb::DrainsRequest>) -> Result<Response<pb::DrainsReply>, Status> {
+        leader_only(&self.0)?;
         let core = self.0.core();
         Ok(Response::new(pb::DrainsReply {
             drains: core.world().drains.list().iter().map(drain_entry).collect(),
@@ -600,6 +646,7 @@ impl pb::admin_server::Admin for Services {
     }
 
     async fn what_if(&self, req: Request<pb::WhatIfRequest>) -> Result<Response<pb::WhatIfReply>, Status> {
+        leader_only(&self.0)?;
         let req = req.into_inner();
         if req.changes.is_empty() {
             return Err(Status::invalid_argument("what-if needs at least one change"));

@@ -42,8 +42,10 @@ pub struct Mesh {
     pub pipes: HashMap<(String, String), Pipe>,
     /// Probers by site.
     pub probers: HashMap<String, ProberHandle>,
-    /// The controller.
+    /// The controller (the first replica when there are several).
     pub controller: Option<ControllerHandle>,
+    /// The other replicas, when the controllers share an etcd (see [`Mesh::start_replicated`]).
+    pub replicas: Vec<Option<ControllerHandle>>,
     /// Agents by site.
     pub agents: HashMap<String, agent::AgentHandle>,
     /// The controller's configuration (to restart it).
@@ -110,6 +112,46 @@ impl Mesh {
         generate_mesh(dir.path(), &ids).unwrap();
         let controller_cfg = controller_config(&sites, Some(dir.path().join("controller.json")));
         let controller = controller::start(controller_cfg.clone()).await.unwrap();
+        Mesh::around(dir, sites, rtt, vec![controller], controller_cfg).await
+    }
+
+    /// Starts `n` controller replicas on the etcd at `etcd_url` (leases of 2 s, a new leader
+    /// publishes after 1 s), then every other part. Probers list every replica; each site's
+    /// agent lists them starting from a different one, so agents watch followers too.
+    pub async fn start_replicated(
+        sites: Vec<SiteSpec>,
+        rtt: impl Fn(&str, &str) -> u64,
+        etcd_url: &str,
+        n: usize,
+    ) -> Mesh {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<&str> = sites.iter().map(|s| s.id).collect();
+        generate_mesh(dir.path(), &ids).unwrap();
+        let mut cfg = controller_config(&sites, None);
+        cfg.store.kind = "etcd".into();
+        cfg.store.etcd_endpoints = vec![etcd_url.to_string()];
+        cfg.store.lease_ttl_s = 2;
+        cfg.store.leader_warmup_ms = 1_000;
+        let mut controllers = Vec::new();
+        for i in 0..n {
+            let c = ControllerConfig {
+                name: format!("controller-{i}"),
+                ..cfg.clone()
+            };
+            controllers.push(controller::start(c).await.unwrap());
+        }
+        Mesh::around(dir, sites, rtt, controllers, cfg).await
+    }
+
+    async fn around(
+        dir: tempfile::TempDir,
+        sites: Vec<SiteSpec>,
+        rtt: impl Fn(&str, &str) -> u64,
+        controllers: Vec<ControllerHandle>,
+        controller_cfg: ControllerConfig,
+    ) -> Mesh {
+        let ids: Vec<&str> = sites.iter().map(|s| s.id).collect();
+        let urls: Vec<String> = controllers.iter().map(endpoint).collect();
         let emulator = Emulator::new(EmulatorConfig::default()).unwrap();
         // Each prober gets a free port first, so that the pipes towards it exist before it
         // starts dialling.
@@ -149,7 +191,7 @@ impl Mesh {
                 redial_min_ms: 50,
                 redial_max_ms: 500,
                 report: prober::ReportConfig {
-                    endpoints: vec![endpoint(&controller)],
+                    endpoints: urls.clone(),
                     backoff_min_ms: 50,
                     backoff_max_ms: 500,
                     ..Default::default()
@@ -159,16 +201,20 @@ impl Mesh {
             probers.insert(a.to_string(), prober::start(cfg).await.unwrap());
         }
         let mut agents = HashMap::new();
-        for a in &ids {
-            let cfg = agent_config(dir.path(), a, vec![endpoint(&controller)]);
+        for (i, a) in ids.iter().enumerate() {
+            let mut order = urls.clone();
+            order.rotate_left(i % urls.len());
+            let cfg = agent_config(dir.path(), a, order);
             agents.insert(a.to_string(), agent::start(cfg).await.unwrap());
         }
+        let mut controllers = controllers.into_iter();
         Mesh {
             dir,
             emulator,
             pipes,
             probers,
-            controller: Some(controller),
+            controller: controllers.next(),
+            replicas: controllers.map(Some).collect(),
             agents,
             controller_cfg,
             sites,
@@ -221,6 +267,35 @@ impl Mesh {
         }
         if let Some(c) = self.controller.take() {
             c.shutdown().await;
+        }
+        for c in self.replicas.drain(..).flatten() {
+            c.shutdown().await;
+        }
+    }
+
+    /// Every running controller, first replica first, with its index.
+    pub fn running(&self) -> impl Iterator<Item = (usize, &ControllerHandle)> {
+        std::iter::once(self.controller.as_ref())
+            .chain(self.replicas.iter().map(Option::as_ref))
+            .enumerate()
+            .filter_map(|(i, c)| Some((i, c?)))
+    }
+
+    /// The index of the replica that leads, if exactly one does.
+    pub fn leader(&self) -> Option<usize> {
+        let leaders: Vec<usize> = self
+            .running()
+            .filter(|(_, c)| c.shared.leadership.borrow().is_leader())
+            .map(|(i, _)| i)
+            .collect();
+        (leaders.len() == 1).then(|| leaders[0])
+    }
+
+    /// Takes replica `i` out of the mesh (to kill or stop it).
+    pub fn take_replica(&mut self, i: usize) -> Option<ControllerHandle> {
+        match i {
+            0 => self.controller.take(),
+            _ => self.replicas.get_mut(i - 1)?.take(),
         }
     }
 }

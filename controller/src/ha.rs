@@ -1,0 +1,495 @@
+//! High availability: several controller replicas on one etcd, one of them the leader.
+//!
+//! Every replica campaigns for leadership through etcd's election API on a lease of
+//! `lease_ttl_s`; the winner's leader key revision is its **epoch**, the fencing number every
+//! table it publishes carries. Only the leader computes. It writes each table to etcd before
+//! its own agents see it — one key per site (so a table of 500 sites never meets etcd's request
+//! size limit) and then the table's id — every write in a transaction that succeeds only while
+//! its leader key still exists with that revision: a deposed leader's writes fail
+//! ([`ControllerError::Fenced`]) and it publishes nothing more. Drains and the version counter
+//! live in the same fenced writes, so a new leader continues from them.
+//!
+//! Followers watch the table id in etcd and serve what the leader wrote to their own agents,
+//! and tell probers where the leader is. A leader that crashes stops renewing its lease and
+//! is replaced within about the TTL; one that shuts down resigns and is replaced at once.
+//! Agents never see `(epoch, version)` go backwards: a new leader's epoch is a later etcd
+//! revision than any before it.
+//!
+//! Keys under the prefix: `election` (the election), `state` (drains, last version; JSON),
+//! `table/id` (`epoch version` of the table in force), `table/sites/<site>` (the site's
+//! encoded `RouteUpdate`, nonce empty).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use prost::Message;
+use proto::v1 as pb;
+use tokio_util::sync::CancellationToken;
+use topology::{Epoch, SiteId, TableId, Version};
+use tracing::{info, warn};
+
+use crate::config::StoreConfig;
+use crate::daemon::{Published, Shared};
+use crate::error::ControllerError;
+use crate::store::Snapshot;
+
+/// Puts per transaction: well under etcd's default limit of 128 operations.
+const PUTS_PER_TXN: usize = 64;
+
+fn store_err(what: &str, e: impl std::fmt::Display) -> ControllerError {
+    ControllerError::Store(format!("etcd {what}: {e}"))
+}
+
+/// Proof of leadership: the leader key and the revision it was created at (the epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    key: Vec<u8>,
+    rev: i64,
+}
+
+impl Fence {
+    /// The epoch this leadership publishes under.
+    pub fn epoch(&self) -> u64 {
+        self.rev.max(1) as u64
+    }
+}
+
+/// What a replica knows of the leadership.
+#[derive(Debug, Clone, Default)]
+pub struct Leadership {
+    /// Set while this replica leads.
+    pub fence: Option<Fence>,
+    /// When this replica became leader.
+    pub since: Option<Instant>,
+    /// Where the leader is reached (this replica's own URL while it leads), if known.
+    pub leader_url: Option<String>,
+}
+
+impl Leadership {
+    /// The embedded store's single controller: always the leader, epoch from its snapshot.
+    pub fn solo(epoch: u64, url: String) -> Self {
+        Leadership {
+            fence: Some(Fence {
+                key: Vec::new(),
+                rev: epoch as i64,
+            }),
+            since: None,
+            leader_url: Some(url),
+        }
+    }
+
+    /// Whether this replica leads.
+    pub fn is_leader(&self) -> bool {
+        self.fence.is_some()
+    }
+}
+
+/// The etcd side of a replica: keys, fenced writes, reads of the published table.
+#[derive(Clone)]
+pub struct Etcd {
+    client: Client,
+    prefix: String,
+}
+
+impl Etcd {
+    /// Connects to the configured endpoints.
+    pub async fn connect(cfg: &StoreConfig) -> Result<Self, ControllerError> {
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        let client = Client::connect(&cfg.etcd_endpoints, Some(options))
+            .await
+            .map_err(|e| store_err("connect", e))?;
+        Ok(Etcd {
+            client,
+            prefix: cfg.etcd_prefix.clone(),
+        })
+    }
+
+    fn key(&self, k: &str) -> String {
+        format!("{}/{k}", self.prefix)
+    }
+
+    /// Drains and the last version published (empty on a new mesh).
+    pub async fn load(&self) -> Result<Snapshot, ControllerError> {
+        let r = self
+            .client
+            .kv_client()
+            .get(self.key("state"), None)
+            .await
+            .map_err(|e| store_err("get state", e))?;
+        match r.kvs().first() {
+            Some(kv) => serde_json::from_slice(kv.value()).map_err(|e| store_err("state", e)),
+            None => Ok(Snapshot::default()),
+        }
+    }
+
+    /// Writes a table (each site's encoded update, then its id) and the state that goes with
+    /// it, fenced by `fence`.
+    pub async fn publish(
+        &self,
+        fence: &Fence,
+        state: &Snapshot,
+        id: TableId,
+        encoded: &HashMap<SiteId, Bytes>,
+    ) -> Result<(), ControllerError> {
+        let mut puts: Vec<TxnOp> = encoded
+            .iter()
+            .map(|(site, bytes)| TxnOp::put(self.key(&format!("table/sites/{site}")), bytes.to_vec(), None))
+            .collect();
+        let state = serde_json::to_vec(state).map_err(|e| store_err("state", e))?;
+        puts.push(TxnOp::put(self.key("state"), state, None));
+        // The id last, in a transaction of its own: a follower that sees it finds every site.
+        let id = TxnOp::put(
+            self.key("table/id"),
+            format!("{} {}", id.epoch.0, id.version.0),
+            None,
+        );
+        let mut kv = self.client.kv_client();
+        let mut batches: Vec<Vec<TxnOp>> = puts.chunks(PUTS_PER_TXN).map(<[TxnOp]>::to_vec).collect();
+        batches.push(vec![id]);
+        for ops in batches {
+            let txn = Txn::new()
+                .when([Compare::create_revision(
+                    fence.key.clone(),
+                    CompareOp::Equal,
+                    fence.rev,
+                )])
+                .and_then(ops);
+            let r = kv.txn(txn).await.map_err(|e| store_err("txn", e))?;
+            if !r.succeeded() {
+                return Err(ControllerError::Fenced);
+            }
+        }
+        Ok(())
+    }
+
+    /// The table in force in etcd, if it is newer than `after` and whole.
+    pub async fn read_published(&self, after: Option<TableId>) -> Result<Option<Published>, ControllerError> {
+        let mut kv = self.client.kv_client();
+        let r = kv
+            .get(self.key("table/id"), None)
+            .await
+            .map_err(|e| store_err("get table id", e))?;
+        let Some(id) = r.kvs().first().and_then(|kv| parse_id(kv.value())) else {
+            return Ok(None);
+        };
+        if after.is_some_and(|a| a >= id) {
+            return Ok(None);
+        }
+        let prefix = self.key("table/sites/");
+        let r = kv
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| store_err("get tables", e))?;
+        let mut updates = HashMap::new();
+        let mut encoded = HashMap::new();
+        for item in r.kvs() {
+            let site = item
+                .key_str()
+                .ok()
+                .and_then(|k| k.strip_prefix(&prefix))
+                .and_then(|s| SiteId::new(s).ok());
+            let (Some(site), Ok(u)) = (site, pb::RouteUpdate::decode(item.value())) else {
+                warn!("unreadable table key in etcd; skipped");
+                continue;
+            };
+            let v = u.version.as_ref().map(|v| (v.epoch, v.version));
+            if v != Some((id.epoch.0, id.version.0)) {
+                // A leader was cut off between a site's write and the id's: not whole.
+                return Ok(None);
+            }
+            encoded.insert(site.clone(), Bytes::copy_from_slice(item.value()));
+            updates.insert(site, u);
+        }
+        Ok(Some(Published {
+            id,
+            table: None,
+            updates,
+            encoded,
+        }))
+    }
+
+    /// The URL the current leader advertises, if there is one.
+    pub async fn leader_url(&self) -> Option<String> {
+        let r = self
+            .client
+            .election_client()
+            .leader(self.key("election"))
+            .await
+            .ok()?;
+        r.kv().and_then(|kv| kv.value_str().ok()).map(str::to_string)
+    }
+}
+
+fn parse_id(v: &[u8]) -> Option<TableId> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (e, v) = s.split_once(' ')?;
+    Some(TableId {
+        epoch: Epoch(e.parse().ok()?),
+        version: Version(v.parse().ok()?),
+    })
+}
+
+/// Keeps `lease` alive until it is lost (etcd unreachable past the TTL, or revoked).
+async fn keep_alive(etcd: &Etcd, lease: i64, ttl: Duration) -> ControllerError {
+    let Ok((mut keeper, mut stream)) = etcd.client.lease_client().keep_alive(lease).await else {
+        return store_err("keep-alive", "cannot open the stream");
+    };
+    let mut last_ok = Instant::now();
+    let mut tick = tokio::time::interval(ttl / 3);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if last_ok.elapsed() >= ttl {
+                    return store_err("lease", "not renewed within its TTL");
+                }
+                if keeper.keep_alive().await.is_err() {
+                    return store_err("lease", "keep-alive stream closed");
+                }
+            }
+            m = stream.message() => match m {
+                Ok(Some(r)) if r.ttl() > 0 => last_ok = Instant::now(),
+                Ok(Some(_)) => return store_err("lease", "expired"),
+                Ok(None) | Err(_) => return store_err("lease", "keep-alive stream ended"),
+            },
+        }
+    }
+}
+
+/// Campaigns for leadership for the replica's whole life; while leading, hands the core its
+/// epoch and the stored state, and wakes the compute loop. On shutdown a leader resigns, so
+/// another replica takes over at once.
+pub async fn campaign(
+    shared: Arc<Shared>,
+    etcd: Etcd,
+    ttl: Duration,
+    url: String,
+    cancel: CancellationToken,
+) {
+    let election = etcd.key("election");
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        let lease = match etcd.client.lease_client().grant(ttl.as_secs() as i64, None).await {
+            Ok(l) => l.id(),
+            Err(e) => {
+                warn!(error = %e, "etcd: cannot get a lease; retrying");
+                shared.metrics.leader.set(0);
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        let keep = keep_alive(&etcd, lease, ttl);
+        tokio::pin!(keep);
+        let mut client = etcd.client.election_client();
+        let won = tokio::select! {
+            _ = cancel.cancelled() => {
+                let _ = etcd.client.lease_client().revoke(lease).await;
+                return;
+            }
+            e = &mut keep => {
+                warn!(error = %e, "etcd: lease lost while campaigning");
+                continue;
+            }
+            r = client.campaign(election.clone(), url.clone(), lease) => r,
+        };
+        let fence = match won.map_err(|e| store_err("campaign", e)).and_then(|r| {
+            r.leader()
+                .map(|k| Fence {
+                    key: k.key().to_vec(),
+                    rev: k.rev(),
+                })
+                .ok_or_else(|| store_err("campaign", "no leader key in the answer"))
+        }) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "etcd: campaign failed; retrying");
+                let _ = etcd.client.lease_client().revoke(lease).await;
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        match etcd
+            .load()
+            .await
+            .and_then(|snap| shared.core().lead(fence.epoch(), &snap))
+        {
+            Ok(()) => {}
+            Err(e) => {
+                warn!(error = %e, "etcd: cannot take the lead; resigning");
+                let _ = etcd.client.lease_client().revoke(lease).await;
+                continue;
+            }
+        }
+        info!(name = %shared.name, epoch = fence.epoch(), "leading");
+        shared.metrics.leader.set(1);
+        shared.leadership.send_replace(Leadership {
+            fence: Some(fence),
+            since: Some(Instant::now()),
+            leader_url: Some(url.clone()),
+        });
+        shared.recompute.notify_one();
+        let resign = tokio::select! {
+            _ = cancel.cancelled() => true,
+            e = &mut keep => {
+                warn!(error = %e, "etcd: leadership lost");
+                false
+            }
+        };
+        shared.leadership.send_replace(Leadership::default());
+        shared.metrics.leader.set(0);
+        if resign {
+            // Revoking the lease deletes the leader key: the next replica is elected now,
+            // not a TTL from now.
+            let _ = etcd.client.lease_client().revoke(lease).await;
+            info!(name = %shared.name, "resigned");
+            return;
+        }
+    }
+}
+
+/// While this replica follows: serves the leader's tables from etcd to its own agents (at
+/// once on a change of the table id, and every 2 s in case a change was missed), and keeps
+/// the leader's address for probers.
+pub async fn follow(shared: Arc<Shared>, etcd: Etcd, cancel: CancellationToken) {
+    let mut leadership = shared.leadership.subscribe();
+    let mut watch = None;
+    loop {
+        if leadership.borrow().is_leader() {
+            watch = None;
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = leadership.changed() => continue,
+            }
+        }
+        if watch.is_none() {
+            watch = etcd
+                .client
+                .watch_client()
+                .watch(etcd.key("table/id"), None)
+                .await
+                .ok();
+        }
+        let current = shared.published.borrow().as_ref().map(|p| p.id);
+        match etcd.read_published(current).await {
+            Ok(Some(p)) if !leadership.borrow().is_leader() => {
+                info!(
+                    epoch = p.id.epoch.0,
+                    version = p.id.version.0,
+                    "following the leader's table"
+                );
+                shared.metrics.table_version.set(p.id.version.0 as i64);
+                shared.published.send_replace(Some(Arc::new(p)));
+                shared.refresh_agent_gauges();
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "etcd: cannot read the published table"),
+        }
+        let url = etcd.leader_url().await;
+        if !leadership.borrow().is_leader() {
+            shared.leadership.send_if_modified(|l| {
+                let changed = !l.is_leader() && l.leader_url != url;
+                if changed {
+                    l.leader_url = url.clone();
+                }
+                changed
+            });
+        }
+        let changed = async {
+            match watch.as_mut() {
+                Some(w) => {
+                    if !matches!(w.message().await, Ok(Some(_))) {
+                        // The watch broke (etcd restarted): make a new one next time.
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        return false;
+                    }
+                    true
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = leadership.changed() => {}
+            ok = changed => if !ok { watch = None; },
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+/// An etcd server of its own on loopback, for the lab and the tests: the `etcd` binary
+/// (Debian's `etcd-server`) started in `dir`, killed on drop.
+pub struct LocalEtcd {
+    child: std::process::Child,
+    /// Its client URL.
+    pub url: String,
+}
+
+impl LocalEtcd {
+    /// Starts `etcd` on two free loopback ports and waits until it answers (10 s at most).
+    pub async fn start(dir: &Path) -> Result<Self, ControllerError> {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| ControllerError::io("free port for etcd", e))
+        };
+        let (client, peer) = (free()?, free()?);
+        let url = format!("http://{client}");
+        let peer_url = format!("http://{peer}");
+        let child = std::process::Command::new("etcd")
+            .arg("--name=axon")
+            .arg(format!("--data-dir={}", dir.join("etcd").display()))
+            .arg(format!("--listen-client-urls={url}"))
+            .arg(format!("--advertise-client-urls={url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=axon={peer_url}"))
+            .arg("--logger=zap")
+            .arg("--log-level=error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                ControllerError::io("starting etcd (install it with `apt-get install etcd-server`)", e)
+            })?;
+        let server = LocalEtcd { child, url };
+        let cfg = StoreConfig {
+            kind: "etcd".into(),
+            etcd_endpoints: vec![server.url.clone()],
+            ..StoreConfig::default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(e) = Etcd::connect(&cfg).await
+                && e.client.kv_client().get("/", None).await.is_ok()
+            {
+                return Ok(server);
+            }
+            if Instant::now() > deadline {
+                return Err(ControllerError::Store(format!(
+                    "etcd at {} did not answer within 10 s",
+                    server.url
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for LocalEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,182 @@
+//! High availability on a real etcd: three controller replicas, one leader; followers serve
+//! the leader's tables; the leader dies and another takes over within the lease; no agent
+//! ever sees `(epoch, version)` go backwards; drains survive; a deposed leader is fenced.
+//! Needs the `etcd` binary (`apt-get install etcd-server`; `scripts/test.sh` installs it).
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use controller::ControllerError;
+use controller::ha::{Etcd, LocalEtcd};
+use mesh::{Mesh, endpoint, eventually, four_sites};
+use proto::v1 as pb;
+use proto::v1::admin_client::AdminClient;
+
+/// a–b is slow direct (100 ms) but fast through c (20 + 20 ms); d is 80 ms from everyone.
+fn rtt(a: &str, b: &str) -> u64 {
+    let pair = if a < b { (a, b) } else { (b, a) };
+    match pair {
+        ("a", "b") => 100,
+        ("a", "c") | ("b", "c") => 20,
+        _ => 80,
+    }
+}
+
+/// The `(epoch, version)` an agent holds, if any.
+async fn applied(mesh: &Mesh, site: &str) -> Option<(u64, u64)> {
+    let (status, v) = mesh.agent_get(site, "/v1/routes").await;
+    if status != 200 {
+        return None;
+    }
+    Some((v["epoch"].as_u64()?, v["version"].as_u64()?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_takes_over_within_the_lease_and_no_agent_goes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = LocalEtcd::start(dir.path()).await.unwrap();
+    let mesh = Mesh::start_replicated(four_sites(), rtt, &etcd.url, 3).await;
+    let long = Duration::from_secs(60);
+
+    // One leader; every agent, whichever replica it watches, holds the leader's relay path.
+    let first = {
+        let mesh = &mesh;
+        eventually(long, "exactly one leader", || async { mesh.leader() }).await
+    };
+    for (from, to, path) in [("a", "b", ["a", "c", "b"]), ("b", "a", ["b", "c", "a"])] {
+        eventually(long, "agents to hold the relay path", || async {
+            (mesh.primary(from, to).await? == path).then_some(())
+        })
+        .await;
+    }
+    let watched_follower = mesh
+        .running()
+        .filter(|(i, _)| *i != first)
+        .any(|(_, c)| c.shared.agents().values().any(|a| a.connected));
+    assert!(
+        watched_follower,
+        "no agent watches a follower: the test proves nothing"
+    );
+
+    // A follower refuses a drain and names the leader; the leader takes it.
+    let (_, follower) = mesh.running().find(|(i, _)| *i != first).unwrap();
+    let leader_url = endpoint(mesh.running().find(|(i, _)| *i == first).unwrap().1);
+    let drain = pb::DrainRequest {
+        kind: "site".into(),
+        name: "d".into(),
+        reason: "maintenance".into(),
+        author: "test".into(),
+        ..Default::default()
+    };
+    let refused = AdminClient::connect(endpoint(follower))
+        .await
+        .unwrap()
+        .drain(drain.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(refused.message().contains(&leader_url), "{refused:?}");
+    let reply = AdminClient::connect(leader_url.clone())
+        .await
+        .unwrap()
+        .drain(drain)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reply.refused.is_empty(), "{reply:?}");
+    eventually(long, "agent d to turn unready", || async {
+        (mesh.agent_get("d", "/readyz").await.0 == 503).then_some(())
+    })
+    .await;
+
+    // Watch every agent's (epoch, version) from now on: it may only move forward.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mesh = Arc::new(tokio::sync::Mutex::new(mesh));
+    let watcher = {
+        let (mesh, stop) = (mesh.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut last = std::collections::HashMap::new();
+            let mut epochs = std::collections::HashSet::new();
+            while !stop.load(Ordering::Relaxed) {
+                let m = mesh.lock().await;
+                for site in ["a", "b", "c", "d"] {
+                    if let Some(v) = applied(&m, site).await {
+                        let prev = last.insert(site, v).unwrap_or((0, 0));
+                        assert!(v >= prev, "agent {site} went back from {prev:?} to {v:?}");
+                        epochs.insert(v.0);
+                    }
+                }
+                drop(m);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            epochs.len()
+        })
+    };
+
+    // The leader dies without resigning: another replica leads within the lease (2 s) and a
+    // compute tick, and every agent gets a table of the new epoch.
+    let old_fence = {
+        let mut m = mesh.lock().await;
+        let old = m.take_replica(first).unwrap();
+        let fence = old.shared.leadership.borrow().fence.clone().unwrap();
+        old.kill().await;
+        fence
+    };
+    let t0 = Instant::now();
+    let second = {
+        let mesh = mesh.clone();
+        eventually(long, "a new leader", move || {
+            let mesh = mesh.clone();
+            async move { mesh.lock().await.leader() }
+        })
+        .await
+    };
+    let elected = t0.elapsed();
+    println!("leader killed: replica {second} leads after {elected:?}");
+    assert_ne!(second, first);
+    let new_epoch = {
+        let m = mesh.lock().await;
+        let (_, c) = m.running().find(|(i, _)| *i == second).unwrap();
+        c.shared.leadership.borrow().fence.as_ref().unwrap().epoch()
+    };
+    assert!(new_epoch > old_fence.epoch());
+    for site in ["a", "b", "c", "d"] {
+        let mesh = mesh.clone();
+        eventually(long, "every agent on the new epoch", move || {
+            let mesh = mesh.clone();
+            async move {
+                let v = applied(&*mesh.lock().await, site).await?;
+                (v.0 == new_epoch).then_some(())
+            }
+        })
+        .await;
+    }
+    println!("every agent on the new leader's table after {:?}", t0.elapsed());
+
+    // The drain survived the change of leader.
+    assert_eq!(mesh.lock().await.agent_get("d", "/readyz").await.0, 503);
+
+    // The deposed leader's writes are fenced.
+    let store = controller::StoreConfig {
+        kind: "etcd".into(),
+        etcd_endpoints: vec![etcd.url.clone()],
+        ..Default::default()
+    };
+    let e = Etcd::connect(&store).await.unwrap();
+    let id = topology::TableId {
+        epoch: topology::Epoch(old_fence.epoch()),
+        version: topology::Version(1_000_000),
+    };
+    let r = e
+        .publish(&old_fence, &Default::default(), id, &Default::default())
+        .await;
+    assert!(matches!(r, Err(ControllerError::Fenced)), "{r:?}");
+
+    stop.store(true, Ordering::Relaxed);
+    let epochs = watcher.await.unwrap();
+    assert!(epochs >= 2, "the agents saw {epochs} epoch(s)");
+    Arc::try_unwrap(mesh).ok().unwrap().into_inner().shutdown().await;
+}
