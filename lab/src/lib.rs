@@ -2,6 +2,7 @@
 //! fault timeline, with a report of how Axon did.
 
 pub mod error;
+pub mod live;
 pub mod report;
 pub mod run;
 pub mod scenario;

@@ -40,7 +40,12 @@ fn run_err(e: impl std::fmt::Display) -> LabError {
 
 struct Mesh {
     dir: tempfile::TempDir,
-    controller: ControllerHandle,
+    /// The controller replicas (one on the embedded store); `None` while killed.
+    controllers: Vec<Option<ControllerHandle>>,
+    /// Their configurations, to restart a killed one on its address.
+    controller_cfgs: Vec<ControllerConfig>,
+    /// The etcd the replicas share, when there are several.
+    _etcd: Option<controller::ha::LocalEtcd>,
     probers: Vec<ProberHandle>,
     agents: Vec<AgentHandle>,
     /// `pipes[&(a, b)]`: the link `a` probes `b` over; base parameters beside it.
@@ -80,8 +85,33 @@ async fn start(s: &Scenario, seed: u64) -> Result<Mesh, LabError> {
     // The whole control plane on mutual TLS, as in production: the controller's certificate,
     // each site's for its prober and agent, an operator's for the drains.
     cc.tls = Some(prober::tls::mesh_files(dir.path(), "controller"));
-    let controller = controller::start(cc).await.map_err(run_err)?;
-    let url = format!("https://{}", controller.grpc_addr);
+    // Several controllers share an etcd of their own: one leads, the others follow.
+    let etcd = if s.run.controllers > 1 {
+        let e = controller::ha::LocalEtcd::start(dir.path())
+            .await
+            .map_err(run_err)?;
+        cc.store.kind = "etcd".into();
+        cc.store.etcd_endpoints = vec![e.url.clone()];
+        Some(e)
+    } else {
+        None
+    };
+    let mut controllers = Vec::new();
+    let mut controller_cfgs = Vec::new();
+    for i in 0..s.run.controllers {
+        let mut c = cc.clone();
+        c.name = format!("controller-{i}");
+        let handle = controller::start(c.clone()).await.map_err(run_err)?;
+        // A restart must come back on the same address, the one probers and agents list.
+        c.grpc_listen = handle.grpc_addr;
+        c.http_listen = handle.http_addr;
+        controllers.push(Some(handle));
+        controller_cfgs.push(c);
+    }
+    let urls: Vec<String> = controller_cfgs
+        .iter()
+        .map(|c| format!("https://{}", c.grpc_listen))
+        .collect();
 
     let emulator = Emulator::new(EmulatorConfig {
         seed,
@@ -161,7 +191,7 @@ async fn start(s: &Scenario, seed: u64) -> Result<Mesh, LabError> {
                 })
                 .collect(),
             report: prober::ReportConfig {
-                endpoints: vec![url.clone()],
+                endpoints: urls.clone(),
                 ..Default::default()
             },
             ..Default::default()
@@ -170,7 +200,12 @@ async fn start(s: &Scenario, seed: u64) -> Result<Mesh, LabError> {
         let acfg = agent::AgentConfig {
             node: format!("{}-1", ids[a]),
             site: ids[a].clone(),
-            controllers: vec![url.clone()],
+            // Agents start from different replicas, so followers serve some of them.
+            controllers: {
+                let mut order = urls.clone();
+                order.rotate_left(a % urls.len());
+                order
+            },
             table_file: dir.path().join(format!("agent-{}.pb", ids[a])),
             http_listen: any("127.0.0.1")?,
             tls: Some(prober::tls::mesh_files(dir.path(), &ids[a])),
@@ -180,12 +215,93 @@ async fn start(s: &Scenario, seed: u64) -> Result<Mesh, LabError> {
     }
     Ok(Mesh {
         dir,
-        controller,
+        controllers,
+        controller_cfgs,
+        _etcd: etcd,
         probers,
         agents,
         pipes,
         _emulator: emulator,
     })
+}
+
+impl Mesh {
+    /// The replica that leads now, if one does (the only one on the embedded store).
+    fn leader(&self) -> Option<&ControllerHandle> {
+        self.controllers
+            .iter()
+            .flatten()
+            .find(|c| c.shared.leadership.borrow().is_leader())
+    }
+
+    /// The leader's epoch, if a replica leads.
+    fn epoch(&self) -> Option<u64> {
+        self.leader()?
+            .shared
+            .leadership
+            .borrow()
+            .fence
+            .as_ref()
+            .map(controller::ha::Fence::epoch)
+    }
+
+    /// An admin client on the leader, with the operator's certificate.
+    async fn admin(
+        &self,
+    ) -> Result<proto::v1::admin_client::AdminClient<tonic::transport::Channel>, LabError> {
+        let leader = self
+            .leader()
+            .ok_or_else(|| LabError::Run("no controller leads: cannot drain".into()))?;
+        let operator = prober::tls::mesh_files(self.dir.path(), "operator");
+        let channel = proto::auth::endpoint(&format!("https://{}", leader.grpc_addr), Some(&operator))
+            .map_err(run_err)?
+            .connect()
+            .await
+            .map_err(run_err)?;
+        Ok(proto::v1::admin_client::AdminClient::new(channel))
+    }
+}
+
+/// The worst link in the controller's view, for the live view: a down link first, else the
+/// lossiest (if it loses anything), by name.
+fn worst_link(core: &controller::core::Core, s: &Scenario) -> Option<String> {
+    let inv = &s.world.inventory;
+    let n = inv.len() as u16;
+    let mut worst: Option<(bool, f64, u16, u16)> = None;
+    for a in 0..n {
+        for b in 0..n {
+            let Some(v) = core.world().links.get(a, b) else {
+                continue;
+            };
+            let key = (v.health == LinkHealth::Down, v.metrics.loss);
+            if (key.0 || key.1 > 0.0) && worst.is_none_or(|w| (w.0, w.1) < key) {
+                worst = Some((key.0, key.1, a, b));
+            }
+        }
+    }
+    worst.map(|(down, loss, a, b)| {
+        let (x, y) = (inv.site(a).id.as_str(), inv.site(b).id.as_str());
+        if down {
+            format!("{x}→{y} down")
+        } else {
+            format!("{x}→{y} {:.1}% loss", loss * 100.0)
+        }
+    })
+}
+
+/// Starts a killed replica again on its address (the old sockets may take a moment to go).
+async fn restart(cfg: ControllerConfig) -> Result<ControllerHandle, LabError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match controller::start(cfg.clone()).await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "controller restart: retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(run_err(e)),
+        }
+    }
 }
 
 /// The scenario as the mesh measures it. Two sites share one probing connection and both
@@ -438,14 +554,22 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         let r = compute_routes(&cm, &paths_cfg, None);
         (cm, r)
     };
-    let operator = prober::tls::mesh_files(mesh.dir.path(), "operator");
-    let admin_channel =
-        proto::auth::endpoint(&format!("https://{}", mesh.controller.grpc_addr), Some(&operator))
-            .map_err(run_err)?
-            .connect()
-            .await
-            .map_err(run_err)?;
-    let mut admin = proto::v1::admin_client::AdminClient::new(admin_channel);
+    let mut mesh = mesh;
+    // Wait for a first leader and its first table (a replicated start campaigns and warms up).
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    while mesh
+        .leader()
+        .is_none_or(|c| c.shared.published.borrow().is_none())
+    {
+        if Instant::now() > ready_by {
+            return Err(LabError::Run(
+                "no controller published a table within 30 s".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A killed replica: its index, when, and the epoch it led under.
+    let mut killed: Vec<Option<(usize, u64)>> = vec![None; s.faults.len()];
 
     let t0 = Instant::now();
     let mut reports: Vec<FaultReport> = s
@@ -453,7 +577,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         .iter()
         .map(|f| FaultReport {
             at_s: f.spec.at_s,
-            kind: format!("{:?}", f.spec.kind).to_lowercase(),
+            kind: f.spec.kind.as_str().to_string(),
             target: f.spec.target.clone(),
             detect_s: None,
             converge_s: None,
@@ -471,7 +595,8 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
     let (mut changes, mut flaps) = (0usize, 0usize);
     let (mut ratios, mut within) = (Vec::new(), 0usize);
     let mut next_quality = TRANSIENT;
-    let mut next_live = Duration::from_secs(5);
+    let mut next_live = Duration::ZERO;
+    let mut live = crate::live::Live::new();
     let mut oracle = oracle_of(&true_world(s, &[]));
 
     while t0.elapsed() < duration {
@@ -498,8 +623,21 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                     }
                 }
                 reports[i].affected_pairs = affected[i].len();
+                if f.spec.kind == FaultKind::ControllerKill {
+                    let epoch = mesh.epoch().unwrap_or(0);
+                    if let Some(r) = mesh.controllers.iter().position(|c| {
+                        c.as_ref()
+                            .is_some_and(|c| c.shared.leadership.borrow().is_leader())
+                    }) && let Some(c) = mesh.controllers[r].take()
+                    {
+                        c.kill().await;
+                        killed[i] = Some((r, epoch));
+                    }
+                }
                 if f.spec.kind == FaultKind::DrainRegion {
-                    let r = admin
+                    let r = mesh
+                        .admin()
+                        .await?
                         .drain(pb::DrainRequest {
                             kind: "region".into(),
                             name: f.spec.target.clone(),
@@ -519,8 +657,16 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
             if started[i] && !ended[i] && end.is_some_and(|e| ts >= e) {
                 ended[i] = true;
                 changed = true;
+                if f.spec.kind == FaultKind::ControllerKill
+                    && let Some((r, _)) = killed[i]
+                {
+                    // The replica comes back on its address and rejoins as a follower.
+                    let cfg = mesh.controller_cfgs[r].clone();
+                    mesh.controllers[r] = Some(restart(cfg).await?);
+                }
                 if f.spec.kind == FaultKind::DrainRegion {
-                    admin
+                    mesh.admin()
+                        .await?
                         .undrain(pb::UndrainRequest {
                             kind: "region".into(),
                             name: f.spec.target.clone(),
@@ -561,18 +707,19 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                                     },
                                 )
                             };
-                            let core = mesh.controller.shared.core();
+                            let Some(leader) = mesh.leader() else { continue };
+                            let core = leader.shared.core();
                             let why = core.table().and_then(|tb| {
                                 tb.entry(&inv.site(a as u16).id, &inv.site(b as u16).id)
                                     .ok()
                                     .flatten()
                             });
-                            println!(
+                            live.event(&format!(
                                 "t={ts:>5.1}s  flap {} -> {}: {:?}",
                                 name(&prev[a][b]),
                                 name(&now[a][b]),
                                 why.map(|e| e.reason)
-                            );
+                            ));
                             if std::env::var_os("AXON_LAB_DEBUG").is_some() {
                                 for p in [&prev[a][b], &now[a][b]].into_iter().flatten() {
                                     for w in p.windows(2) {
@@ -588,12 +735,31 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         }
         prev = now;
 
+        // A killed leader: detected when another replica leads under a later epoch, converged
+        // when every agent holds a table of that epoch.
+        for (i, kill) in killed.iter().enumerate() {
+            let (Some((_, old)), Some(epoch)) = (*kill, mesh.epoch()) else {
+                continue;
+            };
+            let at = s.faults[i].spec.at_s;
+            if epoch > old && reports[i].detect_s.is_none() {
+                reports[i].detect_s = Some(ts - at);
+            }
+            let all_on_it = mesh
+                .agents
+                .iter()
+                .all(|a| a.state.table().is_some_and(|t| t.version().0 >= epoch));
+            if epoch > old && all_on_it && reports[i].converge_s.is_none() {
+                reports[i].converge_s = Some(ts - at);
+            }
+        }
+
         // Detection and convergence of each active fault.
-        {
-            let core = mesh.controller.shared.core();
+        if let Some(leader) = mesh.leader() {
+            let core = leader.shared.core();
             let links = &core.world().links;
             for (i, f) in s.faults.iter().enumerate() {
-                if !started[i] || ended[i] {
+                if !started[i] || ended[i] || f.spec.kind == FaultKind::ControllerKill {
                     continue;
                 }
                 let (hit_links, hit_sites) = &hit[i];
@@ -670,7 +836,8 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                         if ratio > 1.02 && std::env::var_os("AXON_LAB_DEBUG").is_some() {
                             let o: Vec<usize> =
                                 best.primary.sites().iter().map(|&x| usize::from(x)).collect();
-                            let core = mesh.controller.shared.core();
+                            let Some(leader) = mesh.leader() else { continue };
+                            let core = leader.shared.core();
                             let view = core.world().links.get(a as u16, b as u16).copied();
                             let why = core.table().and_then(|t| {
                                 let inv = &s.world.inventory;
@@ -690,18 +857,34 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
             }
         }
         if opts.live && t >= next_live {
-            next_live = t + Duration::from_secs(5);
-            mesh.controller.shared.refresh_agent_gauges();
-            let latest = mesh.controller.shared.metrics.agents_latest.get();
-            println!(
-                "t={:>5.0}s  faults active {}  route changes {}  agents on the latest table {}/{}",
-                ts,
-                active.len(),
-                changes,
-                latest,
-                n
+            next_live = t + Duration::from_millis(500);
+            let (agents, worst) = mesh.leader().map_or_else(
+                || ("none: no leader".to_string(), None),
+                |l| {
+                    l.shared.refresh_agent_gauges();
+                    let agents = format!("{}/{n}", l.shared.metrics.agents_latest.get());
+                    (agents, worst_link(&l.shared.core(), s))
+                },
             );
+            live.status(&crate::live::Status {
+                elapsed: t,
+                duration,
+                faults: active
+                    .iter()
+                    .map(|f| {
+                        format!("{} {}", f.spec.kind.as_str(), f.spec.target)
+                            .trim()
+                            .to_string()
+                    })
+                    .collect(),
+                changes,
+                agents,
+                worst,
+            });
         }
+    }
+    if opts.live {
+        live.finish();
     }
 
     // Measurement accuracy: the controller's smoothed view against the truth.
@@ -709,7 +892,10 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
     {
         let active = active_faults(s, &started, &ended);
         let truth = true_world(s, &active);
-        let core = mesh.controller.shared.core();
+        let leader = mesh
+            .leader()
+            .ok_or_else(|| LabError::Run("no controller leads at the end of the run".into()))?;
+        let core = leader.shared.core();
         for a in 0..n as u16 {
             for b in 0..n as u16 {
                 if let (Some(m), Some(t)) = (core.world().links.get(a, b), truth.links.get(a, b))
@@ -799,7 +985,9 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
     for p in mesh.probers {
         p.shutdown().await;
     }
-    mesh.controller.shutdown().await;
+    for c in mesh.controllers.into_iter().flatten() {
+        c.shutdown().await;
+    }
     drop(mesh.dir);
     Ok(report)
 }

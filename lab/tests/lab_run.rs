@@ -1,21 +1,27 @@
-//! A short lab run: four sites, one blackhole on a relay path; the report must show it routed
-//! around and be complete and consistent.
+//! Short lab runs: four sites, one blackhole on a relay path, the report complete and
+//! consistent; and the same mesh on two controller replicas (a real etcd) whose leader is
+//! killed.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_blackhole_is_routed_around_and_the_report_is_complete() {
-    let dir = tempfile::tempdir().unwrap();
+/// Writes the four-site matrix into `dir`.
+fn four_sites(dir: &std::path::Path) {
     std::fs::write(
-        dir.path().join("sites.csv"),
+        dir.join("sites.csv"),
         "id,region,provider,lat,lon\na,r1,aws,0,0\nb,r2,gcp,0,10\nc,r3,azure,0,5\nd,r4,metal,10,5\n",
     )
     .unwrap();
     std::fs::write(
-        dir.path().join("rtt.csv"),
+        dir.join("rtt.csv"),
         "src,dst,rtt_ms\na,b,100\na,c,20\nb,c,20\na,d,80\nb,d,80\nc,d,80\n",
     )
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackhole_is_routed_around_and_the_report_is_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    four_sites(dir.path());
     let scenario = r#"
 name = "ci-4"
 [data]
@@ -101,4 +107,44 @@ target = "c<->b"
     ] {
         assert!(v["quality"].get(key).is_some(), "quality.{key} missing");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_and_every_agent_follows_the_new_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    four_sites(dir.path());
+    let scenario = r#"
+name = "ci-4-ha"
+[data]
+sites = "sites.csv"
+rtt = "rtt.csv"
+[run]
+duration_s = 20
+controllers = 2
+[[fault]]
+at_s = 5
+duration_s = 8
+kind = "controller_kill"
+"#;
+    let path = dir.path().join("ci-4-ha.toml");
+    std::fs::write(&path, scenario).unwrap();
+    let s = lab::Scenario::load(&path).unwrap();
+    let r = lab::run(
+        &s,
+        &lab::Options {
+            seed: 5,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let f = &r.faults[0];
+    assert_eq!(f.kind, "controller_kill");
+    // A 3 s lease, then a 3 s warm-up before the new leader's first table.
+    let detect = f.detect_s.expect("no new leader was elected");
+    let converge = f
+        .converge_s
+        .expect("the agents never reached the new leader's table");
+    assert!(detect <= 6.0 && detect <= converge && converge <= 12.0, "{f:?}");
+    assert!(r.rtt_error_ms.p50 < 3.0, "{r:?}");
 }

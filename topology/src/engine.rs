@@ -61,6 +61,8 @@ pub struct RouteEngine {
     epoch: Epoch,
     next_version: Version,
     scratch: Scratch,
+    /// When the first computation ran: the hysteresis warm-up counts from it.
+    started: Option<TimestampMs>,
 }
 
 impl RouteEngine {
@@ -75,6 +77,7 @@ impl RouteEngine {
             epoch,
             next_version: first_version,
             scratch: Scratch::default(),
+            started: None,
         })
     }
 
@@ -117,10 +120,17 @@ impl RouteEngine {
             .as_ref()
             .is_some_and(|t| t.sites().iter().eq(world.inventory.sites().iter().map(|s| &s.id)));
         let previous = self.last.as_ref().filter(|_| same_sites).map(RouteTable::routes);
+        let started = *self.started.get_or_insert(now);
+        let warming = now.saturating_sub(started) < self.cfg.hysteresis.warmup_ms;
+        let hysteresis = if warming {
+            self.cfg.hysteresis.warming()
+        } else {
+            self.cfg.hysteresis.clone()
+        };
         let (routes, unchanged) = compute_routes_in(
             &cm,
             &self.cfg.paths,
-            Some((&self.cfg.hysteresis, &mut self.state)),
+            Some((&hysteresis, &mut self.state)),
             &mut self.scratch,
             previous,
         );

@@ -31,6 +31,13 @@ pub struct HysteresisConfig {
     /// Standard errors of the cost difference a candidate must also win by. Default 2: a
     /// gain the loss estimates cannot vouch for at about 95% is not taken.
     pub switch_z: f64,
+    /// For this long after an engine's first computation, ms, a candidate needs only
+    /// `warmup_gain_ms` (`switch_after` times in a row): the first tables are chosen on round
+    /// trips alone, before any loss is seen, and margins meant for noise would otherwise hold
+    /// those first choices for good. Default 10000.
+    pub warmup_ms: u64,
+    /// The gain a candidate needs during the warm-up, ms of cost. Default 1.
+    pub warmup_gain_ms: f64,
 }
 
 impl Default for HysteresisConfig {
@@ -40,6 +47,8 @@ impl Default for HysteresisConfig {
             switch_min_ms: 5.0,
             switch_after: 3,
             switch_z: 2.0,
+            warmup_ms: 10_000,
+            warmup_gain_ms: 1.0,
         }
     }
 }
@@ -50,6 +59,7 @@ impl HysteresisConfig {
         check_range("switch_ratio", self.switch_ratio, 0.0, 10.0)?;
         check_range("switch_min_ms", self.switch_min_ms, 0.0, 1e6)?;
         check_range("switch_z", self.switch_z, 0.0, 10.0)?;
+        check_range("warmup_gain_ms", self.warmup_gain_ms, 0.0, 1e6)?;
         if self.switch_after == 0 {
             return Err(TopologyError::InvalidValue {
                 field: "switch_after",
@@ -57,6 +67,16 @@ impl HysteresisConfig {
             });
         }
         Ok(())
+    }
+
+    /// The rule in force during the warm-up (see [`HysteresisConfig::warmup_ms`]).
+    pub fn warming(&self) -> HysteresisConfig {
+        HysteresisConfig {
+            switch_ratio: 0.0,
+            switch_min_ms: self.warmup_gain_ms,
+            switch_z: 0.0,
+            ..self.clone()
+        }
     }
 
     /// The gain a candidate needs over a current path of this cost, before uncertainty.

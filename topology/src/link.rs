@@ -329,38 +329,45 @@ impl Pool {
     };
 }
 
-/// Pools the counts of `states` (see [`Pool`]). The pooled loss is the median of the links'
-/// own loss ratios (links with at least [`POOL_MIN_PROBES`] probes), so that one lossy link
-/// the change detector has not flagged yet cannot make the whole mesh look lossy; with fewer
-/// than three such links it is the ratio of the summed counts.
+/// Pools the counts of `states` (see [`Pool`]): the summed counts of the links that agree with
+/// the mesh. A link whose losses are improbable under the pooled ratio (upper binomial tail
+/// below [`POOL_OUTLIER_P`]) is left out and the ratio taken again, so that one lossy link the
+/// change detector has not flagged yet cannot make the whole mesh look lossy. Summed counts,
+/// not a median of per-link ratios: early on most links have not lost a single probe, and a
+/// median would read a lossy mesh as clean until every link had.
 pub fn pooled_loss<'a>(states: impl IntoIterator<Item = &'a LinkState>) -> Pool {
-    let mut ratios = Vec::new();
-    let (mut sent, mut lost) = (0.0, 0.0);
-    for (s, l) in states.into_iter().map(LinkState::loss_counts) {
-        sent += s;
-        lost += l;
-        if s >= POOL_MIN_PROBES {
-            ratios.push(l / s);
+    let counts: Vec<(f64, f64)> = states
+        .into_iter()
+        .map(LinkState::loss_counts)
+        .filter(|&(s, _)| s > 0.0)
+        .collect();
+    let (mut sent, mut lost) = counts.iter().fold((0.0, 0.0), |(s, l), &(a, b)| (s + a, l + b));
+    for _ in 0..3 {
+        if sent <= 0.0 {
+            return Pool::NONE;
         }
+        let p = lost / sent;
+        let (s2, l2) = counts
+            .iter()
+            .filter(|&&(s, l)| {
+                // Exact tails cost a step per loss: cheap for the clean links that dominate.
+                let (n, k) = (s.round() as u32, l.round() as u32);
+                k == 0 || binomial_tails(n, k, p).1 >= POOL_OUTLIER_P
+            })
+            .fold((0.0, 0.0), |(s, l), &(a, b)| (s + a, l + b));
+        if s2 == sent {
+            break;
+        }
+        (sent, lost) = (s2, l2);
     }
-    let loss = if ratios.len() >= 3 {
-        ratios.sort_by(f64::total_cmp);
-        let m = ratios.len() / 2;
-        if ratios.len() % 2 == 1 {
-            ratios[m]
-        } else {
-            (ratios[m - 1] + ratios[m]) / 2.0
-        }
-    } else if sent > 0.0 {
-        lost / sent
-    } else {
-        0.0
-    };
-    Pool { loss, probes: sent }
+    Pool {
+        loss: if sent > 0.0 { lost / sent } else { 0.0 },
+        probes: sent,
+    }
 }
 
-/// Probes a link needs for its loss ratio to count in the pool's median.
-const POOL_MIN_PROBES: f64 = 50.0;
+/// A link losing improbably more than the pool at this level is left out of it.
+const POOL_OUTLIER_P: f64 = 0.001;
 
 /// The smoothed state of one directed link, fed by windows and liveness events.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -789,9 +796,31 @@ mod tests {
         let pool = pooled_loss(&links);
         assert_eq!(pool.loss, 0.0, "{pool:?}");
         assert!(pool.probes > 1000.0);
-        // Too few links for a median: the summed ratio.
-        let two = pooled_loss(&links[..2]);
-        assert!((two.loss - 0.15).abs() < 0.01, "{two:?}");
+    }
+
+    #[test]
+    fn the_pool_sees_a_little_loss_everywhere_before_most_links_have_lost_a_probe() {
+        // 40 links losing about 0.08% each, 20 s in: most have not lost a probe yet, but the mesh
+        // as a whole has (a median of per-link ratios would read 0).
+        let cfg = LinkStateConfig::default();
+        let mut links = vec![LinkState::default(); 40];
+        let mut n = 0u64;
+        for i in 1..=20u64 {
+            for s in links.iter_mut() {
+                n += 1;
+                // About one window in 128 loses a probe, scattered over the links.
+                let received = if n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 57 == 0 {
+                    9
+                } else {
+                    10
+                };
+                s.observe(&window(i * 1000, 10, received, 50.0), &cfg).unwrap();
+            }
+        }
+        let silent = links.iter().filter(|s| s.loss_counts().1 == 0.0).count();
+        assert!(silent > 30, "{silent} links without a loss");
+        let pool = pooled_loss(&links);
+        assert!((pool.loss - 0.001).abs() < 0.0005, "{pool:?}");
     }
 
     #[test]

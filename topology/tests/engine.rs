@@ -211,3 +211,32 @@ fn drained_sites_keep_their_rows_but_never_relay_and_shadow_sites_have_none() {
     let ab = t.entry(&id("a"), &id("b")).unwrap().unwrap();
     assert!(!ab.primary.contains(&id("d")) && !ab.backup.unwrap().contains(&id("d")));
 }
+
+#[test]
+fn a_first_choice_is_revisited_on_a_small_gain_during_the_warm_up_and_held_after_it() {
+    // Direct a→b at 98 ms RTT beats the relay through c (60 + 36 ms plus the relay penalty);
+    // at 106 ms the relay wins by about 3 ms of cost: below the 5 ms margin, above the
+    // warm-up's 1 ms.
+    let mut e = engine();
+    e.compute(&world(98.0), 0);
+    assert_eq!(primary(&e, "a", "b"), ["a", "b"]);
+    for t in 1..=3 {
+        e.compute(&world(106.0), t * 1_000);
+    }
+    assert_eq!(
+        primary(&e, "a", "b"),
+        ["a", "c", "b"],
+        "not revisited in the warm-up"
+    );
+
+    let mut e = engine();
+    e.compute(&world(98.0), 0);
+    for t in 1..=10 {
+        e.compute(&world(106.0), 10_000 + t * 1_000);
+    }
+    assert_eq!(
+        primary(&e, "a", "b"),
+        ["a", "b"],
+        "a small gain moved a route after the warm-up"
+    );
+}

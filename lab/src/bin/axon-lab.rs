@@ -40,7 +40,12 @@ fn main() -> std::process::ExitCode {
             s.faults.len()
         );
         for f in &s.faults {
-            println!("  at {:>6.1} s  {:?} {}", f.spec.at_s, f.spec.kind, f.spec.target);
+            println!(
+                "  at {:>6.1} s  {} {}",
+                f.spec.at_s,
+                f.spec.kind.as_str(),
+                f.spec.target
+            );
         }
         if args.check {
             return Ok(());
