@@ -858,12 +858,22 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         }
         if opts.live && t >= next_live {
             next_live = t + Duration::from_millis(500);
+            // Counted at the agents: with several replicas each knows only its own watchers.
             let (agents, worst) = mesh.leader().map_or_else(
                 || ("none: no leader".to_string(), None),
                 |l| {
-                    l.shared.refresh_agent_gauges();
-                    let agents = format!("{}/{n}", l.shared.metrics.agents_latest.get());
-                    (agents, worst_link(&l.shared.core(), s))
+                    let latest = l
+                        .shared
+                        .published
+                        .borrow()
+                        .as_ref()
+                        .map(|p| (p.id.epoch.0, p.id.version.0));
+                    let on = mesh
+                        .agents
+                        .iter()
+                        .filter(|a| a.state.table().map(|t| t.version()) == latest)
+                        .count();
+                    (format!("{on}/{n}"), worst_link(&l.shared.core(), s))
                 },
             );
             live.status(&crate::live::Status {
