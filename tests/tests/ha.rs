@@ -94,9 +94,10 @@ async fn a_new_leader_takes_over_within_the_lease_and_no_agent_goes_back() {
 
     // Watch every agent's (epoch, version) from now on: it may only move forward.
     let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mesh = Arc::new(tokio::sync::Mutex::new(mesh));
     let watcher = {
-        let (mesh, stop) = (mesh.clone(), stop.clone());
+        let (mesh, stop, rounds) = (mesh.clone(), stop.clone(), rounds.clone());
         tokio::spawn(async move {
             let mut last = std::collections::HashMap::new();
             let mut epochs = std::collections::HashSet::new();
@@ -110,11 +111,18 @@ async fn a_new_leader_takes_over_within_the_lease_and_no_agent_goes_back() {
                     }
                 }
                 drop(m);
+                rounds.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             epochs.len()
         })
     };
+
+    // The watcher has seen every agent on the old leader's table before it dies.
+    eventually(long, "the watcher's first round", || async {
+        (rounds.load(Ordering::Relaxed) > 0).then_some(())
+    })
+    .await;
 
     // The leader dies without resigning: another replica leads within the lease (2 s) and a
     // compute tick, and every agent gets a table of the new epoch.
@@ -175,6 +183,12 @@ async fn a_new_leader_takes_over_within_the_lease_and_no_agent_goes_back() {
         .await;
     assert!(matches!(r, Err(ControllerError::Fenced)), "{r:?}");
 
+    // One more round of the watcher, so that it sees the new epoch too.
+    let seen = rounds.load(Ordering::Relaxed);
+    eventually(long, "a watcher round on the new epoch", || async {
+        (rounds.load(Ordering::Relaxed) > seen + 1).then_some(())
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     let epochs = watcher.await.unwrap();
     assert!(epochs >= 2, "the agents saw {epochs} epoch(s)");

@@ -141,7 +141,8 @@ pub struct LinkStateConfig {
     /// either side) to count as a change. Default 0.001.
     pub loss_change_p: f64,
     /// Strength of the prior, in probes: how much pooled evidence (the loss of the mesh as a
-    /// whole) a link's estimate leans on while it behaves like the mesh. Default 500: a link
+    /// whole) a link's estimate leans on while it behaves like the mesh. Default 3000 (five
+    /// minutes of probes at 10 Hz, five times the decayed own counts a link holds): a link
     /// is presumed typical until its own counts say otherwise (the change detector decides
     /// that, and a changed link drops the prior).
     pub loss_prior_probes: f64,
@@ -164,7 +165,7 @@ impl Default for LinkStateConfig {
             max_future_ms: 5000,
             loss_memory_windows: 60.0,
             loss_change_p: 0.001,
-            loss_prior_probes: 500.0,
+            loss_prior_probes: 3000.0,
             outage_tail_ms: 2500,
         }
     }
@@ -732,7 +733,7 @@ mod tests {
         // One window, one probe of ten lost: on its own, 10%.
         s.observe(&window(1000, 10, 9, 50.0), &cfg).unwrap();
         assert!((s.view(1000, &cfg).unwrap().metrics.loss - 0.1).abs() < 1e-9);
-        // With a mesh at 1% as a prior of 500 probes: (1 + 5) / 510.
+        // With a mesh at 1% as a prior of 3000 probes: (1 + 30) / 3010.
         let v = s
             .view_with_prior(
                 1000,
@@ -743,7 +744,7 @@ mod tests {
                 },
             )
             .unwrap();
-        assert!((v.metrics.loss - 6.0 / 510.0).abs() < 1e-9, "{v:?}");
+        assert!((v.metrics.loss - 31.0 / 3010.0).abs() < 1e-9, "{v:?}");
         assert_eq!(v.health, LinkHealth::Up);
     }
 
