@@ -32,6 +32,17 @@ pub fn four_sites() -> Vec<SiteSpec> {
         .collect()
 }
 
+/// The round trips of [`four_sites`] most tests use, ms: a–b is slow direct (100 ms) but fast
+/// through c (20 + 20 ms); d is 80 ms from everyone.
+pub fn relay_rtt(a: &str, b: &str) -> u64 {
+    let pair = if a < b { (a, b) } else { (b, a) };
+    match pair {
+        ("a", "b") => 100,
+        ("a", "c") | ("b", "c") => 20,
+        _ => 80,
+    }
+}
+
 /// A running mesh.
 pub struct Mesh {
     /// Certificates and state files.

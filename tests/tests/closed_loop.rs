@@ -6,19 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use mesh::{Mesh, endpoint, eventually, four_sites};
+use mesh::{Mesh, endpoint, eventually, four_sites, relay_rtt as rtt};
 use proto::v1 as pb;
 use proto::v1::admin_client::AdminClient;
-
-/// a–b is slow direct (100 ms) but fast through c (20 + 20 ms); d is 80 ms from everyone.
-fn rtt(a: &str, b: &str) -> u64 {
-    let pair = if a < b { (a, b) } else { (b, a) };
-    match pair {
-        ("a", "b") => 100,
-        ("a", "c") | ("b", "c") => 20,
-        _ => 80,
-    }
-}
 
 fn relays(path: &[String]) -> &[String] {
     &path[1..path.len() - 1]
