@@ -217,17 +217,11 @@ impl Core {
         // Links with few probes of their own lean on the mesh's loss (see `topology::link`).
         let prior = topology::link::pooled_loss(&self.states);
         for a in 0..n {
-            for b in a + 1..n {
-                let ab = self.states[a * n + b].view_with_prior(now, &self.cfg.links, prior);
-                let ba = self.states[b * n + a].view_with_prior(now, &self.cfg.links, prior);
-                // Both sites measure the same round trip over their shared connection.
-                let joint = match (&ab, &ba) {
-                    (Some(x), Some(y)) => topology::link::join_round_trip(x, y, &self.cfg.links),
-                    _ => None,
-                };
-                let (a16, b16) = (a as topology::SiteIdx, b as topology::SiteIdx);
-                links.set(a16, b16, joint.or(ab));
-                links.set(b16, a16, joint.or(ba));
+            for b in 0..n {
+                if a != b {
+                    let view = self.states[a * n + b].view_with_prior(now, &self.cfg.links, prior);
+                    links.set(a as topology::SiteIdx, b as topology::SiteIdx, view);
+                }
             }
         }
         self.world.links = Arc::new(links);

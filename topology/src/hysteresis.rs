@@ -31,6 +31,10 @@ pub struct HysteresisConfig {
     /// Standard errors of the cost difference a candidate must also win by. Default 2: a
     /// gain the loss estimates cannot vouch for at about 95% is not taken.
     pub switch_z: f64,
+    /// When the current path fails, the previous backup (which agents already hold) is taken
+    /// instead of the best candidate if it costs at most this much more, relative. Default 0.02:
+    /// a failure must not leave a pair up to a whole switching margin above the best path.
+    pub backup_slack_ratio: f64,
     /// For this long after an engine's first computation, ms, a candidate needs only
     /// `warmup_gain_ms` (`switch_after` times in a row): the first tables are chosen on round
     /// trips alone, before any loss is seen, and margins meant for noise would otherwise hold
@@ -47,6 +51,7 @@ impl Default for HysteresisConfig {
             switch_min_ms: 5.0,
             switch_after: 3,
             switch_z: 2.0,
+            backup_slack_ratio: 0.02,
             warmup_ms: 10_000,
             warmup_gain_ms: 1.0,
         }
@@ -60,6 +65,7 @@ impl HysteresisConfig {
         check_range("switch_min_ms", self.switch_min_ms, 0.0, 1e6)?;
         check_range("switch_z", self.switch_z, 0.0, 10.0)?;
         check_range("warmup_gain_ms", self.warmup_gain_ms, 0.0, 1e6)?;
+        check_range("backup_slack_ratio", self.backup_slack_ratio, 0.0, 10.0)?;
         if self.switch_after == 0 {
             return Err(TopologyError::InvalidValue {
                 field: "switch_after",
@@ -184,11 +190,13 @@ pub fn decide(
         } else {
             SwitchReason::CurrentDown
         };
-        // The previous backup is preferred when healthy and not clearly worse than the
-        // candidate: agents hold it already and it spares a second switch.
+        // The previous backup is preferred when healthy and about as good as the candidate:
+        // agents hold it already and it spares a second switch. Not when it is clearly worse:
+        // the switching margin would then hold the pair there for good.
         if !mem.backup.is_none() && mem.backup != mem.current {
             let b = eval(&mem.backup);
-            if b.cost.is_finite() && !b.degraded && b.cost - candidate_cost < cfg.margin(b.cost) {
+            let slack = cfg.backup_slack_ratio as f32 * b.cost;
+            if b.cost.is_finite() && !b.degraded && b.cost - candidate_cost <= slack {
                 let backup = mem.backup;
                 return switch(mem, backup, reason);
             }
@@ -466,13 +474,13 @@ mod tests {
             backup,
             ..Default::default()
         };
-        // Direct is down; the backup costs 105 and the candidate 101: within the margin.
+        // Direct is down; the backup costs 102 and the candidate 101: within the 2% slack.
         let d = decide(
             &cfg,
             &mut mem,
             candidate,
             101.0,
-            eval_with(vec![(backup, 105.0, false)]),
+            eval_with(vec![(backup, 102.0, false)]),
         );
         assert_eq!(
             d,
@@ -481,7 +489,8 @@ mod tests {
                 reason: SwitchReason::CurrentDown
             }
         );
-        // Were the backup much worse, the candidate is taken instead.
+        // Were the backup 4% worse (still inside the 10% switching margin, which would then
+        // hold the pair on it), the candidate is taken instead.
         let mut mem = PairMemory {
             current: direct,
             backup,
@@ -491,7 +500,7 @@ mod tests {
             &cfg,
             &mut mem,
             candidate,
-            60.0,
+            101.0,
             eval_with(vec![(backup, 105.0, false)]),
         );
         assert_eq!(

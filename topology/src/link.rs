@@ -367,42 +367,6 @@ pub fn pooled_loss<'a>(states: impl IntoIterator<Item = &'a LinkState>) -> Pool 
     }
 }
 
-/// One view of a round trip measured from both ends. Two sites share one probing connection,
-/// so `a→b` and `b→a` are the same two ways crossed in the other order: the same RTT, the same
-/// loss, measured by independent probes. Joined, the estimate rests on both sites' evidence:
-/// RTT and jitter averaged, loss weighted by the inverse of each estimate's variance, and the
-/// verdict taken again on the joint estimate (a brown-out is judged on twice the probes, and one
-/// side's unlucky windows are outvoted by the other's). Only two live views are joined: a
-/// `Down` or `Stale` view stands as it is (the caller keeps both views then).
-pub fn join_round_trip(a: &LinkView, b: &LinkView, cfg: &LinkStateConfig) -> Option<LinkView> {
-    let live = |v: &LinkView| matches!(v.health, LinkHealth::Up | LinkHealth::Degraded);
-    if !live(a) || !live(b) {
-        return None;
-    }
-    let (ma, mb) = (a.metrics, b.metrics);
-    let (loss, loss_se) = if ma.loss_se > 0.0 && mb.loss_se > 0.0 {
-        let (wa, wb) = (1.0 / ma.loss_se.powi(2), 1.0 / mb.loss_se.powi(2));
-        (
-            (ma.loss * wa + mb.loss * wb) / (wa + wb),
-            (1.0 / (wa + wb)).sqrt(),
-        )
-    } else {
-        ((ma.loss + mb.loss) / 2.0, ma.loss_se.max(mb.loss_se))
-    };
-    let metrics = LinkMetrics {
-        rtt_ms: (ma.rtt_ms + mb.rtt_ms) / 2.0,
-        loss,
-        jitter_ms: (ma.jitter_ms + mb.jitter_ms) / 2.0,
-        loss_se,
-    };
-    let health = if loss - loss_se >= cfg.degraded_loss || metrics.jitter_ms >= cfg.degraded_jitter_ms {
-        LinkHealth::Degraded
-    } else {
-        LinkHealth::Up
-    };
-    Some(LinkView { metrics, health })
-}
-
 /// A link losing improbably more than the pool at this level is left out of it.
 const POOL_OUTLIER_P: f64 = 0.001;
 
@@ -858,36 +822,6 @@ mod tests {
         assert!(silent > 30, "{silent} links without a loss");
         let pool = pooled_loss(&links);
         assert!((pool.loss - 0.001).abs() < 0.0005, "{pool:?}");
-    }
-
-    #[test]
-    fn both_ends_of_a_round_trip_vote_on_its_loss() {
-        let cfg = LinkStateConfig::default();
-        let view = |loss: f64, se: f64, health| LinkView {
-            metrics: LinkMetrics {
-                rtt_ms: 100.0,
-                loss,
-                jitter_ms: 1.0,
-                loss_se: se,
-            },
-            health,
-        };
-        // One side's unlucky windows (9% ± 5%, degraded) against the other's 1% ± 0.5%.
-        let j = join_round_trip(
-            &view(0.09, 0.05, LinkHealth::Degraded),
-            &view(0.01, 0.005, LinkHealth::Up),
-            &cfg,
-        )
-        .unwrap();
-        assert_eq!(j.health, LinkHealth::Up, "{j:?}");
-        assert!(j.metrics.loss < 0.02 && j.metrics.loss_se < 0.005, "{j:?}");
-        // A brown-out seen by both at 4% ± 2.2%: alone neither is past 2% by its error; jointly
-        // it is.
-        let b = view(0.04, 0.0215, LinkHealth::Up);
-        let j = join_round_trip(&b, &b, &cfg).unwrap();
-        assert_eq!(j.health, LinkHealth::Degraded, "{j:?}");
-        // A down view is not joined.
-        assert!(join_round_trip(&b, &view(0.0, 0.0, LinkHealth::Down), &cfg).is_none());
     }
 
     #[test]
