@@ -4,29 +4,37 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-/// Writes the four-site matrix into `dir`.
-fn four_sites(dir: &std::path::Path) {
+/// Runs `body` (the scenario's `[run]` and `[[fault]]` sections) on the four-site matrix.
+async fn run_four_sites(name: &str, body: &str, seed: u64) -> lab::Report {
+    let dir = tempfile::tempdir().unwrap();
     std::fs::write(
-        dir.join("sites.csv"),
+        dir.path().join("sites.csv"),
         "id,region,provider,lat,lon\na,r1,aws,0,0\nb,r2,gcp,0,10\nc,r3,azure,0,5\nd,r4,metal,10,5\n",
     )
     .unwrap();
     std::fs::write(
-        dir.join("rtt.csv"),
+        dir.path().join("rtt.csv"),
         "src,dst,rtt_ms\na,b,100\na,c,20\nb,c,20\na,d,80\nb,d,80\nc,d,80\n",
     )
     .unwrap();
+    let path = dir.path().join(format!("{name}.toml"));
+    let scenario = format!("name = \"{name}\"\n[data]\nsites = \"sites.csv\"\nrtt = \"rtt.csv\"\n{body}");
+    std::fs::write(&path, scenario).unwrap();
+    let s = lab::Scenario::load(&path).unwrap();
+    lab::run(
+        &s,
+        &lab::Options {
+            seed,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackhole_is_routed_around_and_the_report_is_complete() {
-    let dir = tempfile::tempdir().unwrap();
-    four_sites(dir.path());
-    let scenario = r#"
-name = "ci-4"
-[data]
-sites = "sites.csv"
-rtt = "rtt.csv"
+    let body = r#"
 [run]
 duration_s = 26
 [[fault]]
@@ -35,18 +43,7 @@ duration_s = 5
 kind = "blackhole"
 target = "c<->b"
 "#;
-    let path = dir.path().join("ci-4.toml");
-    std::fs::write(&path, scenario).unwrap();
-    let s = lab::Scenario::load(&path).unwrap();
-    let r = lab::run(
-        &s,
-        &lab::Options {
-            seed: 3,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let r = run_four_sites("ci-4", body, 3).await;
 
     assert_eq!((r.scenario.as_str(), r.sites, r.faults.len()), ("ci-4", 4, 1));
     let f = &r.faults[0];
@@ -111,13 +108,7 @@ target = "c<->b"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_replaced_and_every_agent_follows_the_new_epoch() {
-    let dir = tempfile::tempdir().unwrap();
-    four_sites(dir.path());
-    let scenario = r#"
-name = "ci-4-ha"
-[data]
-sites = "sites.csv"
-rtt = "rtt.csv"
+    let body = r#"
 [run]
 duration_s = 20
 controllers = 2
@@ -126,18 +117,7 @@ at_s = 5
 duration_s = 8
 kind = "controller_kill"
 "#;
-    let path = dir.path().join("ci-4-ha.toml");
-    std::fs::write(&path, scenario).unwrap();
-    let s = lab::Scenario::load(&path).unwrap();
-    let r = lab::run(
-        &s,
-        &lab::Options {
-            seed: 5,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let r = run_four_sites("ci-4-ha", body, 5).await;
     let f = &r.faults[0];
     assert_eq!(f.kind, "controller_kill");
     // A 3 s lease, then a 3 s warm-up before the new leader's first table.
