@@ -44,15 +44,26 @@ async fn the_loop_relays_reroutes_drains_and_survives_the_control_plane() {
     assert!(w.summary.iter().any(|l| l.contains("a → b")), "{w:?}");
     assert!((w.capacity_left - 0.75).abs() < 1e-9, "{w:?}");
     assert_eq!(mesh.primary("a", "b").await.unwrap(), ["a", "c", "b"]);
-    // Explain says why: the direct path costs more, and so does the detour through d.
-    let e = admin
-        .explain(pb::ExplainRequest {
-            from: "a".into(),
-            to: "b".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    // Explain says why: the direct path costs more, and so does the detour through d (once
+    // d's links have been measured: the relay through c can be in place before them).
+    let e = eventually(long, "explain to list the detour through d", || {
+        let mut admin = admin.clone();
+        async move {
+            let e = admin
+                .explain(pb::ExplainRequest {
+                    from: "a".into(),
+                    to: "b".into(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            e.alternatives
+                .iter()
+                .any(|a| a.path.as_ref().is_some_and(|p| p.sites == ["a", "d", "b"]))
+                .then_some(e)
+        }
+    })
+    .await;
     assert_eq!(
         e.chosen.as_ref().unwrap().primary.as_ref().unwrap().sites,
         ["a", "c", "b"]
