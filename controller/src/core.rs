@@ -26,6 +26,18 @@ fn reject(reason: &'static str, detail: impl Into<String>) -> ControllerError {
     }
 }
 
+/// Two distinct elements of `v`, both mutable.
+fn pair_mut<T>(v: &mut [T], i: usize, j: usize) -> (&mut T, &mut T) {
+    debug_assert_ne!(i, j);
+    if i < j {
+        let (lo, hi) = v.split_at_mut(j);
+        (&mut lo[i], &mut hi[0])
+    } else {
+        let (lo, hi) = v.split_at_mut(i);
+        (&mut hi[0], &mut lo[j])
+    }
+}
+
 /// Everything the controller knows and decides.
 #[derive(Debug)]
 pub struct Core {
@@ -175,8 +187,12 @@ impl Core {
             };
             reject(reason, e.to_string())
         })?;
-        self.states[i]
-            .observe(&window, &self.cfg.links)
+        // Both ends of a pair measure the same round trip: the reverse direction's counts join
+        // this one's change test and estimate (see `topology::link`).
+        let n = self.world.inventory.len();
+        let j = (i % n) * n + i / n;
+        let (this, reverse) = pair_mut(&mut self.states, i, j);
+        this.observe_paired(&window, reverse, &self.cfg.links)
             .map_err(|e| reject("replay", e.to_string()))
     }
 
@@ -217,9 +233,16 @@ impl Core {
         // Links with few probes of their own lean on the mesh's loss (see `topology::link`).
         let prior = topology::link::pooled_loss(&self.states);
         for a in 0..n {
+            for b in a + 1..n {
+                let (ab, ba) = pair_mut(&mut self.states, a * n + b, b * n + a);
+                LinkState::settle_pair(ab, ba, prior, &self.cfg.links);
+            }
+        }
+        for a in 0..n {
             for b in 0..n {
                 if a != b {
-                    let view = self.states[a * n + b].view_with_prior(now, &self.cfg.links, prior);
+                    let reverse = Some(&self.states[b * n + a]);
+                    let view = self.states[a * n + b].view_paired(reverse, now, &self.cfg.links, prior);
                     links.set(a as topology::SiteIdx, b as topology::SiteIdx, view);
                 }
             }

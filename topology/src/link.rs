@@ -17,6 +17,14 @@
 //!   better or worse than they are. A link that changed is judged on its own counts only until
 //!   they agree with the mesh again.
 //!
+//! - **both ends of a pair**: each site measures the same round trip (its probes and the
+//!   peer's echoes cross both directions), so while both report, a link's estimate and its
+//!   change test take the mean of both ends' counts ([`LinkState::observe_paired`],
+//!   [`LinkState::view_paired`]), and both directions of a pair change, and are judged,
+//!   together. The mean, not the sum: the ends share datagrams (one lost datagram usually
+//!   costs each end a sample), so their counts are one measurement seen twice, and summing
+//!   them would make every test twice as sure as it is.
+//!
 //! The standard error travels with the estimate (`LinkMetrics::loss_se`) so that switching can
 //! demand more than noise (see `hysteresis`), and a link is degraded only when its loss is past
 //! the threshold by more than one standard error.
@@ -240,8 +248,17 @@ pub(crate) fn binomial_tails(n: u32, k: u32, p: f64) -> (f64, f64) {
 }
 
 impl LossCounts {
-    /// Folds a window in; returns true when it revealed a change.
-    fn observe(&mut self, sent: u32, lost: u32, cfg: &LinkStateConfig) -> bool {
+    /// Folds a window in; returns the span (in windows) of a change it revealed. `reverse` is
+    /// the pair's other direction (the same round trip, measured by the other end): the test
+    /// then runs on the mean of both ends' counts, and the caller restarts the reverse as well
+    /// when a change is found ([`LossCounts::restart`]).
+    fn observe(
+        &mut self,
+        sent: u32,
+        lost: u32,
+        cfg: &LinkStateConfig,
+        reverse: Option<&LossCounts>,
+    ) -> Option<usize> {
         let keep = 1.0 - 1.0 / cfg.loss_memory_windows.max(1.0);
         self.sent = self.sent * keep + f64::from(sent);
         self.lost = self.lost * keep + f64::from(lost);
@@ -249,35 +266,70 @@ impl LossCounts {
             self.recent.pop_front();
         }
         self.recent.push_back((sent, lost));
+        let all = self.joined(reverse);
         for span in CHANGE_SPANS {
             if self.recent.len() < span {
                 break;
             }
-            let (s, l) = self
-                .recent
-                .iter()
-                .rev()
-                .take(span)
-                .fold((0u32, 0u32), |(s, l), &(a, b)| (s + a, l + b));
+            // Recent windows as probes and losses (the mean of both ends when paired, in
+            // halves: the losses rounded down to test for more loss, up to test for less, so
+            // that the rounding never makes a change look likelier).
+            let (mut s2, mut l2) = sum_last(&self.recent, span);
+            match reverse {
+                Some(r) => {
+                    let (rs, rl) = sum_last(&r.recent, span);
+                    (s2, l2) = (s2 + rs, l2 + rl);
+                }
+                None => (s2, l2) = (2 * s2, 2 * l2),
+            }
+            let (s, l_down, l_up) = (s2 / 2, l2 / 2, l2.div_ceil(2).min(s2 / 2));
             // The estimate the recent windows are judged against leaves them out; it must rest
             // on more probes than they hold, or there is nothing to compare with.
-            let base_sent = self.sent - f64::from(s);
-            let base_lost = (self.lost - f64::from(l)).max(0.0);
+            let base_sent = all.sent - f64::from(s2) / 2.0;
+            let base_lost = (all.lost - f64::from(l2) / 2.0).max(0.0);
             if base_sent < 2.0 * f64::from(s) {
                 continue;
             }
             // Half a loss of slack: a link that never lost a probe is not certain to never lose.
             let p = (base_lost + 0.5) / (base_sent + 1.0);
-            let (at_most, at_least) = binomial_tails(s, l, p);
+            let at_least = binomial_tails(s, l_down, p).1;
+            let at_most = binomial_tails(s, l_up, p).0;
             if at_least < cfg.loss_change_p || at_most < cfg.loss_change_p {
-                self.sent = f64::from(s);
-                self.lost = f64::from(l);
-                self.recent.clear();
-                self.recent.push_back((s, l));
-                return true;
+                self.restart(span);
+                return Some(span);
             }
         }
-        false
+        None
+    }
+
+    /// Forgets everything but the last `span` windows: the link changed, and the counts start
+    /// again from the windows that showed it. The link is judged on its own from here
+    /// (`distinct`) until it agrees with the mesh again.
+    fn restart(&mut self, span: usize) {
+        let (s, l) = sum_last(&self.recent, span);
+        self.sent = f64::from(s);
+        self.lost = f64::from(l);
+        self.recent.clear();
+        self.recent.push_back((s, l));
+        self.distinct = true;
+    }
+
+    /// These counts joined with the reverse direction's: their mean. The two ends' samples
+    /// are not independent (a datagram lost one way usually costs each end a sample), so the
+    /// joined evidence weighs as one end's, not two.
+    fn joined(&self, reverse: Option<&LossCounts>) -> LossCounts {
+        let mut j = LossCounts {
+            sent: self.sent,
+            lost: self.lost,
+            recent: VecDeque::new(),
+            distinct: self.distinct,
+        };
+        if let Some(r) = reverse {
+            j.sent = (j.sent + r.sent) / 2.0;
+            j.lost = (j.lost + r.lost) / 2.0;
+            j.distinct |= r.distinct;
+        }
+        j
     }
 
     /// The estimate and its standard error, with the mesh's pooled loss as
@@ -302,6 +354,17 @@ impl LossCounts {
         let pv = p.max(0.5 / evidence.max(1.0));
         (p, (pv * (1.0 - pv) / n).sqrt())
     }
+}
+
+/// Probes and losses of the last `span` windows (fewer when fewer are kept).
+fn sum_last(recent: &VecDeque<(u32, u32)>, span: usize) -> (u32, u32) {
+    recent
+        .iter()
+        .rev()
+        .take(span)
+        .fold((0u32, 0u32), |(s, l), &(a, b)| {
+            (s.saturating_add(a), l.saturating_add(b))
+        })
 }
 
 /// `cfg` without a prior: a link judged on its own counts.
@@ -391,6 +454,38 @@ impl LinkState {
     /// A window without replies counts towards `down_after` but does not move the averages,
     /// so a link that comes back is judged on what it was, not on its outage.
     pub fn observe(&mut self, w: &LinkWindow, cfg: &LinkStateConfig) -> Result<(), TopologyError> {
+        self.observe_with(w, cfg, None)
+    }
+
+    /// [`LinkState::observe`] for one direction of a pair, with `reverse` the other (`b→a` for
+    /// a window of `a→b`). Both ends measure the same round trip, so the change test weighs the
+    /// last windows of both (their mean), and a change restarts the counts of both: both
+    /// directions leave a brown-out in the same computation, where on their own one end could
+    /// notice it many seconds after the other. The reverse joins only while it reports (its
+    /// last window within `stale_after_ms` of this one).
+    pub fn observe_paired(
+        &mut self,
+        w: &LinkWindow,
+        reverse: &mut LinkState,
+        cfg: &LinkStateConfig,
+    ) -> Result<(), TopologyError> {
+        self.observe_with(w, cfg, Some(reverse))
+    }
+
+    /// Whether `reverse` reports alongside this link: its counts are current evidence.
+    fn joins(&self, reverse: &LinkState, cfg: &LinkStateConfig) -> bool {
+        match (self.last_window_end, reverse.last_window_end) {
+            (Some(a), Some(b)) => a.abs_diff(b) < cfg.stale_after_ms,
+            _ => false,
+        }
+    }
+
+    fn observe_with(
+        &mut self,
+        w: &LinkWindow,
+        cfg: &LinkStateConfig,
+        reverse: Option<&mut LinkState>,
+    ) -> Result<(), TopologyError> {
         if let Some(last) = self.last_window_end
             && w.end_ms <= last
         {
@@ -414,8 +509,14 @@ impl LinkState {
         let received = w.received.min(w.sent);
         if w.end_ms <= self.skip_loss_until || self.liveness_down {
             // Part of an outage: not evidence of random loss.
-        } else if self.loss.observe(w.sent, w.sent - received, cfg) {
-            self.loss.distinct = true;
+        } else {
+            let reverse = reverse.filter(|r| self.joins(r, cfg));
+            let rev = reverse.as_deref().map(|r| &r.loss);
+            if let Some(span) = self.loss.observe(w.sent, w.sent - received, cfg, rev)
+                && let Some(r) = reverse
+            {
+                r.loss.restart(span);
+            }
         }
         let sample = LinkMetrics {
             rtt_ms: w.rtt_p50_ms,
@@ -449,15 +550,34 @@ impl LinkState {
     /// Lets a link that changed be pooled with the mesh again once its own estimate agrees
     /// with `prior` (within two standard errors, on at least [`REJOIN_PROBES`] probes).
     fn settle(&mut self, prior: Pool, cfg: &LinkStateConfig) {
-        if self.loss.distinct && self.loss.sent >= REJOIN_PROBES {
-            let own = Pool {
-                loss: prior.loss,
-                probes: 0.0,
-            };
-            let (p, se) = self.loss.estimate(own, &own_counts_only(cfg));
-            if (p - prior.loss).abs() <= 2.0 * se {
-                self.loss.distinct = false;
-            }
+        let agrees = self.agrees(None, prior, cfg);
+        if agrees {
+            self.loss.distinct = false;
+        }
+    }
+
+    /// Whether a changed link (joined with `reverse`) agrees with the mesh again.
+    fn agrees(&self, reverse: Option<&LinkState>, prior: Pool, cfg: &LinkStateConfig) -> bool {
+        let counts = self.loss.joined(reverse.map(|r| &r.loss));
+        if !counts.distinct || counts.sent < REJOIN_PROBES {
+            return false;
+        }
+        let own = Pool {
+            loss: prior.loss,
+            probes: 0.0,
+        };
+        let (p, se) = counts.estimate(own, &own_counts_only(cfg));
+        (p - prior.loss).abs() <= 2.0 * se
+    }
+
+    /// [`LinkState::view_with_prior`]'s return to the pool, for both directions of a pair at
+    /// once: they changed together, and rejoin together when their joined counts agree with
+    /// the mesh.
+    pub fn settle_pair(ab: &mut LinkState, ba: &mut LinkState, prior: Pool, cfg: &LinkStateConfig) {
+        let rev = ab.joins(ba, cfg).then_some(&*ba);
+        if ab.agrees(rev, prior, cfg) {
+            ab.loss.distinct = false;
+            ba.loss.distinct = false;
         }
     }
 
@@ -488,13 +608,23 @@ impl LinkState {
     /// The health verdict at `now`, with the mesh's pooled loss as the prior (see
     /// [`LinkState::view_with_prior`]).
     pub fn health_with_prior(&self, now: TimestampMs, cfg: &LinkStateConfig, prior: Pool) -> LinkHealth {
+        self.health_joined(None, now, cfg, prior)
+    }
+
+    fn health_joined(
+        &self,
+        reverse: Option<&LinkState>,
+        now: TimestampMs,
+        cfg: &LinkStateConfig,
+        prior: Pool,
+    ) -> LinkHealth {
         if self.liveness_down || self.empty_run >= cfg.down_after {
             return LinkHealth::Down;
         }
         let fresh = self
             .last_window_end
             .is_some_and(|t| now.saturating_sub(t) < cfg.stale_after_ms);
-        let (loss, se) = self.loss.estimate(prior, cfg);
+        let (loss, se) = self.loss.joined(reverse.map(|r| &r.loss)).estimate(prior, cfg);
         match self.smoothed {
             None => LinkHealth::Down,
             Some(_) if !fresh => LinkHealth::Stale,
@@ -522,8 +652,23 @@ impl LinkState {
         prior: Pool,
     ) -> Option<LinkView> {
         self.settle(prior, cfg);
-        let (loss, loss_se) = self.loss.estimate(prior, cfg);
-        let health = self.health_with_prior(now, cfg, prior);
+        self.view_paired(None, now, cfg, prior)
+    }
+
+    /// Metrics and verdict at `now` of one direction of a pair, its loss estimated on the
+    /// counts of both directions while `reverse` reports (see [`LinkState::observe_paired`];
+    /// [`LinkState::settle_pair`] first lets a pair that changed rejoin the pool). RTT and
+    /// jitter stay this end's own.
+    pub fn view_paired(
+        &self,
+        reverse: Option<&LinkState>,
+        now: TimestampMs,
+        cfg: &LinkStateConfig,
+        prior: Pool,
+    ) -> Option<LinkView> {
+        let reverse = reverse.filter(|r| self.joins(r, cfg));
+        let (loss, loss_se) = self.loss.joined(reverse.map(|r| &r.loss)).estimate(prior, cfg);
+        let health = self.health_joined(reverse, now, cfg, prior);
         self.smoothed.map(|m| LinkView {
             metrics: LinkMetrics { loss, loss_se, ..m },
             health,
@@ -533,13 +678,7 @@ impl LinkState {
     /// Metrics and verdict at `now` judged on this link's own counts alone (no prior); `None`
     /// until a window with replies has been seen.
     pub fn view(&self, now: TimestampMs, cfg: &LinkStateConfig) -> Option<LinkView> {
-        let own = own_counts_only(cfg);
-        let (loss, loss_se) = self.loss.estimate(Pool::NONE, &own);
-        let health = self.health_with_prior(now, &own, Pool::NONE);
-        self.smoothed.map(|m| LinkView {
-            metrics: LinkMetrics { loss, loss_se, ..m },
-            health,
-        })
+        self.view_paired(None, now, &own_counts_only(cfg), Pool::NONE)
     }
 
     /// The last windows, oldest first.
@@ -724,6 +863,151 @@ mod tests {
         // About 0.6 per thousand windows at the default `loss_change_p`.
         assert!(changes < 30, "{changes} false changes in 20,000 windows");
         assert!(degraded < 200, "degraded {degraded} windows of 20,000 at 1% loss");
+    }
+
+    /// One second of a pair whose datagrams are lost at `q` each way: ten probes from each
+    /// end, where (as on the wire) every datagram carries one end's probe and echoes the other
+    /// end's, so one lost datagram usually costs each end a sample.
+    fn pair_windows(rng: &mut Rng, t: u64, q: f64) -> (LinkWindow, LinkWindow) {
+        let ab: Vec<bool> = (0..11).map(|_| rng.unit() < q).collect();
+        let ba: Vec<bool> = (0..10).map(|_| rng.unit() < q).collect();
+        let lost_a = (0..10).filter(|&i| ab[i] || ba[i]).count() as u32;
+        let lost_b = (0..10).filter(|&i| ba[i] || ab[i + 1]).count() as u32;
+        (
+            window(t, 10, 10 - lost_a, 50.0),
+            window(t + 1, 10, 10 - lost_b, 50.0),
+        )
+    }
+
+    /// Windows of a pair at datagram loss `q` until both directions are degraded; `paired`
+    /// joins the ends' counts as the controller does. Returns the windows and whether the two
+    /// directions ever disagreed on health on the way.
+    fn windows_until_degraded(rng: &mut Rng, q: f64, paired: bool) -> (u32, bool) {
+        let cfg = LinkStateConfig::default();
+        let (mut ab, mut ba) = (LinkState::default(), LinkState::default());
+        let mut t = 0;
+        let mut feed = |ab: &mut LinkState, ba: &mut LinkState, q: f64| {
+            t += 1000;
+            let (x, y) = pair_windows(rng, t, q);
+            if paired {
+                ab.observe_paired(&x, ba, &cfg).unwrap();
+                ba.observe_paired(&y, ab, &cfg).unwrap();
+            } else {
+                ab.observe(&x, &cfg).unwrap();
+                ba.observe(&y, &cfg).unwrap();
+            }
+            t + 1
+        };
+        for _ in 0..300 {
+            feed(&mut ab, &mut ba, 0.001);
+        }
+        let mut split = false;
+        for w in 1..=40 {
+            let now = feed(&mut ab, &mut ba, q);
+            let health = |x: &LinkState, y: &LinkState| {
+                let rev = paired.then_some(y);
+                x.view_paired(rev, now, &cfg, Pool::NONE).map(|v| v.health)
+            };
+            let (h1, h2) = (health(&ab, &ba), health(&ba, &ab));
+            split |= h1 != h2;
+            if h1 == Some(LinkHealth::Degraded) && h2 == Some(LinkHealth::Degraded) {
+                return (w, split);
+            }
+        }
+        (99, split)
+    }
+
+    #[test]
+    fn both_ends_of_a_pair_leave_a_brown_out_together() {
+        let mut rng = Rng(21);
+        let trials = 60;
+        let mut run = |paired: bool| {
+            let mut v: Vec<(u32, bool)> = (0..trials)
+                .map(|_| windows_until_degraded(&mut rng, 0.025, paired))
+                .collect();
+            v.sort_unstable();
+            let splits = v.iter().filter(|x| x.1).count();
+            (v[trials / 2].0, v[trials * 9 / 10].0, splits)
+        };
+        let (alone50, alone90, alone_splits) = run(false);
+        let (pair50, pair90, pair_splits) = run(true);
+        // 2.5% each way, about 5% of round trips: both ends are degraded no later when they
+        // are judged together than when the slower of two separate judgements decides (measured:
+        // p50 6 and p90 17 windows paired, 7 and 18 alone), and never one without the other
+        // (alone: in a third of the trials).
+        assert!(
+            pair50 <= alone50 && pair90 < alone90,
+            "windows until both ends are degraded: paired p50 {pair50} p90 {pair90}, \
+             alone p50 {alone50} p90 {alone90}"
+        );
+        assert_eq!(pair_splits, 0, "paired ends disagreed on health");
+        assert!(alone_splits > trials / 4, "alone, the ends disagree on the way");
+    }
+
+    #[test]
+    fn a_steady_lossy_pair_is_rarely_taken_for_a_change() {
+        // Datagrams lost at 0.5% each way (about 1% of round trips), as on noise-6, judged
+        // with the ends paired and alone.
+        let cfg = LinkStateConfig::default();
+        let mut rng = Rng(13);
+        let mut count = |paired: bool| {
+            let mut ends = [LinkState::default(), LinkState::default()];
+            let (mut changes, mut degraded) = (0, 0);
+            for i in 1..=20_000u64 {
+                let t = i * 1000;
+                let (x, y) = pair_windows(&mut rng, t, 0.005);
+                for (k, w) in [(0, x), (1, y)] {
+                    let [a, b] = &mut ends;
+                    let (me, other) = if k == 0 { (a, b) } else { (b, a) };
+                    me.loss.distinct = false;
+                    other.loss.distinct = false;
+                    if paired {
+                        me.observe_paired(&w, other, &cfg).unwrap();
+                    } else {
+                        me.observe(&w, &cfg).unwrap();
+                    }
+                    if i > 200 {
+                        changes += usize::from(me.loss.distinct);
+                        let rev = paired.then_some(&*other);
+                        let v = me.view_paired(rev, t + 1, &cfg, Pool::NONE).unwrap();
+                        degraded += usize::from(v.health == LinkHealth::Degraded);
+                    }
+                }
+            }
+            (changes, degraded)
+        };
+        let (alone_changes, alone_degraded) = count(false);
+        let (changes, degraded) = count(true);
+        // No more false changes than the ends make on their own, each testing alone (measured:
+        // 11 paired, 28 alone).
+        assert!(
+            changes <= alone_changes.max(10),
+            "{changes} false changes paired, {alone_changes} alone, in 40,000 windows"
+        );
+        assert!(changes < 40, "{changes} false changes in 40,000 paired windows");
+        assert!(
+            degraded <= alone_degraded.max(20),
+            "degraded {degraded} windows paired, {alone_degraded} alone"
+        );
+    }
+
+    #[test]
+    fn a_silent_reverse_does_not_join() {
+        let cfg = LinkStateConfig::default();
+        let (mut ab, mut ba) = (LinkState::default(), LinkState::default());
+        // The reverse lost half its probes, then stopped reporting.
+        ba.observe(&window(1000, 100, 50, 50.0), &cfg).unwrap();
+        for i in 1..=20u64 {
+            ab.observe_paired(&window(10_000 + i * 1000, 10, 10, 50.0), &mut ba, &cfg)
+                .unwrap();
+        }
+        let own = own_counts_only(&cfg);
+        let v = ab.view_paired(Some(&ba), 30_000, &own, Pool::NONE).unwrap();
+        assert_eq!(v.metrics.loss, 0.0, "{v:?}");
+        // While both report, they are one estimate: 99 losses in about 400 probes.
+        ba.observe(&window(30_000, 100, 50, 50.0), &cfg).unwrap();
+        let v = ab.view_paired(Some(&ba), 30_000, &own, Pool::NONE).unwrap();
+        assert!(v.metrics.loss > 0.2, "{v:?}");
     }
 
     #[test]
