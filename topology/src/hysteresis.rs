@@ -8,12 +8,21 @@
 //! a current path that is down or degraded is left at once — for the previous backup when that
 //! one is healthy and about as good as the candidate (agents already hold it, and it spares a
 //! second switch), else for the candidate. Each decision carries its reason.
+//!
+//! Cost is not the whole story for a call: a path over the voice thresholds (round trip, loss,
+//! jitter; [`VoiceThresholds`]) is poor whatever its cost says, and two paths can cost within a
+//! millisecond of each other while only one keeps the round trip under 320 ms. So a candidate
+//! that meets the thresholds with room to spare replaces a current path that breaks them
+//! without the switching margin (still `switch_after` wins in a row, and only when it costs no
+//! more than `voice.cost_slack_ratio` above it): the margin is there to ignore noise, not to
+//! keep a call on a poor path. The search offers such a candidate even when a path over the
+//! round-trip threshold is cheaper by less than that slack (see `paths`).
 
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cost::check_range;
+use crate::cost::{Quality, check_range};
 use crate::error::TopologyError;
 use crate::path::{Path, PathEval};
 use crate::site::{Inventory, SiteId, SiteIdx};
@@ -42,6 +51,84 @@ pub struct HysteresisConfig {
     pub warmup_ms: u64,
     /// The gain a candidate needs during the warm-up, ms of cost. Default 1.
     pub warmup_gain_ms: f64,
+    /// What a path must meet to carry a good call (see the module documentation).
+    pub voice: VoiceThresholds,
+}
+
+/// The limits of a path that carries a good voice call: past any of them the call is poor.
+/// The defaults are the usual planning limits for conversational voice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VoiceThresholds {
+    /// Whether switching weighs the thresholds at all. Default true.
+    pub enabled: bool,
+    /// Round trip, ms. Default 320.
+    pub rtt_ms: f64,
+    /// Loss ratio. Default 0.012 (1.2%).
+    pub loss: f64,
+    /// Jitter, ms. Default 12.
+    pub jitter_ms: f64,
+    /// How far inside every threshold a candidate must be to replace a path that breaks one,
+    /// relative. Default 0.01 (3.2 ms of a 320 ms round trip, several times the error of a
+    /// smoothed round trip): two paths on either side of a threshold by a hair do not trade
+    /// places on noise.
+    pub margin_ratio: f64,
+    /// How much more, relative to the cheapest path, a path that meets the thresholds may cost
+    /// and still be preferred to a cheapest path that breaks them. Default 0.02: such paths
+    /// are within the noise of the cost function (0.35 ms of 182 between a 341 ms direct round
+    /// trip and a 313 ms relay, measured), and a call is better under 320 ms than over it.
+    pub cost_slack_ratio: f64,
+}
+
+impl Default for VoiceThresholds {
+    fn default() -> Self {
+        VoiceThresholds {
+            enabled: true,
+            rtt_ms: 320.0,
+            loss: 0.012,
+            jitter_ms: 12.0,
+            margin_ratio: 0.01,
+            cost_slack_ratio: 0.02,
+        }
+    }
+}
+
+impl VoiceThresholds {
+    /// Whether a path of quality `q` meets every threshold, each scaled by `scale`.
+    pub fn meets(&self, q: &Quality, scale: f64) -> bool {
+        q.rtt_ms <= self.rtt_ms * scale
+            && q.loss <= self.loss * scale
+            && q.jitter_ms <= self.jitter_ms * scale
+    }
+
+    fn validate(&self) -> Result<(), TopologyError> {
+        check_range("voice.rtt_ms", self.rtt_ms, 0.0, 1e6)?;
+        check_range("voice.loss", self.loss, 0.0, 1.0)?;
+        check_range("voice.jitter_ms", self.jitter_ms, 0.0, 1e6)?;
+        check_range("voice.margin_ratio", self.margin_ratio, 0.0, 0.5)?;
+        check_range("voice.cost_slack_ratio", self.cost_slack_ratio, 0.0, 1.0)
+    }
+
+    /// Whether a path of this cost may break the round-trip threshold at all: a path's cost
+    /// is at least half its round trip (the one-way delay), so a cheap path cannot. The one
+    /// quality check that needs no link lookups, run for every pair.
+    #[inline]
+    pub fn may_break_rtt(&self, cost: f32) -> bool {
+        self.enabled && f64::from(cost) * 2.0 > self.rtt_ms * (1.0 - self.margin_ratio)
+    }
+
+    /// Whether `q` meets every threshold with the margin to spare.
+    pub fn clearly_meets(&self, q: &Quality) -> bool {
+        self.meets(q, 1.0 - self.margin_ratio)
+    }
+
+    /// Whether `candidate` should replace `current` on the thresholds alone: the current path
+    /// breaks one and the candidate meets all of them with the margin to spare.
+    fn fixes(&self, current: Option<Quality>, candidate: Option<Quality>) -> bool {
+        self.enabled
+            && current.is_some_and(|q| !self.meets(&q, 1.0))
+            && candidate.is_some_and(|q| self.clearly_meets(&q))
+    }
 }
 
 impl Default for HysteresisConfig {
@@ -54,6 +141,7 @@ impl Default for HysteresisConfig {
             backup_slack_ratio: 0.02,
             warmup_ms: 10_000,
             warmup_gain_ms: 1.0,
+            voice: VoiceThresholds::default(),
         }
     }
 }
@@ -66,6 +154,7 @@ impl HysteresisConfig {
         check_range("switch_z", self.switch_z, 0.0, 10.0)?;
         check_range("warmup_gain_ms", self.warmup_gain_ms, 0.0, 1e6)?;
         check_range("backup_slack_ratio", self.backup_slack_ratio, 0.0, 10.0)?;
+        self.voice.validate()?;
         if self.switch_after == 0 {
             return Err(TopologyError::InvalidValue {
                 field: "switch_after",
@@ -119,6 +208,16 @@ pub enum SwitchReason {
     CurrentDown,
     /// A link of the current path is degraded.
     CurrentDegraded,
+    /// The current path breaks the voice thresholds and the candidate, which costs no more (or
+    /// within `voice.cost_slack_ratio`), meets them; it won for `after` computations.
+    MeetsVoice {
+        /// Round trip of the path left, ms.
+        from_rtt_ms: f32,
+        /// Round trip of the path taken, ms.
+        to_rtt_ms: f32,
+        /// Consecutive wins.
+        after: u32,
+    },
     /// The candidate won by `gain_ms` for `after` computations.
     Better {
         /// Cost gained, ms.
@@ -154,12 +253,27 @@ pub enum Decision {
 
 /// Decides one pair. `eval` judges a path on the current matrix. Updates `mem` so that
 /// `mem.current` is the chosen path afterwards (its backup is filled in by the caller).
+/// Paths are judged on cost alone (see [`decide_with_quality`]).
 pub fn decide(
     cfg: &HysteresisConfig,
     mem: &mut PairMemory,
     candidate: Path,
     candidate_cost: f32,
     eval: impl Fn(&Path) -> PathEval,
+) -> Decision {
+    decide_with_quality(cfg, mem, candidate, candidate_cost, eval, |_| None)
+}
+
+/// [`decide`], with `quality` predicting a path's round trip, loss and jitter, so that a
+/// candidate meeting the voice thresholds can replace a current path that breaks them (see
+/// the module documentation). Called only for pairs whose candidate is not their path.
+pub fn decide_with_quality(
+    cfg: &HysteresisConfig,
+    mem: &mut PairMemory,
+    candidate: Path,
+    candidate_cost: f32,
+    eval: impl Fn(&Path) -> PathEval,
+    quality: impl Fn(&Path) -> Option<Quality>,
 ) -> Decision {
     if candidate.is_none() {
         *mem = PairMemory::default();
@@ -205,6 +319,30 @@ pub fn decide(
     }
     let gain = current.cost - candidate_cost;
     let cand = eval(&candidate);
+    if cfg.voice.enabled && gain >= -(cfg.voice.cost_slack_ratio as f32) * current.cost {
+        let (q_now, q_cand) = (quality(&mem.current), quality(&candidate));
+        if cfg.voice.fixes(q_now, q_cand) {
+            mem.streak = if mem.pending == candidate {
+                mem.streak + 1
+            } else {
+                1
+            };
+            mem.pending = candidate;
+            if mem.streak >= cfg.switch_after {
+                let reason = SwitchReason::MeetsVoice {
+                    from_rtt_ms: q_now.map_or(f32::NAN, |q| q.rtt_ms as f32),
+                    to_rtt_ms: q_cand.map_or(f32::NAN, |q| q.rtt_ms as f32),
+                    after: mem.streak,
+                };
+                return switch(mem, candidate, reason);
+            }
+            return Decision::Kept {
+                current_cost: current.cost,
+                gain_needed: 0.0,
+                streak: mem.streak,
+            };
+        }
+    }
     // What the candidate gains on delay, jitter and price alone is measured well; only a gain
     // that rests on loss estimates must also beat their noise.
     let sure_gain = (current.cost - current.loss_cost) - (candidate_cost - cand.loss_cost);
@@ -317,6 +455,80 @@ mod tests {
                     sigma: 0.0,
                     loss_cost: 0.0,
                 })
+        }
+    }
+
+    /// A pair on the direct path (341 ms round trip, over the voice threshold) and a relay
+    /// of round trip `relay_rtt` that costs 0.35 ms less: far inside the switching margin.
+    fn voice_pair(cfg: &HysteresisConfig, relay_rtt: f64) -> (PairMemory, Vec<Decision>) {
+        let direct = Path::new(&[0, 1]);
+        let relay = Path::new(&[0, 2, 1]);
+        let mut mem = PairMemory {
+            current: direct,
+            ..Default::default()
+        };
+        let quality = |p: &Path| {
+            let rtt = if *p == direct { 341.5 } else { relay_rtt };
+            Some(Quality::from_totals(rtt, 0.002, 1.5))
+        };
+        let decisions = (0..5)
+            .map(|_| {
+                let eval = eval_with(vec![(direct, 182.75, false), (relay, 182.4, false)]);
+                decide_with_quality(cfg, &mut mem, relay, 182.4, eval, quality)
+            })
+            .collect();
+        (mem, decisions)
+    }
+
+    #[test]
+    fn a_path_that_meets_the_voice_thresholds_replaces_one_that_breaks_them() {
+        let cfg = HysteresisConfig::default();
+        let (mem, d) = voice_pair(&cfg, 312.8);
+        assert_eq!(mem.current, Path::new(&[0, 2, 1]));
+        assert!(matches!(d[0], Decision::Kept { streak: 1, .. }), "{d:?}");
+        assert!(
+            matches!(
+                d[2],
+                Decision::Switched {
+                    reason: SwitchReason::MeetsVoice { after: 3, .. },
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        // Just under the threshold is not enough: 318 ms is within 1% of 320.
+        let (mem, _) = voice_pair(&cfg, 318.0);
+        assert_eq!(mem.current, Path::new(&[0, 1]));
+        // Without the thresholds, cost alone keeps the pair where it is.
+        let mut off = cfg.clone();
+        off.voice.enabled = false;
+        let (mem, d) = voice_pair(&off, 312.8);
+        assert_eq!(mem.current, Path::new(&[0, 1]));
+        assert!(
+            d.iter().all(|d| matches!(d, Decision::Kept { streak: 0, .. })),
+            "{d:?}"
+        );
+        // A path that meets them may cost up to `cost_slack_ratio` (2%) more, not more than
+        // that.
+        let direct = Path::new(&[0, 1]);
+        let relay = Path::new(&[0, 2, 1]);
+        let quality = |p: &Path| {
+            Some(Quality::from_totals(
+                if *p == direct { 341.5 } else { 300.0 },
+                0.0,
+                1.0,
+            ))
+        };
+        for (relay_cost, moves) in [(183.0, true), (190.0, false)] {
+            let mut mem = PairMemory {
+                current: direct,
+                ..Default::default()
+            };
+            for _ in 0..5 {
+                let eval = eval_with(vec![(direct, 182.0, false), (relay, relay_cost, false)]);
+                decide_with_quality(&cfg, &mut mem, relay, relay_cost, eval, quality);
+            }
+            assert_eq!(mem.current == relay, moves, "relay at {relay_cost}");
         }
     }
 

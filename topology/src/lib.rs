@@ -36,7 +36,7 @@ pub use drain::{
 };
 pub use engine::{Computation, EngineConfig, RouteEngine};
 pub use error::TopologyError;
-pub use hysteresis::{HysteresisConfig, HysteresisState};
+pub use hysteresis::{HysteresisConfig, HysteresisState, VoiceThresholds};
 pub use link::{LinkHealth, LinkState, LinkStateConfig, LinkView, LinkWindow, Liveness, Pool, TimestampMs};
 pub use matrix::CostMatrix;
 pub use path::Path;

@@ -11,10 +11,14 @@
 //! multiple of 1/256 ms and every path below 2^16 ms, each of those sums is exact, so they all
 //! agree to the bit whatever the order. A 4 µs step is far below what any probe can measure.
 
-use crate::cost::{CostWeights, PriceBook};
+use std::sync::Arc;
+
+use crate::cost::{CostWeights, LinkMetrics, PriceBook, Quality};
 use crate::kernels::parallel_rows;
 use crate::link::LinkHealth;
+use crate::path::Path;
 use crate::site::SiteIdx;
+use crate::world::LinkTable;
 use crate::world::World;
 
 /// The step every cost is a multiple of, ms (1/256 ms, about 4 µs).
@@ -47,6 +51,12 @@ pub struct CostMatrix {
     relay_ok: Vec<bool>,
     endpoint_ok: Vec<bool>,
     relay_penalty: f32,
+    /// The round trip of each usable link, ms: the voice threshold a path is most often held
+    /// to, read for every long-haul pair, so dense (`None` like `links`).
+    rtt: Option<Vec<f32>>,
+    /// The link metrics the matrix was built from, for the predicted quality of a path
+    /// (`None` for matrices built from raw costs and for the search's renumbered copy).
+    links: Option<Arc<LinkTable>>,
 }
 
 impl CostMatrix {
@@ -62,7 +72,15 @@ impl CostMatrix {
         // written, so a mesh without measured loss costs no pages here.
         let mut se_all = vec![0.0f32; n * n];
         let mut loss_all = vec![0.0f32; n * n];
-        let fill = |a: usize, (cost, degraded, se_row, loss_row): (&mut [f32], &mut [bool], &mut [f32], &mut [f32])| {
+        let mut rtt = vec![f32::INFINITY; n * n];
+        type Row<'r> = (
+            &'r mut [f32],
+            &'r mut [bool],
+            &'r mut [f32],
+            &'r mut [f32],
+            &'r mut [f32],
+        );
+        let fill = |a: usize, (cost, degraded, se_row, loss_row, rtt_row): Row<'_>| {
             let mut any_se = false;
             for b in 0..n {
                 if a == b {
@@ -80,6 +98,7 @@ impl CostMatrix {
                 }
                 c += prices.cost_ms(&inv.sites()[a].provider, &inv.sites()[b].provider);
                 cost[b] = quantize(c as f32).max(COST_QUANTUM);
+                rtt_row[b] = view.metrics.rtt_ms as f32;
                 degraded[b] = view.health == LinkHealth::Degraded;
                 let se = weights.link_cost_se(&view.metrics);
                 if se > 0.0 {
@@ -94,7 +113,8 @@ impl CostMatrix {
             .chunks_mut(n.max(1))
             .zip(degraded.chunks_mut(n.max(1)))
             .zip(se_all.chunks_mut(n.max(1)).zip(loss_all.chunks_mut(n.max(1))))
-            .map(|((c, d), (e, l))| (c, d, e, l))
+            .zip(rtt.chunks_mut(n.max(1)))
+            .map(|(((c, d), (e, l)), r)| (c, d, e, l, r))
             .collect();
         // Rows on every core for large meshes (a 1,000-site matrix is a million links).
         let threads = if n < 128 {
@@ -117,7 +137,33 @@ impl CostMatrix {
             relay_ok: world.relay_mask(),
             endpoint_ok: world.endpoint_mask(),
             relay_penalty: quantize(weights.relay_penalty_ms as f32),
+            rtt: Some(rtt),
+            links: Some(world.links.clone()),
         }
+    }
+
+    /// Predicted quality of a path (round trip, loss, jitter, E-model) from the metrics of
+    /// its links; `None` without link metrics or when a link has none.
+    pub fn quality(&self, path: &Path) -> Option<Quality> {
+        let links = self.links.as_ref()?;
+        let mut metrics = [LinkMetrics::rtt(0.0); 3];
+        let mut k = 0;
+        for (a, b) in path.links() {
+            *metrics.get_mut(k)? = links.get(a, b)?.metrics;
+            k += 1;
+        }
+        (k > 0).then(|| Quality::of_path(metrics[..k].iter()))
+    }
+
+    /// The round trip of a path, ms: the sum of its links' (`None` without link metrics or
+    /// when a link is unusable).
+    pub fn path_rtt(&self, path: &Path) -> Option<f32> {
+        let rtt = self.rtt.as_ref()?;
+        let mut sum = 0.0;
+        for (a, b) in path.links() {
+            sum += *rtt.get(usize::from(a) * self.n + usize::from(b))?;
+        }
+        (sum.is_finite() && sum > 0.0).then_some(sum)
     }
 
     /// A matrix from raw costs (row-major, `INFINITY` for no link), for tests and benchmarks.
@@ -148,6 +194,8 @@ impl CostMatrix {
             relay_ok,
             endpoint_ok,
             relay_penalty: quantize(relay_penalty.max(0.0)),
+            rtt: None,
+            links: None,
         }
     }
 
@@ -243,6 +291,8 @@ impl CostMatrix {
             relay_ok: order.iter().map(|&i| self.relay_ok[i as usize]).collect(),
             endpoint_ok: order.iter().map(|&i| self.endpoint_ok[i as usize]).collect(),
             relay_penalty: self.relay_penalty,
+            rtt: None,
+            links: None,
         }
     }
 }

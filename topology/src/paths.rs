@@ -28,7 +28,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::error::TopologyError;
-use crate::hysteresis::{Decision, HysteresisConfig, HysteresisState, PairMemory, SwitchReason, decide};
+use crate::hysteresis::{
+    Decision, HysteresisConfig, HysteresisState, PairMemory, SwitchReason, decide_with_quality,
+};
 use crate::kernels::{
     self, ABSENT, BackupResult, BackupStart, GROUP, Grid, INF, NEG, NONE, Shared, Steps, block_minima,
     blocked, parallel_rows, refill,
@@ -116,6 +118,12 @@ pub enum Reason {
     },
     /// The pair switched path in this computation.
     Switched(SwitchReason),
+    /// The cheapest path breaks the voice thresholds; this one, within the voice cost slack of
+    /// it, meets them.
+    MeetsVoice {
+        /// Cost of the cheapest path, ms.
+        cheapest_cost: f32,
+    },
 }
 
 /// The route of one ordered pair.
@@ -456,7 +464,16 @@ impl Search<'_> {
                 Path::NONE
             };
             let direct = pm.cost(ap, bp);
-            let base = if candidate.is_none() {
+            let voice = hcfg
+                .map(|h| &h.voice)
+                .filter(|v| !candidate.is_none() && v.may_break_rtt(cost))
+                .and_then(|v| self.voice_alternative(v, st, (ap, i), bp, candidate, cost));
+            let (candidate, cost) = voice.map_or((candidate, cost), |(p, c)| (p, c));
+            let base = if voice.is_some() {
+                Reason::MeetsVoice {
+                    cheapest_cost: self.best_cost(st, (ap, i), bp),
+                }
+            } else if candidate.is_none() {
                 Reason::NoRoute
             } else if candidate.is_direct() {
                 Reason::Direct
@@ -468,7 +485,8 @@ impl Search<'_> {
             let pick = match (hcfg, mem.as_deref_mut()) {
                 (Some(hc), Some(mem)) => {
                     let m = &mut mem[b];
-                    match decide(hc, m, candidate, cost, |p| self.cm.evaluate(p)) {
+                    let eval = |p: &Path| self.cm.evaluate(p);
+                    match decide_with_quality(hc, m, candidate, cost, eval, |p| self.cm.quality(p)) {
                         Decision::Steady => (candidate, cost, base),
                         Decision::Kept {
                             current_cost,
@@ -530,6 +548,39 @@ impl Search<'_> {
             (init[bp], init_r1[bp]) = start;
             chosen[bp] = pick;
         }
+    }
+
+    /// When the cheapest path `best` (cost `cost`) breaks the voice round trip: the cheapest of
+    /// the search's other candidates — the best and second-best paths with at most one relay
+    /// — that meets every voice threshold with the margin, if it costs at most
+    /// `cost_slack_ratio` more. Only pairs whose cost allows a round trip over the threshold
+    /// get here (long hauls), and round trips are read from the dense matrix; loss and jitter
+    /// past their thresholds are priced by the cost function itself.
+    fn voice_alternative(
+        &self,
+        v: &crate::hysteresis::VoiceThresholds,
+        st: &Steps,
+        (ap, i): (usize, usize),
+        bp: usize,
+        best: Path,
+        cost: f32,
+    ) -> Option<(Path, f32)> {
+        let cm = self.cm;
+        if self.max_relays == 0 || cm.path_rtt(&best).is_none_or(|r| f64::from(r) <= v.rtt_ms) {
+            return None;
+        }
+        let at = i * self.g.np() + bp;
+        let (limit, rtt_limit) = (
+            cost * (1.0 + v.cost_slack_ratio as f32),
+            v.rtt_ms * (1.0 - v.margin_ratio),
+        );
+        [(st.h[at], st.m[at]), (st.hs[at], st.ms[at])]
+            .into_iter()
+            .filter(|&(c, _)| c <= limit)
+            .map(|(c, r)| (self.site_path(ap, r, NONE, bp), c))
+            .filter(|(p, _)| *p != best && cm.path_rtt(p).is_some_and(|r| f64::from(r) <= rtt_limit))
+            .filter(|(p, _)| cm.quality(p).is_some_and(|q| v.clearly_meets(&q)))
+            .min_by(|x, y| x.1.total_cmp(&y.1))
     }
 
     /// Writes row `ap`'s routes (indexed by site) and remembers each backup for hysteresis.

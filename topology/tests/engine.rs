@@ -240,3 +240,109 @@ fn a_first_choice_is_revisited_on_a_small_gain_during_the_warm_up_and_held_after
         "a small gain moved a route after the warm-up"
     );
 }
+
+/// Long-haul round trips: a→b direct, or through c in 200 + 112 = 312 ms (through d, 450).
+fn long_haul(ab_rtt: f64) -> World {
+    let mut w = world(ab_rtt);
+    for (x, y, rtt) in [
+        ("a", "c", 200.0),
+        ("b", "c", 112.0),
+        ("a", "d", 250.0),
+        ("b", "d", 200.0),
+    ] {
+        w.set_link(&id(x), &id(y), LinkMetrics::rtt(rtt), LinkHealth::Up)
+            .unwrap();
+        w.set_link(&id(y), &id(x), LinkMetrics::rtt(rtt), LinkHealth::Up)
+            .unwrap();
+    }
+    w
+}
+
+#[test]
+fn a_pair_over_the_voice_round_trip_moves_to_a_relay_under_it_within_the_margin() {
+    let run = |cfg: EngineConfig| {
+        let mut e = RouteEngine::new(cfg, Epoch(1), Version(1)).unwrap();
+        // 300 ms direct: cheaper than the relay (150 against 158 ms of cost).
+        e.compute(&long_haul(300.0), 0);
+        assert_eq!(primary(&e, "a", "b"), ["a", "b"]);
+        // Direct grows to 340 ms: the relay is 12 ms cheaper, inside the 17 ms margin, but
+        // only the relay keeps the round trip under 320 ms.
+        for t in 1..=5 {
+            e.compute(&long_haul(340.0), 20_000 + t * 1_000);
+        }
+        let t = e.last().unwrap();
+        (
+            primary(&e, "a", "b"),
+            t.entry(&id("a"), &id("b")).unwrap().unwrap().reason,
+        )
+    };
+    let (path, reason) = run(EngineConfig::default());
+    assert_eq!(path, ["a", "c", "b"]);
+    assert!(
+        matches!(
+            reason,
+            Reason::Switched(SwitchReason::MeetsVoice { after: 3, .. })
+        ),
+        "{reason:?}"
+    );
+    let mut cost_only = EngineConfig::default();
+    cost_only.hysteresis.voice.enabled = false;
+    // (The table then never changes, so its reasons are those of the first computation.)
+    let (path, _) = run(cost_only);
+    assert_eq!(path, ["a", "b"]);
+}
+
+#[test]
+fn a_relay_under_the_voice_round_trip_is_preferred_to_a_slightly_cheaper_direct_path_over_it() {
+    // Direct 322 ms (161 ms of cost); through c 312 ms, but its links' 1.5 ms of jitter bring it
+    // to 164 ms of cost: 1.9% dearer, inside the 2% voice slack.
+    let w = long_haul_jitter(322.0);
+    let mut e = engine();
+    e.compute(&w, 0);
+    let entry = e.last().unwrap().entry(&id("a"), &id("b")).unwrap().unwrap();
+    assert_eq!(primary(&e, "a", "b"), ["a", "c", "b"]);
+    assert!(
+        matches!(entry.reason, Reason::MeetsVoice { cheapest_cost } if (cheapest_cost - 161.0).abs() < 0.01),
+        "{:?}",
+        entry.reason
+    );
+    assert!(
+        entry.primary_quality.rtt_ms <= 320.0,
+        "{:?}",
+        entry.primary_quality
+    );
+    // Cost alone takes the direct path; so does a relay dearer than the slack.
+    let mut cost_only = EngineConfig::default();
+    cost_only.hysteresis.voice.enabled = false;
+    let mut e = RouteEngine::new(cost_only, Epoch(1), Version(1)).unwrap();
+    e.compute(&w, 0);
+    assert_eq!(primary(&e, "a", "b"), ["a", "b"]);
+    // Direct at 315 ms (157.5 of cost) is 4% cheaper than the relay, and under 320 ms anyway.
+    let mut e = engine();
+    e.compute(&long_haul_jitter(315.0), 0);
+    assert_eq!(primary(&e, "a", "b"), ["a", "b"]);
+    // Direct at 325 ms breaks the threshold, but the relay is 2.8% dearer (162.5 against 167).
+    let mut w = long_haul_jitter(325.0);
+    let m = LinkMetrics {
+        jitter_ms: 3.0,
+        ..LinkMetrics::rtt(200.0)
+    };
+    w.set_link(&id("a"), &id("c"), m, LinkHealth::Up).unwrap();
+    let mut e = engine();
+    e.compute(&w, 0);
+    assert_eq!(primary(&e, "a", "b"), ["a", "b"]);
+}
+
+/// [`long_haul`] with 1.5 ms of jitter on the links through c.
+fn long_haul_jitter(ab_rtt: f64) -> World {
+    let mut w = long_haul(ab_rtt);
+    for (x, y, rtt) in [("a", "c", 200.0), ("b", "c", 112.0)] {
+        let m = LinkMetrics {
+            jitter_ms: 1.5,
+            ..LinkMetrics::rtt(rtt)
+        };
+        w.set_link(&id(x), &id(y), m, LinkHealth::Up).unwrap();
+        w.set_link(&id(y), &id(x), m, LinkHealth::Up).unwrap();
+    }
+    w
+}
