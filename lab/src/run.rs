@@ -812,6 +812,26 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                     });
                     if done {
                         reports[i].converge_s = Some(ts - f.spec.at_s);
+                    } else if std::env::var_os("AXON_LAB_DEBUG").is_some()
+                        && (ts * 10.0).round() as u64 % 30 == 0
+                    {
+                        // Why a fault has not converged: each affected pair's path, the
+                        // oracle's, and the controller's reason.
+                        for &(a, b) in &affected[i] {
+                            let inv = &s.world.inventory;
+                            let why = core.table().and_then(|t| {
+                                t.entry(&inv.site(a as u16).id, &inv.site(b as u16).id)
+                                    .ok()
+                                    .flatten()
+                            });
+                            eprintln!(
+                                "  unconverged {} {a}->{b}: applied {:?}, oracle {:?}, {}",
+                                f.spec.kind.as_str(),
+                                prev[a][b],
+                                oracle.1.get(a, b).primary.sites(),
+                                why.map_or_else(String::new, |e| controller::core::reason_text(&e.reason))
+                            );
+                        }
                     }
                 }
             }
@@ -951,6 +971,11 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
             }
             if prev[a][b].as_ref().is_some_and(|p| meets_voice(base, p)) {
                 fixed += 1;
+            } else if std::env::var_os("AXON_LAB_DEBUG").is_some() && !o.is_empty() && meets_voice(base, &o) {
+                eprintln!(
+                    "  poor pair {a}->{b} not fixed: applied {:?}, oracle {o:?}",
+                    prev[a][b]
+                );
             }
         }
     }

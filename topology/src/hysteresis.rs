@@ -74,9 +74,11 @@ pub struct VoiceThresholds {
     /// places on noise.
     pub margin_ratio: f64,
     /// How much more, relative to the cheapest path, a path that meets the thresholds may cost
-    /// and still be preferred to a cheapest path that breaks them. Default 0.02: such paths
-    /// are within the noise of the cost function (0.35 ms of 182 between a 341 ms direct round
-    /// trip and a 313 ms relay, measured), and a call is better under 320 ms than over it.
+    /// and still be preferred to a cheapest path that breaks them. Default 0.05: the cost
+    /// function's jitter and loss terms are estimates, and on a long haul they are what
+    /// separates such paths (a 341 ms direct round trip and a 313 ms relay cost 182.75 and
+    /// 182.4 ms on the true matrix of the lab's global mesh, and the measured costs can rank
+    /// them either way by a few percent), while a call is better under 320 ms than over it.
     pub cost_slack_ratio: f64,
 }
 
@@ -88,7 +90,7 @@ impl Default for VoiceThresholds {
             loss: 0.012,
             jitter_ms: 12.0,
             margin_ratio: 0.01,
-            cost_slack_ratio: 0.02,
+            cost_slack_ratio: 0.05,
         }
     }
 }
@@ -508,7 +510,7 @@ mod tests {
             d.iter().all(|d| matches!(d, Decision::Kept { streak: 0, .. })),
             "{d:?}"
         );
-        // A path that meets them may cost up to `cost_slack_ratio` (2%) more, not more than
+        // A path that meets them may cost up to `cost_slack_ratio` (5%) more, not more than
         // that.
         let direct = Path::new(&[0, 1]);
         let relay = Path::new(&[0, 2, 1]);
@@ -519,7 +521,7 @@ mod tests {
                 1.0,
             ))
         };
-        for (relay_cost, moves) in [(183.0, true), (190.0, false)] {
+        for (relay_cost, moves) in [(190.0, true), (192.0, false)] {
             let mut mem = PairMemory {
                 current: direct,
                 ..Default::default()

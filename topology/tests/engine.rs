@@ -295,7 +295,7 @@ fn a_pair_over_the_voice_round_trip_moves_to_a_relay_under_it_within_the_margin(
 #[test]
 fn a_relay_under_the_voice_round_trip_is_preferred_to_a_slightly_cheaper_direct_path_over_it() {
     // Direct 322 ms (161 ms of cost); through c 312 ms, but its links' 1.5 ms of jitter bring it
-    // to 164 ms of cost: 1.9% dearer, inside the 2% voice slack.
+    // to 164 ms of cost: 1.9% dearer, inside the 5% voice slack.
     let w = long_haul_jitter(322.0);
     let mut e = engine();
     e.compute(&w, 0);
@@ -321,10 +321,10 @@ fn a_relay_under_the_voice_round_trip_is_preferred_to_a_slightly_cheaper_direct_
     let mut e = engine();
     e.compute(&long_haul_jitter(315.0), 0);
     assert_eq!(primary(&e, "a", "b"), ["a", "b"]);
-    // Direct at 325 ms breaks the threshold, but the relay is 2.8% dearer (162.5 against 167).
+    // Direct at 325 ms breaks the threshold, but the relay is 5.2% dearer (162.5 against 171).
     let mut w = long_haul_jitter(325.0);
     let m = LinkMetrics {
-        jitter_ms: 3.0,
+        jitter_ms: 5.0,
         ..LinkMetrics::rtt(200.0)
     };
     w.set_link(&id("a"), &id("c"), m, LinkHealth::Up).unwrap();
