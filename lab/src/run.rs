@@ -932,6 +932,14 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                     && m.health != LinkHealth::Down
                 {
                     rtt_err.push((m.metrics.rtt_ms - t.metrics.rtt_ms).abs());
+                    if std::env::var_os("AXON_LAB_DEBUG").is_some() {
+                        eprintln!(
+                            "  rtt {a}->{b}: measured {:.3} true {:.3} error {:+.3} ms",
+                            m.metrics.rtt_ms,
+                            t.metrics.rtt_ms,
+                            m.metrics.rtt_ms - t.metrics.rtt_ms
+                        );
+                    }
                     loss_err.push((m.metrics.loss - t.metrics.loss).abs() * 100.0);
                 }
             }
