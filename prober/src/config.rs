@@ -65,7 +65,8 @@ pub struct BurstSettings {
     pub duration_ms: u64,
     /// Least time between two bursts' starts, ms. Default 5000.
     pub cooldown_ms: u64,
-    /// Only links missing fewer probes than this fraction burst. Default 0.005.
+    /// Only links missing fewer probes than this fraction over about the last 2000 burst.
+    /// Default 0.005.
     pub below_miss_rate: f64,
 }
 

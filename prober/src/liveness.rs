@@ -52,6 +52,9 @@ pub use topology::Liveness as LivenessEvent;
 
 const RTT_RING: usize = 256;
 
+/// Probes behind [`Liveness::long_miss_rate`]: about three minutes at 10 Hz.
+pub const LONG_MISS_PROBES: u32 = 2000;
+
 /// The liveness state of one peer.
 #[derive(Debug, Clone)]
 pub struct Liveness {
@@ -62,6 +65,8 @@ pub struct Liveness {
     p99_ns: Option<u64>,
     since_p99: usize,
     miss_rate: f64,
+    /// The miss rate over about the last [`LONG_MISS_PROBES`] probes.
+    long_miss_rate: f64,
     seen: u32,
     run: u32,
     down: bool,
@@ -78,6 +83,7 @@ impl Liveness {
             p99_ns: None,
             since_p99: 0,
             miss_rate: 0.0,
+            long_miss_rate: 0.0,
             seen: 0,
             run: 0,
             down: false,
@@ -104,6 +110,14 @@ impl Liveness {
     /// The link's measured miss rate (about the last 200 probes).
     pub fn miss_rate(&self) -> f64 {
         self.miss_rate
+    }
+
+    /// The link's miss rate over about the last [`LONG_MISS_PROBES`] probes (a plain mean
+    /// before that many): whether a link is lossy by nature, which one random miss does not
+    /// change (it moves the 200-probe rate by half a percent, as much as the whole noise floor
+    /// of a link losing 0.1% each way).
+    pub fn long_miss_rate(&self) -> f64 {
+        self.long_miss_rate
     }
 
     /// The current deadline after which a reply counts as missed.
@@ -214,8 +228,9 @@ impl Liveness {
     /// a moving one over about the last 200.
     fn observe(&mut self, missed: bool) {
         self.seen = self.seen.saturating_add(1);
-        let weight = f64::from(self.seen.min(200));
-        self.miss_rate += (f64::from(u8::from(missed)) - self.miss_rate) / weight;
+        let x = f64::from(u8::from(missed));
+        self.miss_rate += (x - self.miss_rate) / f64::from(self.seen.min(200));
+        self.long_miss_rate += (x - self.long_miss_rate) / f64::from(self.seen.min(LONG_MISS_PROBES));
     }
 
     fn record_rtt(&mut self, rtt_ns: u64) {
