@@ -167,6 +167,12 @@ async fn start(s: &Scenario, seed: u64) -> Result<Mesh, LabError> {
                     },
                 ),
             };
+            // Traffic from the lower site to the higher carries the link's jitter and loss, and
+            // the other way only the noise's loss, in both pipes of the pair: the pair's one
+            // connection runs through either pipe (whichever side dialled), and if each side
+            // sends on the connection the other dialled, its datagrams cross the two pipes'
+            // backward ways. Set per pipe, that made a pair jitter-free and blind to faults.
+            let (fwd, back) = if a < b { (fwd, back) } else { (back, fwd) };
             let pipe = emulator
                 .pipe(addrs[b], fwd.clone(), back.clone())
                 .map_err(run_err)?;
@@ -449,13 +455,18 @@ fn apply_pipe(mesh: &Mesh, s: &Scenario, active: &[&Fault]) -> Result<(), LabErr
                     fwd.blackhole = true;
                     back.blackhole = true;
                 }
-                FaultKind::Loss if on_link => fwd.loss = (fwd.loss + f.spec.value).min(1.0),
+                // Loss and jitter go on the lower-to-higher way of both pipes (see `start`).
+                FaultKind::Loss if on_link && a < b => fwd.loss = (fwd.loss + f.spec.value).min(1.0),
+                FaultKind::Loss if on_link => back.loss = (back.loss + f.spec.value).min(1.0),
                 FaultKind::Delay if on_link => {
                     let half = Duration::from_secs_f64(f.spec.value / 2e3);
                     fwd.delay += half;
                     back.delay += half;
                 }
-                FaultKind::Jitter if on_link => fwd.jitter += Duration::from_secs_f64(f.spec.value / 1e3),
+                FaultKind::Jitter if on_link && a < b => {
+                    fwd.jitter += Duration::from_secs_f64(f.spec.value / 1e3)
+                }
+                FaultKind::Jitter if on_link => back.jitter += Duration::from_secs_f64(f.spec.value / 1e3),
                 _ => {}
             }
         }
