@@ -169,9 +169,9 @@ async fn start(s: &Scenario, seed: u64) -> Result<Mesh, LabError> {
             };
             // Traffic from the lower site to the higher carries the link's jitter and loss, and
             // the other way only the noise's loss, in both pipes of the pair: the pair's one
-            // connection runs through either pipe (whichever side dialled), and if each side
-            // sends on the connection the other dialled, its datagrams cross the two pipes'
-            // backward ways. Set per pipe, that made a pair jitter-free and blind to faults.
+            // connection runs through either pipe (the lower site dials first, but the higher
+            // one dials too when the first connection is slow or lost), and the link must be
+            // the same whichever it is.
             let (fwd, back) = if a < b { (fwd, back) } else { (back, fwd) };
             let pipe = emulator
                 .pipe(addrs[b], fwd.clone(), back.clone())
