@@ -608,23 +608,17 @@ impl LinkState {
     /// The health verdict at `now`, with the mesh's pooled loss as the prior (see
     /// [`LinkState::view_with_prior`]).
     pub fn health_with_prior(&self, now: TimestampMs, cfg: &LinkStateConfig, prior: Pool) -> LinkHealth {
-        self.health_joined(None, now, cfg, prior)
+        self.health_of(self.loss.estimate(prior, cfg), now, cfg)
     }
 
-    fn health_joined(
-        &self,
-        reverse: Option<&LinkState>,
-        now: TimestampMs,
-        cfg: &LinkStateConfig,
-        prior: Pool,
-    ) -> LinkHealth {
+    /// The verdict given the loss estimate `(loss, se)` (own or joined with the reverse).
+    fn health_of(&self, (loss, se): (f64, f64), now: TimestampMs, cfg: &LinkStateConfig) -> LinkHealth {
         if self.liveness_down || self.empty_run >= cfg.down_after {
             return LinkHealth::Down;
         }
         let fresh = self
             .last_window_end
             .is_some_and(|t| now.saturating_sub(t) < cfg.stale_after_ms);
-        let (loss, se) = self.loss.joined(reverse.map(|r| &r.loss)).estimate(prior, cfg);
         match self.smoothed {
             None => LinkHealth::Down,
             Some(_) if !fresh => LinkHealth::Stale,
@@ -668,7 +662,7 @@ impl LinkState {
     ) -> Option<LinkView> {
         let reverse = reverse.filter(|r| self.joins(r, cfg));
         let (loss, loss_se) = self.loss.joined(reverse.map(|r| &r.loss)).estimate(prior, cfg);
-        let health = self.health_joined(reverse, now, cfg, prior);
+        let health = self.health_of((loss, loss_se), now, cfg);
         self.smoothed.map(|m| LinkView {
             metrics: LinkMetrics { loss, loss_se, ..m },
             health,

@@ -468,11 +468,10 @@ impl Search<'_> {
                 .map(|h| &h.voice)
                 .filter(|v| !candidate.is_none() && v.may_break_rtt(cost))
                 .and_then(|v| self.voice_alternative(v, st, (ap, i), bp, candidate, cost));
+            let cheapest_cost = cost;
             let (candidate, cost) = voice.map_or((candidate, cost), |(p, c)| (p, c));
             let base = if voice.is_some() {
-                Reason::MeetsVoice {
-                    cheapest_cost: self.best_cost(st, (ap, i), bp),
-                }
+                Reason::MeetsVoice { cheapest_cost }
             } else if candidate.is_none() {
                 Reason::NoRoute
             } else if candidate.is_direct() {
