@@ -401,7 +401,7 @@ fn simulate_false_downs(days: u64) -> (u64, u64) {
     let mut downs = 0;
     for i in 0..probes {
         let t = i * 100 * MS;
-        l.on_send(i, t);
+        l.on_send(i, t, true);
         let delivered = unit() >= 0.05 && unit() >= 0.05;
         if delivered {
             let rtt = 38 * MS + (unit() * 4.0 * MS as f64) as u64;

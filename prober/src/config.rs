@@ -65,8 +65,8 @@ pub struct BurstSettings {
     pub duration_ms: u64,
     /// Least time between two bursts' starts, ms. Default 5000.
     pub cooldown_ms: u64,
-    /// Only links missing fewer probes than this fraction over about the last 2000 burst.
-    /// Default 0.005.
+    /// Only links missing fewer regular probes than this fraction over about the last 2000
+    /// (as the rate stood 10 to 20 s before) burst. Default 0.005.
     pub below_miss_rate: f64,
 }
 

@@ -452,10 +452,26 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// Sends the session's next datagram (an ask, or an answer) on the link.
-fn send(session: &mut PeerSession, link: &Option<Link>, out: &mut Vec<u8>, clock: Clock, ask: bool) {
+/// What a datagram is sent as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outgoing {
+    /// A regular ask, on the probe timer.
+    Ask,
+    /// An ask sent because of a miss: a burst's, or asking again while suspect.
+    ExtraAsk,
+    /// The answer to the peer's ask.
+    Answer,
+}
+
+/// Sends the session's next datagram on the link.
+fn send(session: &mut PeerSession, link: &Option<Link>, out: &mut Vec<u8>, clock: Clock, kind: Outgoing) {
     let Some(link) = link else { return };
-    let d = session.next_datagram(clock.now_ns(), ask);
+    let now = clock.now_ns();
+    let d = match kind {
+        Outgoing::Ask => session.next_datagram(now, true),
+        Outgoing::ExtraAsk => session.next_extra_ask(now),
+        Outgoing::Answer => session.next_datagram(now, false),
+    };
     out.clear();
     d.encode(out);
     if let Err(e) = link.conn.send_datagram(Bytes::copy_from_slice(out)) {
@@ -551,7 +567,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
         if session.misses() != misses_seen {
             misses_seen = session.misses();
             if measure && session.suspect() {
-                send(&mut session, &link, &mut out, clock, true);
+                send(&mut session, &link, &mut out, clock, Outgoing::ExtraAsk);
                 retry_at = Some(tokio::time::Instant::now() + interval / 2);
             }
         }
@@ -675,7 +691,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
                     match &link {
                         Some(_) if session.ask_due(ticks, clock.now_ns()) => {
                             shared.metrics.send_lateness.observe(tick.elapsed().as_secs_f64());
-                            send(&mut session, &link, &mut out, clock, true);
+                            send(&mut session, &link, &mut out, clock, Outgoing::Ask);
                         }
                         Some(_) => {}
                         None if session.ever_connected() => session.unsendable(),
@@ -686,14 +702,14 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
                 _ = sleep_until_opt(retry_at) => {
                     retry_at = None;
                     if session.suspect() {
-                        send(&mut session, &link, &mut out, clock, true);
+                        send(&mut session, &link, &mut out, clock, Outgoing::ExtraAsk);
                         retry_at = Some(tokio::time::Instant::now() + interval / 2);
                     }
                     None
                 }
                 tick = burst_tick.tick(), if measure && extra > 0 && link.is_some() && session.bursting(clock.now_ns()) => {
                     if !on_regular_grid(tick) {
-                        send(&mut session, &link, &mut out, clock, true);
+                        send(&mut session, &link, &mut out, clock, Outgoing::ExtraAsk);
                     }
                     None
                 }
@@ -749,7 +765,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
         });
         match asked {
             Ok(true) => {
-                send(&mut session, &link, &mut out, clock, false);
+                send(&mut session, &link, &mut out, clock, Outgoing::Answer);
                 shared.metrics.answered.inc();
             }
             Ok(false) => {}

@@ -55,12 +55,17 @@ const RTT_RING: usize = 256;
 /// Probes behind [`Liveness::long_miss_rate`]: about three minutes at 10 Hz.
 pub const LONG_MISS_PROBES: u32 = 2000;
 
+/// Clean probes the long-run miss rate presumes before a link has any history: half a minute
+/// at 10 Hz. A plain mean over the first few hundred probes jumps by a quarter point at each
+/// random miss, and two of them would read as a lossy link.
+pub const LONG_MISS_PRIOR: u32 = 300;
+
 /// The liveness state of one peer.
 #[derive(Debug, Clone)]
 pub struct Liveness {
     cfg: LivenessConfig,
-    /// Probes awaiting a reply or their deadline: (seq, sent ns), in send order.
-    pending: VecDeque<(u64, u64)>,
+    /// Probes awaiting a reply or their deadline: (seq, sent ns, regular), in send order.
+    pending: VecDeque<(u64, u64, bool)>,
     rtts_ns: VecDeque<u64>,
     p99_ns: Option<u64>,
     since_p99: usize,
@@ -68,7 +73,11 @@ pub struct Liveness {
     /// The miss rate over about the last [`LONG_MISS_PROBES`] probes.
     long_miss_rate: f64,
     seen: u32,
+    /// Regular probes behind `long_miss_rate`.
+    seen_regular: u32,
     run: u32,
+    /// Regular probes in the current run.
+    run_regular: u32,
     down: bool,
     misses: u64,
 }
@@ -85,7 +94,9 @@ impl Liveness {
             miss_rate: 0.0,
             long_miss_rate: 0.0,
             seen: 0,
+            seen_regular: 0,
             run: 0,
+            run_regular: 0,
             down: false,
             misses: 0,
         }
@@ -112,10 +123,13 @@ impl Liveness {
         self.miss_rate
     }
 
-    /// The link's miss rate over about the last [`LONG_MISS_PROBES`] probes (a plain mean
-    /// before that many): whether a link is lossy by nature, which one random miss does not
-    /// change (it moves the 200-probe rate by half a percent, as much as the whole noise floor
-    /// of a link losing 0.1% each way).
+    /// The link's miss rate over about the last [`LONG_MISS_PROBES`] regular probes (before
+    /// that many, a mean that presumes [`LONG_MISS_PRIOR`] clean ones): whether a link is lossy
+    /// by nature, which one random miss does not change (it moves the 200-probe rate by half a
+    /// percent, as much as the whole noise floor of a link losing 0.1% each way). Regular
+    /// probes only: extra ones (bursts, asks again after a miss) are sent *because* of misses,
+    /// and counting them would read a brown-out's first seconds, sampled five times over, as a
+    /// lossy nature.
     pub fn long_miss_rate(&self) -> f64 {
         self.long_miss_rate
     }
@@ -142,15 +156,16 @@ impl Liveness {
         (k.ceil() as u32).clamp(self.cfg.min_run, self.cfg.max_run)
     }
 
-    /// Records a probe sent at `now`.
-    pub fn on_send(&mut self, seq: u64, now: u64) {
-        self.pending.push_back((seq, now));
+    /// Records a probe sent at `now`; `regular` when it was sent on the probe timer, not
+    /// because of a miss (see [`Liveness::long_miss_rate`]).
+    pub fn on_send(&mut self, seq: u64, now: u64, regular: bool) {
+        self.pending.push_back((seq, now, regular));
     }
 
     /// Records a reply to probe `seq` with round trip `rtt_ns`, received at `now`.
     pub fn on_reply(&mut self, seq: u64, rtt_ns: u64, now: u64) -> Option<LivenessEvent> {
         let _ = self.poll(now);
-        if let Some(mut i) = self.pending.iter().position(|&(s, _)| s == seq) {
+        if let Some(mut i) = self.pending.iter().position(|&(s, _, _)| s == seq) {
             if self.down {
                 // The first reply after an outage: probes sent before this one were lost to
                 // the outage, even those whose deadline has not passed yet. Counting them
@@ -160,23 +175,25 @@ impl Liveness {
                 i = 0;
             }
             // In time: every earlier pending probe is still within its deadline too.
-            self.pending.remove(i);
+            let regular = self.pending.remove(i).is_some_and(|(_, _, r)| r);
             // A run that ends in a reply before the link was declared down was random loss:
             // only now do its misses count towards the miss rate. A run that declared the link
             // down was an outage and never does, or every outage would lengthen the run needed
             // to see the next one.
             if !self.down {
-                for _ in 0..self.run {
-                    self.observe(true);
+                for k in 0..self.run {
+                    self.observe(true, k < self.run_regular);
                 }
             }
-            self.observe(false);
+            self.observe(false, regular);
             self.run = 0;
+            self.run_regular = 0;
         }
         self.record_rtt(rtt_ns);
         if self.down {
             self.down = false;
             self.run = 0;
+            self.run_regular = 0;
             return Some(LivenessEvent::Up);
         }
         None
@@ -187,12 +204,13 @@ impl Liveness {
     pub fn poll(&mut self, now: u64) -> Option<LivenessEvent> {
         let deadline = self.deadline().as_nanos() as u64;
         let mut event = None;
-        while let Some(&(_, sent)) = self.pending.front() {
+        while let Some(&(_, sent, regular)) = self.pending.front() {
             if now.saturating_sub(sent) <= deadline {
                 break;
             }
             self.pending.pop_front();
             self.run += 1;
+            self.run_regular += u32::from(regular);
             self.misses += 1;
             if !self.down && self.run >= self.run_length() {
                 self.down = true;
@@ -205,7 +223,7 @@ impl Liveness {
     /// The time at which the oldest pending probe misses its deadline, if any is pending.
     pub fn next_deadline(&self) -> Option<u64> {
         let deadline = self.deadline().as_nanos() as u64;
-        self.pending.front().map(|&(_, sent)| sent + deadline + 1)
+        self.pending.front().map(|&(_, sent, _)| sent + deadline + 1)
     }
 
     /// A new connection: asks sent on the old one will never be answered, and their
@@ -224,13 +242,22 @@ impl Liveness {
         Some(LivenessEvent::Down)
     }
 
-    /// Feeds one probe's fate into the miss rate: a plain mean over the first 200 probes, then
-    /// a moving one over about the last 200.
-    fn observe(&mut self, missed: bool) {
+    /// Feeds one probe's fate into the miss rates: the short one (every probe) a plain mean
+    /// over the first 200 probes, then a moving one over about the last 200; the long one
+    /// (regular probes only) a mean with [`LONG_MISS_PRIOR`] clean probes presumed, then a
+    /// moving one over about the last [`LONG_MISS_PROBES`].
+    fn observe(&mut self, missed: bool, regular: bool) {
         self.seen = self.seen.saturating_add(1);
         let x = f64::from(u8::from(missed));
         self.miss_rate += (x - self.miss_rate) / f64::from(self.seen.min(200));
-        self.long_miss_rate += (x - self.long_miss_rate) / f64::from(self.seen.min(LONG_MISS_PROBES));
+        if regular {
+            self.seen_regular = self.seen_regular.saturating_add(1);
+            let n = self
+                .seen_regular
+                .saturating_add(LONG_MISS_PRIOR)
+                .min(LONG_MISS_PROBES);
+            self.long_miss_rate += (x - self.long_miss_rate) / f64::from(n);
+        }
     }
 
     fn record_rtt(&mut self, rtt_ns: u64) {
@@ -280,7 +307,7 @@ mod tests {
         while t <= end {
             if t % (every_ms * MS) == 0 && t / (every_ms * MS) < probes {
                 let i = t / (every_ms * MS);
-                l.on_send(i, t);
+                l.on_send(i, t, true);
                 if reply(i) {
                     arrivals.push((t + rtt(i), i, rtt(i)));
                 }
