@@ -18,6 +18,7 @@ use crate::config::ControllerConfig;
 use crate::error::ControllerError;
 use crate::store::Snapshot;
 use topology::drain::DrainImpact;
+use topology::link::Pool;
 
 fn reject(reason: &'static str, detail: impl Into<String>) -> ControllerError {
     ControllerError::Rejected {
@@ -45,6 +46,9 @@ pub struct Core {
     world: World,
     /// `states[from * n + to]`.
     states: Vec<LinkState>,
+    /// The mesh's loss as of the last computation: the prior links lean on, and new windows
+    /// are tested for a change against.
+    prior: Pool,
     engine: RouteEngine,
     table: Option<RouteTable>,
     /// The last report sequence taken per prober instance.
@@ -72,6 +76,7 @@ impl Core {
             cfg,
             world,
             states: vec![LinkState::default(); n * n],
+            prior: Pool::NONE,
             engine,
             table: None,
             reports: HashMap::new(),
@@ -97,6 +102,13 @@ impl Core {
     /// The world as of the last computation.
     pub fn world(&self) -> &World {
         &self.world
+    }
+
+    /// The state of the link `from → to` (site numbers of the inventory), for explaining a
+    /// verdict: its recent windows ([`LinkState::history`]) and loss counts.
+    pub fn link_state(&self, from: usize, to: usize) -> Option<&LinkState> {
+        let n = self.world.inventory.len();
+        (from < n && to < n).then(|| &self.states[from * n + to])
     }
 
     /// The table in force.
@@ -192,7 +204,7 @@ impl Core {
         let n = self.world.inventory.len();
         let j = (i % n) * n + i / n;
         let (this, reverse) = pair_mut(&mut self.states, i, j);
-        this.observe_paired(&window, reverse, &self.cfg.links)
+        this.observe_paired(&window, reverse, &self.cfg.links, self.prior)
             .map_err(|e| reject("replay", e.to_string()))
     }
 
@@ -232,6 +244,7 @@ impl Core {
         let mut links = LinkTable::new(n);
         // Links with few probes of their own lean on the mesh's loss (see `topology::link`).
         let prior = topology::link::pooled_loss(&self.states);
+        self.prior = prior;
         for a in 0..n {
             for b in a + 1..n {
                 let (ab, ba) = pair_mut(&mut self.states, a * n + b, b * n + a);

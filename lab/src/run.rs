@@ -801,6 +801,24 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                     }
                     if any && f.spec.kind != FaultKind::DrainRegion {
                         reports[i].detect_s = Some(ts - f.spec.at_s);
+                    } else if f.spec.kind == FaultKind::Loss
+                        && std::env::var_os("AXON_LAB_DEBUG").is_some()
+                        && (ts * 10.0).round() as u64 % 10 == 0
+                    {
+                        // A loss not seen yet: each fault link's last windows (sent/received)
+                        // and loss counts, both ways.
+                        for &(a, b) in hit_links {
+                            let Some(st) = core.link_state(a, b) else { continue };
+                            let w: Vec<String> = st
+                                .history()
+                                .map(|w| format!("{}/{}", w.received, w.sent))
+                                .collect();
+                            let (cs, cl) = st.loss_counts();
+                            eprintln!(
+                                "  t={ts:.1} loss {a}->{b}: counts {cl:.1}/{cs:.0}, windows {}",
+                                w.join(" ")
+                            );
+                        }
                     }
                 }
                 if reports[i].converge_s.is_none() {

@@ -15,7 +15,9 @@
 //! - a **prior**: a link with few probes of its own is presumed to lose like the mesh as a
 //!   whole (`loss_prior_probes` of pooled evidence), so early and noisy links do not look
 //!   better or worse than they are. A link that changed is judged on its own counts only until
-//!   they agree with the mesh again.
+//!   they agree with the mesh again. The change detector judges a link presumed like the mesh
+//!   against the same blend: its own decayed history may hold fewer probes than an evidence
+//!   burst, and could not tell a brown-out from noise on its own.
 //!
 //! - **both ends of a pair**: each site measures the same round trip (its probes and the
 //!   peer's echoes cross both directions), so while both report, a link's estimate and its
@@ -251,13 +253,15 @@ impl LossCounts {
     /// Folds a window in; returns the span (in windows) of a change it revealed. `reverse` is
     /// the pair's other direction (the same round trip, measured by the other end): the test
     /// then runs on the mean of both ends' counts, and the caller restarts the reverse as well
-    /// when a change is found ([`LossCounts::restart`]).
+    /// when a change is found ([`LossCounts::restart`]). `prior` is the mesh's loss, which a
+    /// link not known to be unlike the mesh is judged against alongside its own counts.
     fn observe(
         &mut self,
         sent: u32,
         lost: u32,
         cfg: &LinkStateConfig,
         reverse: Option<&LossCounts>,
+        prior: Pool,
     ) -> Option<usize> {
         let keep = 1.0 - 1.0 / cfg.loss_memory_windows.max(1.0);
         self.sent = self.sent * keep + f64::from(sent);
@@ -267,6 +271,17 @@ impl LossCounts {
         }
         self.recent.push_back((sent, lost));
         let all = self.joined(reverse);
+        // The mesh's evidence, for a link presumed like it: as much of it as the estimate
+        // leans on, and never more than there is. Without it a young link, or one whose
+        // evidence burst holds more probes than its own decayed history, could not be
+        // tested at all (the history must outweigh the windows judged), and a brown-out that
+        // starts within a minute of a link's first probe waited for its burst to be history.
+        let n0 = if all.distinct {
+            0.0
+        } else {
+            cfg.loss_prior_probes.min(prior.probes)
+        };
+        let prior_lost = n0 * prior.loss.clamp(0.0, 1.0);
         for span in CHANGE_SPANS {
             if self.recent.len() < span {
                 break;
@@ -285,8 +300,8 @@ impl LossCounts {
             let (s, l_down, l_up) = (s2 / 2, l2 / 2, l2.div_ceil(2).min(s2 / 2));
             // The estimate the recent windows are judged against leaves them out; it must rest
             // on more probes than they hold, or there is nothing to compare with.
-            let base_sent = all.sent - f64::from(s2) / 2.0;
-            let base_lost = (all.lost - f64::from(l2) / 2.0).max(0.0);
+            let base_sent = all.sent - f64::from(s2) / 2.0 + n0;
+            let base_lost = (all.lost - f64::from(l2) / 2.0).max(0.0) + prior_lost;
             if base_sent < 2.0 * f64::from(s) {
                 continue;
             }
@@ -454,7 +469,7 @@ impl LinkState {
     /// A window without replies counts towards `down_after` but does not move the averages,
     /// so a link that comes back is judged on what it was, not on its outage.
     pub fn observe(&mut self, w: &LinkWindow, cfg: &LinkStateConfig) -> Result<(), TopologyError> {
-        self.observe_with(w, cfg, None)
+        self.observe_with(w, cfg, None, Pool::NONE)
     }
 
     /// [`LinkState::observe`] for one direction of a pair, with `reverse` the other (`b→a` for
@@ -462,14 +477,17 @@ impl LinkState {
     /// last windows of both (their mean), and a change restarts the counts of both: both
     /// directions leave a brown-out in the same computation, where on their own one end could
     /// notice it many seconds after the other. The reverse joins only while it reports (its
-    /// last window within `stale_after_ms` of this one).
+    /// last window within `stale_after_ms` of this one). `prior` is the mesh's loss
+    /// ([`pooled_loss`]): a link presumed like the mesh is tested for a change against it as
+    /// well as its own counts, as its estimate leans on it.
     pub fn observe_paired(
         &mut self,
         w: &LinkWindow,
         reverse: &mut LinkState,
         cfg: &LinkStateConfig,
+        prior: Pool,
     ) -> Result<(), TopologyError> {
-        self.observe_with(w, cfg, Some(reverse))
+        self.observe_with(w, cfg, Some(reverse), prior)
     }
 
     /// Whether `reverse` reports alongside this link: its counts are current evidence.
@@ -485,6 +503,7 @@ impl LinkState {
         w: &LinkWindow,
         cfg: &LinkStateConfig,
         reverse: Option<&mut LinkState>,
+        prior: Pool,
     ) -> Result<(), TopologyError> {
         if let Some(last) = self.last_window_end
             && w.end_ms <= last
@@ -512,7 +531,7 @@ impl LinkState {
         } else {
             let reverse = reverse.filter(|r| self.joins(r, cfg));
             let rev = reverse.as_deref().map(|r| &r.loss);
-            if let Some(span) = self.loss.observe(w.sent, w.sent - received, cfg, rev)
+            if let Some(span) = self.loss.observe(w.sent, w.sent - received, cfg, rev, prior)
                 && let Some(r) = reverse
             {
                 r.loss.restart(span);
@@ -884,8 +903,8 @@ mod tests {
             t += 1000;
             let (x, y) = pair_windows(rng, t, q);
             if paired {
-                ab.observe_paired(&x, ba, &cfg).unwrap();
-                ba.observe_paired(&y, ab, &cfg).unwrap();
+                ab.observe_paired(&x, ba, &cfg, Pool::NONE).unwrap();
+                ba.observe_paired(&y, ab, &cfg, Pool::NONE).unwrap();
             } else {
                 ab.observe(&x, &cfg).unwrap();
                 ba.observe(&y, &cfg).unwrap();
@@ -944,7 +963,7 @@ mod tests {
         // with the ends paired and alone.
         let cfg = LinkStateConfig::default();
         let mut rng = Rng(13);
-        let mut count = |paired: bool| {
+        let mut count = |paired: bool, prior: Pool| {
             let mut ends = [LinkState::default(), LinkState::default()];
             let (mut changes, mut degraded) = (0, 0);
             for i in 1..=20_000u64 {
@@ -956,7 +975,7 @@ mod tests {
                     me.loss.distinct = false;
                     other.loss.distinct = false;
                     if paired {
-                        me.observe_paired(&w, other, &cfg).unwrap();
+                        me.observe_paired(&w, other, &cfg, prior).unwrap();
                     } else {
                         me.observe(&w, &cfg).unwrap();
                     }
@@ -970,8 +989,14 @@ mod tests {
             }
             (changes, degraded)
         };
-        let (alone_changes, alone_degraded) = count(false);
-        let (changes, degraded) = count(true);
+        let (alone_changes, alone_degraded) = count(false, Pool::NONE);
+        let (changes, degraded) = count(true, Pool::NONE);
+        // Judged against the mesh as well (losing as much: 1% of round trips).
+        let mesh = Pool {
+            loss: 0.00995,
+            probes: 1e6,
+        };
+        let (mesh_changes, _) = count(true, mesh);
         // No more false changes than the ends make on their own, each testing alone (measured:
         // 11 paired, 28 alone).
         assert!(
@@ -980,9 +1005,48 @@ mod tests {
         );
         assert!(changes < 40, "{changes} false changes in 40,000 paired windows");
         assert!(
+            mesh_changes <= alone_changes.max(10),
+            "{mesh_changes} false changes against the mesh, {alone_changes} alone"
+        );
+        assert!(
             degraded <= alone_degraded.max(20),
             "degraded {degraded} windows paired, {alone_degraded} alone"
         );
+    }
+
+    /// A pair probed for 17 clean seconds, then a brown-out caught by an evidence burst: the
+    /// windows both ends reported in the lab (global-25 mesh, eu-central-1 ↔ il-central-1).
+    /// Returns the window after which the pair changed, if it did.
+    fn young_pair_burst(prior: Pool) -> Option<usize> {
+        let cfg = LinkStateConfig::default();
+        let (mut ab, mut ba) = (LinkState::default(), LinkState::default());
+        let mut windows: Vec<((u32, u32), (u32, u32))> = vec![((10, 10), (10, 10)); 17];
+        windows.extend([((37, 37), (39, 39)), ((91, 88), (89, 86)), ((70, 66), (64, 60))]);
+        for (i, ((s1, r1), (s2, r2))) in windows.into_iter().enumerate() {
+            let t = 1000 * (i as u64 + 1);
+            ab.observe_paired(&window(t, s1, r1, 50.0), &mut ba, &cfg, prior)
+                .unwrap();
+            ba.observe_paired(&window(t + 1, s2, r2, 50.0), &mut ab, &cfg, prior)
+                .unwrap();
+            if ab.loss.distinct && ba.loss.distinct {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_young_link_s_burst_is_judged_against_the_mesh() {
+        // 7 of 208 probes lost after 170 clean ones, on a mesh losing 0.2% of round trips:
+        // against the mesh's loss that is a change (3 of 138 a second earlier is not yet);
+        // against the link's own 170 probes alone it cannot be tested (the burst holds more
+        // probes than the history), and the brown-out waited for ten probes a second to tell.
+        let mesh = Pool {
+            loss: 0.002,
+            probes: 100_000.0,
+        };
+        assert_eq!(young_pair_burst(mesh), Some(19), "within the burst");
+        assert_eq!(young_pair_burst(Pool::NONE), None);
     }
 
     #[test]
@@ -992,8 +1056,13 @@ mod tests {
         // The reverse lost half its probes, then stopped reporting.
         ba.observe(&window(1000, 100, 50, 50.0), &cfg).unwrap();
         for i in 1..=20u64 {
-            ab.observe_paired(&window(10_000 + i * 1000, 10, 10, 50.0), &mut ba, &cfg)
-                .unwrap();
+            ab.observe_paired(
+                &window(10_000 + i * 1000, 10, 10, 50.0),
+                &mut ba,
+                &cfg,
+                Pool::NONE,
+            )
+            .unwrap();
         }
         let own = own_counts_only(&cfg);
         let v = ab.view_paired(Some(&ba), 30_000, &own, Pool::NONE).unwrap();
