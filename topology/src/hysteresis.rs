@@ -3,8 +3,10 @@
 //! Every pair remembers the path it is on. A better candidate replaces it only after winning by
 //! at least `max(switch_ratio·cost, switch_min_ms)` for `switch_after` computations in a row —
 //! plus `switch_z` standard errors of the difference when the gain rests on loss estimates
-//! (what they may be off by: a gain the measurements cannot tell from noise is no gain; a gain
-//! in delay or jitter alone is measured well and needs only the margin);
+//! (what they may be off by: a gain the measurements cannot tell from noise is no gain). A
+//! gain in delay, jitter and price alone is measured well — a smoothed round trip is off by a
+//! fraction of a millisecond — and needs only `max(sure_switch_ratio·cost, switch_min_ms)`:
+//! the full margin there would keep a pair on a path 9% slower for good;
 //! a current path that is down or degraded is left at once — for the previous backup when that
 //! one is healthy and about as good as the candidate (agents already hold it, and it spares a
 //! second switch), else for the candidate. Each decision carries its reason.
@@ -33,6 +35,10 @@ use crate::site::{Inventory, SiteId, SiteIdx};
 pub struct HysteresisConfig {
     /// Relative gain a candidate needs over the current cost. Default 0.1 (10%).
     pub switch_ratio: f64,
+    /// Relative gain a candidate needs when its gain in delay, jitter and price alone (what is
+    /// measured well, leaving out loss) reaches it; at most `switch_ratio`. Default 0.05 (5%):
+    /// a path 60 ms of round trip slower than a relay stayed put at 10%.
+    pub sure_switch_ratio: f64,
     /// Absolute gain a candidate needs, ms of cost. Default 5.
     pub switch_min_ms: f64,
     /// Consecutive computations the candidate must win. Default 3.
@@ -137,6 +143,7 @@ impl Default for HysteresisConfig {
     fn default() -> Self {
         HysteresisConfig {
             switch_ratio: 0.1,
+            sure_switch_ratio: 0.05,
             switch_min_ms: 5.0,
             switch_after: 3,
             switch_z: 2.0,
@@ -152,6 +159,12 @@ impl HysteresisConfig {
     /// Refuses negative margins and a zero `switch_after`.
     pub fn validate(&self) -> Result<(), TopologyError> {
         check_range("switch_ratio", self.switch_ratio, 0.0, 10.0)?;
+        check_range(
+            "sure_switch_ratio",
+            self.sure_switch_ratio,
+            0.0,
+            self.switch_ratio,
+        )?;
         check_range("switch_min_ms", self.switch_min_ms, 0.0, 1e6)?;
         check_range("switch_z", self.switch_z, 0.0, 10.0)?;
         check_range("warmup_gain_ms", self.warmup_gain_ms, 0.0, 1e6)?;
@@ -170,6 +183,7 @@ impl HysteresisConfig {
     pub fn warming(&self) -> HysteresisConfig {
         HysteresisConfig {
             switch_ratio: 0.0,
+            sure_switch_ratio: 0.0,
             switch_min_ms: self.warmup_gain_ms,
             switch_z: 0.0,
             ..self.clone()
@@ -179,6 +193,14 @@ impl HysteresisConfig {
     /// The gain a candidate needs over a current path of this cost, before uncertainty.
     pub fn margin(&self, current_cost: f32) -> f32 {
         (self.switch_ratio as f32 * current_cost).max(self.switch_min_ms as f32)
+    }
+
+    /// The gain a candidate needs when what it gains on delay, jitter and price alone reaches
+    /// it (see [`HysteresisConfig::sure_switch_ratio`]).
+    pub fn sure_margin(&self, current_cost: f32) -> f32 {
+        (self.sure_switch_ratio as f32 * current_cost)
+            .max(self.switch_min_ms as f32)
+            .min(self.margin(current_cost))
     }
 
     /// The gain a candidate needs: [`HysteresisConfig::margin`] plus `switch_z` standard errors
@@ -345,11 +367,13 @@ pub fn decide_with_quality(
             };
         }
     }
-    // What the candidate gains on delay, jitter and price alone is measured well; only a gain
-    // that rests on loss estimates must also beat their noise.
+    // What the candidate gains on delay, jitter and price alone is measured well and needs a
+    // smaller margin; a gain that rests on loss estimates must beat the full margin and their
+    // noise.
     let sure_gain = (current.cost - current.loss_cost) - (candidate_cost - cand.loss_cost);
-    let needed = if sure_gain >= cfg.margin(current.cost) {
-        cfg.margin(current.cost)
+    let sure = cfg.sure_margin(current.cost);
+    let needed = if sure_gain >= sure {
+        sure
     } else {
         cfg.gain_needed(&current, &cand)
     };
@@ -544,8 +568,9 @@ mod tests {
             ..Default::default()
         };
         for i in 0..1000 {
-            // The relay wins by up to 9% of 100 ms: less than the 10% margin.
-            let candidate_cost = 91.0 + (i % 7) as f32;
+            // The relay wins by up to 4.5% of 100 ms in delay: less than the 5% margin of a
+            // gain measured well.
+            let candidate_cost = 95.5 + (i % 7) as f32 / 2.0;
             let d = decide(
                 &cfg,
                 &mut mem,
@@ -553,6 +578,19 @@ mod tests {
                 candidate_cost,
                 eval_with(vec![(direct, 100.0, false)]),
             );
+            assert!(matches!(d, Decision::Kept { streak: 0, .. }), "{d:?}");
+        }
+        // Up to 9% where the gain is loss (the relay's estimated loss lower): less than the
+        // 10% margin of a gain that rests on loss estimates.
+        for i in 0..1000 {
+            let candidate_cost = 91.0 + (i % 7) as f32;
+            let e = |p: &Path| PathEval {
+                cost: if *p == direct { 100.0 } else { candidate_cost },
+                degraded: false,
+                sigma: 0.0,
+                loss_cost: if *p == direct { 40.0 } else { candidate_cost - 60.0 },
+            };
+            let d = decide(&cfg, &mut mem, relay, candidate_cost, e);
             assert!(matches!(d, Decision::Kept { streak: 0, .. }), "{d:?}");
         }
         assert_eq!(mem.current, direct);
@@ -624,6 +662,26 @@ mod tests {
             decide(&cfg, &mut mem, relay, 70.0, e);
         }
         assert_eq!(mem.current, relay);
+    }
+
+    #[test]
+    fn a_gain_in_delay_needs_half_the_margin() {
+        // The lab's added delay: a relay 7% cheaper in round trip alone moves the pair; 4%
+        // does not. Before the smaller margin, both stayed (10%).
+        let cfg = HysteresisConfig::default();
+        let direct = Path::new(&[0, 1]);
+        let relay = Path::new(&[0, 2, 1]);
+        for (relay_cost, moves) in [(93.0, true), (96.0, false)] {
+            let mut mem = PairMemory {
+                current: direct,
+                ..Default::default()
+            };
+            for _ in 0..cfg.switch_after {
+                let e = eval_with(vec![(direct, 100.0, false), (relay, relay_cost, false)]);
+                decide(&cfg, &mut mem, relay, relay_cost, e);
+            }
+            assert_eq!(mem.current == relay, moves, "relay at {relay_cost}");
+        }
     }
 
     #[test]
