@@ -627,11 +627,18 @@ impl LinkState {
     /// The health verdict at `now`, with the mesh's pooled loss as the prior (see
     /// [`LinkState::view_with_prior`]).
     pub fn health_with_prior(&self, now: TimestampMs, cfg: &LinkStateConfig, prior: Pool) -> LinkHealth {
-        self.health_of(self.loss.estimate(prior, cfg), now, cfg)
+        let jitter = self.smoothed.map_or(0.0, |m| m.jitter_ms);
+        self.health_of(self.loss.estimate(prior, cfg), jitter, now, cfg)
     }
 
     /// The verdict given the loss estimate `(loss, se)` (own or joined with the reverse).
-    fn health_of(&self, (loss, se): (f64, f64), now: TimestampMs, cfg: &LinkStateConfig) -> LinkHealth {
+    fn health_of(
+        &self,
+        (loss, se): (f64, f64),
+        jitter_ms: f64,
+        now: TimestampMs,
+        cfg: &LinkStateConfig,
+    ) -> LinkHealth {
         if self.liveness_down || self.empty_run >= cfg.down_after {
             return LinkHealth::Down;
         }
@@ -642,7 +649,7 @@ impl LinkState {
             None => LinkHealth::Down,
             Some(_) if !fresh => LinkHealth::Stale,
             // Degraded only when the loss is past the threshold by more than its error.
-            Some(m) if loss - se >= cfg.degraded_loss || m.jitter_ms >= cfg.degraded_jitter_ms => {
+            Some(_) if loss - se >= cfg.degraded_loss || jitter_ms >= cfg.degraded_jitter_ms => {
                 LinkHealth::Degraded
             }
             Some(_) => LinkHealth::Up,
@@ -670,8 +677,13 @@ impl LinkState {
 
     /// Metrics and verdict at `now` of one direction of a pair, its loss estimated on the
     /// counts of both directions while `reverse` reports (see [`LinkState::observe_paired`];
-    /// [`LinkState::settle_pair`] first lets a pair that changed rejoin the pool). RTT and
-    /// jitter stay this end's own.
+    /// [`LinkState::settle_pair`] first lets a pair that changed rejoin the pool). The RTT
+    /// stays this end's own; the jitter is the larger of the two ends': each end's samples
+    /// are the same round trips, but an end whose own way is the smooth one takes several
+    /// samples from one datagram of the peer's (one datagram echoes every probe received since
+    /// the peer's last), whose differences are zero: in the lab, an end read 10 ms where 30 ms
+    /// of jitter had been added to the other way, and kept the pair on it. Correlated samples
+    /// can only hide jitter, never invent it.
     pub fn view_paired(
         &self,
         reverse: Option<&LinkState>,
@@ -681,9 +693,18 @@ impl LinkState {
     ) -> Option<LinkView> {
         let reverse = reverse.filter(|r| self.joins(r, cfg));
         let (loss, loss_se) = self.loss.joined(reverse.map(|r| &r.loss)).estimate(prior, cfg);
-        let health = self.health_of((loss, loss_se), now, cfg);
-        self.smoothed.map(|m| LinkView {
-            metrics: LinkMetrics { loss, loss_se, ..m },
+        let m = self.smoothed?;
+        let jitter_ms = reverse
+            .and_then(|r| r.smoothed)
+            .map_or(m.jitter_ms, |r| r.jitter_ms.max(m.jitter_ms));
+        let health = self.health_of((loss, loss_se), jitter_ms, now, cfg);
+        Some(LinkView {
+            metrics: LinkMetrics {
+                loss,
+                loss_se,
+                jitter_ms,
+                ..m
+            },
             health,
         })
     }
@@ -1047,6 +1068,34 @@ mod tests {
         };
         assert_eq!(young_pair_burst(mesh), Some(19), "within the burst");
         assert_eq!(young_pair_burst(Pool::NONE), None);
+    }
+
+    #[test]
+    fn a_pair_s_jitter_is_the_larger_of_its_ends() {
+        let cfg = LinkStateConfig::default();
+        let (mut ab, mut ba) = (LinkState::default(), LinkState::default());
+        let with_jitter = |end_ms, jitter_ms| LinkWindow {
+            jitter_ms,
+            ..window(end_ms, 10, 10, 50.0)
+        };
+        for i in 0..20 {
+            let t = 1000 * (i + 1);
+            ab.observe_paired(&with_jitter(t, 10.0), &mut ba, &cfg, Pool::NONE)
+                .unwrap();
+            ba.observe_paired(&with_jitter(t + 1, 35.0), &mut ab, &cfg, Pool::NONE)
+                .unwrap();
+        }
+        let now = 21_000;
+        let v = |x: &LinkState, y: &LinkState| x.view_paired(Some(y), now, &cfg, Pool::NONE).unwrap();
+        let (a, b) = (v(&ab, &ba), v(&ba, &ab));
+        assert!((a.metrics.jitter_ms - 35.0).abs() < 0.5, "{a:?}");
+        assert_eq!(a.metrics.jitter_ms, b.metrics.jitter_ms);
+        // Past the 30 ms threshold at one end: both directions are degraded.
+        assert_eq!((a.health, b.health), (LinkHealth::Degraded, LinkHealth::Degraded));
+        // Alone, the smooth end reads its own.
+        let alone = ab.view_paired(None, now, &cfg, Pool::NONE).unwrap();
+        assert!((alone.metrics.jitter_ms - 10.0).abs() < 0.5);
+        assert_eq!(alone.health, LinkHealth::Up);
     }
 
     #[test]
