@@ -860,6 +860,11 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                                 oracle.1.get(a, b).primary.sites(),
                                 why.map_or_else(String::new, |e| controller::core::reason_text(&e.reason))
                             );
+                            // The controller's view of the oracle's links.
+                            for (x, y) in oracle.1.get(a, b).primary.links() {
+                                let v = core.world().links.get(x, y);
+                                eprintln!("    {x}->{y} {:?}", v.map(|v| (v.health, v.metrics)));
+                            }
                         }
                     }
                 }
