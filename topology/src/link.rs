@@ -233,6 +233,8 @@ struct LossCounts {
     recent: VecDeque<(u32, u32)>,
     /// Set when a change made this link unlike the mesh: its own counts only, no prior.
     distinct: bool,
+    /// Windows folded in since the link's first (a restart does not reset it).
+    windows: u32,
 }
 
 /// `P(X ≤ k)` and `P(X ≥ k)` for `X ~ Binomial(n, p)`, summed exactly (n is at most a few
@@ -266,6 +268,7 @@ impl LossCounts {
         let keep = 1.0 - 1.0 / cfg.loss_memory_windows.max(1.0);
         self.sent = self.sent * keep + f64::from(sent);
         self.lost = self.lost * keep + f64::from(lost);
+        self.windows = self.windows.saturating_add(1);
         if self.recent.len() == CHANGE_SPANS[CHANGE_SPANS.len() - 1] {
             self.recent.pop_front();
         }
@@ -276,7 +279,10 @@ impl LossCounts {
         // evidence burst holds more probes than its own decayed history, could not be
         // tested at all (the history must outweigh the windows judged), and a brown-out that
         // starts within a minute of a link's first probe waited for its burst to be history.
-        let n0 = if all.distinct {
+        // Not over a link's first windows: they hold its connection's start (handshakes, a
+        // busy host), and against the mesh a few losses there read as a change.
+        let young = self.windows < CHANGE_SPANS[CHANGE_SPANS.len() - 1] as u32;
+        let n0 = if all.distinct || young {
             0.0
         } else {
             cfg.loss_prior_probes.min(prior.probes)
@@ -338,6 +344,7 @@ impl LossCounts {
             lost: self.lost,
             recent: VecDeque::new(),
             distinct: self.distinct,
+            windows: self.windows,
         };
         if let Some(r) = reverse {
             j.sent = (j.sent + r.sent) / 2.0;
@@ -1054,6 +1061,28 @@ mod tests {
             }
         }
         None
+    }
+
+    #[test]
+    fn a_link_s_first_losses_are_not_judged_against_the_mesh() {
+        // Three of its first thirty probes lost as the connection starts, on a mesh losing
+        // 0.2%: improbable against the mesh (a change, before), but the first windows are the
+        // link's start, not its nature.
+        let cfg = LinkStateConfig::default();
+        let mesh = Pool {
+            loss: 0.002,
+            probes: 100_000.0,
+        };
+        let (mut ab, mut ba) = (LinkState::default(), LinkState::default());
+        for i in 0..12u64 {
+            let received = if i == 1 { 7 } else { 10 };
+            let t = 1000 * (i + 1);
+            ab.observe_paired(&window(t, 10, received, 50.0), &mut ba, &cfg, mesh)
+                .unwrap();
+            ba.observe_paired(&window(t + 1, 10, received, 50.0), &mut ab, &cfg, mesh)
+                .unwrap();
+            assert!(!ab.loss.distinct && !ba.loss.distinct, "a change at window {i}");
+        }
     }
 
     #[test]
