@@ -701,7 +701,15 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
             for b in 0..n {
                 if now[a][b] != prev[a][b] && prev[a][b].is_some() {
                     changes += 1;
-                    if t > TRANSIENT && t.saturating_sub(last_event) > TRANSIENT {
+                    // A pair a fault in force has not converged yet moving is that fault's
+                    // convergence, however late, not a flap.
+                    let converging = s.faults.iter().enumerate().any(|(i, _)| {
+                        started[i]
+                            && !ended[i]
+                            && reports[i].converge_s.is_none()
+                            && affected[i].contains(&(a, b))
+                    });
+                    if t > TRANSIENT && t.saturating_sub(last_event) > TRANSIENT && !converging {
                         flaps += 1;
                         if opts.live {
                             // A change no fault explains: say which pair and why, so that a

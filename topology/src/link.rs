@@ -16,8 +16,8 @@
 //!   whole (`loss_prior_probes` of pooled evidence), so early and noisy links do not look
 //!   better or worse than they are. A link that changed is judged on its own counts only until
 //!   they agree with the mesh again. The change detector judges a link presumed like the mesh
-//!   against the same blend: its own decayed history may hold fewer probes than an evidence
-//!   burst, and could not tell a brown-out from noise on its own.
+//!   against the same blend from its 12th window on: its own decayed history may hold fewer
+//!   probes than an evidence burst, and could not tell a brown-out from noise on its own.
 //!
 //! - **both ends of a pair**: each site measures the same round trip (its probes and the
 //!   peer's echoes cross both directions), so while both report, a link's estimate and its
