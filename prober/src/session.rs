@@ -491,7 +491,6 @@ impl PeerSession {
             self.gate_sample = (now, self.liveness.long_miss_rate());
         }
         let b = &self.cfg.burst;
-        let duration = b.duration.as_nanos() as u64;
         if b.extra == 0
             || self.liveness.misses() == before
             || self.liveness.is_down()
@@ -503,7 +502,7 @@ impl PeerSession {
             return;
         }
         self.burst_started = Some(now);
-        self.burst_until = now.saturating_add(duration);
+        self.burst_until = now.saturating_add(b.duration.as_nanos() as u64);
         self.bursts += 1;
     }
 
