@@ -17,6 +17,10 @@ pub struct FaultReport {
     pub converge_s: Option<f64>,
     /// Pairs whose primary used what the fault hit when it started.
     pub affected_pairs: usize,
+    /// The fault's end → every affected pair holds a path within 2% of the oracle's cost
+    /// again: how long the mesh stays on detours once the fault is gone. `null` for a fault
+    /// without an end, or one not recovered from within the run.
+    pub recover_s: Option<f64>,
 }
 
 /// Percentiles.
@@ -103,12 +107,17 @@ impl Report {
         for f in &self.faults {
             let opt = |v: Option<f64>| v.map_or("never".to_string(), |x| format!("{x:.2} s"));
             s += &format!(
-                "  fault at {:>5.1} s  {:<13} {:<24} detect {:>8}  converge {:>8}  ({} pairs)\n",
+                "  fault at {:>5.1} s  {:<13} {:<24} detect {:>8}  converge {:>8}  recover {:>8}  ({} pairs)\n",
                 f.at_s,
                 f.kind,
                 f.target,
                 opt(f.detect_s),
                 opt(f.converge_s),
+                if f.kind == "controller_kill" {
+                    "n/a".to_string()
+                } else {
+                    opt(f.recover_s)
+                },
                 f.affected_pairs
             );
         }

@@ -593,6 +593,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
             detect_s: None,
             converge_s: None,
             affected_pairs: 0,
+            recover_s: None,
         })
         .collect();
     // Per fault: started, ended, affected pairs.
@@ -876,6 +877,28 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                         }
                     }
                 }
+            }
+        }
+
+        // Recovery: once a fault is over, its pairs back within 2% of the oracle.
+        for (i, f) in s.faults.iter().enumerate() {
+            let Some(end) = f.spec.duration_s.map(|d| f.spec.at_s + d) else {
+                continue;
+            };
+            if !ended[i] || reports[i].recover_s.is_some() || f.spec.kind == FaultKind::ControllerKill {
+                continue;
+            }
+            let (cm, routes) = &oracle;
+            let back = affected[i].iter().all(|&(a, b)| {
+                let best = routes.get(a, b);
+                best.primary.is_none()
+                    || prev[a][b]
+                        .as_ref()
+                        .and_then(|p| path_cost(cm, p, weights.relay_penalty_ms))
+                        .is_some_and(|c| c <= 1.02 * f64::from(best.primary_cost))
+            });
+            if back {
+                reports[i].recover_s = Some((ts - end).max(0.0));
             }
         }
 

@@ -36,7 +36,7 @@ async fn run_four_sites(name: &str, body: &str, seed: u64) -> lab::Report {
 async fn a_blackhole_is_routed_around_and_the_report_is_complete() {
     let body = r#"
 [run]
-duration_s = 26
+duration_s = 30
 [[fault]]
 at_s = 15
 duration_s = 5
@@ -54,6 +54,11 @@ target = "c<->b"
     let detect = f.detect_s.expect("the blackhole was never seen");
     let converge = f.converge_s.expect("the blackhole was never routed around");
     assert!(detect <= converge + 0.2 && converge < 5.0, "{f:?}");
+    // Healed at 20 s: the pairs go back to the relay through c.
+    let recover = f
+        .recover_s
+        .expect("the pairs never went back once the blackhole ended");
+    assert!(recover < 10.0, "{f:?}");
     assert_eq!(r.convergence_s.max, converge);
     assert!(r.route_changes >= 2, "{r:?}");
     assert!(r.rtt_error_ms.p50 < 3.0, "{r:?}");
@@ -93,6 +98,7 @@ target = "c<->b"
         "detect_s",
         "converge_s",
         "affected_pairs",
+        "recover_s",
     ] {
         assert!(v["faults"][0].get(key).is_some(), "faults[].{key} missing");
     }
