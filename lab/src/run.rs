@@ -823,9 +823,22 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                                 .map(|w| format!("{}/{}", w.received, w.sent))
                                 .collect();
                             let (cs, cl) = st.loss_counts();
+                            // What the emulator dropped on the pair's pipes, each way.
+                            let drops: Vec<String> = [(a, b), (b, a)]
+                                .iter()
+                                .filter_map(|k| mesh.pipes.get(k))
+                                .flat_map(|(p, _, _)| [Way::Forward, Way::Backward].map(|w| p.stats(w)))
+                                .map(|st| {
+                                    let get = |c: &std::sync::atomic::AtomicU64| {
+                                        c.load(std::sync::atomic::Ordering::Relaxed)
+                                    };
+                                    format!("{}/{}", get(&st.lost), get(&st.received))
+                                })
+                                .collect();
                             eprintln!(
-                                "  t={ts:.1} loss {a}->{b}: counts {cl:.1}/{cs:.0}, windows {}",
-                                w.join(" ")
+                                "  t={ts:.1} loss {a}->{b}: counts {cl:.1}/{cs:.0}, windows {}, pipes lost/in {}",
+                                w.join(" "),
+                                drops.join(" ")
                             );
                         }
                     }
