@@ -21,6 +21,10 @@ pub struct FaultReport {
     /// again: how long the mesh stays on detours once the fault is gone. `null` for a fault
     /// without an end, or one not recovered from within the run.
     pub recover_s: Option<f64>,
+    /// Loss faults: fault → the emulator's first drop on the faulted links (the network had
+    /// not lost anything before it, so there was nothing to detect); `detect_s` minus this is
+    /// Axon's own reaction. `null` for other kinds, or if nothing was dropped.
+    pub first_drop_s: Option<f64>,
 }
 
 /// Percentiles.
@@ -107,7 +111,7 @@ impl Report {
         for f in &self.faults {
             let opt = |v: Option<f64>| v.map_or("never".to_string(), |x| format!("{x:.2} s"));
             s += &format!(
-                "  fault at {:>5.1} s  {:<13} {:<24} detect {:>8}  converge {:>8}  recover {:>8}  ({} pairs)\n",
+                "  fault at {:>5.1} s  {:<13} {:<24} detect {:>8}  converge {:>8}  recover {:>8}  ({} pairs){}\n",
                 f.at_s,
                 f.kind,
                 f.target,
@@ -118,7 +122,9 @@ impl Report {
                 } else {
                     opt(f.recover_s)
                 },
-                f.affected_pairs
+                f.affected_pairs,
+                f.first_drop_s
+                    .map_or_else(String::new, |x| format!(", first drop after {x:.2} s"))
             );
         }
         let c = self.convergence_s;

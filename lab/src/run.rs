@@ -438,6 +438,16 @@ fn add_noise(w: &mut World, noise: crate::scenario::Noise) {
     }
 }
 
+/// Packets the emulator dropped to random loss on the pipes of `links`, both ways.
+fn dropped(mesh: &Mesh, links: &[(usize, usize)]) -> u64 {
+    links
+        .iter()
+        .filter_map(|k| mesh.pipes.get(k))
+        .flat_map(|(p, _, _)| [Way::Forward, Way::Backward].map(|w| p.stats(w)))
+        .map(|st| st.lost.load(std::sync::atomic::Ordering::Relaxed))
+        .sum()
+}
+
 /// Sets a pipe's parameters for the faults active on it.
 fn apply_pipe(mesh: &Mesh, s: &Scenario, active: &[&Fault]) -> Result<(), LabError> {
     for (&(a, b), (pipe, fwd0, back0)) in &mesh.pipes {
@@ -594,8 +604,11 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
             converge_s: None,
             affected_pairs: 0,
             recover_s: None,
+            first_drop_s: None,
         })
         .collect();
+    // Per fault: the emulator's drops on its links when it started (loss faults).
+    let mut drops_at_start: Vec<Option<u64>> = vec![None; s.faults.len()];
     // Per fault: started, ended, affected pairs.
     // What each fault hits, resolved once: the sampling loop asks ten times a second.
     let hit: Vec<Hits> = s.faults.iter().map(|f| hits(s, f)).collect();
@@ -635,6 +648,9 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                     }
                 }
                 reports[i].affected_pairs = affected[i].len();
+                if f.spec.kind == FaultKind::Loss {
+                    drops_at_start[i] = Some(dropped(&mesh, links));
+                }
                 if f.spec.kind == FaultKind::ControllerKill {
                     let epoch = mesh.epoch().unwrap_or(0);
                     if let Some(r) = mesh.controllers.iter().position(|c| {
@@ -890,6 +906,17 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                         }
                     }
                 }
+            }
+        }
+
+        // The network's first loss in a loss fault.
+        for (i, f) in s.faults.iter().enumerate() {
+            if let Some(before) = drops_at_start[i]
+                && reports[i].first_drop_s.is_none()
+                && !ended[i]
+                && dropped(&mesh, &hit[i].0) > before
+            {
+                reports[i].first_drop_s = Some(ts - f.spec.at_s);
             }
         }
 

@@ -99,6 +99,7 @@ target = "c<->b"
         "converge_s",
         "affected_pairs",
         "recover_s",
+        "first_drop_s",
     ] {
         assert!(v["faults"][0].get(key).is_some(), "faults[].{key} missing");
     }
