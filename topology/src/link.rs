@@ -1198,10 +1198,7 @@ mod tests {
         // 0.2%: improbable against the mesh (a change, before), but the first windows are the
         // link's start, not its nature.
         let cfg = LinkStateConfig::default();
-        let mesh = Pool {
-            loss: 0.002,
-            probes: 100_000.0,
-        };
+        let mesh = mesh_at(0.002);
         let (mut ab, mut ba) = (LinkState::default(), LinkState::default());
         for i in 0..12u64 {
             let received = if i == 1 { 7 } else { 10 };
@@ -1220,12 +1217,17 @@ mod tests {
         // against the mesh's loss that is a change (3 of 138 a second earlier is not yet);
         // against the link's own 170 probes alone it cannot be tested (the burst holds more
         // probes than the history), and the brown-out waited for ten probes a second to tell.
-        let mesh = Pool {
-            loss: 0.002,
-            probes: 100_000.0,
-        };
+        let mesh = mesh_at(0.002);
         assert_eq!(young_pair_burst(mesh), Some(19), "within the burst");
         assert_eq!(young_pair_burst(Pool::NONE), None);
+    }
+
+    /// A mesh losing `loss`, known from plenty of probes.
+    fn mesh_at(loss: f64) -> Pool {
+        Pool {
+            loss,
+            probes: 100_000.0,
+        }
     }
 
     /// Windows after a 5% brown-out's end until a pair's estimate is back under 0.5%, with
@@ -1235,10 +1237,7 @@ mod tests {
             loss_heal_p: heal_p,
             ..LinkStateConfig::default()
         };
-        let mesh = Pool {
-            loss: 0.001,
-            probes: 100_000.0,
-        };
+        let mesh = mesh_at(0.001);
         let (mut ab, mut ba) = (LinkState::default(), LinkState::default());
         let mut t = 0;
         let mut feed = |ab: &mut LinkState, ba: &mut LinkState, q: f64| {
@@ -1294,10 +1293,7 @@ mod tests {
     #[test]
     fn a_steady_lossy_link_that_changed_is_rarely_taken_for_healed() {
         let cfg = LinkStateConfig::default();
-        let mesh = Pool {
-            loss: 0.001,
-            probes: 100_000.0,
-        };
+        let mesh = mesh_at(0.001);
         let mut rng = Rng(37);
         let mut c = LossCounts {
             distinct: true,
@@ -1325,10 +1321,7 @@ mod tests {
         // Counting the prior as probes of each link made it look like 13 ms of noise, and held
         // a pair on a relay 16% dearer than its healed direct link.
         let cfg = LinkStateConfig::default();
-        let mesh = Pool {
-            loss: 0.002,
-            probes: 200_000.0,
-        };
+        let mesh = mesh_at(0.002);
         let mut rng = Rng(41);
         let weights = crate::cost::CostWeights::default();
         let views: Vec<LinkMetrics> = (0..3)
@@ -1373,10 +1366,7 @@ mod tests {
         // probes, 4 lost) "agreed" with the mesh within two of its own standard errors, so the
         // link rejoined it in the next computation and the brown-out was never routed around.
         let cfg = LinkStateConfig::default();
-        let mesh = Pool {
-            loss: 0.002,
-            probes: 200_000.0,
-        };
+        let mesh = mesh_at(0.002);
         let mut rng = Rng(43);
         let (mut rejoined, mut seen) = (0, 0);
         for trial in 0..40u64 {
