@@ -364,31 +364,6 @@ pub fn decide_with_quality(
     }
     let gain = current.cost - candidate_cost;
     let cand = eval(&candidate);
-    // Back to the path left to a fault, once it is usable and better by the sure margin.
-    let sure = cfg.sure_margin(current.cost);
-    if candidate == mem.left && !cand.degraded && cand.cost.is_finite() {
-        if gain < sure {
-            mem.pending = Path::NONE;
-            mem.streak = 0;
-        } else {
-            mem.streak = if mem.pending == candidate {
-                mem.streak + 1
-            } else {
-                1
-            };
-            mem.pending = candidate;
-            if mem.streak >= cfg.switch_after {
-                let after = mem.streak;
-                mem.left = Path::NONE;
-                return switch(mem, candidate, SwitchReason::Restored { gain_ms: gain, after });
-            }
-        }
-        return Decision::Kept {
-            current_cost: current.cost,
-            gain_needed: sure,
-            streak: mem.streak,
-        };
-    }
     if cfg.voice.enabled && gain >= -(cfg.voice.cost_slack_ratio as f32) * current.cost {
         let (q_now, q_cand) = (quality(&mem.current), quality(&candidate));
         if cfg.voice.fixes(q_now, q_cand) {
@@ -415,9 +390,11 @@ pub fn decide_with_quality(
     }
     // What the candidate gains on delay, jitter and price alone is measured well and needs a
     // smaller margin; a gain that rests on loss estimates must beat the full margin and their
-    // noise.
+    // noise. The path the pair left to a fault needs the smaller margin only, once usable.
+    let sure = cfg.sure_margin(current.cost);
     let sure_gain = (current.cost - current.loss_cost) - (candidate_cost - cand.loss_cost);
-    let needed = if sure_gain >= sure {
+    let restoring = candidate == mem.left && !cand.degraded && cand.cost.is_finite();
+    let needed = if restoring || sure_gain >= sure {
         sure
     } else {
         cfg.gain_needed(&current, &cand)
@@ -430,8 +407,14 @@ pub fn decide_with_quality(
         };
         mem.pending = candidate;
         if mem.streak >= cfg.switch_after {
-            let after = mem.streak;
-            return switch(mem, candidate, SwitchReason::Better { gain_ms: gain, after });
+            let (gain_ms, after) = (gain, mem.streak);
+            let reason = if restoring {
+                mem.left = Path::NONE;
+                SwitchReason::Restored { gain_ms, after }
+            } else {
+                SwitchReason::Better { gain_ms, after }
+            };
+            return switch(mem, candidate, reason);
         }
     } else {
         mem.pending = Path::NONE;
