@@ -14,7 +14,7 @@ use controller::{ControllerConfig, ControllerHandle, SiteConfig};
 use prober::{PeerConfig, ProberConfig, ProberHandle};
 use proto::v1 as pb;
 use topology::{CostMatrix, LinkHealth, LinkMetrics, PathConfig, World, compute_routes};
-use wan::{Emulator, EmulatorConfig, LinkParams, Pipe, Way};
+use wan::{DirectionStats, Emulator, EmulatorConfig, LinkParams, Pipe, Way};
 
 use crate::error::LabError;
 use crate::report::{FaultReport, QualityReport, Report, Spread};
@@ -438,12 +438,17 @@ fn add_noise(w: &mut World, noise: crate::scenario::Noise) {
     }
 }
 
-/// Packets the emulator dropped to random loss on the pipes of `links`, both ways.
-fn dropped(mesh: &Mesh, links: &[(usize, usize)]) -> u64 {
+/// The counters of the pipes of `links`, both ways of each.
+fn pipe_stats<'a>(mesh: &'a Mesh, links: &'a [(usize, usize)]) -> impl Iterator<Item = &'a DirectionStats> {
     links
         .iter()
         .filter_map(|k| mesh.pipes.get(k))
         .flat_map(|(p, _, _)| [Way::Forward, Way::Backward].map(|w| p.stats(w)))
+}
+
+/// Packets the emulator dropped to random loss on the pipes of `links`, both ways.
+fn dropped(mesh: &Mesh, links: &[(usize, usize)]) -> u64 {
+    pipe_stats(mesh, links)
         .map(|st| st.lost.load(std::sync::atomic::Ordering::Relaxed))
         .sum()
 }
@@ -840,10 +845,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                                 .collect();
                             let (cs, cl) = st.loss_counts();
                             // What the emulator dropped on the pair's pipes, each way.
-                            let drops: Vec<String> = [(a, b), (b, a)]
-                                .iter()
-                                .filter_map(|k| mesh.pipes.get(k))
-                                .flat_map(|(p, _, _)| [Way::Forward, Way::Backward].map(|w| p.stats(w)))
+                            let drops: Vec<String> = pipe_stats(&mesh, &[(a, b), (b, a)])
                                 .map(|st| {
                                     let get = |c: &std::sync::atomic::AtomicU64| {
                                         c.load(std::sync::atomic::Ordering::Relaxed)

@@ -426,13 +426,8 @@ impl LossCounts {
         if self.heal.score < (1.0 / cfg.loss_heal_p).ln() {
             return None;
         }
-        let (s, l) = (self.heal.sent, self.heal.lost);
         let span = usize::try_from(self.heal.windows).unwrap_or(usize::MAX);
-        self.sent = f64::from(s);
-        self.lost = f64::from(l);
-        self.recent.clear();
-        self.recent.push_back((s, l));
-        self.heal = Heal::default();
+        self.restart_from((self.heal.sent, self.heal.lost));
         Some(span)
     }
 
@@ -440,7 +435,11 @@ impl LossCounts {
     /// again from the windows that showed it. The link is judged on its own from here
     /// (`distinct`) until it agrees with the mesh again.
     fn restart(&mut self, span: usize) {
-        let (s, l) = sum_last(&self.recent, span);
+        self.restart_from(sum_last(&self.recent, span));
+    }
+
+    /// Restarts the counts from `(sent, lost)`, the windows that showed the change.
+    fn restart_from(&mut self, (s, l): (u32, u32)) {
         self.sent = f64::from(s);
         self.lost = f64::from(l);
         self.recent.clear();
