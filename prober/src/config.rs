@@ -65,6 +65,9 @@ pub struct BurstSettings {
     pub duration_ms: u64,
     /// Least time between two bursts' starts, ms. Default 5000.
     pub cooldown_ms: u64,
+    /// Most bursts in a row: a burst whose own asks miss is followed at once by the next, up
+    /// to this many (1: never). Default 2.
+    pub chain: u32,
     /// Only links missing fewer regular probes than this fraction over about the last 2000
     /// (as the rate stood 10 to 20 s before) burst. Default 0.005.
     pub below_miss_rate: f64,
@@ -77,6 +80,7 @@ impl Default for BurstSettings {
             extra: d.extra,
             duration_ms: d.duration.as_millis() as u64,
             cooldown_ms: d.cooldown.as_millis() as u64,
+            chain: d.chain,
             below_miss_rate: d.below_miss_rate,
         }
     }
@@ -235,6 +239,9 @@ impl ProberConfig {
         if b.extra > 0 && (b.duration_ms == 0 || b.cooldown_ms < b.duration_ms) {
             return bad("burst.duration_ms must be positive and ≤ burst.cooldown_ms".into());
         }
+        if !(1..=10).contains(&b.chain) {
+            return bad(format!("burst.chain {} is outside 1..=10", b.chain));
+        }
         if !(0.0..=1.0).contains(&b.below_miss_rate) {
             return bad(format!(
                 "burst.below_miss_rate {} is outside 0..=1",
@@ -283,6 +290,7 @@ impl ProberConfig {
                 extra: self.burst.extra,
                 duration: Duration::from_millis(self.burst.duration_ms),
                 cooldown: Duration::from_millis(self.burst.cooldown_ms),
+                chain: self.burst.chain,
                 below_miss_rate: self.burst.below_miss_rate,
             },
         }
@@ -361,6 +369,16 @@ mod tests {
                     ..base.clone()
                 },
                 "burst.below_miss_rate",
+            ),
+            (
+                ProberConfig {
+                    burst: BurstSettings {
+                        chain: 0,
+                        ..Default::default()
+                    },
+                    ..base.clone()
+                },
+                "burst.chain",
             ),
             (
                 ProberConfig {
