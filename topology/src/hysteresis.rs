@@ -18,7 +18,11 @@
 //! without the switching margin (still `switch_after` wins in a row, and only when it costs no
 //! more than `voice.cost_slack_ratio` above it): the margin is there to ignore noise, not to
 //! keep a call on a poor path. The search offers such a candidate even when a path over the
-//! round-trip threshold is cheaper by less than that slack (see `paths`).
+//! round-trip threshold is cheaper by less than that slack (see `paths`). A current path whose
+//! loss breaks the threshold by more than its standard error is left at once, as a degraded
+//! one is, and may be returned to as one left to a fault: its link's counts have just shown
+//! the change (that is what moved its estimate), and waiting for more wins in a row only adds
+//! a window or two of evidence to the same counts.
 
 use std::collections::HashMap;
 
@@ -128,6 +132,18 @@ impl VoiceThresholds {
     /// Whether `q` meets every threshold with the margin to spare.
     pub fn clearly_meets(&self, q: &Quality) -> bool {
         self.meets(q, 1.0 - self.margin_ratio)
+    }
+
+    /// Whether a path of quality `q` and evaluation `eval` breaks the loss threshold by more
+    /// than its standard error. The error of the path's loss is read off its cost's: the loss
+    /// term `w·(−ln(1 − p))` is nearly proportional to `p`, so the term's relative error is
+    /// the loss's.
+    fn surely_breaks_loss(&self, q: &Quality, eval: &PathEval) -> bool {
+        if !self.enabled || eval.loss_cost <= 0.0 || !eval.sigma.is_finite() {
+            return false;
+        }
+        let relative = f64::from(eval.sigma / eval.loss_cost).min(1.0);
+        q.loss * (1.0 - relative) > self.loss
     }
 
     /// Whether `candidate` should replace `current` on the thresholds alone: the current path
@@ -373,13 +389,19 @@ pub fn decide_with_quality(
                 1
             };
             mem.pending = candidate;
-            if mem.streak >= cfg.switch_after {
+            let sure = q_now.is_some_and(|q| cfg.voice.surely_breaks_loss(&q, &current));
+            if mem.streak >= cfg.switch_after || sure {
                 let reason = SwitchReason::MeetsVoice {
                     from_rtt_ms: q_now.map_or(f32::NAN, |q| q.rtt_ms as f32),
                     to_rtt_ms: q_cand.map_or(f32::NAN, |q| q.rtt_ms as f32),
                     after: mem.streak,
                 };
-                return switch(mem, candidate, reason);
+                let left = mem.current;
+                let d = switch(mem, candidate, reason);
+                if sure {
+                    mem.left = left;
+                }
+                return d;
             }
             return Decision::Kept {
                 current_cost: current.cost,
@@ -585,6 +607,122 @@ mod tests {
             }
             assert_eq!(mem.current == relay, moves, "relay at {relay_cost}");
         }
+    }
+
+    #[test]
+    fn a_path_surely_over_the_voice_loss_is_left_at_once() {
+        // A direct link that just showed a brown-out: its loss estimate `loss` with standard
+        // error `se` (the cost's loss term and its error in the same proportion), against a
+        // relay that meets every threshold but costs far more than its cost noise allows.
+        let cfg = HysteresisConfig::default();
+        let direct = Path::new(&[0, 1]);
+        let relay = Path::new(&[0, 2, 1]);
+        let run = |loss: f64, se: f64| {
+            let mut mem = PairMemory {
+                current: direct,
+                ..Default::default()
+            };
+            let loss_cost = 5000.0 * loss as f32;
+            let eval = move |p: &Path| {
+                if *p == direct {
+                    PathEval {
+                        cost: 20.0 + loss_cost,
+                        degraded: false,
+                        sigma: loss_cost * (se / loss) as f32,
+                        loss_cost,
+                    }
+                } else {
+                    PathEval {
+                        cost: 78.0,
+                        degraded: false,
+                        sigma: 1.0,
+                        loss_cost: 10.0,
+                    }
+                }
+            };
+            let quality = |p: &Path| {
+                let l = if *p == direct { loss } else { 0.002 };
+                Some(Quality::from_totals(40.0, l, 1.5))
+            };
+            (0..3)
+                .map(|_| decide_with_quality(&cfg, &mut mem, relay, 78.0, eval, quality))
+                .collect::<Vec<_>>()
+        };
+        // 2.6% ± 1.3%: over 1.2% by more than its error, left in the first computation.
+        let d = run(0.026, 0.013);
+        assert!(
+            matches!(
+                d[0],
+                Decision::Switched {
+                    reason: SwitchReason::MeetsVoice { after: 1, .. },
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        // 2% ± 1.3%: it may be under the threshold; three wins in a row, as before.
+        let d = run(0.02, 0.013);
+        assert!(matches!(d[1], Decision::Kept { streak: 2, .. }), "{d:?}");
+        assert!(
+            matches!(
+                d[2],
+                Decision::Switched {
+                    reason: SwitchReason::MeetsVoice { after: 3, .. },
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn a_path_left_for_surely_breaking_the_voice_loss_may_be_returned_to() {
+        let cfg = HysteresisConfig::default();
+        let direct = Path::new(&[0, 1]);
+        let relay = Path::new(&[0, 2, 1]);
+        let mut mem = PairMemory {
+            current: direct,
+            ..Default::default()
+        };
+        let lossy = |p: &Path| PathEval {
+            cost: if *p == direct { 150.0 } else { 78.0 },
+            degraded: false,
+            sigma: if *p == direct { 40.0 } else { 1.0 },
+            loss_cost: if *p == direct { 130.0 } else { 10.0 },
+        };
+        let q = |loss: f64| {
+            move |p: &Path| {
+                Some(Quality::from_totals(
+                    40.0,
+                    if *p == direct { loss } else { 0.002 },
+                    1.5,
+                ))
+            }
+        };
+        let d = decide_with_quality(&cfg, &mut mem, relay, 78.0, lossy, q(0.026));
+        assert!(matches!(d, Decision::Switched { .. }), "{d:?}");
+        assert_eq!(mem.left, direct);
+        // Healed: the direct path is 7% cheaper, under the full margin; it is taken back
+        // after three wins, as a path left to a fault is.
+        let healed = |p: &Path| PathEval {
+            cost: if *p == direct { 72.5 } else { 78.0 },
+            degraded: false,
+            sigma: 1.0,
+            loss_cost: 10.0,
+        };
+        let d: Vec<_> = (0..3)
+            .map(|_| decide_with_quality(&cfg, &mut mem, direct, 72.5, healed, q(0.002)))
+            .collect();
+        assert!(
+            matches!(
+                d[2],
+                Decision::Switched {
+                    reason: SwitchReason::Restored { after: 3, .. },
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
     }
 
     #[test]
