@@ -799,6 +799,47 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         if let Some(leader) = mesh.leader() {
             let core = leader.shared.core();
             let links = &core.world().links;
+            if std::env::var_os("AXON_LAB_DEBUG").is_some() && (ts * 10.0).round() as u64 % 10 == 0 {
+                // Links the controller holds degraded: their windows and the emulator's drops,
+                // to tell a network's losses from the hosts'.
+                for a in 0..n {
+                    for b in a + 1..n {
+                        let Some(v) = links.get(a as u16, b as u16) else {
+                            continue;
+                        };
+                        let Some(st) = core.link_state(a, b) else { continue };
+                        let lossy_window = st.history().last().is_some_and(|w| w.sent >= w.received + 3);
+                        if v.health != LinkHealth::Degraded && !lossy_window {
+                            continue;
+                        }
+                        let w: Vec<String> = st
+                            .history()
+                            .map(|w| format!("{}/{}@{:.0}", w.received, w.sent, w.rtt_p99_ms))
+                            .collect();
+                        let drops: Vec<String> = pipe_stats(&mesh, &[(a, b), (b, a)])
+                            .map(|st| {
+                                let get = |c: &std::sync::atomic::AtomicU64| {
+                                    c.load(std::sync::atomic::Ordering::Relaxed)
+                                };
+                                format!(
+                                    "{}/{}/q{}/out{}",
+                                    get(&st.lost),
+                                    get(&st.received),
+                                    get(&st.queue_dropped),
+                                    st.sent.load(std::sync::atomic::Ordering::Relaxed)
+                                )
+                            })
+                            .collect();
+                        eprintln!(
+                            "  t={ts:.1} degraded {a}->{b}: loss {:.4} se {:.4}, windows {}, pipes lost/in {}",
+                            v.metrics.loss,
+                            v.metrics.loss_se,
+                            w.join(" "),
+                            drops.join(" ")
+                        );
+                    }
+                }
+            }
             for (i, f) in s.faults.iter().enumerate() {
                 if !started[i] || ended[i] || f.spec.kind == FaultKind::ControllerKill {
                     continue;
@@ -1131,6 +1172,27 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
     };
     for a in mesh.agents {
         a.shutdown().await;
+    }
+    if std::env::var_os("AXON_LAB_DEBUG").is_some() {
+        for (i, p) in mesh.probers.iter().enumerate() {
+            for mf in p.metrics.registry.gather() {
+                if mf.name() != "axon_probe_datagrams_dropped_total" {
+                    continue;
+                }
+                for m in mf.get_metric() {
+                    let labels: Vec<String> = m
+                        .get_label()
+                        .iter()
+                        .map(|l| format!("{}={}", l.name(), l.value()))
+                        .collect();
+                    eprintln!(
+                        "prober {i} dropped {} {}",
+                        labels.join(","),
+                        m.get_counter().get_value()
+                    );
+                }
+            }
+        }
     }
     for p in mesh.probers {
         p.shutdown().await;
