@@ -1170,10 +1170,33 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         probe_overhead_bps_per_pair: bytes as f64 * 8.0 / pairs / elapsed,
         cpu_seconds: ops::cpu_seconds(None).unwrap_or(0.0) - cpu0,
     };
-    for a in mesh.agents {
-        a.shutdown().await;
-    }
     if std::env::var_os("AXON_LAB_DEBUG").is_some() {
+        // Probes each end counted lost against the datagrams the emulator dropped on the
+        // pair's pipes: how many samples a drop costs.
+        let ids: Vec<String> = s
+            .world
+            .inventory
+            .sites()
+            .iter()
+            .map(|x| x.id.to_string())
+            .collect();
+        for a in 0..n {
+            for b in a + 1..n {
+                let count = |x: usize, y: usize| {
+                    let m = &mesh.probers[x].metrics;
+                    let l = [ids[y].as_str()];
+                    (
+                        m.lost.with_label_values(&l).get(),
+                        m.sent.with_label_values(&l).get(),
+                    )
+                };
+                let ((la, sa), (lb, sb)) = (count(a, b), count(b, a));
+                let drops: u64 = pipe_stats(&mesh, &[(a, b), (b, a)])
+                    .map(|st| st.lost.load(std::sync::atomic::Ordering::Relaxed))
+                    .sum();
+                eprintln!("pair {a}-{b}: lost {la}/{sa} and {lb}/{sb}, emulator drops {drops}");
+            }
+        }
         for (i, p) in mesh.probers.iter().enumerate() {
             for mf in p.metrics.registry.gather() {
                 if mf.name() != "axon_probe_datagrams_dropped_total" {
@@ -1193,6 +1216,9 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                 }
             }
         }
+    }
+    for a in mesh.agents {
+        a.shutdown().await;
     }
     for p in mesh.probers {
         p.shutdown().await;
