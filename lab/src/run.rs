@@ -446,6 +446,24 @@ fn pipe_stats<'a>(mesh: &'a Mesh, links: &'a [(usize, usize)]) -> impl Iterator<
         .flat_map(|(p, _, _)| [Way::Forward, Way::Backward].map(|w| p.stats(w)))
 }
 
+/// The emulator's counters on the pair's pipes, each way, for the debug output:
+/// `lost/in/q<queue drops>/out<sent on>`.
+fn pipe_counters(mesh: &Mesh, a: usize, b: usize) -> String {
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    pipe_stats(mesh, &[(a, b), (b, a)])
+        .map(|st| {
+            format!(
+                "{}/{}/q{}/out{}",
+                get(&st.lost),
+                get(&st.received),
+                get(&st.queue_dropped),
+                get(&st.sent)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Packets the emulator dropped to random loss on the pipes of `links`, both ways.
 fn dropped(mesh: &Mesh, links: &[(usize, usize)]) -> u64 {
     pipe_stats(mesh, links)
@@ -816,26 +834,12 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                             .history()
                             .map(|w| format!("{}/{}@{:.0}", w.received, w.sent, w.rtt_p99_ms))
                             .collect();
-                        let drops: Vec<String> = pipe_stats(&mesh, &[(a, b), (b, a)])
-                            .map(|st| {
-                                let get = |c: &std::sync::atomic::AtomicU64| {
-                                    c.load(std::sync::atomic::Ordering::Relaxed)
-                                };
-                                format!(
-                                    "{}/{}/q{}/out{}",
-                                    get(&st.lost),
-                                    get(&st.received),
-                                    get(&st.queue_dropped),
-                                    st.sent.load(std::sync::atomic::Ordering::Relaxed)
-                                )
-                            })
-                            .collect();
                         eprintln!(
                             "  t={ts:.1} degraded {a}->{b}: loss {:.4} se {:.4}, windows {}, pipes lost/in {}",
                             v.metrics.loss,
                             v.metrics.loss_se,
                             w.join(" "),
-                            drops.join(" ")
+                            pipe_counters(&mesh, a, b)
                         );
                     }
                 }
@@ -885,19 +889,10 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                                 .map(|w| format!("{}/{}", w.received, w.sent))
                                 .collect();
                             let (cs, cl) = st.loss_counts();
-                            // What the emulator dropped on the pair's pipes, each way.
-                            let drops: Vec<String> = pipe_stats(&mesh, &[(a, b), (b, a)])
-                                .map(|st| {
-                                    let get = |c: &std::sync::atomic::AtomicU64| {
-                                        c.load(std::sync::atomic::Ordering::Relaxed)
-                                    };
-                                    format!("{}/{}", get(&st.lost), get(&st.received))
-                                })
-                                .collect();
                             eprintln!(
                                 "  t={ts:.1} loss {a}->{b}: counts {cl:.1}/{cs:.0}, windows {}, pipes lost/in {}",
                                 w.join(" "),
-                                drops.join(" ")
+                                pipe_counters(&mesh, a, b)
                             );
                         }
                     }
@@ -1191,9 +1186,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                     )
                 };
                 let ((la, sa), (lb, sb)) = (count(a, b), count(b, a));
-                let drops: u64 = pipe_stats(&mesh, &[(a, b), (b, a)])
-                    .map(|st| st.lost.load(std::sync::atomic::Ordering::Relaxed))
-                    .sum();
+                let drops = dropped(&mesh, &[(a, b), (b, a)]);
                 eprintln!("pair {a}-{b}: lost {la}/{sa} and {lb}/{sb}, emulator drops {drops}");
             }
         }
