@@ -335,8 +335,12 @@ pub fn decide_with_quality(
         return Decision::Steady;
     }
     if mem.current == candidate {
-        mem.pending = Path::NONE;
-        mem.streak = 0;
+        // Nearly every pair, every computation: written only when something changes, so that
+        // the memory (tens of megabytes on a large mesh) is read, not written back.
+        if mem.streak != 0 || !mem.pending.is_none() {
+            mem.pending = Path::NONE;
+            mem.streak = 0;
+        }
         if mem.left == mem.current {
             mem.left = Path::NONE;
         }

@@ -286,8 +286,12 @@ pub fn compute_routes_in(
         Some(m) if m.len() == n * n => m.chunks_mut(n.max(1)).map(Some).collect(),
         _ => (0..n).map(|_| None).collect(),
     };
+    // Every entry is written below (`assemble` covers every row and destination): a buffer of
+    // the right size is not cleared first.
     let mut pairs = std::mem::take(&mut scratch.pairs);
-    refill(&mut pairs, n * n, PairRoute::UNREACHABLE);
+    if pairs.len() != n * n {
+        refill(&mut pairs, n * n, PairRoute::UNREACHABLE);
+    }
     let mut out_by_site: Vec<Option<&mut [PairRoute]>> = pairs.chunks_mut(n.max(1)).map(Some).collect();
     let mut rows: Vec<Row<'_>> = order
         .iter()
@@ -626,7 +630,9 @@ impl Search<'_> {
                         (backup, backup_cost, disjoint) = (old, ev.cost, old_disjoint);
                     }
                 }
-                mem[b].backup = backup;
+                if mem[b].backup != backup {
+                    mem[b].backup = backup;
+                }
             }
             out[b] = PairRoute {
                 primary,
