@@ -316,6 +316,13 @@ pub fn compute_routes_in(
 
     let previous = previous.filter(|p| p.n == n);
     let differs = AtomicBool::new(false);
+    let ctx = GroupCtx {
+        shared,
+        search,
+        hcfg,
+        previous,
+        differs: &differs,
+    };
     // Every group of sources, from link costs to routes, on every core.
     let pool = std::sync::Mutex::new(std::mem::take(&mut scratch.groups));
     let used = parallel_rows(
@@ -323,47 +330,89 @@ pub fn compute_routes_in(
         threads,
         || pool.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default(),
         |grp: &mut Group, _, (s0, mut rows): (usize, Vec<Row<'_>>)| {
-            let len = rows.len();
-            let Group {
-                steps,
-                start,
-                chosen,
-                backups,
-            } = grp;
-            steps.prepare(&shared, s0, len);
-            if max_relays >= 1 {
-                steps.one_relay(&shared, s0, len);
-            }
-            if max_relays == 2 {
-                steps.second_relays(&shared, len);
-                steps.two_relay(&shared, s0, len);
-            }
-            search.size_start(start, chosen, len);
-            for (i, (_, mem)) in rows.iter_mut().enumerate() {
-                search.choose(hcfg, (s0 + i, i), steps, (start, chosen), mem.as_deref_mut());
-            }
-            if max_relays >= 1 {
-                kernels::backups(&shared, steps, start, (s0, len, max_relays == 2), backups);
-            }
-            for (i, (out, mem)) in rows.iter_mut().enumerate() {
-                let bk = (max_relays >= 1).then_some(&*backups);
-                search.assemble(hcfg, (s0 + i, i), chosen, bk, out, mem.as_deref_mut());
-                if let Some(prev) = previous.filter(|_| !differs.load(Ordering::Relaxed)) {
-                    let a = order[s0 + i] as usize;
-                    let same = prev.pairs[a * n..(a + 1) * n]
-                        .iter()
-                        .zip(out.iter())
-                        .all(|(x, y)| x.primary == y.primary && x.backup == y.backup);
-                    if !same {
-                        differs.store(true, Ordering::Relaxed);
-                    }
-                }
-            }
+            run_group(&ctx, grp, s0, &mut rows);
         },
     );
     scratch.groups = used;
     let unchanged = previous.is_some() && !differs.into_inner();
     (Routes { n, pairs }, unchanged)
+}
+
+/// What every group of sources reads.
+struct GroupCtx<'a> {
+    shared: Shared<'a>,
+    search: Search<'a>,
+    hcfg: Option<&'a HysteresisConfig>,
+    previous: Option<&'a Routes>,
+    /// Set once a row's primaries or backups differ from `previous`.
+    differs: &'a AtomicBool,
+}
+
+/// One group of sources, from link costs to routes: the AVX2 build where the CPU has it (see
+/// `kernels::has_avx2`), else the baseline.
+#[allow(unsafe_code)]
+fn run_group(ctx: &GroupCtx<'_>, grp: &mut Group, s0: usize, rows: &mut [Row<'_>]) {
+    #[cfg(target_arch = "x86_64")]
+    if kernels::has_avx2() {
+        // SAFETY: `has_avx2` found every feature `run_group_avx2` is compiled for.
+        return unsafe { run_group_avx2(ctx, grp, s0, rows) };
+    }
+    run_group_body(ctx, grp, s0, rows);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt")]
+fn run_group_avx2(ctx: &GroupCtx<'_>, grp: &mut Group, s0: usize, rows: &mut [Row<'_>]) {
+    run_group_body(ctx, grp, s0, rows);
+}
+
+#[inline(always)]
+fn run_group_body(ctx: &GroupCtx<'_>, grp: &mut Group, s0: usize, rows: &mut [Row<'_>]) {
+    let GroupCtx {
+        shared,
+        search,
+        hcfg,
+        previous,
+        differs,
+    } = ctx;
+    let (hcfg, previous) = (*hcfg, *previous);
+    let (n, order, max_relays) = (search.g.n, search.order, search.max_relays);
+    let len = rows.len();
+    let Group {
+        steps,
+        start,
+        chosen,
+        backups,
+    } = grp;
+    steps.prepare(shared, s0, len);
+    if max_relays >= 1 {
+        steps.one_relay(shared, s0, len);
+    }
+    if max_relays == 2 {
+        steps.second_relays(shared, len);
+        steps.two_relay(shared, s0, len);
+    }
+    search.size_start(start, chosen, len);
+    for (i, (_, mem)) in rows.iter_mut().enumerate() {
+        search.choose(hcfg, (s0 + i, i), steps, (start, chosen), mem.as_deref_mut());
+    }
+    if max_relays >= 1 {
+        kernels::backups(shared, steps, start, (s0, len, max_relays == 2), backups);
+    }
+    for (i, (out, mem)) in rows.iter_mut().enumerate() {
+        let bk = (max_relays >= 1).then_some(&*backups);
+        search.assemble(hcfg, (s0 + i, i), chosen, bk, out, mem.as_deref_mut());
+        if let Some(prev) = previous.filter(|_| !differs.load(Ordering::Relaxed)) {
+            let a = order[s0 + i] as usize;
+            let same = prev.pairs[a * n..(a + 1) * n]
+                .iter()
+                .zip(out.iter())
+                .all(|(x, y)| x.primary == y.primary && x.backup == y.backup);
+            if !same {
+                differs.store(true, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// A source's output row and hysteresis memory row (by destination site).
@@ -387,6 +436,7 @@ struct Search<'a> {
 
 impl Search<'_> {
     /// Sizes a group's backup start and chosen rows.
+    #[inline(always)]
     fn size_start(&self, start: &mut BackupStart, chosen: &mut Vec<Chosen>, rows: usize) {
         let len = rows * self.g.np();
         refill(&mut start.x1, len, ABSENT);
@@ -438,6 +488,7 @@ impl Search<'_> {
 
     /// Chooses the primaries of row `ap` (through hysteresis when given) and prepares the
     /// backup search: the relays to avoid and the starting cost of each destination.
+    #[inline(always)]
     fn choose(
         &self,
         hcfg: Option<&HysteresisConfig>,
@@ -459,8 +510,11 @@ impl Search<'_> {
             }
             return;
         }
-        for bp in 0..self.g.n {
-            let b = self.order[bp] as usize;
+        // By destination site: the memory row (tens of kilobytes, read from main memory once
+        // per computation) is then read in order and prefetched, where reading it in search
+        // order waited on a cache miss per pair. The search's rows are small and cached.
+        for (b, &bp) in self.pos.iter().enumerate() {
+            let bp = bp as usize;
             let cost = self.best_cost(st, (ap, i), bp);
             let candidate = if bp != ap && pm.endpoint_ok(bp) && cost.is_finite() {
                 self.best_path(st, (ap, i), bp)
@@ -587,6 +641,7 @@ impl Search<'_> {
     }
 
     /// Writes row `ap`'s routes (indexed by site) and remembers each backup for hysteresis.
+    #[inline(always)]
     fn assemble(
         &self,
         hcfg: Option<&HysteresisConfig>,
@@ -599,8 +654,10 @@ impl Search<'_> {
         let a = self.order[ap] as usize;
         let (n, np) = (self.g.n, self.g.np());
         let chosen = &chosen[i * n..(i + 1) * n];
-        for (bp, &(primary, primary_cost, reason)) in chosen.iter().enumerate() {
-            let b = self.order[bp] as usize;
+        // By destination site, like `choose`: the output and memory rows are written in order.
+        for (b, &bp) in self.pos.iter().enumerate() {
+            let bp = bp as usize;
+            let (primary, primary_cost, reason) = chosen[bp];
             if primary.is_none() {
                 out[b] = PairRoute::UNREACHABLE;
                 continue;
@@ -683,5 +740,62 @@ impl Search<'_> {
             }
         }
         best.map(|(_, c, p)| (p, c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A mesh of `n` sites on a plane, costs the distance times 1–2 (so relays often win),
+    /// some links down, some sites unable to relay or be an endpoint.
+    fn plane(n: usize, seed: u64) -> CostMatrix {
+        let mut state = seed;
+        let mut unit = move || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 11) as f32 / (1u64 << 53) as f32
+        };
+        let at: Vec<(f32, f32)> = (0..n).map(|_| (unit() * 200.0, unit() * 100.0)).collect();
+        let mut cost = vec![f32::INFINITY; n * n];
+        for a in 0..n {
+            for b in 0..n {
+                let (dx, dy) = (at[a].0 - at[b].0, at[a].1 - at[b].1);
+                if unit() > 0.03 {
+                    cost[a * n + b] = (dx * dx + dy * dy).sqrt() * (1.0 + unit()) + 1.0;
+                }
+            }
+        }
+        let relay_ok = (0..n).map(|_| unit() > 0.1).collect();
+        let endpoint_ok = (0..n).map(|_| unit() > 0.05).collect();
+        CostMatrix::from_costs(n, cost, relay_ok, endpoint_ok, 2.0)
+    }
+
+    #[test]
+    fn the_baseline_and_avx2_builds_of_the_search_agree_to_the_bit() {
+        // On a CPU without AVX2 both runs take the baseline build, and this compares it with
+        // itself.
+        let cfg = PathConfig {
+            max_relays: 2,
+            threads: 1,
+        };
+        for (n, seed) in [(9, 1), (70, 2), (150, 3)] {
+            let cm = plane(n, seed);
+            let fast = compute_routes(&cm, &cfg, None);
+            kernels::BASELINE_ONLY.with(|b| b.set(true));
+            let baseline = compute_routes(&cm, &cfg, None);
+            kernels::BASELINE_ONLY.with(|b| b.set(false));
+            assert_eq!(fast, baseline, "{n} sites");
+            let relayed = fast
+                .pairs()
+                .iter()
+                .filter(|p| p.primary.relays().len() == 2)
+                .count();
+            assert!(
+                n < 50 || relayed > 0,
+                "{n} sites: the mesh should need two relays somewhere"
+            );
+        }
     }
 }
