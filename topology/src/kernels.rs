@@ -13,7 +13,8 @@
 //! - `L[a][r] ≥` the block's worst current cost: no later relay can help, so stop;
 //! - `L[a][r] + min_{b∈sub-block} K[r][b] ≥` the sub-block's worst: skip that sub-block. The
 //!   eight tests of a relay are one vector compare and a bit mask; only the sub-blocks whose
-//!   bit is set are relaxed, and only their bound is refreshed.
+//!   bit is set are relaxed. Relays are tested a chunk at a time, without a branch, and the
+//!   bounds are refreshed between chunks (see [`walk`]).
 //!
 //! The loops over a sub-block run exactly [`SUB`] times over fixed-size arrays and update with
 //! bit-mask selects rather than branches: LLVM turns them into SIMD compares and blends (costs
@@ -27,11 +28,6 @@
 
 use crate::matrix::CostMatrix;
 use crate::paths::{BLOCK, SUB};
-
-/// Relays relaxed between refreshes of the sub-block bounds. A bound that is a few relays
-/// stale is still a valid bound, only a little loose; refreshing after every relay puts a
-/// reduction on the critical path of every one (measured: 15-25% slower).
-const REFRESH: u32 = 8;
 
 /// Sub-blocks per block.
 const SUBS: usize = BLOCK / SUB;
@@ -127,11 +123,18 @@ fn any_better(l: f32, c: &[f32; SUB], best: &[f32; SUB]) -> bool {
     m != 0
 }
 
+/// Relays tested together before any is relaxed (see [`walk`]).
+const CHUNK: usize = 32;
+
 /// Walks one source's relays, cheapest first, over one block: stops once a first leg alone
-/// reaches the block's worst cost, skips a relay no sub-block can gain from, and hands
+/// reaches the block's worst cost, skips the sub-blocks a relay cannot improve, and hands
 /// `visit` each other relay with the bit mask of its hopeful sub-blocks. The bounds come from
-/// `acc` (the cost lanes being lowered, through `worst`) and are refreshed every [`REFRESH`]
-/// visits. `lr` gives an entry's first leg and relay.
+/// `acc` (the cost lanes being lowered, through `worst`) and are refreshed after every chunk
+/// of [`CHUNK`] relays. `lr` gives an entry's first leg and relay.
+///
+/// A chunk's relays are all tested first, and those with a hopeful sub-block are listed
+/// without a branch; then the list is visited. Whether a relay can help is close to a coin
+/// toss, and a branch on it for every relay cost more than the tests.
 #[inline(always)]
 fn walk<T: Copy, A>(
     list: &[T],
@@ -143,22 +146,24 @@ fn walk<T: Copy, A>(
 ) {
     let mut bound = worst(acc);
     let mut top = max8(&bound);
-    let mut passes = 0u32;
-    for &x in list {
-        let (l, r) = lr(x);
-        if l >= top {
+    let mut hits = [(0u8, 0u8); CHUNK];
+    for chunk in list.chunks(CHUNK) {
+        let mut len = 0;
+        for (t, &x) in chunk.iter().enumerate() {
+            let (l, r) = lr(x);
+            let bits = hopeful(l, bounds(bmin, r as usize), &bound) & mask(l < top);
+            hits[len] = (t as u8, bits as u8);
+            len += usize::from(bits & 0xFF != 0);
+        }
+        for &(t, bits) in &hits[..len] {
+            visit(acc, chunk[usize::from(t)], u32::from(bits));
+        }
+        // Relays come cheapest first and bounds only fall: past `top` once, past it for good.
+        if lr(chunk[chunk.len() - 1]).0 >= top {
             break;
         }
-        let bits = hopeful(l, bounds(bmin, r as usize), &bound);
-        if bits == 0 {
-            continue;
-        }
-        visit(acc, x, bits);
-        passes += 1;
-        if passes % REFRESH == 0 {
-            bound = worst(acc);
-            top = max8(&bound);
-        }
+        bound = worst(acc);
+        top = max8(&bound);
     }
 }
 
