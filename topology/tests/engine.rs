@@ -71,6 +71,28 @@ fn versions_move_only_when_a_path_changes() {
 }
 
 #[test]
+fn a_backup_that_moves_alone_is_a_new_version() {
+    let mut e = engine();
+    let mut w = world(100.0);
+    let first = e.compute(&w, 1_000);
+    let before = first.table.entry(&id("a"), &id("b")).unwrap().unwrap();
+    assert_eq!(before.primary, vec![id("a"), id("b")]);
+    assert_eq!(before.backup, Some(vec![id("a"), id("c"), id("b")]));
+    // c→b slows down: a→c→b is no backup any more, while c→b's own pair waits out the
+    // hysteresis before it leaves its direct link, so no primary moves in this computation.
+    w.set_link(&id("c"), &id("b"), LinkMetrics::rtt(200.0), LinkHealth::Up)
+        .unwrap();
+    let c = e.compute(&w, 2_000);
+    let cb = c.table.entry(&id("c"), &id("b")).unwrap().unwrap();
+    assert_eq!(cb.primary, vec![id("c"), id("b")]);
+    assert!(matches!(cb.reason, Reason::Kept { .. }), "{:?}", cb.reason);
+    assert!(c.changed, "a backup moved: agents must get the new one");
+    let after = c.table.entry(&id("a"), &id("b")).unwrap().unwrap();
+    assert_eq!(after.primary, before.primary);
+    assert_ne!(after.backup, before.backup);
+}
+
+#[test]
 fn noise_within_the_margin_never_moves_a_route() {
     let mut e = engine();
     e.compute(&world(100.0), 0);
