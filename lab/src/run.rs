@@ -1122,11 +1122,31 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
             }
             if prev[a][b].as_ref().is_some_and(|p| meets_voice(base, p)) {
                 fixed += 1;
-            } else if std::env::var_os("AXON_LAB_DEBUG").is_some() && !o.is_empty() && meets_voice(base, &o) {
+            } else if !o.is_empty() && meets_voice(base, &o) {
+                // A target missed: always said why, on stderr.
                 eprintln!(
                     "  poor pair {a}->{b} not fixed: applied {:?}, oracle {o:?}",
                     prev[a][b]
                 );
+                // The leader's reason and its view of the direct link and the oracle's links.
+                if let Some(leader) = mesh.leader() {
+                    let core = leader.shared.core();
+                    let inv = &s.world.inventory;
+                    let why = core.table().and_then(|t| {
+                        t.entry(&inv.site(a as u16).id, &inv.site(b as u16).id)
+                            .ok()
+                            .flatten()
+                    });
+                    eprintln!(
+                        "    {}",
+                        why.map_or_else(String::new, |e| controller::core::reason_text(&e.reason))
+                    );
+                    let links = std::iter::once((a, b)).chain(o.windows(2).map(|w| (w[0], w[1])));
+                    for (x, y) in links {
+                        let v = core.world().links.get(x as u16, y as u16);
+                        eprintln!("    {x}->{y} {:?}", v.map(|v| (v.health, v.metrics)));
+                    }
+                }
             }
         }
     }
