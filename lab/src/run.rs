@@ -570,6 +570,27 @@ fn meets_voice(world: &World, path: &[usize]) -> bool {
     q.rtt_ms <= 320.0 && q.loss <= 0.012 && q.jitter_ms <= 12.0
 }
 
+/// The controller's reason for pair `a → b` in its table (empty when it has none), for the
+/// explanations on stderr.
+fn reason_of(core: &controller::core::Core, world: &World, a: usize, b: usize) -> String {
+    let inv = &world.inventory;
+    core.table()
+        .and_then(|t| {
+            t.entry(&inv.site(a as u16).id, &inv.site(b as u16).id)
+                .ok()
+                .flatten()
+        })
+        .map_or_else(String::new, |e| controller::core::reason_text(&e.reason))
+}
+
+/// The controller's view (health, metrics) of each link, one line each, on stderr.
+fn print_links(core: &controller::core::Core, links: impl Iterator<Item = (usize, usize)>) {
+    for (x, y) in links {
+        let v = core.world().links.get(x as u16, y as u16);
+        eprintln!("    {x}->{y} {:?}", v.map(|v| (v.health, v.metrics)));
+    }
+}
+
 /// The faults in force: started and not yet ended.
 fn active_faults<'a>(s: &'a Scenario, started: &[bool], ended: &[bool]) -> Vec<&'a Fault> {
     s.faults
@@ -923,24 +944,16 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                         // Why a fault has not converged: each affected pair's path, the
                         // oracle's, and the controller's reason.
                         for &(a, b) in &affected[i] {
-                            let inv = &s.world.inventory;
-                            let why = core.table().and_then(|t| {
-                                t.entry(&inv.site(a as u16).id, &inv.site(b as u16).id)
-                                    .ok()
-                                    .flatten()
-                            });
                             eprintln!(
                                 "  unconverged {} {a}->{b}: applied {:?}, oracle {:?}, {}",
                                 f.spec.kind.as_str(),
                                 prev[a][b],
                                 oracle.1.get(a, b).primary.sites(),
-                                why.map_or_else(String::new, |e| controller::core::reason_text(&e.reason))
+                                reason_of(&core, &s.world, a, b)
                             );
                             // The controller's view of the oracle's links.
-                            for (x, y) in oracle.1.get(a, b).primary.links() {
-                                let v = core.world().links.get(x, y);
-                                eprintln!("    {x}->{y} {:?}", v.map(|v| (v.health, v.metrics)));
-                            }
+                            let links = oracle.1.get(a, b).primary.links();
+                            print_links(&core, links.map(|(x, y)| (usize::from(x), usize::from(y))));
                         }
                     }
                 }
@@ -1131,21 +1144,11 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                 // The leader's reason and its view of the direct link and the oracle's links.
                 if let Some(leader) = mesh.leader() {
                     let core = leader.shared.core();
-                    let inv = &s.world.inventory;
-                    let why = core.table().and_then(|t| {
-                        t.entry(&inv.site(a as u16).id, &inv.site(b as u16).id)
-                            .ok()
-                            .flatten()
-                    });
-                    eprintln!(
-                        "    {}",
-                        why.map_or_else(String::new, |e| controller::core::reason_text(&e.reason))
+                    eprintln!("    {}", reason_of(&core, &s.world, a, b));
+                    print_links(
+                        &core,
+                        std::iter::once((a, b)).chain(o.windows(2).map(|w| (w[0], w[1]))),
                     );
-                    let links = std::iter::once((a, b)).chain(o.windows(2).map(|w| (w[0], w[1])));
-                    for (x, y) in links {
-                        let v = core.world().links.get(x as u16, y as u16);
-                        eprintln!("    {x}->{y} {:?}", v.map(|v| (v.health, v.metrics)));
-                    }
                 }
             }
         }
