@@ -90,6 +90,8 @@ fn sub_max(v: &Lanes<f32>, q: usize) -> f32 {
 /// Every sub-block's largest value: the bound each sub-block must be beaten by.
 #[inline(always)]
 fn sub_maxima(v: &Lanes<f32>) -> [f32; SUBS] {
+    // A plain loop: `array::from_fn` was left out of line (and so compiled for the baseline)
+    // in the AVX2 build.
     let mut out = [0.0; SUBS];
     for (q, o) in out.iter_mut().enumerate() {
         *o = sub_max(v, q);
