@@ -93,6 +93,11 @@ pub struct Report {
     pub route_changes: usize,
     /// |controller's smoothed RTT − true RTT| over links, ms.
     pub rtt_error_ms: Spread,
+    /// |controller's smoothed jitter − true jitter| over links, ms. The truth is what RFC 3550
+    /// reads of the emulator's jitter; the rest is this host's scheduling, which a lab of many
+    /// sites on a few cores adds to every probe (the emulator stamps its own packets in the
+    /// kernel, a prober's QUIC stack cannot).
+    pub jitter_error_ms: Spread,
     /// Mean |measured loss − true loss|, percentage points.
     pub loss_error_pp: f64,
     /// Probe traffic on the wire (IPv4 + UDP + QUIC, both ways) per ordered pair, bit/s.
@@ -147,8 +152,12 @@ impl Report {
             self.route_changes, self.flaps_per_pair_hour
         );
         s += &format!(
-            "  measurement      RTT error p50 {:.2} ms p99 {:.2} ms, loss error {:.2} pp\n",
-            self.rtt_error_ms.p50, self.rtt_error_ms.p99, self.loss_error_pp
+            "  measurement      RTT error p50 {:.2} ms p99 {:.2} ms, jitter error p50 {:.2} ms p99 {:.2} ms, loss error {:.2} pp\n",
+            self.rtt_error_ms.p50,
+            self.rtt_error_ms.p99,
+            self.jitter_error_ms.p50,
+            self.jitter_error_ms.p99,
+            self.loss_error_pp
         );
         s += &format!(
             "  cost             {:.0} bit/s per ordered pair on the wire, {:.1} CPU s for the whole lab\n",

@@ -418,10 +418,19 @@ fn true_world(s: &Scenario, active: &[&Fault]) -> World {
     w
 }
 
+/// What RFC 3550 jitter reads on a link whose one-way delay varies uniformly in `±amplitude`:
+/// the estimator follows the mean |difference| of consecutive round trips, and two draws
+/// from `U(−A, A)` differ by `2A/3` on average. A scenario's jitter values are the emulator's
+/// amplitudes; the truth the controller is judged against is what an ideal prober reads.
+pub(crate) fn rfc3550_of_uniform(amplitude_ms: f64) -> f64 {
+    amplitude_ms * 2.0 / 3.0
+}
+
 /// The noise as the emulator applies it, so that the truth is what an ideal prober would
 /// measure: each probe crosses the forward pipe (the link's loss, the noise and any fault) and
 /// its reply the backward one (the noise), so a round trip is lost with probability
-/// `1 − (1 − l − n)(1 − n)`; the forward pipe's jitter grows by the noise's.
+/// `1 − (1 − l − n)(1 − n)`; the forward pipe's jitter amplitude grows by the noise's, and
+/// the link's jitter is what RFC 3550 reads of that amplitude.
 fn add_noise(w: &mut World, noise: crate::scenario::Noise) {
     let n = w.inventory.len();
     let p = noise.loss_pct / 100.0;
@@ -431,7 +440,7 @@ fn add_noise(w: &mut World, noise: crate::scenario::Noise) {
             if let Some(mut v) = table.get(a, b).copied() {
                 let fwd = (v.metrics.loss + p).min(1.0);
                 v.metrics.loss = 1.0 - (1.0 - fwd) * (1.0 - p);
-                v.metrics.jitter_ms += noise.jitter_ms;
+                v.metrics.jitter_ms = rfc3550_of_uniform(v.metrics.jitter_ms + noise.jitter_ms);
                 table.set(a, b, Some(v));
             }
         }
@@ -1074,7 +1083,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
     }
 
     // Measurement accuracy: the controller's smoothed view against the truth.
-    let (mut rtt_err, mut loss_err) = (Vec::new(), Vec::new());
+    let (mut rtt_err, mut loss_err, mut jitter_err) = (Vec::new(), Vec::new(), Vec::new());
     {
         let active = active_faults(s, &started, &ended);
         let truth = true_world(s, &active);
@@ -1097,6 +1106,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                         );
                     }
                     loss_err.push((m.metrics.loss - t.metrics.loss).abs() * 100.0);
+                    jitter_err.push((m.metrics.jitter_ms - t.metrics.jitter_ms).abs());
                 }
             }
         }
@@ -1118,8 +1128,8 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
     let pairs = (n * (n - 1)).max(1) as f64;
     let elapsed = t0.elapsed().as_secs_f64();
 
-    // Poor pairs: the direct path breaks the voice thresholds.
-    let base = &s.world;
+    // Poor pairs: the direct path breaks the voice thresholds on the true matrix (no fault).
+    let base = &true_world(s, &[]);
     let (_, base_routes) = oracle_of(base);
     let (mut poor, mut fixable, mut fixed) = (0, 0, 0);
     for a in 0..n {
@@ -1180,6 +1190,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         flaps_per_pair_hour: flaps as f64 / pairs / (elapsed / 3_600.0),
         route_changes: changes,
         rtt_error_ms: Spread::of(rtt_err),
+        jitter_error_ms: Spread::of(jitter_err),
         loss_error_pp: if loss_err.is_empty() {
             0.0
         } else {
@@ -1244,4 +1255,38 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
     }
     drop(mesh.dir);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3550_of_uniform;
+
+    /// The truth's jitter is what the prober's own estimator reads of the emulator's uniform
+    /// one-way delay: fails if the lab judges the controller against the amplitude instead.
+    #[test]
+    fn the_true_jitter_is_what_rfc3550_reads_of_a_uniform_delay() {
+        let amplitude_ms = 3.0;
+        let mut w = prober::window::Window::default();
+        // A fixed linear congruential generator: the same draws every run.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut readings = Vec::new();
+        for i in 0..20_000 {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let unit = (x >> 11) as f64 / (1u64 << 53) as f64;
+            let rtt_ms = 100.0 + (unit * 2.0 - 1.0) * amplitude_ms;
+            w.received((rtt_ms * 1e6) as u64);
+            if i % 10 == 9 {
+                readings.push(w.close().jitter_ms);
+            }
+        }
+        let mean = readings[100..].iter().sum::<f64>() / (readings.len() - 100) as f64;
+        let truth = rfc3550_of_uniform(amplitude_ms);
+        assert!(
+            (mean - truth).abs() < 0.03 * truth,
+            "read {mean:.3} ms, truth {truth:.3} ms"
+        );
+        assert!((mean - amplitude_ms).abs() > 0.2 * amplitude_ms);
+    }
 }

@@ -63,6 +63,10 @@ target = "c<->b"
     assert!(r.route_changes >= 2, "{r:?}");
     assert!(r.rtt_error_ms.p50 < 3.0, "{r:?}");
     assert!(
+        r.jitter_error_ms.p50 < 3.0 && r.jitter_error_ms.p99 >= r.jitter_error_ms.p50,
+        "{r:?}"
+    );
+    assert!(
         r.probe_overhead_bps_per_pair > 1_000.0 && r.cpu_seconds > 0.0,
         "{r:?}"
     );
@@ -85,6 +89,7 @@ target = "c<->b"
         "flaps_per_pair_hour",
         "route_changes",
         "rtt_error_ms",
+        "jitter_error_ms",
         "loss_error_pp",
         "probe_overhead_bps_per_pair",
         "cpu_seconds",
