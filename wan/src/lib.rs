@@ -9,7 +9,8 @@
 //! - receive tasks time each packet from its kernel arrival stamp ([`stamp`]), so their own
 //!   wake-up latency is not added to the emulated delay;
 //! - the sender thread (`scheduler`) sends each packet at its instant to a fraction of a
-//!   millisecond, sleeping first and spinning for the last stretch;
+//!   millisecond, sleeping first and spinning for the last stretch (or, without a spin,
+//!   waking early by its own learnt wake-up lateness);
 //! - [`Emulator`] and [`Pipe`] wire sockets, Tokio receive tasks and the sender together.
 
 pub mod error;
