@@ -115,8 +115,8 @@ async fn start(s: &Scenario, seed: u64) -> Result<Mesh, LabError> {
 
     // A sender that sleeps (waking early by its learnt lateness) rather than spinning: a
     // 25-site mesh sends ~18,000 packets a second through it, a spinning sender then never
-    // idles, and the core it takes is one of the two the whole mesh runs on (global-25: 40%
-    // less CPU for the lab, jitter read no worse).
+    // idles, and the core it takes is one of the two the whole mesh runs on (global-25: a
+    // third less CPU for the lab, round trips and jitter read no worse).
     let emulator = Emulator::new(EmulatorConfig {
         seed,
         spin: Duration::ZERO,

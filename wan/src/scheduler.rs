@@ -112,7 +112,8 @@ impl Drop for Scheduler {
 
 /// The sender's estimate of how late the kernel wakes it: a median, stepped one microsecond
 /// toward each observation, so that a stall (milliseconds) moves it by no more than a wake-up
-/// on time does. Capped well under any emulated delay.
+/// on time does. Capped at 500 µs: however the host behaves, no packet leaves more than that
+/// ahead of its instant (nor before it arrived: it is queued on arrival).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct Lead(Duration);
 
