@@ -1144,12 +1144,11 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
             poor += 1;
             let o = &base_routes.get(a, b).primary;
             let o: Vec<usize> = o.sites().iter().map(|&x| usize::from(x)).collect();
-            if !o.is_empty() && meets_voice(base, &o) {
-                fixable += 1;
-            }
+            let can_fix = !o.is_empty() && meets_voice(base, &o);
+            fixable += usize::from(can_fix);
             if prev[a][b].as_ref().is_some_and(|p| meets_voice(base, p)) {
                 fixed += 1;
-            } else if !o.is_empty() && meets_voice(base, &o) {
+            } else if can_fix {
                 // A target missed: always said why, on stderr.
                 eprintln!(
                     "  poor pair {a}->{b} not fixed: applied {:?}, oracle {o:?}",
