@@ -70,6 +70,18 @@ pub struct QualityReport {
     pub poor_pairs_fixable: usize,
 }
 
+/// Evidence bursts over every prober (see `prober::session::BurstConfig`): what the probing
+/// spent on surprising misses, and what it held back.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct BurstReport {
+    /// Bursts started.
+    pub started: u64,
+    /// Bursts not started because a quarter of the prober's peers were bursting already.
+    pub refused_slots: u64,
+    /// Bursts not started because the miss came just after a stall of the host.
+    pub refused_host_stall: u64,
+}
+
 /// Everything the lab measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -102,6 +114,8 @@ pub struct Report {
     pub loss_error_pp: f64,
     /// Probe traffic on the wire (IPv4 + UDP + QUIC, both ways) per ordered pair, bit/s.
     pub probe_overhead_bps_per_pair: f64,
+    /// Evidence bursts, part of that traffic.
+    pub bursts: BurstReport,
     /// CPU used by the whole lab process (every prober, agent and the controller), s.
     pub cpu_seconds: f64,
 }
@@ -162,6 +176,14 @@ impl Report {
         s += &format!(
             "  cost             {:.0} bit/s per ordered pair on the wire, {:.1} CPU s for the whole lab\n",
             self.probe_overhead_bps_per_pair, self.cpu_seconds
+        );
+        let b = self.bursts;
+        s += &format!(
+            "  bursts           {} started, {} held back (slots {}, host stalls {})\n",
+            b.started,
+            b.refused_slots + b.refused_host_stall,
+            b.refused_slots,
+            b.refused_host_stall
         );
         s
     }

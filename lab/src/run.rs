@@ -17,7 +17,7 @@ use topology::{CostMatrix, LinkHealth, LinkMetrics, PathConfig, World, compute_r
 use wan::{DirectionStats, Emulator, EmulatorConfig, LinkParams, Pipe, Way};
 
 use crate::error::LabError;
-use crate::report::{FaultReport, QualityReport, Report, Spread};
+use crate::report::{BurstReport, FaultReport, QualityReport, Report, Spread};
 use crate::scenario::{Fault, FaultKind, Scenario, Target};
 
 /// Run options beyond the scenario.
@@ -475,6 +475,30 @@ fn pipe_counters(mesh: &Mesh, a: usize, b: usize) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Every prober's evidence bursts, started and held back, from their metrics.
+fn burst_counts(mesh: &Mesh) -> BurstReport {
+    let mut r = BurstReport::default();
+    for p in &mesh.probers {
+        for mf in p.metrics.registry.gather() {
+            for m in mf.get_metric() {
+                let v = m.get_counter().get_value() as u64;
+                let reason = m
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "reason")
+                    .map(|l| l.value());
+                match (mf.name(), reason) {
+                    ("axon_probe_bursts_total", _) => r.started += v,
+                    ("axon_probe_bursts_refused_total", Some("slots")) => r.refused_slots += v,
+                    ("axon_probe_bursts_refused_total", Some("host_stall")) => r.refused_host_stall += v,
+                    _ => {}
+                }
+            }
+        }
+    }
+    r
 }
 
 /// Packets the emulator dropped to random loss on the pipes of `links`, both ways.
@@ -1200,6 +1224,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
             loss_err.iter().sum::<f64>() / loss_err.len() as f64
         },
         probe_overhead_bps_per_pair: bytes as f64 * 8.0 / pairs / elapsed,
+        bursts: burst_counts(&mesh),
         cpu_seconds: ops::cpu_seconds(None).unwrap_or(0.0) - cpu0,
     };
     if std::env::var_os("AXON_LAB_DEBUG").is_some() {

@@ -93,8 +93,12 @@ target = "c<->b"
         "loss_error_pp",
         "probe_overhead_bps_per_pair",
         "cpu_seconds",
+        "bursts",
     ] {
         assert!(v.get(key).is_some(), "{key} missing");
+    }
+    for key in ["started", "refused_slots", "refused_host_stall"] {
+        assert!(v["bursts"].get(key).is_some(), "bursts.{key} missing");
     }
     for key in [
         "at_s",

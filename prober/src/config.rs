@@ -59,7 +59,7 @@ impl Default for LivenessSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BurstSettings {
-    /// Extra probes per probe interval during a burst; 0 turns bursts off. Default 4.
+    /// Extra probes per probe interval during a burst; 0 turns bursts off. Default 9.
     pub extra: u32,
     /// Burst length, ms. Default 2000.
     pub duration_ms: u64,
@@ -71,6 +71,9 @@ pub struct BurstSettings {
     /// Only links missing fewer regular probes than this fraction over about the last 2000
     /// (as the rate stood 10 to 20 s before) burst. Default 0.005.
     pub below_miss_rate: f64,
+    /// The share of peers that may burst at once (at least two): misses on many peers at once
+    /// are this host stalling, not brown-outs. Default 0.25.
+    pub max_share: f64,
 }
 
 impl Default for BurstSettings {
@@ -82,6 +85,7 @@ impl Default for BurstSettings {
             cooldown_ms: d.cooldown.as_millis() as u64,
             chain: d.chain,
             below_miss_rate: d.below_miss_rate,
+            max_share: d.max_share,
         }
     }
 }
@@ -242,6 +246,12 @@ impl ProberConfig {
         if !(1..=10).contains(&b.chain) {
             return bad(format!("burst.chain {} is outside 1..=10", b.chain));
         }
+        if !(b.max_share > 0.0 && b.max_share <= 1.0) {
+            return bad(format!(
+                "burst.max_share {} is outside 0 exclusive ..= 1",
+                b.max_share
+            ));
+        }
         if !(0.0..=1.0).contains(&b.below_miss_rate) {
             return bad(format!(
                 "burst.below_miss_rate {} is outside 0..=1",
@@ -292,6 +302,7 @@ impl ProberConfig {
                 cooldown: Duration::from_millis(self.burst.cooldown_ms),
                 chain: self.burst.chain,
                 below_miss_rate: self.burst.below_miss_rate,
+                max_share: self.burst.max_share,
             },
         }
     }
@@ -379,6 +390,16 @@ mod tests {
                     ..base.clone()
                 },
                 "burst.chain",
+            ),
+            (
+                ProberConfig {
+                    burst: BurstSettings {
+                        max_share: 0.0,
+                        ..Default::default()
+                    },
+                    ..base.clone()
+                },
+                "burst.max_share",
             ),
             (
                 ProberConfig {

@@ -33,7 +33,7 @@ use crate::config::ProberConfig;
 use crate::error::ProberError;
 use crate::liveness::LivenessEvent;
 use crate::metrics::Metrics;
-use crate::session::{EchoKind, PeerSession, SessionConfig};
+use crate::session::{BurstSlots, EchoKind, PeerSession, SessionConfig};
 use crate::tls::{TlsMaterial, peer_cert};
 use crate::window::WindowReport;
 use crate::wire::{Datagram, MAX_PROBE, site_tag};
@@ -137,6 +137,8 @@ struct Shared {
     metrics: Metrics,
     outputs: broadcast::Sender<Output>,
     clock: Clock,
+    /// Evidence bursts running at once, over every peer (see `BurstConfig::max_share`).
+    burst_slots: Arc<BurstSlots>,
 }
 
 impl Shared {
@@ -285,6 +287,7 @@ pub async fn start(cfg: ProberConfig) -> Result<ProberHandle, ProberError> {
         metrics: metrics.clone(),
         outputs: outputs.clone(),
         clock: Clock::new(),
+        burst_slots: BurstSlots::for_peers(cfg.burst.max_share, cfg.peers.len()),
     });
     for ((p, id), inbox) in cfg.peers.iter().zip(peer_ids).zip(inboxes) {
         shared.metrics.peer_up.with_label_values(&[id.as_str()]).set(0);
@@ -530,6 +533,10 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
     window_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
 
     let mut session = PeerSession::new(shared.session.clone(), me.as_str());
+    if measure {
+        session = session.with_burst_slots(shared.burst_slots.clone());
+    }
+    let mut refused_seen = (0, 0);
     if link.is_some() {
         session.connected();
     }
@@ -550,6 +557,8 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
     let cancelled = cancel.cancelled();
     tokio::pin!(cancelled);
     let mut armed_for: Option<u64> = None;
+    // When the deadline timer was last armed (a deadline already past when armed is due then).
+    let mut armed_at = 0;
     // Asks again every half interval while the last ask is missing (see `PeerSession::suspect`).
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut misses_seen = 0;
@@ -562,6 +571,15 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
                 .with_label_values(&label)
                 .inc_by(session.bursts() - bursts_seen);
             bursts_seen = session.bursts();
+        }
+        if session.bursts_refused() != refused_seen {
+            let (cap, stall) = session.bursts_refused();
+            let m = &shared.metrics.bursts_refused;
+            m.with_label_values(&[peer.as_str(), "slots"])
+                .inc_by(cap - refused_seen.0);
+            m.with_label_values(&[peer.as_str(), "host_stall"])
+                .inc_by(stall - refused_seen.1);
+            refused_seen = (cap, stall);
         }
         // A new miss: ask again at once, then every half interval until the verdict.
         if session.misses() != misses_seen {
@@ -578,6 +596,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
         let next = session.next_deadline();
         if next != armed_for {
             armed_for = next;
+            armed_at = clock.now_ns();
             if let Some(ns) = next {
                 let at =
                     tokio::time::Instant::now() + Duration::from_nanos(ns.saturating_sub(clock.now_ns()));
@@ -679,8 +698,11 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
                     None
                 }
                 _ = deadline_timer.as_mut(), if armed_for.is_some() => {
-                    armed_for = None;
-                    if let Some(ev) = session.poll(clock.now_ns()) {
+                    let now = clock.now_ns();
+                    if let Some(due) = armed_for.take() {
+                        shared.burst_slots.timer_fired(due.max(armed_at), now);
+                    }
+                    if let Some(ev) = session.poll(now) {
                         shared.metrics.peer_up.with_label_values(&label).set(0);
                         shared.emit_liveness(&peer, ev, Cause::Probes);
                     }
@@ -688,6 +710,9 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
                 }
                 tick = ask_tick.tick(), if measure => {
                     ticks += 1;
+                    let late = tick.elapsed().as_nanos() as u64;
+                    let now = clock.now_ns();
+                    shared.burst_slots.timer_fired(now.saturating_sub(late), now);
                     match &link {
                         Some(_) if session.ask_due(ticks, clock.now_ns()) => {
                             shared.metrics.send_lateness.observe(tick.elapsed().as_secs_f64());

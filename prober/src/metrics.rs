@@ -30,6 +30,10 @@ pub struct Metrics {
     pub dropped: IntCounterVec,
     /// Evidence bursts started, by peer (see `BurstConfig`).
     pub bursts: IntCounterVec,
+    /// Evidence bursts not started, by peer and reason: `slots` (other peers held every slot,
+    /// see `BurstConfig::max_share`) or `host_stall` (the miss followed a stall of this host,
+    /// see `BurstSlots`).
+    pub bursts_refused: IntCounterVec,
     /// Peers' asks answered at once.
     pub answered: IntCounter,
     /// Connection attempts that failed, by peer.
@@ -122,6 +126,16 @@ impl Metrics {
                         "Evidence bursts started: more probes after a surprising miss.",
                     ),
                     &["peer"],
+                ),
+            ),
+            bursts_refused: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "axon_probe_bursts_refused_total",
+                        "Evidence bursts not started: every slot taken, or just after a host stall.",
+                    ),
+                    &["peer", "reason"],
                 ),
             ),
             dial_failures: register(

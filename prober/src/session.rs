@@ -21,6 +21,8 @@
 //! next datagram, which says nothing about the path.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::liveness::{Liveness, LivenessConfig, LivenessEvent};
@@ -56,8 +58,13 @@ impl Default for SessionConfig {
 /// so bursts cost almost nothing on clean links and stay bounded on lossy ones.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BurstConfig {
-    /// Extra probes per probe interval during a burst; 0 turns bursts off. Default 4 (five
-    /// times the probe rate).
+    /// Extra probes per probe interval during a burst; 0 turns bursts off. Default 9 (ten
+    /// times the probe rate). Telling 2% loss from the mesh's 0.2% surely takes about five
+    /// losses, some 250 probes across the lossy way. In the lab (brownout2-25), from the first
+    /// lost probe of a 2% brown-out to the controller's verdict: 4.0 s median over 20
+    /// brown-outs at ten times the rate, against 7–9 s, or not within the brown-out's 15 s
+    /// one time in three, at five times. It costs a fifth more probe traffic on the 25-site
+    /// lab's mesh (0.1% loss each way), where a random miss bursts about every 50 s per link.
     pub extra: u32,
     /// How long a burst lasts. Default 2 s. (Extending a burst on every miss during it was
     /// tried and left: in the lab, a moment when many links missed probes at once then became
@@ -68,28 +75,115 @@ pub struct BurstConfig {
     /// Most bursts in a row: a burst whose own asks miss (while it runs, or up to a loss
     /// timeout after, while its last asks' verdicts come in) is followed at once by the next,
     /// without the cooldown, up to this many. Default 2; 1 turns chaining off. At 5% loss a
-    /// 2-second burst holds about 100 asks, and one in four such bursts loses too few of them
-    /// (three or less) to tell the brown-out from noise; the link then waited out the
-    /// cooldown and a second miss, and its brown-out was routed around after 8 to 10 s
-    /// instead of 4 to 5. The chain stops at the first burst that misses nothing, so noise
-    /// costs one burst as before, and a burst a host stall set off costs at most one more.
+    /// 2-second burst of five times the rate held about 100 asks, and one in four such bursts
+    /// lost too few of them (three or less) to tell the brown-out from noise; the link then
+    /// waited out the cooldown and a second miss, and its brown-out was routed around after
+    /// 8 to 10 s instead of 4 to 5. The chain stops at the first burst that misses nothing, so
+    /// noise costs one burst as before, and a burst a host stall set off costs at most one
+    /// more. (Chains of four were tried with ten-fold bursts: on the noise-only scenario,
+    /// whose links lose 1% of round trips, a random miss then kept a link bursting for 8 s
+    /// before the burst gate knew it lossy, probing cost doubled, and a flap came.)
     pub chain: u32,
     /// Only a link whose long-run miss rate (about the last 2000 regular probes, as it stood
     /// [`GATE_LAG`] ago and more) is below this bursts. Default 0.005. Long-run: on a mesh
     /// losing 0.1% each way, one random miss used to lift the 200-probe rate past 0.5% and
     /// keep the next miss — perhaps a brown-out's first — from bursting for twenty seconds.
     pub below_miss_rate: f64,
+    /// The share of a prober's peers that may burst at once (see [`BurstSlots`]), at least
+    /// two. Default 0.25. A brown-out hits a link, or a site's links, each of which its far end
+    /// sees as one peer's; misses on many peers at once are this prober's own host stalling.
+    /// In the lab such a stall, with every peer bursting at once, loaded the machine further
+    /// and became 540 route changes in five seconds. A share rather than a count: noise alone
+    /// keeps about 6% of peers bursting (a random miss every 50 s per link at 0.1% loss each
+    /// way, a slot held 3 s), which a fixed count would fill on a large mesh.
+    pub max_share: f64,
 }
 
 impl Default for BurstConfig {
     fn default() -> Self {
         BurstConfig {
-            extra: 4,
+            extra: 9,
             duration: Duration::from_secs(2),
             cooldown: Duration::from_secs(5),
             chain: 2,
             below_miss_rate: 0.005,
+            max_share: 0.25,
         }
+    }
+}
+
+/// What one prober's sessions share about bursts: slots for the bursts it may run at once
+/// (see [`BurstConfig::max_share`]), and when its host last stalled. A session takes a slot when
+/// it starts a burst and gives it back once its chain is over, or when it is dropped.
+///
+/// A stall of this host (a timer of the prober's firing [`HOST_STALL`] late or more) delays
+/// the processing of every echo, and the asks whose deadlines pass meanwhile miss on every
+/// link at once: none of that says anything about a path. A miss within a loss timeout of a
+/// stall starts no burst; a burst on every link at the moment the host has no time to spare
+/// only deepens the stall (in the lab, 150 links bursting after a 200 ms stall led to a second
+/// one and 270 route changes).
+#[derive(Debug)]
+pub struct BurstSlots {
+    cap: u32,
+    busy: AtomicU32,
+    /// When the host last stalled (ns, the sessions' clock); 0 never.
+    stalled_at: AtomicU64,
+}
+
+/// A timer of the prober's firing this late means its host stalled (tokio's timers fire within
+/// a millisecond on an idle host, within a few on a busy one).
+pub const HOST_STALL: Duration = Duration::from_millis(25);
+
+impl BurstSlots {
+    /// Slots for `share` of `peers` bursting at once, at least two.
+    pub fn for_peers(share: f64, peers: usize) -> Arc<Self> {
+        let cap = (share * peers as f64).ceil().clamp(2.0, f64::from(u32::MAX));
+        Self::new(cap as u32)
+    }
+
+    /// Slots for `cap` bursts at once.
+    pub fn new(cap: u32) -> Arc<Self> {
+        Arc::new(BurstSlots {
+            cap,
+            busy: AtomicU32::new(0),
+            stalled_at: AtomicU64::new(0),
+        })
+    }
+
+    /// Bursts running now.
+    pub fn busy(&self) -> u32 {
+        self.busy.load(Ordering::Relaxed)
+    }
+
+    /// A timer due at `due` fired at `now` (ns): a stall of the host when it is
+    /// [`HOST_STALL`] late or more. Returns whether it was.
+    pub fn timer_fired(&self, due: u64, now: u64) -> bool {
+        let stalled = now.saturating_sub(due) >= HOST_STALL.as_nanos() as u64;
+        if stalled {
+            self.stalled_at.fetch_max(now, Ordering::AcqRel);
+        }
+        stalled
+    }
+
+    /// Whether the host stalled within `span` ns before `now`.
+    fn stalled_within(&self, now: u64, span: u64) -> bool {
+        let at = self.stalled_at.load(Ordering::Acquire);
+        at != 0 && now.saturating_sub(at) <= span
+    }
+
+    fn try_take(&self) -> bool {
+        self.busy
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b < self.cap).then_some(b + 1)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self) {
+        // Never below zero: only a session holding a slot gives one back.
+        let _ = self
+            .busy
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| b.checked_sub(1));
     }
 }
 
@@ -158,7 +252,7 @@ struct Slot {
 }
 
 /// One peer's probing state for the pair's connection.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PeerSession {
     cfg: SessionConfig,
     /// This site's [`site_tag`], written into every datagram.
@@ -189,6 +283,11 @@ pub struct PeerSession {
     bursts: u64,
     /// Bursts in the current chain (see [`BurstConfig::chain`]).
     chained: u32,
+    /// The prober's burst slots, when bursts are limited across peers; whether this session
+    /// holds one; bursts refused for want of one, and for a host stall.
+    slots: Option<Arc<BurstSlots>>,
+    holding: bool,
+    refused: (u64, u64),
     /// The long-run miss rate that gates bursts: as it stood 10 to 20 s ago (see
     /// [`GATE_LAG`]).
     gate_rate: f64,
@@ -227,9 +326,18 @@ impl PeerSession {
             burst_started: None,
             bursts: 0,
             chained: 0,
+            slots: None,
+            holding: false,
+            refused: (0, 0),
             gate_rate: 0.0,
             gate_sample: (0, 0.0),
         }
+    }
+
+    /// This session's bursts take a slot of `slots`, shared with the prober's other peers.
+    pub fn with_burst_slots(mut self, slots: Arc<BurstSlots>) -> Self {
+        self.slots = Some(slots);
+        self
     }
 
     /// Whether liveness currently says down.
@@ -504,6 +612,13 @@ impl PeerSession {
             self.gate_rate = self.gate_sample.1;
             self.gate_sample = (now, self.liveness.long_miss_rate());
         }
+        // A burst's own asks are judged up to a loss timeout after it ends; then its chain is
+        // over and its slot free for another peer.
+        let tail = self.loss_timeout().as_nanos() as u64;
+        let own = self.burst_started.is_some() && now < self.burst_until.saturating_add(tail);
+        if self.holding && !own {
+            self.release();
+        }
         let b = &self.cfg.burst;
         if b.extra == 0
             || self.liveness.misses() == before
@@ -513,9 +628,6 @@ impl PeerSession {
             return;
         }
         let duration = b.duration.as_nanos() as u64;
-        // A burst's own asks are judged up to a loss timeout after it ends.
-        let tail = self.loss_timeout().as_nanos() as u64;
-        let own = self.burst_started.is_some() && now < self.burst_until.saturating_add(tail);
         if own {
             // The next burst is already chained when more than one burst's time is left.
             if self.chained < b.chain && self.burst_until.saturating_sub(now) <= duration {
@@ -532,6 +644,17 @@ impl PeerSession {
             .is_some_and(|t| now.saturating_sub(t) < b.cooldown.as_nanos() as u64)
         {
             return;
+        }
+        if let Some(slots) = &self.slots {
+            if slots.stalled_within(now, tail) {
+                self.refused.1 += 1;
+                return;
+            }
+            if !slots.try_take() {
+                self.refused.0 += 1;
+                return;
+            }
+            self.holding = true;
         }
         self.burst_started = Some(now);
         self.burst_until = now.saturating_add(duration);
@@ -550,6 +673,19 @@ impl PeerSession {
         self.bursts
     }
 
+    /// Bursts not started: because the prober's other peers held every slot, and because the
+    /// host had just stalled (see [`BurstSlots`]).
+    pub fn bursts_refused(&self) -> (u64, u64) {
+        self.refused
+    }
+
+    fn release(&mut self) {
+        if let Some(slots) = self.slots.as_ref().filter(|_| self.holding) {
+            slots.give_back();
+        }
+        self.holding = false;
+    }
+
     /// When `poll` next has something to do (a liveness deadline or a loss timeout), if any.
     pub fn next_deadline(&self) -> Option<u64> {
         let pending = self.ring.iter().find(|s| s.fate == Fate::Pending)?;
@@ -561,6 +697,12 @@ impl PeerSession {
     /// Closes the current window.
     pub fn close_window(&mut self) -> WindowReport {
         self.window.close()
+    }
+}
+
+impl Drop for PeerSession {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -925,7 +1067,10 @@ mod tests {
 
     #[test]
     fn a_burst_that_misses_is_followed_by_one_more_at_once() {
-        let mut s = session();
+        let mut cfg = SessionConfig::default();
+        cfg.burst.chain = 2;
+        let mut s = PeerSession::new(cfg, "a");
+        s.connected();
         let t = drive(&mut s, 0, 300, |_| false);
         let _ = s.next_datagram(t, true);
         let dl = s.next_deadline().expect("a pending ask has a deadline");
@@ -959,6 +1104,85 @@ mod tests {
         s.poll(dl);
         let _ = drive(&mut s, dl + 100 * MS, 40, |i| i % 10 == 5);
         assert_eq!(s.bursts(), 1);
+    }
+
+    #[test]
+    fn peers_share_the_prober_s_burst_slots() {
+        // One slot for two peers: while the first bursts, a miss on the second starts nothing
+        // and is counted; once the first's chain is over (its last asks judged), the slot is
+        // free and the second's next miss bursts. A session dropped mid-burst gives its slot
+        // back.
+        let slots = BurstSlots::new(1);
+        let mut cfg = SessionConfig::default();
+        cfg.burst.chain = 1;
+        let mk = || {
+            let mut s = PeerSession::new(cfg.clone(), "a").with_burst_slots(slots.clone());
+            s.connected();
+            s
+        };
+        let (mut a, mut b) = (mk(), mk());
+        let t = drive(&mut a, 0, 300, |_| false);
+        let _ = drive(&mut b, 0, 300, |_| false);
+        let miss = |s: &mut PeerSession, at: u64| {
+            let _ = s.next_datagram(at, true);
+            let dl = s.next_deadline().expect("a pending ask has a deadline");
+            s.poll(dl);
+            dl
+        };
+        let dl = miss(&mut a, t);
+        assert_eq!((a.bursts(), slots.busy()), (1, 1));
+        let _ = miss(&mut b, t + 10 * MS);
+        assert_eq!(
+            (b.bursts(), b.bursts_refused()),
+            (0, (1, 0)),
+            "a second peer burst past the cap"
+        );
+        assert!(!b.bursting(dl + 100 * MS));
+        // The burst ends after 2 s and its last asks are judged a loss timeout later.
+        a.poll(dl + 2_500 * MS);
+        assert_eq!(
+            slots.busy(),
+            1,
+            "the slot was given back before the burst's asks were judged"
+        );
+        a.poll(dl + 3_100 * MS);
+        assert_eq!(slots.busy(), 0, "the slot outlived the burst");
+        let t = drive(&mut b, dl + 3_200 * MS, 10, |_| false);
+        let _ = miss(&mut b, t);
+        assert_eq!((b.bursts(), slots.busy()), (1, 1));
+        drop(b);
+        assert_eq!(slots.busy(), 0, "a dropped session kept its slot");
+        // A quarter of the peers, rounded up, and never fewer than two.
+        let caps = [(24, 6), (25, 7), (4, 2), (0, 2)].map(|(n, _)| BurstSlots::for_peers(0.25, n).cap);
+        assert_eq!(caps, [6, 7, 2, 2]);
+    }
+
+    #[test]
+    fn a_miss_just_after_a_host_stall_starts_no_burst() {
+        let slots = BurstSlots::new(4);
+        let mut s = PeerSession::new(SessionConfig::default(), "a").with_burst_slots(slots.clone());
+        s.connected();
+        let t = drive(&mut s, 0, 300, |_| false);
+        // A timer a few milliseconds late is a busy host, not a stall.
+        assert!(!slots.timer_fired(t - 10 * MS, t - 5 * MS));
+        assert!(
+            slots.timer_fired(t - 230 * MS, t),
+            "a 230 ms late timer is a stall"
+        );
+        let _ = s.next_datagram(t, true);
+        let dl = s.next_deadline().expect("a pending ask has a deadline");
+        s.poll(dl);
+        assert_eq!(
+            (s.bursts(), s.bursts_refused()),
+            (0, (0, 1)),
+            "a stall's miss burst"
+        );
+        // More than a loss timeout after the stall, a miss is the path's again.
+        let t = drive(&mut s, dl + 1_100 * MS, 5, |_| false);
+        let _ = s.next_datagram(t, true);
+        let dl = s.next_deadline().expect("a pending ask has a deadline");
+        s.poll(dl);
+        assert_eq!(s.bursts(), 1, "a miss long after the stall did not burst");
     }
 
     #[test]
