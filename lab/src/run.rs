@@ -430,6 +430,14 @@ pub(crate) fn rfc3550_of_uniform(amplitude_ms: f64) -> f64 {
     amplitude_ms * 2.0 / 3.0
 }
 
+/// Whether a jitter fault of amplitude `fault_ms` is seen in the controller's `measured_ms`
+/// on a link whose amplitude was `before_ms` (the link's and the noise's): jitter is judged as
+/// RFC 3550 reads it, like the truth, once it has risen by a quarter of what the fault adds
+/// (the estimator follows a step slowly, with gain 1/16).
+fn jitter_fault_seen(measured_ms: f64, before_ms: f64, fault_ms: f64) -> bool {
+    measured_ms >= rfc3550_of_uniform(before_ms) + rfc3550_of_uniform(fault_ms) / 4.0
+}
+
 /// The noise as the emulator applies it, so that the truth is what an ideal prober would
 /// measure: each probe crosses the forward pipe (the link's loss, the noise and any fault) and
 /// its reply the backward one (the noise), so a round trip is lost with probability
@@ -922,9 +930,11 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                             (FaultKind::Delay, Some(v), Some(b)) => {
                                 v.metrics.rtt_ms >= b.rtt_ms + f.spec.value / 2.0
                             }
-                            (FaultKind::Jitter, Some(v), Some(b)) => {
-                                v.metrics.jitter_ms >= b.jitter_ms + f.spec.value / 4.0
-                            }
+                            (FaultKind::Jitter, Some(v), Some(b)) => jitter_fault_seen(
+                                v.metrics.jitter_ms,
+                                b.jitter_ms + s.run.noise.jitter_ms,
+                                f.spec.value,
+                            ),
                             _ => false,
                         }
                     };
@@ -1287,7 +1297,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
 
 #[cfg(test)]
 mod tests {
-    use super::rfc3550_of_uniform;
+    use super::{jitter_fault_seen, rfc3550_of_uniform};
 
     /// The truth's jitter is what the prober's own estimator reads of the emulator's uniform
     /// one-way delay: fails if the lab judges the controller against the amplitude instead.
@@ -1316,5 +1326,18 @@ mod tests {
             "read {mean:.3} ms, truth {truth:.3} ms"
         );
         assert!((mean - amplitude_ms).abs() > 0.2 * amplitude_ms);
+    }
+
+    /// A jitter fault is seen in the units the controller measures: ±30 ms added to a link
+    /// with ±1 ms of noise reads 20.7 ms once settled, from 0.67 ms, and is seen from a quarter
+    /// of the rise (5.67 ms), not at a quarter of the amplitude (7.5 ms, an amplitude against
+    /// a reading).
+    #[test]
+    fn a_jitter_fault_is_seen_by_what_rfc3550_reads() {
+        assert!(!jitter_fault_seen(0.67, 1.0, 30.0));
+        assert!(!jitter_fault_seen(5.6, 1.0, 30.0));
+        assert!(jitter_fault_seen(5.7, 1.0, 30.0));
+        // A link jittery by nature (±12 ms) is not taken for faulted at its own reading.
+        assert!(!jitter_fault_seen(rfc3550_of_uniform(13.0) + 1.0, 13.0, 30.0));
     }
 }
