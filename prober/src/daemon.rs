@@ -738,6 +738,8 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
                     }
                     None
                 }
+                // Not a stall detector: every peer's window closes at the same instant, so
+                // the last of them run late by the others' work, stall or none.
                 _ = window_tick.tick() => {
                     let _ = session.poll(clock.now_ns());
                     let report = session.close_window();
