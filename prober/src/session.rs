@@ -61,9 +61,9 @@ pub struct BurstConfig {
     /// Extra probes per probe interval during a burst; 0 turns bursts off. Default 9 (ten
     /// times the probe rate). Telling 2% loss from the mesh's 0.2% surely takes about five
     /// losses, some 250 probes across the lossy way. In the lab (brownout2-25), from the first
-    /// lost probe of a 2% brown-out to the controller's verdict: 4.0 s median over 20
-    /// brown-outs at ten times the rate, against 7–9 s, or not within the brown-out's 15 s
-    /// one time in three, at five times. It costs a fifth more probe traffic on the 25-site
+    /// lost probe of a 2% brown-out to the controller's verdict: 4.0 s median over 13
+    /// brown-outs (two runs) at ten times the rate, against 7–9 s, or not within the
+    /// brown-out's 15 s one time in three, at five times. It costs a fifth more probe traffic on the 25-site
     /// lab's mesh (0.1% loss each way), where a random miss bursts about every 50 s per link.
     pub extra: u32,
     /// How long a burst lasts. Default 2 s. (Extending a burst on every miss during it was
