@@ -30,6 +30,7 @@ use topology::SiteId;
 use tracing::{debug, info};
 
 use crate::config::ProberConfig;
+use crate::congestion::FixedWindowConfig;
 use crate::error::ProberError;
 use crate::liveness::LivenessEvent;
 use crate::metrics::Metrics;
@@ -225,6 +226,8 @@ fn transport(cfg: &ProberConfig) -> Result<Arc<quinn::TransportConfig>, ProberEr
     // A dial to a peer still starting is retried after a third of quinn's default 333 ms.
     t.initial_rtt(Duration::from_millis(100));
     t.datagram_receive_buffer_size(Some(256 * 1024));
+    // Loss is what the prober measures, not a reason to hold probes back (see `congestion`).
+    t.congestion_controller_factory(Arc::new(FixedWindowConfig::default()));
     // Asking the peer to delay its ACKs lets many of them ride on its next datagram instead
     // of a packet of their own (quinn grants at most max(RTT, 25 ms), so on short links some
     // still go alone). Datagrams are never retransmitted, so a later ACK costs nothing.

@@ -2,10 +2,11 @@
 //!
 //! The pure parts — the datagram format ([`wire`]), one peer's probing state ([`session`]),
 //! windows ([`window`]) and fast liveness ([`liveness`]) — take time as a parameter and are
-//! tested with a simulated clock. The async shell ([`daemon`], with [`tls`], [`report`],
+//! tested with a simulated clock. The async shell ([`daemon`], with [`tls`], [`congestion`], [`report`],
 //! [`metrics`] and [`http`]) only moves bytes and timers around them.
 
 pub mod config;
+pub mod congestion;
 pub mod daemon;
 pub mod error;
 pub mod http;
