@@ -176,7 +176,8 @@ impl Core {
         // link whose RTT is a fair part of the window.
         // A window resolves the probes it sent plus those in flight from the one before: more than
         // twice its own is not a measurement.
-        if w.received.saturating_add(w.lost) > w.sent.saturating_mul(2).saturating_add(10) {
+        let resolved = w.received.checked_add(w.lost);
+        if resolved.is_none_or(|r| r > w.sent.saturating_mul(2).saturating_add(10)) {
             return Err(reject(
                 "invalid",
                 format!("{} received + {} lost for {} sent", w.received, w.lost, w.sent),
@@ -184,8 +185,9 @@ impl Core {
         }
         let window = LinkWindow {
             end_ms: w.end_unix_ms,
-            sent: w.received + w.lost,
+            sent: resolved.unwrap_or_default(),
             received: w.received,
+            triggers: w.burst_triggers,
             rtt_p50_ms: w.rtt_p50_ms,
             rtt_p90_ms: w.rtt_p90_ms,
             rtt_p99_ms: w.rtt_p99_ms,
@@ -504,6 +506,14 @@ mod tests {
         let mut more = window("a", "b", now, 40.0);
         more.received = 100;
         assert_eq!(reason(c.window(&more, &a, now)), "invalid");
+        // More burst triggers than losses.
+        let mut triggers = window("a", "b", now, 40.0);
+        (triggers.received, triggers.lost, triggers.burst_triggers) = (9, 1, 2);
+        assert_eq!(reason(c.window(&triggers, &a, now)), "invalid");
+        // Counts whose sum does not fit.
+        let mut huge = window("a", "b", now, 40.0);
+        (huge.sent, huge.received, huge.lost) = (u32::MAX, u32::MAX, 1);
+        assert_eq!(reason(c.window(&huge, &a, now)), "invalid");
         assert_eq!(
             reason(c.window(&window("a", "b", now + 3_600_000, 40.0), &a, now)),
             "future"
