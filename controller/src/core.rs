@@ -187,7 +187,6 @@ impl Core {
             end_ms: w.end_unix_ms,
             sent: resolved.unwrap_or_default(),
             received: w.received,
-            triggers: w.burst_triggers,
             rtt_p50_ms: w.rtt_p50_ms,
             rtt_p90_ms: w.rtt_p90_ms,
             rtt_p99_ms: w.rtt_p99_ms,
@@ -506,10 +505,6 @@ mod tests {
         let mut more = window("a", "b", now, 40.0);
         more.received = 100;
         assert_eq!(reason(c.window(&more, &a, now)), "invalid");
-        // More burst triggers than losses.
-        let mut triggers = window("a", "b", now, 40.0);
-        (triggers.received, triggers.lost, triggers.burst_triggers) = (9, 1, 2);
-        assert_eq!(reason(c.window(&triggers, &a, now)), "invalid");
         // Counts whose sum does not fit.
         let mut huge = window("a", "b", now, 40.0);
         (huge.sent, huge.received, huge.lost) = (u32::MAX, u32::MAX, 1);

@@ -80,8 +80,6 @@ pub struct Liveness {
     run_regular: u32,
     down: bool,
     misses: u64,
-    /// The sequence of the last probe that missed its deadline.
-    last_miss: Option<u64>,
 }
 
 impl Liveness {
@@ -101,7 +99,6 @@ impl Liveness {
             run_regular: 0,
             down: false,
             misses: 0,
-            last_miss: None,
         }
     }
 
@@ -113,12 +110,6 @@ impl Liveness {
     /// Probes that missed their deadline since this state was created.
     pub fn misses(&self) -> u64 {
         self.misses
-    }
-
-    /// The sequence of the last probe that missed its deadline, if any did: the miss a burst
-    /// answers.
-    pub fn last_miss(&self) -> Option<u64> {
-        self.last_miss
     }
 
     /// Whether a run of misses is in progress on a link not yet declared down: the moment to
@@ -213,12 +204,11 @@ impl Liveness {
     pub fn poll(&mut self, now: u64) -> Option<LivenessEvent> {
         let deadline = self.deadline().as_nanos() as u64;
         let mut event = None;
-        while let Some(&(seq, sent, regular)) = self.pending.front() {
+        while let Some(&(_, sent, regular)) = self.pending.front() {
             if now.saturating_sub(sent) <= deadline {
                 break;
             }
             self.pending.pop_front();
-            self.last_miss = Some(seq);
             self.run += 1;
             self.run_regular += u32::from(regular);
             self.misses += 1;

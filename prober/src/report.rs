@@ -41,7 +41,6 @@ pub fn to_wire(me: &SiteId, o: &Output) -> probe_report::Body {
             sent: r.sent,
             received: r.received,
             lost: r.lost,
-            burst_triggers: r.triggers,
             late: r.late,
             reordered: r.reordered,
             duplicates: r.duplicates,

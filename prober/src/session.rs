@@ -249,8 +249,6 @@ struct Slot {
     sent_ns: u64,
     ask: bool,
     fate: Fate,
-    /// Its miss started or chained a burst (see [`crate::window::WindowReport::triggers`]).
-    trigger: bool,
 }
 
 /// One peer's probing state for the pair's connection.
@@ -398,7 +396,6 @@ impl PeerSession {
             sent_ns: now,
             ask,
             fate: Fate::Pending,
-            trigger: false,
         });
         self.window.sent();
         if ask {
@@ -587,11 +584,7 @@ impl PeerSession {
             }
             if slot.fate == Fate::Pending {
                 slot.fate = Fate::Lost;
-                if slot.trigger {
-                    self.window.lost_trigger();
-                } else {
-                    self.window.lost();
-                }
+                self.window.lost();
             }
         }
         // Keep two loss timeouts of history so late echoes and duplicates are classified.
@@ -643,7 +636,6 @@ impl PeerSession {
                 self.burst_until = start.saturating_add(duration);
                 self.chained += 1;
                 self.bursts += 1;
-                self.mark_trigger();
             }
             return;
         }
@@ -671,20 +663,6 @@ impl PeerSession {
         self.burst_until = now.saturating_add(duration);
         self.chained = 1;
         self.bursts += 1;
-        self.mark_trigger();
-    }
-
-    /// Marks the last missed ask as a burst's trigger: if it is lost, its window says so.
-    fn mark_trigger(&mut self) {
-        let Some(seq) = self.liveness.last_miss().and_then(|s| u32::try_from(s).ok()) else {
-            return;
-        };
-        if let Some(slot) = seq
-            .checked_sub(self.base)
-            .and_then(|i| self.ring.get_mut(i as usize))
-        {
-            slot.trigger = true;
-        }
     }
 
     /// Whether a burst is running at `now`: the shell then sends `extra` more asks per
@@ -1088,39 +1066,6 @@ mod tests {
         // Once the link's long-run miss rate is back under 0.5%, a miss bursts again.
         let _ = drive(&mut s, t, 300, |i| i == 250);
         assert_eq!(s.bursts(), 2);
-    }
-
-    #[test]
-    fn a_lost_ask_that_started_a_burst_is_reported_as_its_trigger() {
-        let mut s = session();
-        let t = drive(&mut s, 0, 300, |_| false);
-        let _ = s.close_window();
-        // The ask that starts the burst is lost, then one of the burst's own (it chains the
-        // next burst: a trigger too), then one more (the chain is full: only a loss).
-        let _ = s.next_datagram(t, true);
-        let dl = s.next_deadline().expect("a pending ask has a deadline");
-        s.poll(dl);
-        assert_eq!(s.bursts(), 1);
-        let _ = s.next_extra_ask(dl + 10 * MS);
-        let t = drive(&mut s, dl + 20 * MS, 10, |_| false);
-        assert_eq!(s.bursts(), 2);
-        let _ = s.next_extra_ask(t);
-        let t = drive(&mut s, t + 10 * MS, 30, |_| false);
-        assert_eq!(s.bursts(), 2);
-        let w = s.close_window();
-        assert_eq!((w.lost, w.triggers), (3, 2), "{w:?}");
-        // A trigger whose echo comes after its deadline, in time, is no loss and no trigger.
-        let t = drive(&mut s, t + 10_000 * MS, 100, |_| false);
-        let _ = s.close_window();
-        let late = s.next_datagram(t, true);
-        let dl = s.next_deadline().expect("a pending ask has a deadline");
-        s.poll(dl);
-        assert_eq!(s.bursts(), 3);
-        let at = dl + 50 * MS;
-        feed(&mut s, &from_peer((at / MS) as u32, ANSWER, &[(late.seq, 0)]), at);
-        let _ = drive(&mut s, dl + 60 * MS, 30, |_| false);
-        let w = s.close_window();
-        assert_eq!((w.lost, w.triggers), (0, 0), "{w:?}");
     }
 
     #[test]

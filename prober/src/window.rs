@@ -18,10 +18,6 @@ pub struct WindowReport {
     pub received: u32,
     /// Probes that reached their loss timeout.
     pub lost: u32,
-    /// Of `lost`, the probes whose miss started an evidence burst (or chained one): the
-    /// windows of a burst hold its trigger by construction, and a test for a rise in loss
-    /// over them must not count it as evidence (see `topology::link`).
-    pub triggers: u32,
     /// Replies that arrived after their timeout (already counted lost).
     pub late: u32,
     /// Replies older than one already received.
@@ -44,7 +40,6 @@ pub struct Window {
     sent: u32,
     received: u32,
     lost: u32,
-    triggers: u32,
     late: u32,
     reordered: u32,
     duplicates: u32,
@@ -61,7 +56,6 @@ impl Default for Window {
             sent: 0,
             received: 0,
             lost: 0,
-            triggers: 0,
             late: 0,
             reordered: 0,
             duplicates: 0,
@@ -100,13 +94,6 @@ impl Window {
     /// A probe timed out.
     pub fn lost(&mut self) {
         self.lost += 1;
-    }
-
-    /// A probe reached its loss timeout whose miss had started (or chained) a burst: counted
-    /// lost, and as a trigger.
-    pub fn lost_trigger(&mut self) {
-        self.lost += 1;
-        self.triggers += 1;
     }
 
     /// A reply came after its probe's timeout.
@@ -168,7 +155,6 @@ impl Window {
             sent: self.sent,
             received: self.received,
             lost: self.lost,
-            triggers: self.triggers,
             late: self.late,
             reordered: self.reordered,
             duplicates: self.duplicates,
@@ -187,11 +173,10 @@ impl Window {
             self.sent,
             self.received,
             self.lost,
-            self.triggers,
             self.late,
             self.reordered,
             self.duplicates,
-        ) = (0, 0, 0, 0, 0, 0, 0);
+        ) = (0, 0, 0, 0, 0, 0);
         report
     }
 }

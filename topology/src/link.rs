@@ -63,12 +63,6 @@ pub struct LinkWindow {
     pub sent: u32,
     /// Replies received in the window.
     pub received: u32,
-    /// Of the window's losses (`sent − received`), the probes whose miss started or chained
-    /// an evidence burst. A burst is sampled because of a loss, so its windows hold that loss
-    /// by construction: the test for a rise in loss leaves triggers out (they still count in
-    /// the estimate). Default 0 (a prober that does not report them).
-    #[serde(default)]
-    pub triggers: u32,
     /// RTT median, ms (meaningless when `received == 0`).
     pub rtt_p50_ms: f64,
     /// RTT 90th percentile, ms.
@@ -96,16 +90,6 @@ impl LinkWindow {
             return Err(TopologyError::InvalidValue {
                 field: "received",
                 detail: format!("{} replies for {} probes", self.received, self.sent),
-            });
-        }
-        if self.triggers > self.sent - self.received {
-            return Err(TopologyError::InvalidValue {
-                field: "triggers",
-                detail: format!(
-                    "{} burst triggers among {} losses",
-                    self.triggers,
-                    self.sent - self.received
-                ),
             });
         }
         if self.end_ms > now.saturating_add(max_future_ms) {
@@ -318,8 +302,8 @@ struct LossCounts {
     sent: f64,
     /// Decayed losses.
     lost: f64,
-    /// The last windows' `(sent, lost, burst triggers among the lost)`, newest last.
-    recent: VecDeque<(u32, u32, u32)>,
+    /// The last windows' `(sent, lost)`, newest last.
+    recent: VecDeque<(u32, u32)>,
     /// Set when a change made this link unlike the mesh: its own counts only, no prior.
     distinct: bool,
     /// Windows folded in since the link's first (a restart does not reset it).
@@ -352,11 +336,10 @@ impl LossCounts {
     /// then runs on the mean of both ends' counts, and the caller restarts the reverse as well
     /// when a change is found ([`LossCounts::restart`]). `prior` is the mesh's loss, which a
     /// link not known to be unlike the mesh is judged against alongside its own counts.
-    /// `triggers` of the `lost` started evidence bursts ([`LinkWindow::triggers`]): counted in
-    /// the estimate, left out of the evidence for a rise.
     fn observe(
         &mut self,
-        (sent, lost, triggers): (u32, u32, u32),
+        sent: u32,
+        lost: u32,
         cfg: &LinkStateConfig,
         reverse: Option<&LossCounts>,
         prior: Pool,
@@ -368,11 +351,10 @@ impl LossCounts {
         if self.recent.len() == CHANGE_SPANS[CHANGE_SPANS.len() - 1] {
             self.recent.pop_front();
         }
-        let triggers = triggers.min(lost);
-        self.recent.push_back((sent, lost, triggers));
+        self.recent.push_back((sent, lost));
         if let Some(c) = &mut self.confirm {
-            c.sent = c.sent.saturating_add(sent - triggers);
-            c.lost = c.lost.saturating_add(lost - triggers);
+            c.sent = c.sent.saturating_add(sent);
+            c.lost = c.lost.saturating_add(lost);
             if binomial_tails(c.sent, c.lost, c.before).1 < CONFIRM_P {
                 self.confirm = None;
             }
@@ -399,18 +381,15 @@ impl LossCounts {
             // Recent windows as probes and losses (the mean of both ends when paired, in
             // halves: the losses rounded down to test for more loss, up to test for less, so
             // that the rounding never makes a change look likelier).
-            let (mut s2, mut l2, mut t2) = sum_last(&self.recent, span);
+            let (mut s2, mut l2) = sum_last(&self.recent, span);
             match reverse {
                 Some(r) => {
-                    let (rs, rl, rt) = sum_last(&r.recent, span);
-                    (s2, l2, t2) = (s2 + rs, l2 + rl, t2 + rt);
+                    let (rs, rl) = sum_last(&r.recent, span);
+                    (s2, l2) = (s2 + rs, l2 + rl);
                 }
-                None => (s2, l2, t2) = (2 * s2, 2 * l2, 2 * t2),
+                None => (s2, l2) = (2 * s2, 2 * l2),
             }
             let (s, l_down, l_up) = (s2 / 2, l2 / 2, l2.div_ceil(2).min(s2 / 2));
-            // A burst's trigger is in its windows because it was lost: the test for more loss
-            // runs on the other probes (triggers rounded up, so never in the change's favour).
-            let t = t2.div_ceil(2).min(l_down);
             // The estimate the recent windows are judged against leaves them out; it must rest
             // on more probes than they hold, or there is nothing to compare with.
             let base_sent = all.sent - f64::from(s2) / 2.0 + n0;
@@ -420,7 +399,7 @@ impl LossCounts {
             }
             // Half a loss of slack: a link that never lost a probe is not certain to never lose.
             let p = (base_lost + 0.5) / (base_sent + 1.0);
-            let at_least = binomial_tails(s - t, l_down - t, p).1;
+            let at_least = binomial_tails(s, l_down, p).1;
             let at_most = binomial_tails(s, l_up, p).0;
             if at_least < cfg.loss_change_p || at_most < cfg.loss_change_p {
                 self.restart(span);
@@ -491,8 +470,7 @@ impl LossCounts {
     /// again from the windows that showed it. The link is judged on its own from here
     /// (`distinct`) until it agrees with the mesh again.
     fn restart(&mut self, span: usize) {
-        let (s, l, _) = sum_last(&self.recent, span);
-        self.restart_from((s, l));
+        self.restart_from(sum_last(&self.recent, span));
     }
 
     /// Restarts the counts from `(sent, lost)`, the windows that showed the change.
@@ -500,7 +478,7 @@ impl LossCounts {
         self.sent = f64::from(s);
         self.lost = f64::from(l);
         self.recent.clear();
-        self.recent.push_back((s, l, 0));
+        self.recent.push_back((s, l));
         self.distinct = true;
         self.heal = Heal::default();
         self.confirm = None;
@@ -567,13 +545,13 @@ impl LossCounts {
 }
 
 /// Probes and losses of the last `span` windows (fewer when fewer are kept).
-fn sum_last(recent: &VecDeque<(u32, u32, u32)>, span: usize) -> (u32, u32, u32) {
+fn sum_last(recent: &VecDeque<(u32, u32)>, span: usize) -> (u32, u32) {
     recent
         .iter()
         .rev()
         .take(span)
-        .fold((0u32, 0u32, 0u32), |(s, l, t), &(a, b, c)| {
-            (s.saturating_add(a), l.saturating_add(b), t.saturating_add(c))
+        .fold((0u32, 0u32), |(s, l), &(a, b)| {
+            (s.saturating_add(a), l.saturating_add(b))
         })
 }
 
@@ -726,10 +704,7 @@ impl LinkState {
         } else {
             let reverse = reverse.filter(|r| self.joins(r, cfg));
             let rev = reverse.as_deref().map(|r| &r.loss);
-            let lost = w.sent - received;
-            if let Some(change) = self
-                .loss
-                .observe((w.sent, lost, w.triggers.min(lost)), cfg, rev, prior)
+            if let Some(change) = self.loss.observe(w.sent, w.sent - received, cfg, rev, prior)
                 && let Some(r) = reverse
             {
                 r.loss.restart(change.span);
@@ -935,7 +910,6 @@ mod tests {
             end_ms,
             sent,
             received,
-            triggers: 0,
             rtt_p50_ms: rtt,
             rtt_p90_ms: rtt,
             rtt_p99_ms: rtt,
@@ -1003,13 +977,6 @@ mod tests {
         assert!(window(3000, 10, 10, -5.0).validate(3000, 5000).is_err());
         assert!(window(99_000, 10, 10, 5.0).validate(3000, 5000).is_err());
         assert!(window(3000, 10, 10, 5.0).validate(3000, 5000).is_ok());
-        // More burst triggers than losses.
-        let w = LinkWindow {
-            triggers: 2,
-            ..window(3000, 10, 9, 5.0)
-        };
-        assert!(w.validate(3000, 5000).is_err());
-        assert!(LinkWindow { triggers: 1, ..w }.validate(3000, 5000).is_ok());
     }
 
     /// splitmix64: reproducible draws without a dependency.
@@ -1120,35 +1087,6 @@ mod tests {
                 "degraded {i} windows after the cluster"
             );
         }
-    }
-
-    #[test]
-    fn a_burst_s_trigger_is_no_evidence_of_a_rise() {
-        // A link losing 0.4% of round trips bursts on a random miss, and the burst's windows
-        // hold that miss by construction. Six losses in its 220 probes, one of them the
-        // trigger: five others in 209 are not improbable enough at 0.4% (p ≈ 0.002, the test
-        // asks for 0.001); counted as six in 210 (p ≈ 0.0003) they were taken for a rise.
-        let cfg = LinkStateConfig::default();
-        let run = |triggers: u32| {
-            let mut s = LinkState::default();
-            let mut t = 0;
-            for i in 0..250u32 {
-                t += 1000;
-                let received = if i % 25 == 0 { 9 } else { 10 };
-                s.observe(&window(t, 10, received, 50.0), &cfg).unwrap();
-            }
-            for (sent, lost, triggers) in [(100, 3, triggers), (100, 3, 0), (20, 0, 0)] {
-                t += 1000;
-                let w = LinkWindow {
-                    triggers,
-                    ..window(t, sent, sent - lost, 50.0)
-                };
-                s.observe(&w, &cfg).unwrap();
-            }
-            s.loss.distinct
-        };
-        assert!(run(0), "six losses in a clean link's burst are a rise");
-        assert!(!run(1), "with one of them the burst's trigger, they are not");
     }
 
     #[test]
@@ -1441,7 +1379,7 @@ mod tests {
             let w = rng.window(i * 1000, 0.05);
             let lost = w.sent - w.received;
             losses += lost;
-            let change = c.observe((w.sent, lost, 0), &cfg, None, mesh);
+            let change = c.observe(w.sent, lost, &cfg, None, mesh);
             heals += usize::from(change.is_some_and(|c| c.heal));
             assert!(c.distinct, "only the pool can take a link back");
         }
