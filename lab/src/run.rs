@@ -1037,6 +1037,31 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
             });
             if back {
                 reports[i].recover_s = Some((ts - end).max(0.0));
+            } else if std::env::var_os("AXON_LAB_DEBUG").is_some() && (ts * 10.0).round() as u64 % 50 == 0 {
+                // Every 5 s: the fault's pairs not back yet, with the leader's reason.
+                for &(a, b) in &affected[i] {
+                    let best = routes.get(a, b);
+                    let c = prev[a][b]
+                        .as_ref()
+                        .and_then(|p| path_cost(cm, p, weights.relay_penalty_ms));
+                    let why = mesh.leader().and_then(|l| {
+                        let core = l.shared.core();
+                        let inv = &s.world.inventory;
+                        core.table().and_then(|t| {
+                            t.entry(&inv.site(a as u16).id, &inv.site(b as u16).id)
+                                .ok()
+                                .flatten()
+                                .map(|e| format!("{:?} {:?}", e.primary, e.reason))
+                        })
+                    });
+                    eprintln!(
+                        "  t={ts:.1} RECOVER {} {a}->{b}: applied {:?} cost {c:?} oracle {:?} {:.1} why {why:?}",
+                        f.spec.kind.as_str(),
+                        prev[a][b],
+                        best.primary.sites(),
+                        best.primary_cost
+                    );
+                }
             }
         }
 
