@@ -3,16 +3,16 @@
 //! Probing is application-limited: a fixed, small rate set by the probe interval and the
 //! evidence bursts (at most ten times it, for seconds), so there is no flow to tame, and the
 //! measurement must not react to what it measures. A loss-based controller (quinn's default,
-//! CUBIC) reads every lost datagram as congestion and cuts its window, and an
-//! application-limited flow never grows it back: after a few of the mesh's random losses a
-//! link's window sits near its floor of two packets, and on a long link an evidence burst then
-//! waits in quinn's queue. The queue leaves in packets holding several probes (one lost packet
-//! becomes several lost probes, losses the change test takes for independent) and adds its wait
-//! to the round trips. On the lab's 25-site mesh (two runs each, seeds 4 and 5), windows
-//! with three or more losses on links that lose 0.2% were seen on 11–12 links a run instead of
-//! 18–20, and pairs within 2% of the best path went from 99.62–99.63% to 99.98–99.99%; each probe
-//! now leaves in a packet of its own, which cost the lab about a tenth more CPU. The window
-//! still bounds the bytes in flight.
+//! CUBIC) reads every loss event as congestion and cuts its window, and an application-limited
+//! flow never grows it back: after enough of the mesh's random losses a link's window sits
+//! near its floor of two packets, and on a long link an evidence burst can then wait in
+//! quinn's queue, leave in packets holding several probes (one lost packet becomes several
+//! lost probes, losses the change test takes for independent) and add its wait to the round
+//! trips. On the lab's 25-site mesh (one run each with seeds 4 and 5), windows with three or
+//! more losses on links that lose 0.2% were seen on 11–12 links a run instead of 18–20, and
+//! pairs within 2% of the best path went from 99.62–99.63% to 99.98–99.99%; the lab's CPU
+//! stayed within its run-to-run spread (111–127 s). The window still bounds the bytes in
+//! flight.
 
 use std::any::Any;
 use std::sync::Arc;
