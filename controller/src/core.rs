@@ -176,16 +176,19 @@ impl Core {
         // link whose RTT is a fair part of the window.
         // A window resolves the probes it sent plus those in flight from the one before: more than
         // twice its own is not a measurement.
-        let resolved = w.received.checked_add(w.lost);
-        if resolved.is_none_or(|r| r > w.sent.saturating_mul(2).saturating_add(10)) {
+        let Some(resolved) = w
+            .received
+            .checked_add(w.lost)
+            .filter(|&r| r <= w.sent.saturating_mul(2).saturating_add(10))
+        else {
             return Err(reject(
                 "invalid",
                 format!("{} received + {} lost for {} sent", w.received, w.lost, w.sent),
             ));
-        }
+        };
         let window = LinkWindow {
             end_ms: w.end_unix_ms,
-            sent: resolved.unwrap_or_default(),
+            sent: resolved,
             received: w.received,
             rtt_p50_ms: w.rtt_p50_ms,
             rtt_p90_ms: w.rtt_p90_ms,
