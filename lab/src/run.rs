@@ -615,17 +615,24 @@ fn meets_voice(world: &World, path: &[usize]) -> bool {
     q.rtt_ms <= 320.0 && q.loss <= 0.012 && q.jitter_ms <= 12.0
 }
 
-/// The controller's reason for pair `a → b` in its table (empty when it has none), for the
-/// explanations on stderr.
-fn reason_of(core: &controller::core::Core, world: &World, a: usize, b: usize) -> String {
+/// The controller's table entry for pair `a → b`, if it has one, for the explanations on
+/// stderr.
+fn entry_of(
+    core: &controller::core::Core,
+    world: &World,
+    a: usize,
+    b: usize,
+) -> Option<topology::RouteEntry> {
     let inv = &world.inventory;
-    core.table()
-        .and_then(|t| {
-            t.entry(&inv.site(a as u16).id, &inv.site(b as u16).id)
-                .ok()
-                .flatten()
-        })
-        .map_or_else(String::new, |e| controller::core::reason_text(&e.reason))
+    core.table()?
+        .entry(&inv.site(a as u16).id, &inv.site(b as u16).id)
+        .ok()
+        .flatten()
+}
+
+/// The controller's reason for pair `a → b` in its table (empty when it has none).
+fn reason_of(core: &controller::core::Core, world: &World, a: usize, b: usize) -> String {
+    entry_of(core, world, a, b).map_or_else(String::new, |e| controller::core::reason_text(&e.reason))
 }
 
 /// The controller's view (health, metrics) of each link, one line each, on stderr.
@@ -834,11 +841,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                             };
                             let Some(leader) = mesh.leader() else { continue };
                             let core = leader.shared.core();
-                            let why = core.table().and_then(|tb| {
-                                tb.entry(&inv.site(a as u16).id, &inv.site(b as u16).id)
-                                    .ok()
-                                    .flatten()
-                            });
+                            let why = entry_of(&core, &s.world, a, b);
                             live.event(&format!(
                                 "t={ts:>5.1}s  flap {} -> {}: {:?}",
                                 name(&prev[a][b]),
@@ -1044,16 +1047,10 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                     let c = prev[a][b]
                         .as_ref()
                         .and_then(|p| path_cost(cm, p, weights.relay_penalty_ms));
-                    let why = mesh.leader().and_then(|l| {
-                        let core = l.shared.core();
-                        let inv = &s.world.inventory;
-                        core.table().and_then(|t| {
-                            t.entry(&inv.site(a as u16).id, &inv.site(b as u16).id)
-                                .ok()
-                                .flatten()
-                                .map(|e| format!("{:?} {:?}", e.primary, e.reason))
-                        })
-                    });
+                    let why = mesh
+                        .leader()
+                        .and_then(|l| entry_of(&l.shared.core(), &s.world, a, b))
+                        .map(|e| (e.primary, e.reason));
                     eprintln!(
                         "  t={ts:.1} RECOVER {} {a}->{b}: applied {:?} cost {c:?} oracle {:?} {:.1} why {why:?}",
                         f.spec.kind.as_str(),
@@ -1087,12 +1084,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                             let Some(leader) = mesh.leader() else { continue };
                             let core = leader.shared.core();
                             let view = core.world().links.get(a as u16, b as u16).copied();
-                            let why = core.table().and_then(|t| {
-                                let inv = &s.world.inventory;
-                                t.entry(&inv.site(a as u16).id, &inv.site(b as u16).id)
-                                    .ok()
-                                    .flatten()
-                            });
+                            let why = entry_of(&core, &s.world, a, b);
                             eprintln!(
                                 "t={ts:.0} {a}->{b} applied {:?} ratio {ratio:.3} oracle {o:?} direct {view:?} why {:?}",
                                 prev[a][b],
