@@ -21,6 +21,10 @@ pub struct FaultReport {
     /// again: how long the mesh stays on detours once the fault is gone. `null` for a fault
     /// without an end, or one not recovered from within the run.
     pub recover_s: Option<f64>,
+    /// The pair that held the recovery longest: the last one seen off the oracle (checked
+    /// every second once the fault is over), its path, its cost against the oracle's and the
+    /// leader's reason for keeping it. `null` when every pair was back at the first check.
+    pub recover_held_by: Option<String>,
     /// Loss faults: fault → the emulator's first drop on the faulted links (the network had
     /// not lost anything before it, so there was nothing to detect); `detect_s` minus this is
     /// Axon's own reaction. `null` for other kinds, or if nothing was dropped.
@@ -145,6 +149,11 @@ impl Report {
                 f.first_drop_s
                     .map_or_else(String::new, |x| format!(", first drop after {x:.2} s"))
             );
+            if let Some(h) = &f.recover_held_by
+                && f.recover_s.is_none_or(|r| r >= 5.0)
+            {
+                s += &format!("      recovery held by {h}\n");
+            }
         }
         let c = self.convergence_s;
         let q = self.quality;

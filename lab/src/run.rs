@@ -700,6 +700,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
             converge_s: None,
             affected_pairs: 0,
             recover_s: None,
+            recover_held_by: None,
             first_drop_s: None,
         })
         .collect();
@@ -1040,7 +1041,48 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
             });
             if back {
                 reports[i].recover_s = Some((ts - end).max(0.0));
-            } else if std::env::var_os("AXON_LAB_DEBUG").is_some() && (ts * 10.0).round() as u64 % 50 == 0 {
+            } else if (ts * 10.0).round() as u64 % 10 == 0 {
+                // Once a second: the pair furthest off the oracle, and why the leader keeps it.
+                let worst = affected[i]
+                    .iter()
+                    .filter_map(|&(a, b)| {
+                        let best = routes.get(a, b);
+                        let c = prev[a][b]
+                            .as_ref()
+                            .and_then(|p| path_cost(cm, p, weights.relay_penalty_ms))
+                            .unwrap_or(f64::INFINITY);
+                        let ratio = c / f64::from(best.primary_cost).max(1e-6);
+                        (!best.primary.is_none() && ratio > 1.02).then_some((ratio, a, b))
+                    })
+                    .max_by(|x, y| x.0.total_cmp(&y.0));
+                if let Some((ratio, a, b)) = worst {
+                    let why = mesh
+                        .leader()
+                        .and_then(|l| entry_of(&l.shared.core(), &s.world, a, b))
+                        .map_or_else(
+                            || "no leader table".to_string(),
+                            |e| controller::core::reason_text(&e.reason),
+                        );
+                    let name = |x: usize| s.world.inventory.site(x as u16).id.to_string();
+                    let on: Vec<String> = prev[a][b].iter().flatten().map(|&x| name(x)).collect();
+                    let oracle: Vec<String> = routes
+                        .get(a, b)
+                        .primary
+                        .sites()
+                        .iter()
+                        .map(|&x| name(usize::from(x)))
+                        .collect();
+                    reports[i].recover_held_by = Some(format!(
+                        "{} -> {} at {:.0} s after the fault: on {} at {ratio:.3}x the cost of the oracle's {}; {why}",
+                        name(a),
+                        name(b),
+                        ts - end,
+                        on.join(" > "),
+                        oracle.join(" > "),
+                    ));
+                }
+            }
+            if !back && std::env::var_os("AXON_LAB_DEBUG").is_some() && (ts * 10.0).round() as u64 % 50 == 0 {
                 // Every 5 s: the fault's pairs not back yet, with the leader's reason.
                 for &(a, b) in &affected[i] {
                     let best = routes.get(a, b);

@@ -59,6 +59,10 @@ target = "c<->b"
         .recover_s
         .expect("the pairs never went back once the blackhole ended");
     assert!(recover < 10.0, "{f:?}");
+    // A pair seen off the oracle at a check after the heal is named with its path.
+    if let Some(held) = &f.recover_held_by {
+        assert!(held.contains(" -> ") && held.contains("the oracle's"), "{held}");
+    }
     assert_eq!(r.convergence_s.max, converge);
     assert!(r.route_changes >= 2, "{r:?}");
     assert!(r.rtt_error_ms.p50 < 3.0, "{r:?}");
@@ -108,6 +112,7 @@ target = "c<->b"
         "converge_s",
         "affected_pairs",
         "recover_s",
+        "recover_held_by",
         "first_drop_s",
     ] {
         assert!(v["faults"][0].get(key).is_some(), "faults[].{key} missing");
