@@ -231,8 +231,13 @@ pub fn compute_routes(
 }
 
 /// [`compute_routes`] with buffers kept by the caller between computations, and whether every
-/// pair's primary and backup are those of `previous` (the last routes of the same sites), found
-/// while each row is still in cache rather than by a second pass over both tables.
+/// pair's primary and backup are those of `previous` (the last routes of the same sites).
+///
+/// With hysteresis the memory holds every pair's last primary and backup, so a change is seen
+/// where the memory is updated and `previous` is not read at all (at 1,000 sites it is 48 MB,
+/// and comparing it row by row was a cache miss per pair): `previous` must then be the routes
+/// this same memory last produced, as [`crate::RouteEngine`] keeps them. Without hysteresis,
+/// each row is compared with `previous` while it is still in cache.
 pub fn compute_routes_in(
     cm: &CostMatrix,
     cfg: &PathConfig,
@@ -393,21 +398,33 @@ fn run_group_body(ctx: &GroupCtx<'_>, grp: &mut Group, s0: usize, rows: &mut [Ro
         steps.two_relay(shared, s0, len);
     }
     search.size_start(start, chosen, len);
+    // Whether a row's primaries moved off what its memory held (read only with memory).
+    let mut moved = false;
     for (i, (_, mem)) in rows.iter_mut().enumerate() {
-        search.choose(hcfg, (s0 + i, i), steps, (start, chosen), mem.as_deref_mut());
+        moved |= search.choose(hcfg, (s0 + i, i), steps, (start, chosen), mem.as_deref_mut());
     }
     if max_relays >= 1 {
         kernels::backups(shared, steps, start, (s0, len, max_relays == 2), backups);
     }
     for (i, (out, mem)) in rows.iter_mut().enumerate() {
         let bk = (max_relays >= 1).then_some(&*backups);
-        search.assemble(hcfg, (s0 + i, i), chosen, bk, out, mem.as_deref_mut());
+        let remembered = mem.is_some() && hcfg.is_some();
+        moved |= search.assemble(hcfg, (s0 + i, i), chosen, bk, out, mem.as_deref_mut());
         if let Some(prev) = previous.filter(|_| !differs.load(Ordering::Relaxed)) {
             let a = order[s0 + i] as usize;
-            let same = prev.pairs[a * n..(a + 1) * n]
-                .iter()
-                .zip(out.iter())
-                .all(|(x, y)| x.primary == y.primary && x.backup == y.backup);
+            let same_as = || {
+                prev.pairs[a * n..(a + 1) * n]
+                    .iter()
+                    .zip(out.iter())
+                    .all(|(x, y)| x.primary == y.primary && x.backup == y.backup)
+            };
+            // The memory's account must agree with the tables it produced (tests run
+            // debug builds: every engine test checks it).
+            debug_assert!(
+                !remembered || moved || same_as(),
+                "memory and previous routes disagree"
+            );
+            let same = if remembered { !moved } else { same_as() };
             if !same {
                 differs.store(true, Ordering::Relaxed);
             }
@@ -496,7 +513,7 @@ impl Search<'_> {
         st: &Steps,
         (start, chosen): (&mut BackupStart, &mut [Chosen]),
         mut mem: Option<&mut [PairMemory]>,
-    ) {
+    ) -> bool {
         let pm = self.pm;
         let (n, np) = (self.g.n, self.g.np());
         let chosen = &mut chosen[i * n..(i + 1) * n];
@@ -505,11 +522,12 @@ impl Search<'_> {
         let init = &mut start.init[i * np..(i + 1) * np];
         let init_r1 = &mut start.init_r1[i * np..(i + 1) * np];
         if !pm.endpoint_ok(ap) {
-            if let Some(mem) = mem {
-                mem.fill(PairMemory::default());
-            }
-            return;
+            let Some(mem) = mem else { return false };
+            let held = mem.iter().any(|m| !m.current.is_none() || !m.backup.is_none());
+            mem.fill(PairMemory::default());
+            return held;
         }
+        let mut moved = false;
         // By destination site: the memory row (tens of kilobytes, read from main memory once
         // per computation) is then read in order and prefetched, where reading it in search
         // order waited on a cache miss per pair. The search's rows are small and cached.
@@ -542,8 +560,11 @@ impl Search<'_> {
             let pick = match (hcfg, mem.as_deref_mut()) {
                 (Some(hc), Some(mem)) => {
                     let m = &mut mem[b];
+                    let was = m.current;
                     let eval = |p: &Path| self.cm.evaluate(p);
-                    match decide_with_quality(hc, m, candidate, cost, eval, |p| self.cm.quality(p)) {
+                    let decision = decide_with_quality(hc, m, candidate, cost, eval, |p| self.cm.quality(p));
+                    moved |= m.current != was;
+                    match decision {
                         Decision::Steady => (candidate, cost, base),
                         Decision::Kept {
                             current_cost,
@@ -605,6 +626,7 @@ impl Search<'_> {
             (init[bp], init_r1[bp]) = start;
             chosen[bp] = pick;
         }
+        moved
     }
 
     /// When the cheapest path `best` (cost `cost`) breaks the voice round trip: the cheapest of
@@ -640,7 +662,8 @@ impl Search<'_> {
             .min_by(|x, y| x.1.total_cmp(&y.1))
     }
 
-    /// Writes row `ap`'s routes (indexed by site) and remembers each backup for hysteresis.
+    /// Writes row `ap`'s routes (indexed by site) and remembers each backup for hysteresis;
+    /// returns whether a remembered backup changed.
     #[inline(always)]
     fn assemble(
         &self,
@@ -650,7 +673,8 @@ impl Search<'_> {
         backups: Option<&BackupResult>,
         out: &mut [PairRoute],
         mut mem: Option<&mut [PairMemory]>,
-    ) {
+    ) -> bool {
+        let mut moved = false;
         let a = self.order[ap] as usize;
         let (n, np) = (self.g.n, self.g.np());
         let chosen = &chosen[i * n..(i + 1) * n];
@@ -689,6 +713,7 @@ impl Search<'_> {
                 }
                 if mem[b].backup != backup {
                     mem[b].backup = backup;
+                    moved = true;
                 }
             }
             out[b] = PairRoute {
@@ -700,6 +725,7 @@ impl Search<'_> {
                 reason,
             };
         }
+        moved
     }
 
     /// When no fully disjoint backup exists: the path other than the primary that shares the

@@ -93,6 +93,52 @@ fn a_backup_that_moves_alone_is_a_new_version() {
 }
 
 #[test]
+fn a_primary_that_moves_alone_is_a_new_version() {
+    // The engine tells a new table from its memory of every pair's primary and backup: a
+    // computation where only primaries move must still publish.
+    type Rows = Vec<(Option<Vec<SiteId>>, Option<Vec<SiteId>>)>;
+    let rows = |t: &topology::RouteTable| -> Rows {
+        let ids = ["a", "b", "c", "d"];
+        let mut v = Vec::new();
+        for x in ids {
+            for y in ids.iter().filter(|&&y| y != x) {
+                let e = t.entry(&id(x), &id(y)).unwrap();
+                v.push((e.as_ref().map(|e| e.primary.clone()), e.and_then(|e| e.backup)));
+            }
+        }
+        v
+    };
+    let mut e = engine();
+    let mut w = world(100.0);
+    let mut last = rows(&e.compute(&w, 0).table);
+    // Both relays come to beat direct a→b (cost 50 ms): a→c→b costs 40, a→d→b 36. The pair
+    // moves to d once it has won three computations; its backup stays on c throughout (a
+    // backup is kept while the new one is not better by the switching margin, 5 ms).
+    for (x, y, rtt) in [("a", "c", 40.0), ("a", "d", 34.0), ("d", "b", 34.0)] {
+        w.set_link(&id(x), &id(y), LinkMetrics::rtt(rtt), LinkHealth::Up)
+            .unwrap();
+        w.set_link(&id(y), &id(x), LinkMetrics::rtt(rtt), LinkHealth::Up)
+            .unwrap();
+    }
+    let mut primaries_alone = 0;
+    // Past the warm-up (10 s), when the margins are in force.
+    for t in 11..18 {
+        let c = e.compute(&w, t * 1_000);
+        let now = rows(&c.table);
+        let primaries = now.iter().zip(&last).any(|(n, l)| n.0 != l.0);
+        let backups = now.iter().zip(&last).any(|(n, l)| n.1 != l.1);
+        assert_eq!(c.changed, primaries || backups, "computation {t}");
+        primaries_alone += usize::from(primaries && !backups);
+        last = now;
+    }
+    assert_eq!(primary(&e, "a", "b"), ["a", "d", "b"]);
+    assert!(
+        primaries_alone > 0,
+        "no computation moved primaries alone: the test shows nothing"
+    );
+}
+
+#[test]
 fn noise_within_the_margin_never_moves_a_route() {
     let mut e = engine();
     e.compute(&world(100.0), 0);
