@@ -448,16 +448,26 @@ fn unkey(k: u64) -> (f32, u32) {
     (f32::from_bits((k >> 32) as u32), k as u32)
 }
 
-/// Fills `out` with `items` (cost, site) cheapest first, each made into an entry by `make`;
-/// `keys` is a reused buffer.
+/// Fills `out` with the sites `0..n` that `item` keeps (`(true, cost)`), cheapest first, each
+/// made into an entry by `make`; `keys` is a reused buffer. Sites are kept without a branch:
+/// whether a site is relayed is close to a coin toss, and a filtered `extend` mispredicted on
+/// every other one.
 fn sort_by_cost<T>(
     keys: &mut Vec<u64>,
-    items: impl Iterator<Item = (f32, u32)>,
+    n: usize,
+    item: impl Fn(usize) -> (bool, f32),
     out: &mut Vec<T>,
     make: impl Fn(f32, u32) -> T,
 ) {
     keys.clear();
-    keys.extend(items.map(|(c, r)| key(c, r)));
+    keys.resize(n, 0);
+    let mut len = 0;
+    for r in 0..n {
+        let (keep, c) = item(r);
+        keys[len] = key(c, r as u32);
+        len += usize::from(keep);
+    }
+    keys.truncate(len);
     keys.sort_unstable();
     out.clear();
     out.extend(keys.iter().map(|&k| {
@@ -492,13 +502,9 @@ impl Steps {
         let p = cm.relay_penalty();
         self.relays.resize_with(rows, Vec::new);
         for (i, out) in self.relays.iter_mut().enumerate() {
-            let usable = cm
-                .row(s0 + i)
-                .iter()
-                .enumerate()
-                .filter(|&(r, c)| c.is_finite() && cm.relay_ok(r))
-                .map(|(r, &c)| (c + p, r as u32));
-            sort_by_cost(&mut self.keys, usable, out, |l, r| (l, r));
+            let row = cm.row(s0 + i);
+            let usable = |r: usize| (row[r].is_finite() & cm.relay_ok(r), row[r] + p);
+            sort_by_cost(&mut self.keys, row.len(), usable, out, |l, r| (l, r));
         }
     }
 
@@ -587,10 +593,8 @@ impl Steps {
         second.resize_with(rows, Vec::new);
         for (i, out) in second.iter_mut().enumerate() {
             let (h, m, hs, ms) = (row(h, np, i), row(m, np, i), row(hs, np, i), row(ms, np, i));
-            let relayed = (0..n)
-                .filter(|&r| m[r] != NONE && h[r].is_finite() && sh.cm.relay_ok(r))
-                .map(|r| (h[r] + p, r as u32));
-            sort_by_cost(keys, relayed, out, |l, r| {
+            let relayed = |r: usize| ((m[r] != NONE) & h[r].is_finite() & sh.cm.relay_ok(r), h[r] + p);
+            sort_by_cost(keys, n, relayed, out, |l, r| {
                 let r_ = r as usize;
                 Second {
                     l,
