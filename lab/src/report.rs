@@ -80,6 +80,9 @@ pub struct QualityReport {
 pub struct BurstReport {
     /// Bursts started.
     pub started: u64,
+    /// Of those, heal bursts: a link that missed, probed harder once quiet so that the end
+    /// of its brown-out is seen in seconds.
+    pub heal: u64,
     /// Bursts not started because a quarter of the prober's peers were bursting already.
     pub refused_slots: u64,
     /// Bursts not started because the miss came just after a stall of the host.
@@ -188,8 +191,9 @@ impl Report {
         );
         let b = self.bursts;
         s += &format!(
-            "  bursts           {} started, {} held back (slots {}, host stalls {})\n",
+            "  bursts           {} started ({} to confirm a heal), {} held back (slots {}, host stalls {})\n",
             b.started,
+            b.heal,
             b.refused_slots + b.refused_host_stall,
             b.refused_slots,
             b.refused_host_stall

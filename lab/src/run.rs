@@ -499,6 +499,7 @@ fn burst_counts(mesh: &Mesh) -> BurstReport {
                     .map(|l| l.value());
                 match (mf.name(), reason) {
                     ("axon_probe_bursts_total", _) => r.started += v,
+                    ("axon_probe_heal_bursts_total", _) => r.heal += v,
                     ("axon_probe_bursts_refused_total", Some("slots")) => r.refused_slots += v,
                     ("axon_probe_bursts_refused_total", Some("host_stall")) => r.refused_host_stall += v,
                     _ => {}

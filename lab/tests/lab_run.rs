@@ -101,7 +101,7 @@ target = "c<->b"
     ] {
         assert!(v.get(key).is_some(), "{key} missing");
     }
-    for key in ["started", "refused_slots", "refused_host_stall"] {
+    for key in ["started", "heal", "refused_slots", "refused_host_stall"] {
         assert!(v["bursts"].get(key).is_some(), "bursts.{key} missing");
     }
     for key in [

@@ -74,6 +74,14 @@ pub struct BurstSettings {
     /// The share of peers that may burst at once (at least two): misses on many peers at once
     /// are this host stalling, not brown-outs. Default 0.25.
     pub max_share: f64,
+    /// Heal bursts: a link that lost this many probes within `heal_lookback_ms`, then none
+    /// for `heal_quiet_ms`, gets one burst, so that the controller sees a brown-out's end in
+    /// seconds; 0 turns them off. Default 5.
+    pub heal_after_losses: u32,
+    /// Time since the last loss before a heal burst, ms. Default 2000.
+    pub heal_quiet_ms: u64,
+    /// The span the losses must fall within, ms. Default 30000.
+    pub heal_lookback_ms: u64,
 }
 
 impl Default for BurstSettings {
@@ -86,6 +94,9 @@ impl Default for BurstSettings {
             chain: d.chain,
             below_miss_rate: d.below_miss_rate,
             max_share: d.max_share,
+            heal_after_losses: d.heal_after_losses,
+            heal_quiet_ms: d.heal_quiet.as_millis() as u64,
+            heal_lookback_ms: d.heal_lookback.as_millis() as u64,
         }
     }
 }
@@ -252,6 +263,15 @@ impl ProberConfig {
                 b.max_share
             ));
         }
+        if b.heal_after_losses > 100 {
+            return bad(format!(
+                "burst.heal_after_losses {} is above 100",
+                b.heal_after_losses
+            ));
+        }
+        if b.heal_after_losses > 0 && (b.heal_quiet_ms == 0 || b.heal_lookback_ms == 0) {
+            return bad("burst.heal_quiet_ms and burst.heal_lookback_ms must be positive".into());
+        }
         if !(0.0..=1.0).contains(&b.below_miss_rate) {
             return bad(format!(
                 "burst.below_miss_rate {} is outside 0..=1",
@@ -303,6 +323,9 @@ impl ProberConfig {
                 chain: self.burst.chain,
                 below_miss_rate: self.burst.below_miss_rate,
                 max_share: self.burst.max_share,
+                heal_after_losses: self.burst.heal_after_losses,
+                heal_quiet: Duration::from_millis(self.burst.heal_quiet_ms),
+                heal_lookback: Duration::from_millis(self.burst.heal_lookback_ms),
             },
         }
     }
@@ -400,6 +423,26 @@ mod tests {
                     ..base.clone()
                 },
                 "burst.max_share",
+            ),
+            (
+                ProberConfig {
+                    burst: BurstSettings {
+                        heal_after_losses: 101,
+                        ..Default::default()
+                    },
+                    ..base.clone()
+                },
+                "burst.heal_after_losses",
+            ),
+            (
+                ProberConfig {
+                    burst: BurstSettings {
+                        heal_quiet_ms: 0,
+                        ..Default::default()
+                    },
+                    ..base.clone()
+                },
+                "burst.heal_quiet_ms",
             ),
             (
                 ProberConfig {

@@ -532,6 +532,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
         off < step.as_nanos() / 2 || interval.as_nanos() - off < step.as_nanos() / 2
     };
     let mut bursts_seen = 0;
+    let mut heals_seen = 0;
     let mut window_tick = tokio::time::interval_at(start + window, window);
     window_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
 
@@ -574,6 +575,14 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
                 .with_label_values(&label)
                 .inc_by(session.bursts() - bursts_seen);
             bursts_seen = session.bursts();
+        }
+        if session.heal_bursts() != heals_seen {
+            shared
+                .metrics
+                .heal_bursts
+                .with_label_values(&label)
+                .inc_by(session.heal_bursts() - heals_seen);
+            heals_seen = session.heal_bursts();
         }
         if session.bursts_refused() != refused_seen {
             let (cap, stall) = session.bursts_refused();

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub dropped: IntCounterVec,
     /// Evidence bursts started, by peer (see `BurstConfig`).
     pub bursts: IntCounterVec,
+    /// Heal bursts started, by peer (counted in `bursts` too; see `BurstConfig::heal_after_misses`).
+    pub heal_bursts: IntCounterVec,
     /// Evidence bursts not started, by peer and reason: `slots` (other peers held every slot,
     /// see `BurstConfig::max_share`) or `host_stall` (the miss followed a stall of this host,
     /// see `BurstSlots`).
@@ -124,6 +126,16 @@ impl Metrics {
                     Opts::new(
                         "axon_probe_bursts_total",
                         "Evidence bursts started: more probes after a surprising miss.",
+                    ),
+                    &["peer"],
+                ),
+            ),
+            heal_bursts: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "axon_probe_heal_bursts_total",
+                        "Heal bursts started (among the evidence bursts): more probes once a link that missed goes quiet.",
                     ),
                     &["peer"],
                 ),
