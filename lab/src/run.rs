@@ -1073,8 +1073,14 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                         .iter()
                         .map(|&x| name(usize::from(x)))
                         .collect();
+                    // A path another fault has cut since costs nothing finite.
+                    let cost = if ratio.is_finite() {
+                        format!("at {ratio:.3}x the cost of")
+                    } else {
+                        "unusable on the true matrix now, against".to_string()
+                    };
                     reports[i].recover_held_by = Some(format!(
-                        "{} -> {} at {:.0} s after the fault: on {} at {ratio:.3}x the cost of the oracle's {}; {why}",
+                        "{} -> {} at {:.0} s after the fault: on {} {cost} the oracle's {}; {why}",
                         name(a),
                         name(b),
                         ts - end,
