@@ -568,22 +568,19 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
     let mut misses_seen = 0;
 
     loop {
-        if session.bursts() != bursts_seen {
-            shared
-                .metrics
-                .bursts
-                .with_label_values(&label)
-                .inc_by(session.bursts() - bursts_seen);
-            bursts_seen = session.bursts();
-        }
-        if session.heal_bursts() != heals_seen {
-            shared
-                .metrics
-                .heal_bursts
-                .with_label_values(&label)
-                .inc_by(session.heal_bursts() - heals_seen);
-            heals_seen = session.heal_bursts();
-        }
+        // The session's counters, carried to the peer's metrics as they grow.
+        let carry = |counter: &prometheus::IntCounterVec, now: u64, seen: &mut u64| {
+            if now != *seen {
+                counter.with_label_values(&label).inc_by(now - *seen);
+                *seen = now;
+            }
+        };
+        carry(&shared.metrics.bursts, session.bursts(), &mut bursts_seen);
+        carry(
+            &shared.metrics.heal_bursts,
+            session.heal_bursts(),
+            &mut heals_seen,
+        );
         if session.bursts_refused() != refused_seen {
             let (cap, stall) = session.bursts_refused();
             let m = &shared.metrics.bursts_refused;
