@@ -655,7 +655,8 @@ impl PeerSession {
     /// Starts a burst if liveness counted a miss since it stood at `before`, the link rarely
     /// misses (its long-run rate as it stood [`GATE_LAG`] ago and more), and the last burst is
     /// older than the cooldown; or, when the miss is the running burst's own, chains the next
-    /// burst to it (see [`BurstConfig::chain`]).
+    /// burst to it (see [`BurstConfig::chain`]). Without a new miss, starts the heal burst
+    /// that is due, if any (see [`BurstConfig::heal_after_losses`]).
     fn after_misses(&mut self, before: u64, now: u64) {
         let lag = GATE_LAG.as_nanos() as u64;
         if now.saturating_sub(self.gate_sample.0) >= lag {
