@@ -1023,6 +1023,23 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
             }
         }
 
+        // A pair's applied path against the oracle's: the cost ratio on the true matrix
+        // (infinite when the applied path is unusable there), `None` when the oracle has no
+        // path for it.
+        let off_oracle = |a: usize, b: usize| -> Option<f64> {
+            let (cm, routes) = &oracle;
+            let best = routes.get(a, b);
+            if best.primary.is_none() {
+                return None;
+            }
+            Some(
+                prev[a][b]
+                    .as_ref()
+                    .and_then(|p| path_cost(cm, p, weights.relay_penalty_ms))
+                    .map_or(f64::INFINITY, |c| c / f64::from(best.primary_cost).max(1e-6)),
+            )
+        };
+
         // Recovery: once a fault is over, its pairs back within 2% of the oracle.
         for (i, f) in s.faults.iter().enumerate() {
             let Some(end) = f.spec.duration_s.map(|d| f.spec.at_s + d) else {
@@ -1032,29 +1049,16 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                 continue;
             }
             let (cm, routes) = &oracle;
-            let back = affected[i].iter().all(|&(a, b)| {
-                let best = routes.get(a, b);
-                best.primary.is_none()
-                    || prev[a][b]
-                        .as_ref()
-                        .and_then(|p| path_cost(cm, p, weights.relay_penalty_ms))
-                        .is_some_and(|c| c <= 1.02 * f64::from(best.primary_cost))
-            });
+            let back = affected[i]
+                .iter()
+                .all(|&(a, b)| off_oracle(a, b).is_none_or(|r| r <= 1.02));
             if back {
                 reports[i].recover_s = Some((ts - end).max(0.0));
             } else if (ts * 10.0).round() as u64 % 10 == 0 {
                 // Once a second: the pair furthest off the oracle, and why the leader keeps it.
                 let worst = affected[i]
                     .iter()
-                    .filter_map(|&(a, b)| {
-                        let best = routes.get(a, b);
-                        let c = prev[a][b]
-                            .as_ref()
-                            .and_then(|p| path_cost(cm, p, weights.relay_penalty_ms))
-                            .unwrap_or(f64::INFINITY);
-                        let ratio = c / f64::from(best.primary_cost).max(1e-6);
-                        (!best.primary.is_none() && ratio > 1.02).then_some((ratio, a, b))
-                    })
+                    .filter_map(|&(a, b)| off_oracle(a, b).filter(|&r| r > 1.02).map(|r| (r, a, b)))
                     .max_by(|x, y| x.0.total_cmp(&y.0));
                 if let Some((ratio, a, b)) = worst {
                     let why = mesh
@@ -1115,17 +1119,13 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         if t >= next_quality {
             next_quality = t + Duration::from_secs(1);
             if t.saturating_sub(last_event) > TRANSIENT {
-                let (cm, routes) = &oracle;
+                let (_, routes) = &oracle;
                 for a in 0..n {
                     for b in 0..n {
                         let best = routes.get(a, b);
-                        if a == b || best.primary.is_none() {
+                        let Some(ratio) = off_oracle(a, b).filter(|_| a != b) else {
                             continue;
-                        }
-                        let ratio = prev[a][b]
-                            .as_ref()
-                            .and_then(|p| path_cost(cm, p, weights.relay_penalty_ms))
-                            .map_or(f64::INFINITY, |c| c / f64::from(best.primary_cost).max(1e-6));
+                        };
                         within += usize::from(ratio <= 1.02);
                         if ratio > 1.02 && std::env::var_os("AXON_LAB_DEBUG").is_some() {
                             let o: Vec<usize> =
