@@ -110,6 +110,9 @@ pub struct Report {
     pub flaps_per_pair_hour: f64,
     /// Primary changes seen at the agents, all of them.
     pub route_changes: usize,
+    /// Link-down verdicts the probers took back because their host stalled while the misses
+    /// behind them were in flight (see `prober::session::PeerSession::poll`).
+    pub downs_held: u64,
     /// |controller's smoothed RTT − true RTT| over links, ms.
     pub rtt_error_ms: Spread,
     /// |controller's smoothed jitter − true jitter| over links, ms. The truth is what RFC 3550
@@ -174,8 +177,8 @@ impl Report {
             q.poor_pairs, q.poor_pairs_fixable, q.poor_pairs_fixed
         );
         s += &format!(
-            "  calm             {} route changes, {:.2} flaps per pair-hour outside faults\n",
-            self.route_changes, self.flaps_per_pair_hour
+            "  calm             {} route changes, {:.2} flaps per pair-hour outside faults, {} link downs held for host stalls\n",
+            self.route_changes, self.flaps_per_pair_hour, self.downs_held
         );
         s += &format!(
             "  measurement      RTT error p50 {:.2} ms p99 {:.2} ms, jitter error p50 {:.2} ms p99 {:.2} ms, loss error {:.2} pp\n",

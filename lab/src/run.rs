@@ -485,6 +485,45 @@ fn pipe_counters(mesh: &Mesh, a: usize, b: usize) -> String {
         .join(" ")
 }
 
+/// Prober `a`'s bursts toward peer `b` (started, heal), from its metrics, for the debug output.
+fn peer_bursts(mesh: &Mesh, s: &Scenario, a: usize, b: usize) -> (u64, u64) {
+    let peer = s.world.inventory.sites()[b].id.as_str();
+    let mut r = (0, 0);
+    for mf in mesh.probers[a].metrics.registry.gather() {
+        for m in mf.get_metric() {
+            if !m
+                .get_label()
+                .iter()
+                .any(|l| l.name() == "peer" && l.value() == peer)
+            {
+                continue;
+            }
+            let v = m.get_counter().get_value() as u64;
+            match mf.name() {
+                "axon_probe_bursts_total" => r.0 += v,
+                "axon_probe_heal_bursts_total" => r.1 += v,
+                _ => {}
+            }
+        }
+    }
+    r
+}
+
+/// A counter summed over every prober and label.
+fn counter_sum(mesh: &Mesh, name: &str) -> u64 {
+    mesh.probers
+        .iter()
+        .flat_map(|p| p.metrics.registry.gather())
+        .filter(|mf| mf.name() == name)
+        .map(|mf| {
+            mf.get_metric()
+                .iter()
+                .map(|m| m.get_counter().get_value() as u64)
+                .sum::<u64>()
+        })
+        .sum()
+}
+
 /// Every prober's evidence bursts, started and held back, from their metrics.
 fn burst_counts(mesh: &Mesh) -> BurstReport {
     let mut r = BurstReport::default();
@@ -824,7 +863,19 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                             && reports[i].converge_s.is_none()
                             && affected[i].contains(&(a, b))
                     });
-                    if t > TRANSIENT && t.saturating_sub(last_event) > TRANSIENT && !converging {
+                    let flap = t > TRANSIENT && t.saturating_sub(last_event) > TRANSIENT && !converging;
+                    if !flap && std::env::var_os("AXON_LAB_DEBUG").is_some() {
+                        // Every other change too, with the leader's reason.
+                        let why = mesh
+                            .leader()
+                            .and_then(|l| entry_of(&l.shared.core(), &s.world, a, b))
+                            .map(|e| e.reason);
+                        eprintln!(
+                            "t={ts:.1} change {a}->{b}: {:?} -> {:?}: {why:?}",
+                            prev[a][b], now[a][b]
+                        );
+                    }
+                    if flap {
                         flaps += 1;
                         if opts.live {
                             // A change no fault explains: say which pair and why, so that a
@@ -1112,6 +1163,27 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                         best.primary_cost
                     );
                 }
+                // The fault's links as the leader holds them: their windows (received/sent)
+                // and loss estimate, to tell a slow heal from a link still losing.
+                if let Some(leader) = mesh.leader() {
+                    let core = leader.shared.core();
+                    for &(a, b) in &hit[i].0 {
+                        let Some(st) = core.link_state(a, b) else { continue };
+                        let w: Vec<String> = st
+                            .history()
+                            .map(|w| format!("{}/{}", w.received, w.sent))
+                            .collect();
+                        let v = core.world().links.get(a as u16, b as u16).map(|v| v.metrics);
+                        eprintln!(
+                            "    {a}->{b} loss {:?} se {:?} windows {}, bursts (all, heal) {:?} / {:?}",
+                            v.map(|m| m.loss),
+                            v.map(|m| m.loss_se),
+                            w.join(" "),
+                            peer_bursts(&mesh, s, a, b),
+                            peer_bursts(&mesh, s, b, a)
+                        );
+                    }
+                }
             }
         }
 
@@ -1292,6 +1364,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         },
         flaps_per_pair_hour: flaps as f64 / pairs / (elapsed / 3_600.0),
         route_changes: changes,
+        downs_held: counter_sum(&mesh, "axon_probe_downs_held_total"),
         rtt_error_ms: Spread::of(rtt_err),
         jitter_error_ms: Spread::of(jitter_err),
         loss_error_pp: if loss_err.is_empty() {

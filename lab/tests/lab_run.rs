@@ -92,6 +92,7 @@ target = "c<->b"
         "quality",
         "flaps_per_pair_hour",
         "route_changes",
+        "downs_held",
         "rtt_error_ms",
         "jitter_error_ms",
         "loss_error_pp",

@@ -533,6 +533,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
     };
     let mut bursts_seen = 0;
     let mut heals_seen = 0;
+    let mut downs_held_seen = 0;
     let mut window_tick = tokio::time::interval_at(start + window, window);
     window_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
 
@@ -580,6 +581,11 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
             &shared.metrics.heal_bursts,
             session.heal_bursts(),
             &mut heals_seen,
+        );
+        carry(
+            &shared.metrics.downs_held,
+            session.downs_held(),
+            &mut downs_held_seen,
         );
         if session.bursts_refused() != refused_seen {
             let (cap, stall) = session.bursts_refused();

@@ -78,6 +78,10 @@ pub struct Liveness {
     run: u32,
     /// Regular probes in the current run.
     run_regular: u32,
+    /// When the first probe of the current run was sent (ns).
+    run_sent: u64,
+    /// A run was excused since the last reply (see [`Liveness::excuse_run`]).
+    excused: bool,
     down: bool,
     misses: u64,
 }
@@ -97,6 +101,8 @@ impl Liveness {
             seen_regular: 0,
             run: 0,
             run_regular: 0,
+            run_sent: 0,
+            excused: false,
             down: false,
             misses: 0,
         }
@@ -110,6 +116,28 @@ impl Liveness {
     /// Probes that missed their deadline since this state was created.
     pub fn misses(&self) -> u64 {
         self.misses
+    }
+
+    /// When the first probe of the current run of misses was sent (ns), while one runs.
+    pub fn run_since(&self) -> Option<u64> {
+        (self.run > 0).then_some(self.run_sent)
+    }
+
+    /// Takes back the `Down` the current run just declared, once between two replies: the
+    /// caller found a cause other than the path (its own host stalled while the run's probes
+    /// were in flight). The run's misses are forgotten (they count in no miss rate), and a
+    /// new run must reach its length before the link is declared down; a second run before
+    /// any reply declares it, excuse or none, so a dead link under a host that keeps
+    /// stalling is still seen, one run later. Returns whether the run was excused.
+    pub fn excuse_run(&mut self) -> bool {
+        if !self.down || self.excused {
+            return false;
+        }
+        self.down = false;
+        self.excused = true;
+        self.run = 0;
+        self.run_regular = 0;
+        true
     }
 
     /// Whether a run of misses is in progress on a link not yet declared down: the moment to
@@ -190,6 +218,7 @@ impl Liveness {
             self.run_regular = 0;
         }
         self.record_rtt(rtt_ns);
+        self.excused = false;
         if self.down {
             self.down = false;
             self.run = 0;
@@ -209,6 +238,9 @@ impl Liveness {
                 break;
             }
             self.pending.pop_front();
+            if self.run == 0 {
+                self.run_sent = sent;
+            }
             self.run += 1;
             self.run_regular += u32::from(regular);
             self.misses += 1;
@@ -402,5 +434,50 @@ mod tests {
         assert_eq!(l.run_length(), 7);
         l.miss_rate = 0.3;
         assert_eq!(l.run_length(), 12);
+    }
+
+    #[test]
+    fn an_excused_run_is_forgotten_once_between_replies() {
+        let mut l = Liveness::new(LivenessConfig::default());
+        // Warm: 300 answered probes at 10 Hz, 40 ms each.
+        let mut t = 0;
+        for i in 0..300 {
+            l.on_send(i, t, true);
+            assert_eq!(l.on_reply(i, 40 * MS, t + 40 * MS), None);
+            t += 100 * MS;
+        }
+        let rate = l.miss_rate();
+        // A dark link, asked every 50 ms: a run, then `Down`.
+        let mut seq = 300;
+        fn run_to_down(l: &mut Liveness, t: &mut u64, seq: &mut u64) -> u64 {
+            let from = *t;
+            loop {
+                l.on_send(*seq, *t, false);
+                *seq += 1;
+                *t += 50 * MS;
+                if l.poll(*t) == Some(LivenessEvent::Down) {
+                    return *t - from;
+                }
+                assert!(*t - from < 10_000 * MS, "never down");
+            }
+        }
+        let first = run_to_down(&mut l, &mut t, &mut seq);
+        assert!(l.is_down() && l.run_since().is_some());
+        assert!(l.excuse_run(), "the first run is excused");
+        assert!(!l.is_down() && l.run_since().is_none());
+        // The next run declares it again, and that one is not excused.
+        let second = run_to_down(&mut l, &mut t, &mut seq);
+        assert!(second <= first + 100 * MS, "{second} vs {first}");
+        assert!(!l.excuse_run(), "two runs excused without a reply between");
+        assert!(l.is_down());
+        // A reply ends the outage, and the next run may be excused again; the excused
+        // misses counted in no miss rate.
+        l.on_send(seq, t, true);
+        assert_eq!(l.on_reply(seq, 40 * MS, t + 40 * MS), Some(LivenessEvent::Up));
+        seq += 1;
+        t += 100 * MS;
+        let _ = run_to_down(&mut l, &mut t, &mut seq);
+        assert!(l.excuse_run());
+        assert!(l.miss_rate() <= rate, "excused misses moved the miss rate");
     }
 }

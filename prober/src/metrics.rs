@@ -30,8 +30,11 @@ pub struct Metrics {
     pub dropped: IntCounterVec,
     /// Evidence bursts started, by peer (see `BurstConfig`).
     pub bursts: IntCounterVec,
-    /// Heal bursts started, by peer (counted in `bursts` too; see `BurstConfig::heal_after_misses`).
+    /// Heal bursts started, by peer (counted in `bursts` too; see `BurstConfig::heal_after_losses`).
     pub heal_bursts: IntCounterVec,
+    /// Link-down verdicts taken back, by peer: the run of misses behind them was in flight
+    /// while this prober's host stalled (see `PeerSession::poll`).
+    pub downs_held: IntCounterVec,
     /// Evidence bursts not started, by peer and reason: `slots` (other peers held every slot,
     /// see `BurstConfig::max_share`) or `host_stall` (the miss followed a stall of this host,
     /// see `BurstSlots`).
@@ -136,6 +139,16 @@ impl Metrics {
                     Opts::new(
                         "axon_probe_heal_bursts_total",
                         "Heal bursts started (among the evidence bursts): more probes once a link that missed goes quiet.",
+                    ),
+                    &["peer"],
+                ),
+            ),
+            downs_held: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "axon_probe_downs_held_total",
+                        "Link-down verdicts taken back: their misses were in flight while this prober's host stalled.",
                     ),
                     &["peer"],
                 ),

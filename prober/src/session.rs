@@ -326,6 +326,8 @@ pub struct PeerSession {
     healed_after: u64,
     /// Heal bursts started (among `bursts`).
     heal_bursts: u64,
+    /// `Down` verdicts held back for a stall of the host.
+    downs_held: u64,
 }
 
 /// How far behind the long-run miss rate the burst gate runs: a brown-out's own misses must
@@ -370,6 +372,7 @@ impl PeerSession {
             episode_heals: 0,
             healed_after: 0,
             heal_bursts: 0,
+            downs_held: 0,
         }
     }
 
@@ -647,9 +650,34 @@ impl PeerSession {
             self.base += 1;
         }
         let misses = self.liveness.misses();
-        let event = self.liveness.poll(now);
+        let mut event = self.liveness.poll(now);
+        if event == Some(LivenessEvent::Down) && self.stalled_during_run(now) && self.liveness.excuse_run() {
+            self.downs_held += 1;
+            event = None;
+        }
         self.after_misses(misses, now);
         event
+    }
+
+    /// Whether this prober's host stalled while the current run of misses was in flight: a
+    /// stall delays every echo, and the asks whose deadlines pass meanwhile miss on every link
+    /// at once. A `Down` on every one of them is a route storm the path did not cause (in
+    /// the lab, a host under load for a moment moved 200 pairs off their direct links at
+    /// once, and back within seconds), so such a run is excused once (see
+    /// [`Liveness::excuse_run`]): a dead link is declared down by the next run, a few asks
+    /// later.
+    fn stalled_during_run(&self, now: u64) -> bool {
+        let (Some(slots), Some(sent)) = (&self.slots, self.liveness.run_since()) else {
+            return false;
+        };
+        let span = now.saturating_sub(sent) + HOST_STALL.as_nanos() as u64;
+        slots.stalled_within(now, span)
+    }
+
+    /// `Down` verdicts taken back because this host stalled during their run (see
+    /// [`PeerSession::poll`]).
+    pub fn downs_held(&self) -> u64 {
+        self.downs_held
     }
 
     /// Starts a burst if liveness counted a miss since it stood at `before`, the link rarely
@@ -1442,6 +1470,52 @@ mod tests {
         }
         let _ = drive(&mut s, t, 100, |_| false);
         assert_eq!(s.heal_bursts(), 1);
+    }
+
+    #[test]
+    fn a_run_of_misses_a_host_stall_held_declares_no_down_and_a_dead_link_is_seen_a_run_later() {
+        let fresh = || {
+            let slots = BurstSlots::new(4);
+            let mut s = PeerSession::new(SessionConfig::default(), "a").with_burst_slots(slots.clone());
+            s.connected();
+            let t = drive(&mut s, 0, 300, |_| false);
+            (slots, s, t)
+        };
+        // From `t0` the link is dark; asks every 50 ms (as the shell asks again after a
+        // miss). `stall(t)`: a timer due at `t` that fired 100 ms late. Returns how long until
+        // `Down`.
+        let dark = |s: &mut PeerSession, slots: &BurstSlots, t0: u64, stall: Option<u64>| {
+            let mut t = t0;
+            loop {
+                let _ = s.next_datagram(t, true);
+                t += 50 * MS;
+                if let Some(at) = stall.filter(|&at| at <= t && at + 50 * MS > t) {
+                    slots.timer_fired(at, at + 100 * MS);
+                }
+                if s.poll(t) == Some(LivenessEvent::Down) {
+                    return t - t0;
+                }
+                assert!(t - t0 < 10_000 * MS, "never down");
+            }
+        };
+        let (slots, mut s, t) = fresh();
+        let plain = dark(&mut s, &slots, t, None);
+        assert_eq!(s.downs_held(), 0);
+        // The host stalled while the run's asks were in flight: that run declares nothing,
+        // and the dead link is declared by the next.
+        let (slots, mut s, t) = fresh();
+        let held = dark(&mut s, &slots, t, Some(t + 100 * MS));
+        assert_eq!(s.downs_held(), 1);
+        assert!(held > plain, "down after {held} ns, as soon as without the stall");
+        assert!(
+            held <= 3 * plain,
+            "down after {held} ns, {plain} ns without the stall"
+        );
+        // A stall long before the run says nothing about it.
+        let (slots, mut s, t) = fresh();
+        assert!(slots.timer_fired(t - 3_000 * MS, t - 2_900 * MS));
+        assert_eq!(dark(&mut s, &slots, t, None), plain);
+        assert_eq!(s.downs_held(), 0);
     }
 
     #[test]
