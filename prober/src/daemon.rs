@@ -756,7 +756,11 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
                 // Not a stall detector: every peer's window closes at the same instant, so
                 // the last of them run late by the others' work, stall or none.
                 _ = window_tick.tick() => {
-                    let _ = session.poll(clock.now_ns());
+                    // A verdict this poll reaches is the deadline timer's, come a tick early.
+                    if let Some(ev) = session.poll(clock.now_ns()) {
+                        shared.metrics.peer_up.with_label_values(&label).set(0);
+                        shared.emit_liveness(&peer, ev, Cause::Probes);
+                    }
                     let report = session.close_window();
                     let end = ops::unix_ms();
                     if measure && session.ever_connected() {
