@@ -47,6 +47,13 @@ pub struct HysteresisConfig {
     pub sure_switch_ratio: f64,
     /// Absolute gain a candidate needs, ms of cost. Default 5.
     pub switch_min_ms: f64,
+    /// Absolute gain that takes a pair back to the path it left to a fault, ms of cost, with
+    /// `sure_switch_ratio` as the relative part (never more than a candidate needs). Default
+    /// 2.5. That path was the pair's choice until the fault; with `switch_min_ms` as the floor
+    /// a pair whose detour cost 15% (6.8 ms) more than its healed direct link stayed on it for
+    /// the rest of a lab run, 128 s: the healed link's estimate read 1.6 ms high, the gain fell
+    /// under 5 ms as often as over, and three wins in a row never came.
+    pub restore_min_ms: f64,
     /// Consecutive computations the candidate must win. Default 3.
     pub switch_after: u32,
     /// Standard errors of the cost difference a candidate must also win by. Default 2: a
@@ -177,6 +184,7 @@ impl Default for HysteresisConfig {
             switch_ratio: 0.1,
             sure_switch_ratio: 0.05,
             switch_min_ms: 5.0,
+            restore_min_ms: 2.5,
             switch_after: 3,
             switch_z: 2.0,
             backup_slack_ratio: 0.02,
@@ -198,6 +206,7 @@ impl HysteresisConfig {
             self.switch_ratio,
         )?;
         check_range("switch_min_ms", self.switch_min_ms, 0.0, 1e6)?;
+        check_range("restore_min_ms", self.restore_min_ms, 0.0, 1e6)?;
         check_range("switch_z", self.switch_z, 0.0, 10.0)?;
         check_range("warmup_gain_ms", self.warmup_gain_ms, 0.0, 1e6)?;
         check_range("backup_slack_ratio", self.backup_slack_ratio, 0.0, 10.0)?;
@@ -232,6 +241,14 @@ impl HysteresisConfig {
     pub fn sure_margin(&self, current_cost: f32) -> f32 {
         (self.sure_switch_ratio as f32 * current_cost)
             .max(self.switch_min_ms as f32)
+            .min(self.margin(current_cost))
+    }
+
+    /// The gain that takes a pair back to the path it left to a fault (see
+    /// [`HysteresisConfig::restore_min_ms`]).
+    pub fn restore_margin(&self, current_cost: f32) -> f32 {
+        (self.sure_switch_ratio as f32 * current_cost)
+            .max(self.restore_min_ms as f32)
             .min(self.margin(current_cost))
     }
 
@@ -435,7 +452,7 @@ pub fn decide_with_quality(
     }
     // What the candidate gains on delay, jitter and price alone is measured well and needs a
     // smaller margin; a gain that rests on loss estimates must beat the full margin and their
-    // noise. The path the pair left to a fault needs the smaller margin only, once usable.
+    // noise. The path the pair left to a fault needs the restoring margin only, once usable.
     let sure = cfg.sure_margin(current.cost);
     let sure_gain = (current.cost - current.loss_cost) - (candidate_cost - cand.loss_cost);
     // A path left for breaking the voice thresholds is returned to only once it meets them:
@@ -444,7 +461,9 @@ pub fn decide_with_quality(
         && !cand.degraded
         && cand.cost.is_finite()
         && (!cfg.voice.enabled || quality(&candidate).is_none_or(|q| cfg.voice.meets(&q, 1.0)));
-    let needed = if restoring || sure_gain >= sure {
+    let needed = if restoring {
+        cfg.restore_margin(current.cost)
+    } else if sure_gain >= sure {
         sure
     } else {
         cfg.gain_needed(&current, &cand)
@@ -965,6 +984,45 @@ mod tests {
             let d = decide(&cfg, &mut mem, direct, 103.5, close);
             assert!(matches!(d, Decision::Kept { streak: 0, .. }), "{d:?}");
         }
+
+        // A short pair: its detour costs 52 ms, its healed direct link reads 4.7–5.2 ms less
+        // (5% is 2.6 ms, under `switch_min_ms`). Back it goes, on the restoring margin; a pair
+        // that never was on the direct path stays, the gain under 5 ms every other time.
+        let short = |read: f32| {
+            move |p: &Path| PathEval {
+                cost: if *p == direct { read } else { 52.0 },
+                degraded: false,
+                sigma: 1.0,
+                loss_cost: 1.0,
+            }
+        };
+        let reads = |i: u32| if i % 2 == 0 { 46.8 } else { 47.3 };
+        let mut stranger = PairMemory {
+            current: relay,
+            ..Default::default()
+        };
+        let mut mem = PairMemory {
+            current: relay,
+            left: direct,
+            ..Default::default()
+        };
+        for i in 0..10 {
+            let d = decide(&cfg, &mut stranger, direct, reads(i), short(reads(i)));
+            assert!(matches!(d, Decision::Kept { .. }), "{d:?}");
+        }
+        let mut back = None;
+        for i in 0..10 {
+            if let Decision::Switched { reason, .. } =
+                decide(&cfg, &mut mem, direct, reads(i), short(reads(i)))
+            {
+                back = back.or(Some((i + 1, reason)));
+            }
+        }
+        assert!(
+            matches!(back, Some((n, SwitchReason::Restored { .. })) if n == cfg.switch_after),
+            "{back:?}"
+        );
+        assert_eq!(mem.current, direct);
     }
 
     #[test]
