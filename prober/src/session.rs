@@ -776,13 +776,6 @@ impl PeerSession {
                 f64::INFINITY
             };
             self.episode_heals = 0;
-        } else if self.episode_gate.is_infinite() && self.gate_samples >= 2 {
-            // An episode begun while the link was too young is judged once the gate has
-            // measured it, on the rate as it stood 10 to 20 s before this loss. Random losses
-            // less than 30 s apart otherwise kept one young episode alive for good: in the
-            // lab a link whose noise did that from its first seconds never had a heal burst,
-            // and its pairs came back 34–73 s after a 2% brown-out.
-            self.episode_gate = self.gate_rate;
         }
         if self.loss_times.len() == keep {
             self.loss_times.pop_front();
@@ -1285,19 +1278,6 @@ mod tests {
         let t = drive(&mut s, 0, 10 * k, brownout);
         let _ = drive(&mut s, t, 100, |_| false);
         assert_eq!(s.heal_bursts(), 0, "a young link got a heal burst");
-        // One whose random losses, 25 s apart, keep an episode begun in its first seconds
-        // alive is judged once the gate has measured it: its brown-out's end gets a burst.
-        let mut s = session();
-        let mut t = drive(&mut s, 0, 50, |i| i == 20);
-        for _ in 0..2 {
-            t = drive(&mut s, t, 250, |i| i == 220);
-        }
-        let t = drive(&mut s, t, 10 * k, brownout);
-        let _ = drive(&mut s, t, 100, |_| false);
-        assert!(
-            s.heal_bursts() >= 1,
-            "an episode begun young never had a heal burst"
-        );
 
         // One loss fewer is no episode; `k` spread over more than 30 s are none either.
         let mut s = session();
@@ -1433,19 +1413,15 @@ mod tests {
         assert_eq!(caps, [6, 7, 2, 2]);
     }
 
-    /// A session with burst slots of its own (four), after 30 s of answered asks; the slots
-    /// (to mark host stalls on) and the time after.
-    fn warm_with_slots() -> (Arc<BurstSlots>, PeerSession, u64) {
-        let slots = BurstSlots::new(4);
-        let mut s = PeerSession::new(SessionConfig::default(), "a").with_burst_slots(slots.clone());
-        s.connected();
-        let t = drive(&mut s, 0, 300, |_| false);
-        (slots, s, t)
-    }
-
     #[test]
     fn a_miss_whose_ask_a_host_stall_held_starts_no_burst() {
-        let fresh = warm_with_slots;
+        let fresh = || {
+            let slots = BurstSlots::new(4);
+            let mut s = PeerSession::new(SessionConfig::default(), "a").with_burst_slots(slots.clone());
+            s.connected();
+            let t = drive(&mut s, 0, 300, |_| false);
+            (slots, s, t)
+        };
         let miss = |s: &mut PeerSession, at: u64| {
             let _ = s.next_datagram(at, true);
             let dl = s.next_deadline().expect("a pending ask has a deadline");
@@ -1498,7 +1474,13 @@ mod tests {
 
     #[test]
     fn a_run_of_misses_a_host_stall_held_declares_no_down_and_a_dead_link_is_seen_a_run_later() {
-        let fresh = warm_with_slots;
+        let fresh = || {
+            let slots = BurstSlots::new(4);
+            let mut s = PeerSession::new(SessionConfig::default(), "a").with_burst_slots(slots.clone());
+            s.connected();
+            let t = drive(&mut s, 0, 300, |_| false);
+            (slots, s, t)
+        };
         // From `t0` the link is dark; asks every 50 ms (as the shell asks again after a
         // miss). `stall(t)`: a timer due at `t` that fired 100 ms late. Returns how long until
         // `Down`.
