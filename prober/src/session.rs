@@ -1413,15 +1413,19 @@ mod tests {
         assert_eq!(caps, [6, 7, 2, 2]);
     }
 
+    /// A session with burst slots of its own (four), after 30 s of answered asks; the slots
+    /// (to mark host stalls on) and the time after.
+    fn warm_with_slots() -> (Arc<BurstSlots>, PeerSession, u64) {
+        let slots = BurstSlots::new(4);
+        let mut s = PeerSession::new(SessionConfig::default(), "a").with_burst_slots(slots.clone());
+        s.connected();
+        let t = drive(&mut s, 0, 300, |_| false);
+        (slots, s, t)
+    }
+
     #[test]
     fn a_miss_whose_ask_a_host_stall_held_starts_no_burst() {
-        let fresh = || {
-            let slots = BurstSlots::new(4);
-            let mut s = PeerSession::new(SessionConfig::default(), "a").with_burst_slots(slots.clone());
-            s.connected();
-            let t = drive(&mut s, 0, 300, |_| false);
-            (slots, s, t)
-        };
+        let fresh = warm_with_slots;
         let miss = |s: &mut PeerSession, at: u64| {
             let _ = s.next_datagram(at, true);
             let dl = s.next_deadline().expect("a pending ask has a deadline");
@@ -1474,13 +1478,7 @@ mod tests {
 
     #[test]
     fn a_run_of_misses_a_host_stall_held_declares_no_down_and_a_dead_link_is_seen_a_run_later() {
-        let fresh = || {
-            let slots = BurstSlots::new(4);
-            let mut s = PeerSession::new(SessionConfig::default(), "a").with_burst_slots(slots.clone());
-            s.connected();
-            let t = drive(&mut s, 0, 300, |_| false);
-            (slots, s, t)
-        };
+        let fresh = warm_with_slots;
         // From `t0` the link is dark; asks every 50 ms (as the shell asks again after a
         // miss). `stall(t)`: a timer due at `t` that fired 100 ms late. Returns how long until
         // `Down`.
