@@ -1240,9 +1240,15 @@ mod tests {
         let k = u64::from(BurstConfig::default().heal_after_losses);
         // A brown-out: an ask lost every second, `k` of them (they start onset bursts).
         let brownout = move |i: u64| i % 10 == 5 && i < 10 * k;
-        let mut s = session();
-        let t = drive(&mut s, 0, 300, |_| false);
-        let t = drive(&mut s, t, 10 * k, brownout);
+        // A session of `cfg`, 30 s of answered asks, then the brown-out; and the time after.
+        let browned = |cfg: SessionConfig| {
+            let mut s = PeerSession::new(cfg, "a");
+            s.connected();
+            let t = drive(&mut s, 0, 300, |_| false);
+            let t = drive(&mut s, t, 10 * k, brownout);
+            (s, t)
+        };
+        let (mut s, t) = browned(SessionConfig::default());
         let onset = s.bursts();
         assert!(onset >= 1 && s.heal_bursts() == 0);
         // Then every ask is answered: one heal burst, once the quiet run and the cooldown
@@ -1256,10 +1262,7 @@ mod tests {
         // (the cooldown shortened to the bursts' length, so that the quiet run decides).
         let mut cfg = SessionConfig::default();
         cfg.burst.cooldown = cfg.burst.duration;
-        let mut s = PeerSession::new(cfg, "a");
-        s.connected();
-        let t = drive(&mut s, 0, 300, |_| false);
-        let t = drive(&mut s, t, 10 * k, brownout);
+        let (mut s, t) = browned(cfg);
         let t = drive(&mut s, t, 100, |_| false);
         assert_eq!(s.heal_bursts(), 1);
         // A loss (found a loss timeout, 1 s, after its ask), then answers: 3 s after it is
@@ -1297,10 +1300,7 @@ mod tests {
         // Off.
         let mut cfg = SessionConfig::default();
         cfg.burst.heal_after_losses = 0;
-        let mut s = PeerSession::new(cfg, "a");
-        s.connected();
-        let t = drive(&mut s, 0, 300, |_| false);
-        let t = drive(&mut s, t, 10 * k, brownout);
+        let (mut s, t) = browned(cfg);
         let _ = drive(&mut s, t, 100, |_| false);
         assert_eq!(s.heal_bursts(), 0);
     }
