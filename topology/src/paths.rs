@@ -32,7 +32,7 @@ use crate::hysteresis::{
     Decision, HysteresisConfig, HysteresisState, PairMemory, SwitchReason, decide_with_quality,
 };
 use crate::kernels::{
-    self, ABSENT, BackupResult, BackupStart, GROUP, Grid, INF, NEG, NONE, Shared, Steps, block_minima,
+    self, ABSENT, BackupResult, BackupStart, GROUP, Grid, INF, Isa, NEG, NONE, Shared, Steps, block_minima,
     blocked, parallel_rows, refill,
 };
 use crate::locality::locality_order;
@@ -353,15 +353,24 @@ struct GroupCtx<'a> {
     differs: &'a AtomicBool,
 }
 
-/// One group of sources, from link costs to routes: the AVX2 build where the CPU has it (see
-/// `kernels::has_avx2`), else the baseline.
+/// One group of sources, from link costs to routes: the best build the CPU runs (see
+/// `kernels::Isa`).
 #[allow(unsafe_code)]
 fn run_group(ctx: &GroupCtx<'_>, grp: &mut Group, s0: usize, rows: &mut [Row<'_>]) {
-    #[cfg(target_arch = "x86_64")]
-    if kernels::has_avx2() {
-        // SAFETY: `has_avx2` found every feature `run_group_avx2` is compiled for.
-        return unsafe { run_group_avx2(ctx, grp, s0, rows) };
+    match kernels::isa() {
+        // SAFETY: `isa` found every feature `run_group_avx512` is compiled for.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { run_group_avx512(ctx, grp, s0, rows) },
+        // SAFETY: `isa` found every feature `run_group_avx2` is compiled for.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { run_group_avx2(ctx, grp, s0, rows) },
+        _ => run_group_body(ctx, grp, s0, rows),
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt,avx512f,avx512vl,avx512bw,avx512dq")]
+fn run_group_avx512(ctx: &GroupCtx<'_>, grp: &mut Group, s0: usize, rows: &mut [Row<'_>]) {
     run_group_body(ctx, grp, s0, rows);
 }
 
@@ -799,9 +808,9 @@ mod tests {
     }
 
     #[test]
-    fn the_baseline_and_avx2_builds_of_the_search_agree_to_the_bit() {
-        // On a CPU without AVX2 both runs take the baseline build, and this compares it with
-        // itself.
+    fn every_build_of_the_search_agrees_to_the_bit() {
+        // A CPU without AVX2 or AVX-512 runs its best build for the higher caps too, and
+        // compares it with itself.
         let cfg = PathConfig {
             max_relays: 2,
             threads: 1,
@@ -809,10 +818,12 @@ mod tests {
         for (n, seed) in [(9, 1), (70, 2), (150, 3)] {
             let cm = plane(n, seed);
             let fast = compute_routes(&cm, &cfg, None);
-            kernels::BASELINE_ONLY.with(|b| b.set(true));
-            let baseline = compute_routes(&cm, &cfg, None);
-            kernels::BASELINE_ONLY.with(|b| b.set(false));
-            assert_eq!(fast, baseline, "{n} sites");
+            for cap in [Isa::Avx2, Isa::Baseline] {
+                kernels::ISA_CAP.with(|c| c.set(cap));
+                let slower = compute_routes(&cm, &cfg, None);
+                kernels::ISA_CAP.with(|c| c.set(Isa::Avx512));
+                assert_eq!(fast, slower, "{n} sites, {cap:?} build");
+            }
             let relayed = fast
                 .pairs()
                 .iter()
