@@ -13,7 +13,8 @@
 //!   under the estimate (binomial tails below `loss_change_p`), the link changed — a
 //!   brown-out or its end — and the counts restart from those windows at once; a rise is
 //!   held as uncertain as its value (its standard error at least the estimate) until the
-//!   windows after it are improbable under the loss before too, since windows chosen for
+//!   windows after it are improbable under the loss before too (the far end's report of the
+//!   same seconds is not after it: it counts the same datagrams), since windows chosen for
 //!   being extreme make a false alarm read as a brown-out (on a mesh losing 1%, 4 of 32 lost
 //!   read as degraded for seconds);
 //! - a **heal test** for a link that changed: a CUSUM of the log-likelihood ratio between
@@ -293,6 +294,9 @@ struct Confirm {
     /// Probes and losses since the change.
     sent: u32,
     lost: u32,
+    /// The next window is not evidence: the pair's other end found the change in the round
+    /// trips this end's next window reports too (see [`LinkState::observe_paired`]).
+    skip: bool,
 }
 
 /// A change the loss counts revealed.
@@ -378,7 +382,9 @@ impl LossCounts {
             self.recent.pop_front();
         }
         self.recent.push_back((sent, lost));
-        if let Some(c) = &mut self.confirm {
+        if let Some(c) = &mut self.confirm
+            && !std::mem::take(&mut c.skip)
+        {
             c.sent = c.sent.saturating_add(sent);
             c.lost = c.lost.saturating_add(lost);
             if binomial_tails(c.sent, c.lost, c.before).1 < CONFIRM_P {
@@ -433,6 +439,7 @@ impl LossCounts {
                     before: p,
                     sent: 0,
                     lost: 0,
+                    skip: false,
                 });
                 return Some(Change { span, heal: false });
             }
@@ -712,7 +719,7 @@ impl LinkState {
                 detail: format!("{} is not after the last window ({last}): replay", w.end_ms),
             });
         }
-        self.last_window_end = Some(w.end_ms);
+        let previous_end = self.last_window_end.replace(w.end_ms);
         while self.history.len() >= cfg.history.max(1) {
             self.history.pop_front();
         }
@@ -734,7 +741,14 @@ impl LinkState {
                 && let Some(r) = reverse
             {
                 r.loss.restart(change.span);
-                r.loss.confirm = self.loss.confirm;
+                // The other end's next window holds most of this window's round trips when it
+                // has not yet reported most of this window's span: the evidence the change was
+                // found in, seen again, and no confirmation of it.
+                let span = previous_end.map_or(0, |p| w.end_ms - p);
+                let unseen = r
+                    .last_window_end
+                    .is_none_or(|e| e.saturating_add(span / 2) < w.end_ms);
+                r.loss.confirm = self.loss.confirm.map(|c| Confirm { skip: unseen, ..c });
             }
         }
         let sample = LinkMetrics {
@@ -1347,6 +1361,54 @@ mod tests {
             degraded <= alone_degraded.max(20),
             "degraded {degraded} windows paired, {alone_degraded} alone"
         );
+    }
+
+    #[test]
+    fn the_far_ends_report_of_the_round_trips_that_showed_a_rise_does_not_confirm_it() {
+        // Both ends report each second, one end's window 300 ms after the other's: a datagram
+        // lost in a second costs both ends' windows of that second a sample.
+        let cfg = LinkStateConfig::default();
+        let setup = || {
+            let (mut ab, mut ba) = (LinkState::default(), LinkState::default());
+            for i in 1..=300u64 {
+                let t = i * 1000;
+                ab.observe_paired(&window(t, 10, 10, 50.0), &mut ba, &cfg, Pool::NONE)
+                    .unwrap();
+                ba.observe_paired(&window(t + 300, 10, 10, 50.0), &mut ab, &cfg, Pool::NONE)
+                    .unwrap();
+            }
+            (ab, ba)
+        };
+        let health = |ab: &LinkState, ba: &LinkState, now| {
+            ab.view_paired(Some(ba), now, &cfg, Pool::NONE).unwrap().health
+        };
+        // An evidence burst in second 301 loses six round trips: the first end to report it
+        // finds the rise, and the other end's report of the same second is no confirmation.
+        let (mut ab, mut ba) = setup();
+        ab.observe_paired(&window(301_000, 100, 94, 50.0), &mut ba, &cfg, Pool::NONE)
+            .unwrap();
+        assert!(ab.loss.distinct && ab.loss.confirm.is_some(), "the rise is found");
+        ba.observe_paired(&window(301_300, 100, 94, 50.0), &mut ab, &cfg, Pool::NONE)
+            .unwrap();
+        assert_eq!(health(&ab, &ba, 301_400), LinkHealth::Up);
+        assert_eq!(health(&ba, &ab, 301_400), LinkHealth::Up);
+        // The next second's round trips are new evidence: losing as many confirms the rise.
+        ab.observe_paired(&window(302_000, 100, 95, 50.0), &mut ba, &cfg, Pool::NONE)
+            .unwrap();
+        assert_eq!(health(&ab, &ba, 302_100), LinkHealth::Degraded);
+        assert_eq!(health(&ba, &ab, 302_100), LinkHealth::Degraded);
+        // Where the other end reported the second first, its report was part of the test, and
+        // its next window is new evidence.
+        let (mut ab, mut ba) = setup();
+        ba.observe_paired(&window(300_900, 100, 94, 50.0), &mut ab, &cfg, Pool::NONE)
+            .unwrap();
+        ab.observe_paired(&window(301_000, 100, 94, 50.0), &mut ba, &cfg, Pool::NONE)
+            .unwrap();
+        let found = ab.loss.confirm.is_some() || ba.loss.confirm.is_some();
+        assert!(found, "the rise is found");
+        ba.observe_paired(&window(301_900, 100, 95, 50.0), &mut ab, &cfg, Pool::NONE)
+            .unwrap();
+        assert_eq!(health(&ab, &ba, 302_000), LinkHealth::Degraded);
     }
 
     /// A pair probed for 17 clean seconds, then a brown-out caught by an evidence burst: the
