@@ -437,7 +437,7 @@ pub(crate) struct Steps {
     /// Step 2: the best ≤2-relay path and its last relay (`NONE`: step 1's path is best).
     pub best: Vec<f32>,
     pub arg: Vec<u32>,
-    keys: Vec<u64>,
+    keys: SortKeys,
 }
 
 /// What the backup search starts from, per pair, written by the caller once primaries are
@@ -473,29 +473,85 @@ fn unkey(k: u64) -> (f32, u32) {
     (f32::from_bits((k >> 32) as u32), k as u32)
 }
 
-/// Fills `out` with the sites `0..n` that `item` keeps (`(true, cost)`), cheapest first, each
-/// made into an entry by `make`; `keys` is a reused buffer. Sites are kept without a branch:
-/// whether a site is relayed is close to a coin toss, and a filtered `extend` mispredicted on
-/// every other one.
+/// Reused buffers of [`sort_by_cost`]: the keys, and the other half of a radix sort's
+/// ping-pong.
+#[derive(Debug, Default)]
+pub(crate) struct SortKeys {
+    keys: Vec<u64>,
+    spare: Vec<u64>,
+}
+
+/// Lists shorter than this are sorted by comparison: a radix sort's four 256-entry histograms
+/// cost more than it saves on a few dozen keys.
+const RADIX_MIN: usize = 64;
+
+impl SortKeys {
+    /// Sorts `keys` (made by [`key`], in increasing site order) like `sort_unstable`, and
+    /// returns them: a least-significant-digit radix sort on the cost's four bytes, stable, so
+    /// equal costs keep their sites in increasing order as the integers would sort them. A
+    /// byte every key shares (the sign and most of the exponent, in a mesh whose costs span a
+    /// few octaves) skips its pass. Sorting each source's relays, twice, took 8.5% of a
+    /// computation at 500 sites with a comparison sort, 7.0% with this one (`perf`).
+    fn sort(&mut self) -> &[u64] {
+        let n = self.keys.len();
+        debug_assert!(self.keys.windows(2).all(|w| (w[0] as u32) < (w[1] as u32)));
+        if n < RADIX_MIN {
+            self.keys.sort_unstable();
+            return &self.keys;
+        }
+        let mut counts = [[0u32; 256]; 4];
+        let (mut all, mut any) = (u32::MAX, 0);
+        for &k in &self.keys {
+            let c = (k >> 32) as u32;
+            (all, any) = (all & c, any | c);
+            for (d, count) in counts.iter_mut().enumerate() {
+                count[((c >> (8 * d)) & 0xFF) as usize] += 1;
+            }
+        }
+        refill(&mut self.spare, n, 0);
+        for (d, count) in counts.iter_mut().enumerate() {
+            if ((all ^ any) >> (8 * d)) & 0xFF == 0 {
+                continue;
+            }
+            let mut at = 0;
+            for x in count.iter_mut() {
+                (*x, at) = (at, at + *x);
+            }
+            let shift = 32 + 8 * d;
+            for &k in &self.keys {
+                let b = ((k >> shift) & 0xFF) as usize;
+                self.spare[count[b] as usize] = k;
+                count[b] += 1;
+            }
+            std::mem::swap(&mut self.keys, &mut self.spare);
+        }
+        &self.keys
+    }
+}
+
+/// Fills `out` with the sites `0..n` that `item` keeps (`(true, cost)`), cheapest first (ties
+/// by site), each made into an entry by `make`; `keys` is a reused buffer. Sites are kept
+/// without a branch: whether a site is relayed is close to a coin toss, and a filtered
+/// `extend` mispredicted on every other one.
 fn sort_by_cost<T>(
-    keys: &mut Vec<u64>,
+    keys: &mut SortKeys,
     n: usize,
     item: impl Fn(usize) -> (bool, f32),
     out: &mut Vec<T>,
     make: impl Fn(f32, u32) -> T,
 ) {
-    keys.clear();
-    keys.resize(n, 0);
+    let k = &mut keys.keys;
+    k.clear();
+    k.resize(n, 0);
     let mut len = 0;
     for r in 0..n {
         let (keep, c) = item(r);
-        keys[len] = key(c, r as u32);
+        k[len] = key(c, r as u32);
         len += usize::from(keep);
     }
-    keys.truncate(len);
-    keys.sort_unstable();
+    k.truncate(len);
     out.clear();
-    out.extend(keys.iter().map(|&k| {
+    out.extend(keys.sort().iter().map(|&k| {
         let (c, r) = unkey(k);
         make(c, r)
     }));
@@ -944,4 +1000,33 @@ pub(crate) fn parallel_rows<R: Send, S: Send>(
         }
         done
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_radix_sort_orders_keys_as_a_comparison_sort_does() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut keys = SortKeys::default();
+        for n in [0, 1, 5, RADIX_MIN - 1, RADIX_MIN, 200, 1000] {
+            for spread in [1.0f32, 40.0, 600.0] {
+                // Costs quantised to 1/256 ms, as in the search: many ties among 1,000 sites.
+                let costs: Vec<f32> = (0..n)
+                    .map(|_| ((next() % 65_536) as f32 / 65_536.0 * spread * 256.0).round() / 256.0 + 1.0)
+                    .collect();
+                let mut want: Vec<u64> = (0..n).map(|r| key(costs[r], r as u32)).collect();
+                keys.keys.clone_from(&want);
+                want.sort_unstable();
+                assert_eq!(keys.sort(), &want[..], "{n} keys over {spread} ms");
+            }
+        }
+    }
 }
