@@ -29,6 +29,12 @@ pub struct FaultReport {
     /// not lost anything before it, so there was nothing to detect); `detect_s` minus this is
     /// Axon's own reaction. `null` for other kinds, or if nothing was dropped.
     pub first_drop_s: Option<f64>,
+    /// Loss faults: fault → the first probe either end of a faulted link counted lost (a
+    /// drop can hit a QUIC acknowledgement instead, which no probe sees; and a probe is
+    /// counted lost a loss timeout after it was sent, when its burst has already begun).
+    /// `converge_s` minus this is Axon's reaction to the evidence. `null` for other kinds, or
+    /// if no probe was lost.
+    pub first_probe_lost_s: Option<f64>,
 }
 
 /// Percentiles.
@@ -154,6 +160,8 @@ impl Report {
                 f.affected_pairs,
                 f.first_drop_s
                     .map_or_else(String::new, |x| format!(", first drop after {x:.2} s"))
+                    + &f.first_probe_lost_s
+                        .map_or_else(String::new, |x| format!(", first probe lost after {x:.2} s"))
             );
             if let Some(h) = &f.recover_held_by
                 && f.recover_s.is_none_or(|r| r >= 5.0)

@@ -556,6 +556,19 @@ fn dropped(mesh: &Mesh, links: &[(usize, usize)]) -> u64 {
         .sum()
 }
 
+/// Probes the probers at the links' sources have counted lost to their far ends: a dropped
+/// datagram that carried a probe (or its echo), found past its loss timeout.
+fn probes_lost(mesh: &Mesh, world: &World, links: &[(usize, usize)]) -> u64 {
+    let sites = world.inventory.sites();
+    links
+        .iter()
+        .map(|&(a, b)| {
+            let peer = [sites[b].id.as_str()];
+            mesh.probers[a].metrics.lost.with_label_values(&peer).get()
+        })
+        .sum()
+}
+
 /// Sets a pipe's parameters for the faults active on it.
 fn apply_pipe(mesh: &Mesh, s: &Scenario, active: &[&Fault]) -> Result<(), LabError> {
     for (&(a, b), (pipe, fwd0, back0)) in &mesh.pipes {
@@ -742,10 +755,13 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
             recover_s: None,
             recover_held_by: None,
             first_drop_s: None,
+            first_probe_lost_s: None,
         })
         .collect();
-    // Per fault: the emulator's drops on its links when it started (loss faults).
+    // Per fault: the emulator's drops on its links when it started (loss faults), and the
+    // probes its links' ends had counted lost.
     let mut drops_at_start: Vec<Option<u64>> = vec![None; s.faults.len()];
+    let mut probes_lost_at_start: Vec<Option<u64>> = vec![None; s.faults.len()];
     // Per fault: started, ended, affected pairs.
     // What each fault hits, resolved once: the sampling loop asks ten times a second.
     let hit: Vec<Hits> = s.faults.iter().map(|f| hits(s, f)).collect();
@@ -787,6 +803,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                 reports[i].affected_pairs = affected[i].len();
                 if f.spec.kind == FaultKind::Loss {
                     drops_at_start[i] = Some(dropped(&mesh, links));
+                    probes_lost_at_start[i] = Some(probes_lost(&mesh, &s.world, links));
                 }
                 if f.spec.kind == FaultKind::ControllerKill {
                     let epoch = mesh.epoch().unwrap_or(0);
@@ -1071,6 +1088,13 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                 && dropped(&mesh, &hit[i].0) > before
             {
                 reports[i].first_drop_s = Some(ts - f.spec.at_s);
+            }
+            if let Some(before) = probes_lost_at_start[i]
+                && reports[i].first_probe_lost_s.is_none()
+                && !ended[i]
+                && probes_lost(&mesh, &s.world, &hit[i].0) > before
+            {
+                reports[i].first_probe_lost_s = Some(ts - f.spec.at_s);
             }
         }
 

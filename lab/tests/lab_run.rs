@@ -115,6 +115,7 @@ target = "c<->b"
         "recover_s",
         "recover_held_by",
         "first_drop_s",
+        "first_probe_lost_s",
     ] {
         assert!(v["faults"][0].get(key).is_some(), "faults[].{key} missing");
     }
