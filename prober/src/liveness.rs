@@ -2,10 +2,12 @@
 //!
 //! Quality waits for windows; liveness must not. A probe counts as missed once its reply is
 //! later than an adaptive deadline taken from the link's own RTTs (`factor × p99 + margin`), and
-//! a run of consecutive misses declares the link down at once. The run length comes from the
-//! link's measured miss rate `p`: the smallest `k` with `p^k × probes per day` below the allowed
-//! false alarms per day, so random loss almost never looks like an outage while a clean link is
-//! declared down after a few probes. Time is a parameter (monotonic nanoseconds).
+//! a run of consecutive misses declares the link down at once; a late answer to one of the
+//! run's probes ends the run (the peer is slower than it was, not gone). The run length comes
+//! from the link's measured miss rate `p`: the smallest `k` with `p^k × probes per day` below
+//! the allowed false alarms per day, so random loss almost never looks like an outage while a
+//! clean link is declared down after a few probes. Time is a parameter (monotonic
+//! nanoseconds).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -78,8 +80,9 @@ pub struct Liveness {
     run: u32,
     /// Regular probes in the current run.
     run_regular: u32,
-    /// When the first probe of the current run was sent (ns).
+    /// When the first probe of the current run was sent (ns), and its sequence.
     run_sent: u64,
+    run_seq: u64,
     /// A run was excused since the last reply (see [`Liveness::excuse_run`]).
     excused: bool,
     down: bool,
@@ -102,6 +105,7 @@ impl Liveness {
             run: 0,
             run_regular: 0,
             run_sent: 0,
+            run_seq: 0,
             excused: false,
             down: false,
             misses: 0,
@@ -216,6 +220,14 @@ impl Liveness {
             self.observe(false, regular);
             self.run = 0;
             self.run_regular = 0;
+        } else if self.run > 0 && seq >= self.run_seq {
+            // A late answer to a probe of the current run: the peer answers, more slowly than
+            // the deadline expected (a step up in round trip, an underlay reroute). Not an
+            // outage, nor loss: the run ends uncounted, and the answer's round trip moves the
+            // deadline. (In the lab a 60 ms step on a 75 ms link made a `Down` 0.3 s in and an
+            // `Up` 17 ms later, and both directions' pairs went to a relay and back.)
+            self.run = 0;
+            self.run_regular = 0;
         }
         self.record_rtt(rtt_ns);
         self.excused = false;
@@ -233,13 +245,13 @@ impl Liveness {
     pub fn poll(&mut self, now: u64) -> Option<LivenessEvent> {
         let deadline = self.deadline().as_nanos() as u64;
         let mut event = None;
-        while let Some(&(_, sent, regular)) = self.pending.front() {
+        while let Some(&(seq, sent, regular)) = self.pending.front() {
             if now.saturating_sub(sent) <= deadline {
                 break;
             }
             self.pending.pop_front();
             if self.run == 0 {
-                self.run_sent = sent;
+                (self.run_sent, self.run_seq) = (sent, seq);
             }
             self.run += 1;
             self.run_regular += u32::from(regular);
@@ -371,6 +383,38 @@ mod tests {
         let (up_at, e) = ev[1];
         assert_eq!(e, LivenessEvent::Up);
         assert!(up_at - 650 * 100 * MS <= 100 * MS);
+    }
+
+    #[test]
+    fn a_step_up_in_round_trip_is_no_outage() {
+        // An underlay reroute: 75 ms, then 135 ms from probe 300 on. The first asks after the
+        // step miss the deadline the 75 ms made (about 118 ms), but each is answered 17 ms
+        // later, before a run of misses is long enough for a `Down`: at 10 Hz, and at an
+        // evidence burst's 100 asks a second.
+        for every_ms in [100, 10] {
+            let probes = 600 * 100 / every_ms;
+            let step = probes / 2;
+            let (l, ev) = drive_every(
+                every_ms,
+                probes,
+                |_| true,
+                |i| if i < step { 75 * MS } else { 135 * MS },
+            );
+            assert!(ev.is_empty(), "probes every {every_ms} ms: {ev:?}");
+            // The deadline follows the new round trip.
+            assert!(l.deadline() > Duration::from_millis(135), "{:?}", l.deadline());
+        }
+        // A blackhole is still a blackhole: no answer, late or not.
+        let ev = drive(
+            700,
+            |i| !(600..650).contains(&i),
+            |i| if i < 300 { 75 * MS } else { 135 * MS },
+        );
+        assert_eq!(
+            ev.iter().filter(|e| e.1 == LivenessEvent::Down).count(),
+            1,
+            "{ev:?}"
+        );
     }
 
     #[test]
