@@ -1427,9 +1427,11 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         }
         for (i, p) in mesh.probers.iter().enumerate() {
             for mf in p.metrics.registry.gather() {
-                if mf.name() != "axon_probe_datagrams_dropped_total" {
-                    continue;
-                }
+                let name = match mf.name() {
+                    "axon_probe_datagrams_dropped_total" => "dropped",
+                    "axon_probe_liveness_events_total" => "liveness",
+                    _ => continue,
+                };
                 for m in mf.get_metric() {
                     let labels: Vec<String> = m
                         .get_label()
@@ -1437,7 +1439,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                         .map(|l| format!("{}={}", l.name(), l.value()))
                         .collect();
                     eprintln!(
-                        "prober {i} dropped {} {}",
+                        "prober {i} {name} {} {}",
                         labels.join(","),
                         m.get_counter().get_value()
                     );

@@ -256,12 +256,23 @@ impl Liveness {
             self.run += 1;
             self.run_regular += u32::from(regular);
             self.misses += 1;
-            if !self.down && self.run >= self.run_length() {
+            if !self.down && self.run >= self.run_length() && self.run_spans(sent) {
                 self.down = true;
                 event = Some(LivenessEvent::Down);
             }
         }
         event
+    }
+
+    /// Whether the current run, up to a missed probe sent at `sent`, spans a probe interval:
+    /// asks sent again on a suspect link, ten a probe interval, make a run within tens of ms,
+    /// which sees a blackhole in a quarter second where regular probes need three, but also
+    /// made a `Down` before the late answer to the run's first ask arrived, when a step up in
+    /// round trip had put it a few ms past the deadline (three asks missed within 20 ms). A
+    /// run that spans an interval lets answers up to an interval late end it.
+    fn run_spans(&self, sent: u64) -> bool {
+        let interval = self.cfg.probe_interval.as_nanos() as u64;
+        sent.saturating_sub(self.run_sent) >= interval
     }
 
     /// The time at which the oldest pending probe misses its deadline, if any is pending.
@@ -387,23 +398,30 @@ mod tests {
 
     #[test]
     fn a_step_up_in_round_trip_is_no_outage() {
-        // An underlay reroute: 75 ms, then 135 ms from probe 300 on. The first asks after the
-        // step miss the deadline the 75 ms made (about 118 ms), but each is answered 17 ms
-        // later, before a run of misses is long enough for a `Down`: at 10 Hz, and at an
-        // evidence burst's 100 asks a second.
-        for every_ms in [100, 10] {
+        // An underlay reroute: 75 ms, then more from the middle of the run on. The first asks
+        // after the step miss the deadline the 75 ms made (about 118 ms), but each is answered
+        // a little later, before a run of misses spans enough time for a `Down`: at 10 Hz,
+        // and at an evidence burst's 100 asks a second.
+        for (every_ms, after_ms) in [(100, 135), (10, 135), (10, 160), (10, 200)] {
             let probes = 600 * 100 / every_ms;
             let step = probes / 2;
-            let (l, ev) = drive_every(
-                every_ms,
-                probes,
-                |_| true,
-                |i| if i < step { 75 * MS } else { 135 * MS },
+            let rtt = |i| if i < step { 75 * MS } else { after_ms * MS };
+            let (l, ev) = drive_every(every_ms, probes, |_| true, rtt);
+            assert!(
+                ev.is_empty(),
+                "probes every {every_ms} ms, {after_ms} ms after: {ev:?}"
             );
-            assert!(ev.is_empty(), "probes every {every_ms} ms: {ev:?}");
             // The deadline follows the new round trip.
-            assert!(l.deadline() > Duration::from_millis(135), "{:?}", l.deadline());
+            assert!(
+                l.deadline() > Duration::from_millis(after_ms),
+                "{:?}",
+                l.deadline()
+            );
         }
+        // Asked ten times as often, a blackhole is still declared within half a second.
+        let (_, ev) = drive_every(10, 7_000, |i| !(6_000..6_500).contains(&i), |_| 75 * MS);
+        assert_eq!(ev[0].1, LivenessEvent::Down, "{ev:?}");
+        assert!(ev[0].0 - 6_000 * 10 * MS <= 500 * MS, "{ev:?}");
         // A blackhole is still a blackhole: no answer, late or not.
         let ev = drive(
             700,
