@@ -112,7 +112,8 @@ pub struct Report {
     pub convergence_s: Spread,
     /// Route quality.
     pub quality: QualityReport,
-    /// Primary changes outside fault transients, per pair and hour.
+    /// Primary changes outside fault transients, per pair and hour: not within 10 s of a
+    /// fault's start or end, nor a fault's pair converging on it or recovering from it.
     pub flaps_per_pair_hour: f64,
     /// Primary changes seen at the agents, all of them.
     pub route_changes: usize,

@@ -873,12 +873,17 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                 if now[a][b] != prev[a][b] && prev[a][b].is_some() {
                     changes += 1;
                     // A pair a fault in force has not converged yet moving is that fault's
-                    // convergence, however late, not a flap.
+                    // convergence, however late, not a flap; so is a pair of a fault that
+                    // ended moving before the fault's recovery is complete (a return to the
+                    // oracle's path, or a last move away from a link seen lossy just as the
+                    // fault ended).
                     let converging = s.faults.iter().enumerate().any(|(i, _)| {
-                        started[i]
-                            && !ended[i]
-                            && reports[i].converge_s.is_none()
-                            && affected[i].contains(&(a, b))
+                        let pending = if ended[i] {
+                            reports[i].recover_s.is_none()
+                        } else {
+                            reports[i].converge_s.is_none()
+                        };
+                        started[i] && pending && affected[i].contains(&(a, b))
                     });
                     let flap = t > TRANSIENT && t.saturating_sub(last_event) > TRANSIENT && !converging;
                     if !flap && std::env::var_os("AXON_LAB_DEBUG").is_some() {
