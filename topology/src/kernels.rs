@@ -186,10 +186,10 @@ fn next_sub(bits: &mut u32) -> Option<usize> {
 /// the last decade) and for x86-64-v4 (AVX-512) — and picked at run time: one binary runs
 /// everywhere. With eight-lane vectors a sub-block is one instruction where SSE2 takes two, a
 /// mask blend one where it takes three; AVX-512 adds mask registers, so a compare feeds a
-/// blend or a masked move directly (the full search 5–10% faster at 200–1,000 sites on an EPYC with
-/// it, though LLVM still prefers 256-bit vectors there). (The kernels keep builds of their own:
-/// inlined whole into the group's, they came out 3–5% slower.) Every build gives the same
-/// results to the bit: no float operation is fused or reordered.
+/// blend or a masked move directly (the full search 5–10% faster at 200–1,000 sites on an
+/// EPYC with it, though LLVM still prefers 256-bit vectors there). (The kernels keep builds of
+/// their own: inlined whole into the group's, they came out 3–5% slower.) Every build gives
+/// the same results to the bit: no float operation is fused or reordered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Isa {
     /// Whatever the target's baseline is (SSE2 on x86-64).
