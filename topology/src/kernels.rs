@@ -231,6 +231,38 @@ thread_local! {
     pub(crate) static ISA_CAP: std::cell::Cell<Isa> = const { std::cell::Cell::new(Isa::Avx512) };
 }
 
+/// Defines `fn $name(args)`, which runs `$body(args)` in the best build this CPU runs (see
+/// [`Isa`]). `$body` must be `#[inline(always)]`: each build then compiles it whole for its
+/// own target features, and the baseline build is `$body` itself.
+macro_rules! per_isa {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:path) => {
+        $(#[$attr])*
+        #[allow(unsafe_code)]
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt,avx512f,avx512vl,avx512bw,avx512dq")]
+            fn avx512($($arg: $ty),*) {
+                $body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt")]
+            fn avx2($($arg: $ty),*) {
+                $body($($arg),*)
+            }
+            match $crate::kernels::isa() {
+                // SAFETY: `isa` found every feature the AVX-512 build is compiled for.
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernels::Isa::Avx512 => unsafe { avx512($($arg),*) },
+                // SAFETY: `isa` found every feature the AVX2 build is compiled for.
+                #[cfg(target_arch = "x86_64")]
+                $crate::kernels::Isa::Avx2 => unsafe { avx2($($arg),*) },
+                _ => $body($($arg),*),
+            }
+        }
+    };
+}
+pub(crate) use per_isa;
+
 /// Geometry of the blocked matrices.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Grid {
@@ -568,6 +600,20 @@ fn row_mut<T>(v: &mut [T], np: usize, i: usize) -> &mut [T] {
     &mut v[i * np..(i + 1) * np]
 }
 
+per_isa! {
+    /// Step 1: for every source of the group, the best and second-best paths with at most
+    /// one relay. The best build the CPU runs (see [`Isa`]).
+    pub(crate) fn one_relay(st: &mut Steps, sh: &Shared<'_>, s0: usize, rows: usize) => Steps::one_relay_body
+}
+
+per_isa! {
+    /// Step 2: `best[a][b] = min(H[a][b], min_r2 (H[a][r2] + penalty) + C[r2][b])` over the
+    /// relays of [`Steps::second_relays`], with the winning last relay in `arg` (`NONE` when no
+    /// second relay helps; the first relay is then `H`'s relay from `a` to `r2`). The best
+    /// build the CPU runs (see [`Isa`]).
+    pub(crate) fn two_relay(st: &mut Steps, sh: &Shared<'_>, s0: usize, rows: usize) => Steps::two_relay_body
+}
+
 impl Steps {
     /// Sizes the rows for `rows` sources from `s0` and sorts their relays.
     #[inline(always)]
@@ -587,33 +633,6 @@ impl Steps {
             let usable = |r: usize| (row[r].is_finite() & cm.relay_ok(r), row[r] + p);
             sort_by_cost(&mut self.keys, row.len(), usable, out, |l, r| (l, r));
         }
-    }
-
-    /// Step 1: for every source of the group, the best and second-best paths with at most
-    /// one relay. The best build the CPU runs (see [`Isa`]).
-    #[allow(unsafe_code)]
-    pub(crate) fn one_relay(&mut self, sh: &Shared<'_>, s0: usize, rows: usize) {
-        match isa() {
-            // SAFETY: `isa` found every feature `one_relay_avx512` is compiled for.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { self.one_relay_avx512(sh, s0, rows) },
-            // SAFETY: `isa` found every feature `one_relay_avx2` is compiled for.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { self.one_relay_avx2(sh, s0, rows) },
-            _ => self.one_relay_body(sh, s0, rows),
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt,avx512f,avx512vl,avx512bw,avx512dq")]
-    fn one_relay_avx512(&mut self, sh: &Shared<'_>, s0: usize, rows: usize) {
-        self.one_relay_body(sh, s0, rows);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt")]
-    fn one_relay_avx2(&mut self, sh: &Shared<'_>, s0: usize, rows: usize) {
-        self.one_relay_body(sh, s0, rows);
     }
 
     #[inline(always)]
@@ -697,35 +716,6 @@ impl Steps {
         }
     }
 
-    /// Step 2: `best[a][b] = min(H[a][b], min_r2 (H[a][r2] + penalty) + C[r2][b])` over the
-    /// relays of [`Steps::second_relays`], with the winning last relay in `arg` (`NONE` when no
-    /// second relay helps; the first relay is then `H`'s relay from `a` to `r2`). best build
-    /// the CPU runs (see [`Isa`]).
-    #[allow(unsafe_code)]
-    pub(crate) fn two_relay(&mut self, sh: &Shared<'_>, s0: usize, rows: usize) {
-        match isa() {
-            // SAFETY: `isa` found every feature `two_relay_avx512` is compiled for.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { self.two_relay_avx512(sh, s0, rows) },
-            // SAFETY: `isa` found every feature `two_relay_avx2` is compiled for.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { self.two_relay_avx2(sh, s0, rows) },
-            _ => self.two_relay_body(sh, s0, rows),
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt,avx512f,avx512vl,avx512bw,avx512dq")]
-    fn two_relay_avx512(&mut self, sh: &Shared<'_>, s0: usize, rows: usize) {
-        self.two_relay_body(sh, s0, rows);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt")]
-    fn two_relay_avx2(&mut self, sh: &Shared<'_>, s0: usize, rows: usize) {
-        self.two_relay_body(sh, s0, rows);
-    }
-
     #[inline(always)]
     fn two_relay_body(&mut self, sh: &Shared<'_>, s0: usize, rows: usize) {
         let (g, np) = (sh.g, sh.g.np());
@@ -801,58 +791,25 @@ fn relax_backup(
     slow.iter().fold(0, |acc, &x| acc | x) != 0
 }
 
-/// The backup search: per pair, the best path whose relays avoid the primary's and that is not
-/// the primary itself.
-///
-/// [`BackupStart`] starts each pair at the best path with at most one relay that the backup
-/// may take — exact, found by the caller from the two best one-relay paths. What is left is
-/// two-relay paths `a→r1→r2→b`, and as in step 2 only the `r2` whose best path from `a` is
-/// relayed can give one that beats every one-relay path avoiding the primary: otherwise
-/// `a→r2→b` is as good and just as allowed. The first leg to `r2` is the best path to it whose
-/// relay is allowed here, else the second best (if that one is direct, the candidate is the
-/// one-relay path `a→r2→b`, already counted); lanes where both are excluded are searched in
-/// full. With at most one relay per path, the start is the answer.
-#[allow(unsafe_code)]
-pub(crate) fn backups(
-    sh: &Shared<'_>,
-    st: &Steps,
-    start: &BackupStart,
-    group: (usize, usize, bool),
-    out: &mut BackupResult,
-) {
-    match isa() {
-        // SAFETY: `isa` found every feature `backups_avx512` is compiled for.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { backups_avx512(sh, st, start, group, out) },
-        // SAFETY: `isa` found every feature `backups_avx2` is compiled for.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { backups_avx2(sh, st, start, group, out) },
-        _ => backups_body(sh, st, start, group, out),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt,avx512f,avx512vl,avx512bw,avx512dq")]
-fn backups_avx512(
-    sh: &Shared<'_>,
-    st: &Steps,
-    start: &BackupStart,
-    group: (usize, usize, bool),
-    out: &mut BackupResult,
-) {
-    backups_body(sh, st, start, group, out);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt")]
-fn backups_avx2(
-    sh: &Shared<'_>,
-    st: &Steps,
-    start: &BackupStart,
-    group: (usize, usize, bool),
-    out: &mut BackupResult,
-) {
-    backups_body(sh, st, start, group, out);
+per_isa! {
+    /// The backup search: per pair, the best path whose relays avoid the primary's and that is not
+    /// the primary itself.
+    ///
+    /// [`BackupStart`] starts each pair at the best path with at most one relay that the backup
+    /// may take — exact, found by the caller from the two best one-relay paths. What is left is
+    /// two-relay paths `a→r1→r2→b`, and as in step 2 only the `r2` whose best path from `a` is
+    /// relayed can give one that beats every one-relay path avoiding the primary: otherwise
+    /// `a→r2→b` is as good and just as allowed. The first leg to `r2` is the best path to it whose
+    /// relay is allowed here, else the second best (if that one is direct, the candidate is the
+    /// one-relay path `a→r2→b`, already counted); lanes where both are excluded are searched in
+    /// full. With at most one relay per path, the start is the answer.
+    pub(crate) fn backups(
+        sh: &Shared<'_>,
+        st: &Steps,
+        start: &BackupStart,
+        group: (usize, usize, bool),
+        out: &mut BackupResult,
+    ) => backups_body
 }
 
 #[inline(always)]

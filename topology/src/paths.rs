@@ -32,8 +32,8 @@ use crate::hysteresis::{
     Decision, HysteresisConfig, HysteresisState, PairMemory, SwitchReason, decide_with_quality,
 };
 use crate::kernels::{
-    self, ABSENT, BackupResult, BackupStart, GROUP, Grid, INF, Isa, NEG, NONE, Shared, Steps, block_minima,
-    blocked, parallel_rows, refill,
+    self, ABSENT, BackupResult, BackupStart, GROUP, Grid, INF, NEG, NONE, Shared, Steps, block_minima,
+    blocked, parallel_rows, per_isa, refill,
 };
 use crate::locality::locality_order;
 use crate::matrix::CostMatrix;
@@ -353,31 +353,10 @@ struct GroupCtx<'a> {
     differs: &'a AtomicBool,
 }
 
-/// One group of sources, from link costs to routes: the best build the CPU runs (see
-/// `kernels::Isa`).
-#[allow(unsafe_code)]
-fn run_group(ctx: &GroupCtx<'_>, grp: &mut Group, s0: usize, rows: &mut [Row<'_>]) {
-    match kernels::isa() {
-        // SAFETY: `isa` found every feature `run_group_avx512` is compiled for.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { run_group_avx512(ctx, grp, s0, rows) },
-        // SAFETY: `isa` found every feature `run_group_avx2` is compiled for.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { run_group_avx2(ctx, grp, s0, rows) },
-        _ => run_group_body(ctx, grp, s0, rows),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt,avx512f,avx512vl,avx512bw,avx512dq")]
-fn run_group_avx512(ctx: &GroupCtx<'_>, grp: &mut Group, s0: usize, rows: &mut [Row<'_>]) {
-    run_group_body(ctx, grp, s0, rows);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,popcnt")]
-fn run_group_avx2(ctx: &GroupCtx<'_>, grp: &mut Group, s0: usize, rows: &mut [Row<'_>]) {
-    run_group_body(ctx, grp, s0, rows);
+per_isa! {
+    /// One group of sources, from link costs to routes: the best build the CPU runs (see
+    /// `kernels::Isa`).
+    fn run_group(ctx: &GroupCtx<'_>, grp: &mut Group, s0: usize, rows: &mut [Row<'_>]) => run_group_body
 }
 
 #[inline(always)]
@@ -400,11 +379,11 @@ fn run_group_body(ctx: &GroupCtx<'_>, grp: &mut Group, s0: usize, rows: &mut [Ro
     } = grp;
     steps.prepare(shared, s0, len);
     if max_relays >= 1 {
-        steps.one_relay(shared, s0, len);
+        kernels::one_relay(steps, shared, s0, len);
     }
     if max_relays == 2 {
         steps.second_relays(shared, len);
-        steps.two_relay(shared, s0, len);
+        kernels::two_relay(steps, shared, s0, len);
     }
     search.size_start(start, chosen, len);
     // Whether a row's primaries moved off what its memory held (read only with memory).
@@ -781,6 +760,7 @@ impl Search<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Isa;
 
     /// A mesh of `n` sites on a plane, costs the distance times 1–2 (so relays often win),
     /// some links down, some sites unable to relay or be an endpoint.
