@@ -269,25 +269,40 @@ impl CostMatrix {
 }
 
 impl CostMatrix {
-    /// The same matrix with sites renumbered: site `p` of the result is site `order[p]` here.
-    pub fn permuted(&self, order: &[u32]) -> CostMatrix {
+    /// What the path search reads, with sites renumbered: site `p` of the result is site
+    /// `order[p]` here. Only the costs and the relay and endpoint masks: no link is marked
+    /// degraded and no cost is uncertain there, since the search never asks (hysteresis reads
+    /// the original matrix); permuting those too took a third of the search's serial start.
+    /// The costs are written into `buf` (kept between computations), rows on every core for
+    /// large meshes.
+    pub(crate) fn permuted_costs(&self, order: &[u32], mut buf: Vec<f32>) -> CostMatrix {
         let n = self.n;
         assert_eq!(order.len(), n, "a permutation of every site");
-        let mut cost = Vec::with_capacity(n * n);
-        let mut degraded = Vec::with_capacity(n * n);
-        for &a in order {
-            let row = a as usize * n;
-            cost.extend(order.iter().map(|&b| self.cost[row + b as usize]));
-            degraded.extend(order.iter().map(|&b| self.degraded[row + b as usize]));
-        }
-        let cost_se = self.cost_se.as_deref().map(|v| permute(n, v, order));
-        let loss_cost = self.loss_cost.as_deref().map(|v| permute(n, v, order));
+        // Every entry is written below.
+        buf.resize(n * n, f32::INFINITY);
+        let rows: Vec<_> = buf.chunks_mut(n.max(1)).collect();
+        let threads = if n < 128 {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        };
+        parallel_rows(
+            rows,
+            threads,
+            || (),
+            |(), p, out: &mut [f32]| {
+                let from = self.row(order[p] as usize);
+                for (o, &b) in out.iter_mut().zip(order) {
+                    *o = from[b as usize];
+                }
+            },
+        );
         CostMatrix {
             n,
-            cost,
-            degraded,
-            cost_se,
-            loss_cost,
+            cost: buf,
+            degraded: vec![false; n * n],
+            cost_se: None,
+            loss_cost: None,
             relay_ok: order.iter().map(|&i| self.relay_ok[i as usize]).collect(),
             endpoint_ok: order.iter().map(|&i| self.endpoint_ok[i as usize]).collect(),
             relay_penalty: self.relay_penalty,
@@ -295,14 +310,9 @@ impl CostMatrix {
             links: None,
         }
     }
-}
 
-/// A row-major `n × n` array with sites renumbered as in [`CostMatrix::permuted`].
-fn permute(n: usize, v: &[f32], order: &[u32]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n * n);
-    for &a in order {
-        let row = a as usize * n;
-        out.extend(order.iter().map(|&b| v[row + b as usize]));
+    /// The cost array, given back for reuse (see [`CostMatrix::permuted_costs`]).
+    pub(crate) fn into_costs(self) -> Vec<f32> {
+        self.cost
     }
-    out
 }

@@ -193,6 +193,7 @@ type Chosen = (Path, f32, Reason);
 #[derive(Debug, Default)]
 pub struct Scratch {
     costs: Vec<f32>,
+    permuted: Vec<f32>,
     groups: Vec<Group>,
     pairs: Vec<PairRoute>,
 }
@@ -254,7 +255,7 @@ pub fn compute_routes_in(
     for (p, &o) in order.iter().enumerate() {
         pos[o as usize] = p as u32;
     }
-    let pm = cm.permuted(&order);
+    let pm = cm.permuted_costs(&order, std::mem::take(&mut scratch.permuted));
     let g = Grid::new(n);
     blocked(g, |r| pm.row(r), &mut scratch.costs);
     let costs = &scratch.costs[..];
@@ -339,6 +340,7 @@ pub fn compute_routes_in(
         },
     );
     scratch.groups = used;
+    scratch.permuted = pm.into_costs();
     let unchanged = previous.is_some() && !differs.into_inner();
     (Routes { n, pairs }, unchanged)
 }
