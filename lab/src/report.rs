@@ -78,6 +78,26 @@ pub struct QualityReport {
     pub poor_pairs_fixed: usize,
     /// Of those, pairs some path of at most `max_relays` relays could fix.
     pub poor_pairs_fixable: usize,
+    /// The same samples against the direct path: what Axon gained over the internet's own
+    /// route.
+    pub vs_direct: DirectReport,
+}
+
+/// What routing every pair on its direct link would have given, over the samples of
+/// [`QualityReport`] whose direct link is usable: the gain an operator weighs Axon by.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct DirectReport {
+    /// Share of these samples on a relayed path.
+    pub pairs_relayed: f64,
+    /// Mean of (direct path's true cost / oracle cost): 1.0 when no relay ever helps.
+    pub mean_direct_cost_ratio_vs_oracle: f64,
+    /// Mean true round trip of the applied paths, ms.
+    pub mean_rtt_ms: f64,
+    /// Mean true round trip of the direct paths, ms.
+    pub mean_direct_rtt_ms: f64,
+    /// Round trip the relayed samples saved against their direct path, ms (negative where a
+    /// relay was taken for loss or jitter, not distance).
+    pub relayed_rtt_saved_ms: Spread,
 }
 
 /// Evidence bursts over every prober (see `prober::session::BurstConfig`): what the probing
@@ -180,6 +200,16 @@ impl Report {
             "  quality          {:.1}% of pairs within 2% of the oracle, mean cost ratio {:.3}\n",
             q.pairs_within_2pct_of_oracle * 100.0,
             q.mean_cost_ratio_vs_oracle
+        );
+        let d = q.vs_direct;
+        s += &format!(
+            "  vs direct        {:.1}% of pairs relayed, round trip {:.1} ms on average against {:.1} ms direct (relayed pairs saved p50 {:.1} ms, max {:.1} ms); all-direct would cost {:.3}x the oracle\n",
+            d.pairs_relayed * 100.0,
+            d.mean_rtt_ms,
+            d.mean_direct_rtt_ms,
+            d.relayed_rtt_saved_ms.p50,
+            d.relayed_rtt_saved_ms.max,
+            d.mean_direct_cost_ratio_vs_oracle
         );
         s += &format!(
             "  poor pairs       {} (fixable {}, fixed {})\n",

@@ -17,7 +17,7 @@ use topology::{CostMatrix, LinkHealth, LinkMetrics, PathConfig, World, compute_r
 use wan::{DirectionStats, Emulator, EmulatorConfig, LinkParams, Pipe, Way};
 
 use crate::error::LabError;
-use crate::report::{BurstReport, FaultReport, QualityReport, Report, Spread};
+use crate::report::{BurstReport, DirectReport, FaultReport, QualityReport, Report, Spread};
 use crate::scenario::{Fault, FaultKind, Scenario, Target};
 
 /// Run options beyond the scenario.
@@ -656,6 +656,70 @@ fn path_cost(cm: &CostMatrix, path: &[usize], relay_penalty: f64) -> Option<f64>
     Some(c)
 }
 
+/// The true round trip of a path, ms (`None` when a link of it is unusable).
+fn path_rtt(cm: &CostMatrix, path: &[usize]) -> Option<f64> {
+    if !(2..=4).contains(&path.len()) {
+        return None;
+    }
+    let sites: Vec<topology::SiteIdx> = path.iter().map(|&x| x as topology::SiteIdx).collect();
+    cm.path_rtt(&topology::Path::new(&sites)).map(f64::from)
+}
+
+/// The quality samples against the direct path (see [`DirectReport`]).
+#[derive(Debug, Default)]
+struct DirectSamples {
+    samples: usize,
+    relayed: usize,
+    cost_ratio: f64,
+    rtt: f64,
+    direct_rtt: f64,
+    saved: Vec<f64>,
+}
+
+impl DirectSamples {
+    /// Pair `a → b` on `applied`, where the oracle's best costs `best` on the true matrix
+    /// `cm`; pairs without a usable direct link or applied path are not counted.
+    fn sample(
+        &mut self,
+        cm: &CostMatrix,
+        (a, b): (usize, usize),
+        applied: &[usize],
+        best: f32,
+        penalty: f64,
+    ) {
+        let cost = f64::from(cm.cost(a, b));
+        let (Some(rtt), Some(direct_rtt)) = (path_rtt(cm, applied), path_rtt(cm, &[a, b])) else {
+            return;
+        };
+        if !cost.is_finite() || path_cost(cm, applied, penalty).is_none() {
+            return;
+        }
+        self.samples += 1;
+        self.cost_ratio += cost / f64::from(best).max(1e-6);
+        self.rtt += rtt;
+        self.direct_rtt += direct_rtt;
+        if applied.len() > 2 {
+            self.relayed += 1;
+            self.saved.push(direct_rtt - rtt);
+        }
+    }
+
+    fn report(self) -> DirectReport {
+        let k = self.samples.max(1) as f64;
+        DirectReport {
+            pairs_relayed: self.relayed as f64 / k,
+            mean_direct_cost_ratio_vs_oracle: if self.samples == 0 {
+                0.0
+            } else {
+                self.cost_ratio / k
+            },
+            mean_rtt_ms: self.rtt / k,
+            mean_direct_rtt_ms: self.direct_rtt / k,
+            relayed_rtt_saved_ms: Spread::of(self.saved),
+        }
+    }
+}
+
 fn meets_voice(world: &World, path: &[usize]) -> bool {
     let metrics: Vec<LinkMetrics> = path
         .windows(2)
@@ -772,6 +836,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
     let mut prev = applied(&mesh, s);
     let (mut changes, mut flaps) = (0usize, 0usize);
     let (mut ratios, mut within) = (Vec::new(), 0usize);
+    let mut direct = DirectSamples::default();
     let mut next_quality = TRANSIENT;
     let mut next_live = Duration::ZERO;
     let mut live = crate::live::Live::new();
@@ -1242,6 +1307,9 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                             );
                         }
                         ratios.push(ratio);
+                        if let Some(p) = prev[a][b].as_deref() {
+                            direct.sample(&oracle.0, (a, b), p, best.primary_cost, weights.relay_penalty_ms);
+                        }
                     }
                 }
             }
@@ -1390,6 +1458,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
             poor_pairs: poor,
             poor_pairs_fixed: fixed,
             poor_pairs_fixable: fixable,
+            vs_direct: direct.report(),
         },
         flaps_per_pair_hour: flaps as f64 / pairs / (elapsed / 3_600.0),
         route_changes: changes,

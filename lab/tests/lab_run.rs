@@ -79,6 +79,13 @@ target = "c<->b"
         (0.0..=1.0).contains(&q.pairs_within_2pct_of_oracle) && q.mean_cost_ratio_vs_oracle >= 0.99,
         "{q:?}"
     );
+    // Against the direct path: a ↔ b relay through c, 40 ms of round trip instead of 100, and
+    // no other pair gains from a relay (2 of 12 pairs, once transients are left out).
+    let d = q.vs_direct;
+    assert!((0.1..=0.25).contains(&d.pairs_relayed), "{d:?}");
+    assert!((55.0..=65.0).contains(&d.relayed_rtt_saved_ms.p50), "{d:?}");
+    assert!(d.mean_rtt_ms < d.mean_direct_rtt_ms, "{d:?}");
+    assert!(d.mean_direct_cost_ratio_vs_oracle > 1.1, "{d:?}");
 
     // The JSON carries every field the report promises.
     let v: serde_json::Value = serde_json::to_value(&r).unwrap();
@@ -124,8 +131,21 @@ target = "c<->b"
         "pairs_within_2pct_of_oracle",
         "poor_pairs",
         "poor_pairs_fixed",
+        "vs_direct",
     ] {
         assert!(v["quality"].get(key).is_some(), "quality.{key} missing");
+    }
+    for key in [
+        "pairs_relayed",
+        "mean_direct_cost_ratio_vs_oracle",
+        "mean_rtt_ms",
+        "mean_direct_rtt_ms",
+        "relayed_rtt_saved_ms",
+    ] {
+        assert!(
+            v["quality"]["vs_direct"].get(key).is_some(),
+            "quality.vs_direct.{key} missing"
+        );
     }
 }
 
