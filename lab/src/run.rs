@@ -656,6 +656,57 @@ fn path_cost(cm: &CostMatrix, path: &[usize], relay_penalty: f64) -> Option<f64>
     Some(c)
 }
 
+/// An ordered pair of sites, by index.
+type Pair = (usize, usize);
+
+/// The paths a fault's affected pairs held when it began, for the flap count: a pair going
+/// back to that path, having left it while the fault was on or within [`TRANSIENT`] of its
+/// end, is the fault's recovery however late — a verdict that came as the fault ended moves
+/// the pair once away and once back, and neither move is noise.
+struct Held {
+    /// Per fault: each affected pair's path at the fault's start, and whether it has left it.
+    paths: Vec<HashMap<Pair, (Vec<usize>, bool)>>,
+    /// When each fault ended.
+    ended: Vec<Option<Duration>>,
+}
+
+impl Held {
+    fn new(faults: usize) -> Self {
+        Held {
+            paths: vec![HashMap::new(); faults],
+            ended: vec![None; faults],
+        }
+    }
+
+    /// Fault `i` began with `pair` on `path`.
+    fn began(&mut self, i: usize, pair: Pair, path: &[usize]) {
+        self.paths[i].insert(pair, (path.to_vec(), false));
+    }
+
+    /// Fault `i` ended at `t`.
+    fn ended(&mut self, i: usize, t: Duration) {
+        self.ended[i] = Some(t);
+    }
+
+    /// `pair` moved to `now` at `t`: whether that is its return to the path it held when a
+    /// fault began, which it left during the fault or just after.
+    fn changed(&mut self, pair: Pair, now: Option<&[usize]>, t: Duration) -> bool {
+        let mut returning = false;
+        for (paths, ended) in self.paths.iter_mut().zip(&self.ended) {
+            let Some((before, left)) = paths.get_mut(&pair) else {
+                continue;
+            };
+            if now == Some(before.as_slice()) {
+                returning |= *left;
+                *left = false;
+            } else if ended.is_none_or(|e| t.saturating_sub(e) <= TRANSIENT) {
+                *left = true;
+            }
+        }
+        returning
+    }
+}
+
 /// The true round trip of a path, ms (`None` when a link of it is unusable).
 fn path_rtt(cm: &CostMatrix, path: &[usize]) -> Option<f64> {
     if !(2..=4).contains(&path.len()) {
@@ -837,6 +888,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
     let (mut changes, mut flaps) = (0usize, 0usize);
     let (mut ratios, mut within) = (Vec::new(), 0usize);
     let mut direct = DirectSamples::default();
+    let mut held = Held::new(s.faults.len());
     let mut next_quality = TRANSIENT;
     let mut next_live = Duration::ZERO;
     let mut live = crate::live::Live::new();
@@ -862,6 +914,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                             && !(relays_only && (sites.contains(&a) || sites.contains(&b)))
                         {
                             affected[i].push((a, b));
+                            held.began(i, (a, b), p);
                         }
                     }
                 }
@@ -903,6 +956,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
             }
             if started[i] && !ended[i] && end.is_some_and(|e| ts >= e) {
                 ended[i] = true;
+                held.ended(i, t);
                 changed = true;
                 if f.spec.kind == FaultKind::ControllerKill
                     && let Some((r, _)) = killed[i]
@@ -950,7 +1004,11 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                         };
                         started[i] && pending && affected[i].contains(&(a, b))
                     });
-                    let flap = t > TRANSIENT && t.saturating_sub(last_event) > TRANSIENT && !converging;
+                    let returning = held.changed((a, b), now[a][b].as_deref(), t);
+                    let flap = t > TRANSIENT
+                        && t.saturating_sub(last_event) > TRANSIENT
+                        && !converging
+                        && !returning;
                     if !flap && std::env::var_os("AXON_LAB_DEBUG").is_some() {
                         // Every other change too, with the leader's reason.
                         let why = mesh
@@ -1536,7 +1594,8 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{jitter_fault_seen, rfc3550_of_uniform};
+    use super::{Held, jitter_fault_seen, rfc3550_of_uniform};
+    use std::time::Duration;
 
     /// The truth's jitter is what the prober's own estimator reads of the emulator's uniform
     /// one-way delay: fails if the lab judges the controller against the amplitude instead.
@@ -1578,5 +1637,25 @@ mod tests {
         assert!(jitter_fault_seen(5.7, 1.0, 30.0));
         // A link jittery by nature (±12 ms) is not taken for faulted at its own reading.
         assert!(!jitter_fault_seen(rfc3550_of_uniform(13.0) + 1.0, 13.0, 30.0));
+    }
+
+    /// A pair that leaves its path on a verdict that came as the fault ended, and goes back
+    /// twenty seconds later, made no flap; the same pair leaving and coming back a minute
+    /// after the fault did. Fails if every late return counts as a flap, or none.
+    #[test]
+    fn a_late_return_to_the_path_before_a_fault_is_its_recovery() {
+        let s = Duration::from_secs;
+        let (direct, relayed) = (vec![0, 1], vec![0, 2, 1]);
+        let mut held = Held::new(1);
+        held.began(0, (0, 1), &direct);
+        held.ended(0, s(145));
+        // Seen lossy as the fault ended: away within the transient after its end, back later.
+        assert!(!held.changed((0, 1), Some(&relayed), s(146)));
+        assert!(held.changed((0, 1), Some(&direct), s(167)));
+        // Long after: away and back is noise.
+        assert!(!held.changed((0, 1), Some(&relayed), s(200)));
+        assert!(!held.changed((0, 1), Some(&direct), s(210)));
+        // Another pair was never the fault's.
+        assert!(!held.changed((1, 0), Some(&direct), s(167)));
     }
 }
