@@ -113,6 +113,9 @@ pub struct BurstReport {
     pub refused_slots: u64,
     /// Bursts not started because the miss came just after a stall of the host.
     pub refused_host_stall: u64,
+    /// Misses that started no burst because their link misses too often (lossy by nature,
+    /// or still counting a recent brown-out's misses).
+    pub refused_lossy: u64,
 }
 
 /// Everything the lab measured.
@@ -233,12 +236,13 @@ impl Report {
         );
         let b = self.bursts;
         s += &format!(
-            "  bursts           {} started ({} to confirm a heal), {} held back (slots {}, host stalls {})\n",
+            "  bursts           {} started ({} to confirm a heal), {} held back (slots {}, host stalls {}), {} misses on links too lossy to burst\n",
             b.started,
             b.heal,
             b.refused_slots + b.refused_host_stall,
             b.refused_slots,
-            b.refused_host_stall
+            b.refused_host_stall,
+            b.refused_lossy
         );
         s
     }

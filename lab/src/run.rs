@@ -541,6 +541,7 @@ fn burst_counts(mesh: &Mesh) -> BurstReport {
                     ("axon_probe_heal_bursts_total", _) => r.heal += v,
                     ("axon_probe_bursts_refused_total", Some("slots")) => r.refused_slots += v,
                     ("axon_probe_bursts_refused_total", Some("host_stall")) => r.refused_host_stall += v,
+                    ("axon_probe_bursts_refused_total", Some("lossy")) => r.refused_lossy += v,
                     _ => {}
                 }
             }

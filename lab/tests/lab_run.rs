@@ -109,7 +109,13 @@ target = "c<->b"
     ] {
         assert!(v.get(key).is_some(), "{key} missing");
     }
-    for key in ["started", "heal", "refused_slots", "refused_host_stall"] {
+    for key in [
+        "started",
+        "heal",
+        "refused_slots",
+        "refused_host_stall",
+        "refused_lossy",
+    ] {
         assert!(v["bursts"].get(key).is_some(), "bursts.{key} missing");
     }
     for key in [

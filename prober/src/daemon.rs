@@ -541,7 +541,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
     if measure {
         session = session.with_burst_slots(shared.burst_slots.clone());
     }
-    let mut refused_seen = (0, 0);
+    let mut refused_seen = crate::session::BurstsRefused::default();
     if link.is_some() {
         session.connected();
     }
@@ -587,14 +587,17 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
             session.downs_held(),
             &mut downs_held_seen,
         );
-        if session.bursts_refused() != refused_seen {
-            let (cap, stall) = session.bursts_refused();
+        let refused = session.bursts_refused();
+        if refused != refused_seen {
             let m = &shared.metrics.bursts_refused;
-            m.with_label_values(&[peer.as_str(), "slots"])
-                .inc_by(cap - refused_seen.0);
-            m.with_label_values(&[peer.as_str(), "host_stall"])
-                .inc_by(stall - refused_seen.1);
-            refused_seen = (cap, stall);
+            for (reason, now, seen) in [
+                ("slots", refused.slots, refused_seen.slots),
+                ("host_stall", refused.host_stall, refused_seen.host_stall),
+                ("lossy", refused.lossy, refused_seen.lossy),
+            ] {
+                m.with_label_values(&[peer.as_str(), reason]).inc_by(now - seen);
+            }
+            refused_seen = refused;
         }
         // A new miss: ask again at once, then every half interval until the verdict.
         if session.misses() != misses_seen {

@@ -22,7 +22,7 @@ pub use config::{PeerConfig, ProberConfig, ReportConfig};
 pub use daemon::{Cause, Output, PeerLiveness, PeerWindow, ProberHandle, start};
 pub use error::ProberError;
 pub use liveness::{Liveness, LivenessConfig, LivenessEvent};
-pub use session::{BurstSlots, EchoKind, EchoOutcome, PeerSession, Refused, SessionConfig};
+pub use session::{BurstSlots, BurstsRefused, EchoKind, EchoOutcome, PeerSession, Refused, SessionConfig};
 pub use tls::TlsFiles;
 pub use window::{Window, WindowReport, wilson};
 pub use wire::{Datagram, Echo, MAX_PROBE, site_tag};

@@ -158,7 +158,7 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "axon_probe_bursts_refused_total",
-                        "Evidence bursts not started: every slot taken, or just after a host stall.",
+                        "Evidence bursts not started: every slot taken, just after a host stall, or on a link that misses too often.",
                     ),
                     &["peer", "reason"],
                 ),

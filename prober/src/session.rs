@@ -132,6 +132,19 @@ impl Default for BurstConfig {
     }
 }
 
+/// Evidence bursts a session did not start on a miss, by reason: what the bursts held back,
+/// so an operator sees why a link's brown-out was judged at the plain probe rate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BurstsRefused {
+    /// The prober's other peers held every slot (see [`BurstConfig::max_share`]).
+    pub slots: u64,
+    /// The miss came just after a stall of this host (see [`BurstSlots`]).
+    pub host_stall: u64,
+    /// The link misses too often to burst: lossy by nature, or still counting a recent
+    /// brown-out's misses (see [`BurstConfig::below_miss_rate`]).
+    pub lossy: u64,
+}
+
 /// What one prober's sessions share about bursts: slots for the bursts it may run at once
 /// (see [`BurstConfig::max_share`]), and when its host last stalled. A session takes a slot when
 /// it starts a burst and gives it back once its chain is over, or when it is dropped.
@@ -304,10 +317,11 @@ pub struct PeerSession {
     /// Bursts in the current chain (see [`BurstConfig::chain`]).
     chained: u32,
     /// The prober's burst slots, when bursts are limited across peers; whether this session
-    /// holds one; bursts refused for want of one, and for a host stall.
+    /// holds one.
     slots: Option<Arc<BurstSlots>>,
     holding: bool,
-    refused: (u64, u64),
+    /// Bursts not started, by reason.
+    refused: BurstsRefused,
     /// The long-run miss rate that gates bursts: as it stood 10 to 20 s ago (see
     /// [`GATE_LAG`]).
     gate_rate: f64,
@@ -363,7 +377,7 @@ impl PeerSession {
             chained: 0,
             slots: None,
             holding: false,
-            refused: (0, 0),
+            refused: BurstsRefused::default(),
             gate_rate: 0.0,
             gate_sample: (0, 0.0),
             gate_samples: 0,
@@ -709,6 +723,7 @@ impl PeerSession {
             return;
         }
         if self.gate_rate >= b.below_miss_rate {
+            self.refused.lossy += 1;
             return;
         }
         let duration = b.duration.as_nanos() as u64;
@@ -734,11 +749,11 @@ impl PeerSession {
             // (or a timer's worth after) may have held its echo.
             let in_flight = (self.liveness.deadline() + HOST_STALL).as_nanos() as u64;
             if slots.stalled_within(now, in_flight) {
-                self.refused.1 += 1;
+                self.refused.host_stall += 1;
                 return;
             }
             if !slots.try_take() {
-                self.refused.0 += 1;
+                self.refused.slots += 1;
                 return;
             }
             self.holding = true;
@@ -843,9 +858,8 @@ impl PeerSession {
         self.bursts
     }
 
-    /// Bursts not started: because the prober's other peers held every slot, and because the
-    /// host had just stalled (see [`BurstSlots`]).
-    pub fn bursts_refused(&self) -> (u64, u64) {
+    /// Bursts not started, by reason (see [`BurstsRefused`]).
+    pub fn bursts_refused(&self) -> BurstsRefused {
         self.refused
     }
 
@@ -1390,7 +1404,13 @@ mod tests {
         let _ = miss(&mut b, t + 10 * MS);
         assert_eq!(
             (b.bursts(), b.bursts_refused()),
-            (0, (1, 0)),
+            (
+                0,
+                BurstsRefused {
+                    slots: 1,
+                    ..BurstsRefused::default()
+                }
+            ),
             "a second peer burst past the cap"
         );
         assert!(!b.bursting(dl + 100 * MS));
@@ -1444,7 +1464,13 @@ mod tests {
         let _ = miss(&mut s, t);
         assert_eq!(
             (s.bursts(), s.bursts_refused()),
-            (0, (0, 1)),
+            (
+                0,
+                BurstsRefused {
+                    host_stall: 1,
+                    ..BurstsRefused::default()
+                }
+            ),
             "a stall's miss burst"
         );
         // A stall that ended before the ask left says nothing about it: the miss bursts.
@@ -1453,7 +1479,7 @@ mod tests {
         let _ = miss(&mut s, t);
         assert_eq!(
             (s.bursts(), s.bursts_refused()),
-            (1, (0, 0)),
+            (1, BurstsRefused::default()),
             "an older stall held a burst back"
         );
         // Misses a stall may have caused make no heal episode either.
@@ -1603,9 +1629,11 @@ mod tests {
         let mut s = session();
         // 5% of asks lost for 40 s: the miss rate is far above the threshold.
         let t = drive(&mut s, 0, 400, |i| i % 20 == 7);
-        let before = s.bursts();
+        let (before, refused) = (s.bursts(), s.bursts_refused().lossy);
         let _ = drive(&mut s, t, 100, |i| i % 20 == 7);
         assert_eq!(s.bursts(), before, "a lossy link kept bursting");
+        // Each of its misses is counted as a burst held back for it.
+        assert_eq!(s.bursts_refused().lossy, refused + 5, "{:?}", s.bursts_refused());
     }
 
     #[test]
