@@ -24,6 +24,16 @@ use crate::world::World;
 /// The step every cost is a multiple of, ms (1/256 ms, about 4 µs).
 pub const COST_QUANTUM: f32 = 1.0 / 256.0;
 
+/// Threads for a pass over the rows of an `n`-site matrix: one below `least` sites, where
+/// starting a thread costs more than it shares, else one per core.
+fn threads_from(n: usize, least: usize) -> usize {
+    if n < least {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    }
+}
+
 /// Rounds a cost to the nearest multiple of [`COST_QUANTUM`] (infinity stays infinite).
 #[inline]
 pub fn quantize(c: f32) -> f32 {
@@ -117,11 +127,7 @@ impl CostMatrix {
             .map(|(((c, d), (e, l)), r)| (c, d, e, l, r))
             .collect();
         // Rows on every core for large meshes (a 1,000-site matrix is a million links).
-        let threads = if n < 128 {
-            1
-        } else {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        };
+        let threads = threads_from(n, 128);
         let any_se = parallel_rows(rows, threads, || false, |any, a, row| *any |= fill(a, row));
         let (cost_se, loss_cost) = if any_se.into_iter().any(|x| x) {
             (Some(se_all), Some(loss_all))
@@ -282,11 +288,7 @@ impl CostMatrix {
         buf.resize(n * n, f32::INFINITY);
         let rows: Vec<_> = buf.chunks_mut(n.max(1)).collect();
         // Starting a thread costs more than 200 sites' gather saves (0.12 → 0.16 ms).
-        let threads = if n < 384 {
-            1
-        } else {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        };
+        let threads = threads_from(n, 384);
         parallel_rows(
             rows,
             threads,
