@@ -22,7 +22,8 @@ pub struct WindowReport {
     pub late: u32,
     /// Replies older than one already received.
     pub reordered: u32,
-    /// Replies received twice.
+    /// Replies received twice: the peer's second copy of a backlog's echoes (see
+    /// `session::REPEAT_FROM`), or a peer that echoes more than it should.
     pub duplicates: u32,
     /// RTT percentiles in ms (all zero without replies): min, p50, p90, p99, max.
     pub rtt_ms: [f64; 5],

@@ -17,7 +17,9 @@
 //! the peer's datagrams and how long it was held before this one left, so the peer measures
 //! `RTT = arrival − its send time − hold` on its own clock alone: no clock sync, and no packet
 //! spent on a reply of its own. A datagram with [`ASK`] asks for an answer at once (it is what
-//! fast liveness times); the answer is a datagram like any other, echoing the ask.
+//! fast liveness times); the answer is a datagram like any other, echoing the ask. A backlog
+//! of three or more echoes is echoed again by the sender's next datagram, so that one lost
+//! datagram does not cost the peer a run of probes.
 //!
 //! 16 bytes with no echo, 23 with one; at most [`MAX_ECHOES`] echoes.
 
