@@ -816,6 +816,25 @@ mod tests {
     }
 
     /// A switch's rule and the wins it took, for assertions.
+    /// A pair on `current` that no fault moved keeps it against `candidate` for ten
+    /// computations.
+    fn assert_kept(
+        cfg: &HysteresisConfig,
+        current: Path,
+        candidate: Path,
+        cost: f32,
+        eval: impl Fn(&Path) -> PathEval,
+    ) {
+        let mut mem = PairMemory {
+            current,
+            ..Default::default()
+        };
+        for _ in 0..10 {
+            let d = decide(cfg, &mut mem, candidate, cost, &eval);
+            assert!(matches!(d, Decision::Kept { .. }), "{d:?}");
+        }
+    }
+
     fn switch_of(d: &Decision) -> Option<(&'static str, u32)> {
         let Decision::Switched { reason, .. } = d else {
             return None;
@@ -967,14 +986,7 @@ mod tests {
             loss_cost: if *p == direct { 10.0 } else { 20.0 },
         };
         // A pair that never was on the direct path stays on the relay.
-        let mut stranger = PairMemory {
-            current: relay,
-            ..Default::default()
-        };
-        for _ in 0..10 {
-            let d = decide(&cfg, &mut stranger, direct, 100.0, healed);
-            assert!(matches!(d, Decision::Kept { .. }), "{d:?}");
-        }
+        assert_kept(&cfg, relay, direct, 100.0, healed);
         // A pair that left it to a brown-out goes back after `switch_after` wins.
         let mut mem = PairMemory {
             current: direct,
@@ -1105,14 +1117,7 @@ mod tests {
         );
         assert_eq!((mem.current, mem.left), (direct, Path::NONE));
         // A pair that chose the detour stays on it: 4.6% is under the 5% of a chosen path.
-        let mut chosen = PairMemory {
-            current: via_14,
-            ..Default::default()
-        };
-        for _ in 0..10 {
-            let d = decide(&cfg, &mut chosen, direct, 334.0, healed);
-            assert!(matches!(d, Decision::Kept { .. }), "{d:?}");
-        }
+        assert_kept(&cfg, via_14, direct, 334.0, healed);
     }
 
     /// The path a pair left is seldom the candidate once its fault is over: a cheaper one
