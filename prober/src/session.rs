@@ -155,7 +155,7 @@ pub struct BurstsRefused {
 /// run of losses a binomial test takes for a rise in loss: in a 25-site lab run, 0.27% of
 /// datagrams carried three to sixteen echoes, and lost probes came in runs of three or more
 /// 45 times, of five or more five times, where independent drops would give a handful of
-/// runs past two. Sent twice, a backlog's echoes are lost only with both datagrams. From
+/// runs past two (29 and once since). Sent twice, a backlog's echoes are lost only with both datagrams. From
 /// three: one or two echoes are the common case (80% of datagrams), and repeating those would
 /// hide the return way's loss from a round trip's count. The peer counts the second copy of
 /// an echo it already has as a duplicate.

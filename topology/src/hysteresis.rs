@@ -283,9 +283,9 @@ pub struct PairMemory {
     pub streak: u32,
     /// The path the pair was on by choice when a fault moved it: the first it left because it
     /// went down or degraded, or broke the voice thresholds, kept through any further forced
-    /// move (`Path::NONE` once the pair is back on it or on a path as good). Once it is usable
-    /// and meets the thresholds again, the pair returns to it, or to any candidate that costs
-    /// no more, on the restoring margin (see [`SwitchReason::Restored`]).
+    /// move (`Path::NONE` once the pair is back on it, or restored to a path no dearer). Once
+    /// it is usable and meets the thresholds again, the pair returns to it, or to any
+    /// candidate that costs no more, on the restoring margin (see [`SwitchReason::Restored`]).
     pub left: Path,
 }
 
