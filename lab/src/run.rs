@@ -1072,7 +1072,8 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         if let Some(leader) = mesh.leader() {
             let core = leader.shared.core();
             let links = &core.world().links;
-            if std::env::var_os("AXON_LAB_DEBUG").is_some() && (ts * 10.0).round() as u64 % 10 == 0 {
+            if std::env::var_os("AXON_LAB_DEBUG").is_some() && ((ts * 10.0).round() as u64).is_multiple_of(10)
+            {
                 // Links the controller holds degraded: their windows and the emulator's drops,
                 // to tell a network's losses from the hosts'.
                 for a in 0..n {
@@ -1135,7 +1136,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                         reports[i].detect_s = Some(ts - f.spec.at_s);
                     } else if f.spec.kind == FaultKind::Loss
                         && std::env::var_os("AXON_LAB_DEBUG").is_some()
-                        && (ts * 10.0).round() as u64 % 10 == 0
+                        && ((ts * 10.0).round() as u64).is_multiple_of(10)
                     {
                         // A loss not seen yet: each fault link's last windows (sent/received)
                         // and loss counts, both ways.
@@ -1175,7 +1176,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                     if done {
                         reports[i].converge_s = Some(ts - f.spec.at_s);
                     } else if std::env::var_os("AXON_LAB_DEBUG").is_some()
-                        && (ts * 10.0).round() as u64 % 30 == 0
+                        && ((ts * 10.0).round() as u64).is_multiple_of(30)
                     {
                         // Why a fault has not converged: each affected pair's path, the
                         // oracle's, and the controller's reason.
@@ -1245,7 +1246,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                 .all(|&(a, b)| off_oracle(a, b).is_none_or(|r| r <= 1.02));
             if back {
                 reports[i].recover_s = Some((ts - end).max(0.0));
-            } else if (ts * 10.0).round() as u64 % 10 == 0 {
+            } else if ((ts * 10.0).round() as u64).is_multiple_of(10) {
                 // Once a second: the pair furthest off the oracle, and why the leader keeps it.
                 let worst = affected[i]
                     .iter()
@@ -1284,7 +1285,10 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                     ));
                 }
             }
-            if !back && std::env::var_os("AXON_LAB_DEBUG").is_some() && (ts * 10.0).round() as u64 % 50 == 0 {
+            if !back
+                && std::env::var_os("AXON_LAB_DEBUG").is_some()
+                && ((ts * 10.0).round() as u64).is_multiple_of(50)
+            {
                 // Every 5 s: the fault's pairs not back yet, with the leader's reason.
                 for &(a, b) in &affected[i] {
                     let best = routes.get(a, b);

@@ -441,7 +441,7 @@ impl PeerSession {
         let peer_asks = self
             .peer_asked_ns
             .is_some_and(|t| now.saturating_sub(t) <= recent);
-        !peer_asks || tick % 2 == 0
+        !peer_asks || tick.is_multiple_of(2)
     }
 
     /// The next datagram to send at `now` (a regular ask on the probe timer, or the answer to

@@ -111,7 +111,7 @@ impl Datagram {
         if b.len() < HEADER {
             return Err(ProberError::Truncated(b.len()));
         }
-        if (b.len() - HEADER) % ECHO != 0 {
+        if !(b.len() - HEADER).is_multiple_of(ECHO) {
             return Err(ProberError::Trailing);
         }
         if b[1] & !KNOWN_FLAGS != 0 {

@@ -1037,7 +1037,7 @@ mod tests {
                 loss_cost: 1.0,
             }
         };
-        let reads = |i: u32| if i % 2 == 0 { 46.8 } else { 47.3 };
+        let reads = |i: u32| if i.is_multiple_of(2) { 46.8 } else { 47.3 };
         let mut stranger = PairMemory {
             current: relay,
             ..Default::default()
