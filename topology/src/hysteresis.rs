@@ -332,6 +332,29 @@ pub enum SwitchReason {
     },
 }
 
+impl SwitchReason {
+    /// Every [`SwitchReason::label`], in declaration order: a metric labelled by reason
+    /// exports each of them from the start, so a rate over it never begins with a gap.
+    pub const LABELS: [&'static str; 5] = [
+        "current_down",
+        "current_degraded",
+        "meets_voice",
+        "restored",
+        "better",
+    ];
+
+    /// A short, stable name for metrics and logs (its fields left out).
+    pub fn label(&self) -> &'static str {
+        match self {
+            SwitchReason::CurrentDown => "current_down",
+            SwitchReason::CurrentDegraded => "current_degraded",
+            SwitchReason::MeetsVoice { .. } => "meets_voice",
+            SwitchReason::Restored { .. } => "restored",
+            SwitchReason::Better { .. } => "better",
+        }
+    }
+}
+
 /// What hysteresis decided for one pair.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Decision {

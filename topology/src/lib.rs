@@ -36,12 +36,12 @@ pub use drain::{
 };
 pub use engine::{Computation, EngineConfig, RouteEngine};
 pub use error::TopologyError;
-pub use hysteresis::{HysteresisConfig, HysteresisState, VoiceThresholds};
+pub use hysteresis::{HysteresisConfig, HysteresisState, SwitchReason, VoiceThresholds};
 pub use link::{LinkHealth, LinkState, LinkStateConfig, LinkView, LinkWindow, Liveness, Pool, TimestampMs};
 pub use matrix::CostMatrix;
 pub use path::Path;
 pub use paths::{PairRoute, PathConfig, Reason, Routes, Scratch, compute_routes, compute_routes_in};
 pub use site::{Inventory, RegionId, Role, Site, SiteId, SiteIdx};
-pub use table::{Epoch, RouteEntry, RouteTable, SiteTable, TableDiff, TableId, Version};
+pub use table::{Epoch, RouteEntry, RouteTable, SiteTable, TableDiff, TableId, TableSummary, Version};
 pub use whatif::{Change, WhatIfReport, what_if};
-pub use world::{LinkTable, World};
+pub use world::{HealthCounts, LinkTable, World};

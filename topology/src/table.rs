@@ -268,6 +268,71 @@ impl RouteTable {
     }
 }
 
+/// A table in counts, for metrics and dashboards: how the mesh is routed (direct, through one
+/// or two relays, not at all), how well the pairs are protected, and why pairs switched in it.
+/// Pairs are ordered pairs of distinct endpoints (active sites, drained ones included: they
+/// keep their rows).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableSummary {
+    /// Pairs on their direct link.
+    pub direct: usize,
+    /// Pairs through one relay.
+    pub one_relay: usize,
+    /// Pairs through two relays.
+    pub two_relays: usize,
+    /// Pairs with no usable path: an outage for the sessions that need them.
+    pub unreachable: usize,
+    /// Routed pairs whose backup shares no relay and no link with the primary.
+    pub backup_disjoint: usize,
+    /// Routed pairs whose backup overlaps the primary (no disjoint path exists).
+    pub backup_partial: usize,
+    /// Routed pairs with no backup at all: one failure away from `unreachable`.
+    pub backup_none: usize,
+    /// Pairs that switched path in this table, by [`crate::hysteresis::SwitchReason::label`].
+    pub switched: Vec<(&'static str, usize)>,
+}
+
+impl RouteTable {
+    /// Counts the table's routes between the sites `endpoints` marks (indexed like
+    /// [`RouteTable::sites`]; a site past its end counts as no endpoint).
+    pub fn summary(&self, endpoints: &[bool]) -> TableSummary {
+        let n = self.sites.len();
+        let mut s = TableSummary {
+            switched: crate::hysteresis::SwitchReason::LABELS
+                .iter()
+                .map(|&l| (l, 0))
+                .collect(),
+            ..TableSummary::default()
+        };
+        let is_end = |i: usize| endpoints.get(i).copied().unwrap_or(false);
+        for a in (0..n).filter(|&a| is_end(a)) {
+            for b in (0..n).filter(|&b| b != a && is_end(b)) {
+                let r = self.routes.get(a, b);
+                match r.primary.relays().len() {
+                    _ if r.primary.is_none() => s.unreachable += 1,
+                    0 => s.direct += 1,
+                    1 => s.one_relay += 1,
+                    _ => s.two_relays += 1,
+                }
+                if r.primary.is_none() {
+                    continue;
+                }
+                match (r.backup.is_none(), r.backup_disjoint) {
+                    (true, _) => s.backup_none += 1,
+                    (false, true) => s.backup_disjoint += 1,
+                    (false, false) => s.backup_partial += 1,
+                }
+                if let Reason::Switched(why) = r.reason
+                    && let Some(e) = s.switched.iter_mut().find(|(l, _)| *l == why.label())
+                {
+                    e.1 += 1;
+                }
+            }
+        }
+        s
+    }
+}
+
 /// The routes out of one site, as its agents receive them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SiteTable {

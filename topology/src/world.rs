@@ -51,6 +51,24 @@ impl LinkTable {
         }
     }
 
+    /// Directed links by health, for metrics and dashboards: how much of the mesh is usable.
+    pub fn health_counts(&self) -> HealthCounts {
+        let mut c = HealthCounts::default();
+        for (i, cell) in self.cells.iter().enumerate() {
+            if i / self.n.max(1) == i % self.n.max(1) {
+                continue;
+            }
+            match cell.map(|v| v.health) {
+                None => c.unmeasured += 1,
+                Some(LinkHealth::Up) => c.up += 1,
+                Some(LinkHealth::Degraded) => c.degraded += 1,
+                Some(LinkHealth::Down) => c.down += 1,
+                Some(LinkHealth::Stale) => c.stale += 1,
+            }
+        }
+        c
+    }
+
     /// Grows the table by one site with no known link; used by what-if.
     pub fn grow(&mut self) {
         let n = self.n + 1;
@@ -61,6 +79,21 @@ impl LinkTable {
         self.n = n;
         self.cells = cells;
     }
+}
+
+/// Directed links of a [`LinkTable`] by health (self-links left out).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HealthCounts {
+    /// Usable, within thresholds.
+    pub up: usize,
+    /// Usable, past a loss or jitter threshold.
+    pub degraded: usize,
+    /// Not usable.
+    pub down: usize,
+    /// No recent report.
+    pub stale: usize,
+    /// Never measured.
+    pub unmeasured: usize,
 }
 
 /// Everything one route computation reads.

@@ -414,3 +414,58 @@ fn long_haul_jitter(ab_rtt: f64) -> World {
     }
     w
 }
+
+#[test]
+fn a_table_summary_counts_routes_protection_and_switches() {
+    let mut e = engine();
+    let mut w = world(100.0);
+    let all = w.endpoint_mask();
+    let s = e.compute(&w, 0).table.summary(&all);
+    // Twelve ordered pairs, all direct, each with a disjoint backup; nothing switched yet.
+    assert_eq!(
+        (s.direct, s.one_relay, s.two_relays, s.unreachable),
+        (12, 0, 0, 0)
+    );
+    assert_eq!((s.backup_disjoint, s.backup_partial, s.backup_none), (12, 0, 0));
+    assert!(s.switched.iter().all(|&(_, n)| n == 0), "{:?}", s.switched);
+    assert_eq!(s.switched.len(), SwitchReason::LABELS.len());
+
+    // a→b goes down: that one pair leaves it at once, through a relay.
+    w.set_link(&id("a"), &id("b"), LinkMetrics::rtt(100.0), LinkHealth::Down)
+        .unwrap();
+    let s = e.compute(&w, 1_000).table.summary(&all);
+    assert_eq!((s.direct, s.one_relay + s.two_relays, s.unreachable), (11, 1, 0));
+    let down = s.switched.iter().find(|(l, _)| *l == "current_down").unwrap();
+    assert_eq!(down.1, 1, "{:?}", s.switched);
+    assert_eq!(s.switched.iter().map(|&(_, n)| n).sum::<usize>(), 1);
+
+    // d loses every link: its six pairs have no path; the others lose d as a way round.
+    for x in ["a", "b", "c"] {
+        w.set_link(&id(x), &id("d"), LinkMetrics::rtt(80.0), LinkHealth::Down)
+            .unwrap();
+        w.set_link(&id("d"), &id(x), LinkMetrics::rtt(80.0), LinkHealth::Down)
+            .unwrap();
+    }
+    let t = e.compute(&w, 2_000).table;
+    let h = w.links.health_counts();
+    assert_eq!((h.up, h.down, h.degraded, h.stale, h.unmeasured), (5, 7, 0, 0, 0));
+    let s = t.summary(&all);
+    assert_eq!(s.unreachable, 6);
+    assert_eq!(s.direct + s.one_relay + s.two_relays, 6);
+    assert_eq!(s.backup_disjoint + s.backup_partial + s.backup_none, 6);
+    // a→b, on its relay through c, has no other way left (its direct link and d are down).
+    assert!(s.backup_none >= 1, "{s:?}");
+    // The switches of the previous table are not counted again.
+    assert_eq!(
+        s.switched.iter().map(|&(_, n)| n).sum::<usize>(),
+        0,
+        "{:?}",
+        s.switched
+    );
+
+    // Only endpoints count: without d in the mask, none of its pairs is reported.
+    let mut no_d = all.clone();
+    no_d[3] = false;
+    let s = t.summary(&no_d);
+    assert_eq!((s.unreachable, s.direct + s.one_relay + s.two_relays), (0, 6));
+}
