@@ -22,6 +22,11 @@ pub struct AgentConfig {
     pub table_file: PathBuf,
     /// Local HTTP API for the media server (loopback only). Default `127.0.0.1:9600`.
     pub http_listen: SocketAddr,
+    /// A second HTTP address serving only `/metrics`, `/healthz` and `/readyz`, for a
+    /// Prometheus on another host while the media server's API stays on loopback (the API
+    /// takes load reports: it is not for the network). Default none: metrics on `http_listen`
+    /// only.
+    pub metrics_listen: Option<SocketAddr>,
     /// A command run (via `sh -c`) after each applied table, with `AXON_VERSION` set; its
     /// failure is logged, never fatal. Default none.
     pub on_change: Option<String>,
@@ -46,6 +51,7 @@ impl Default for AgentConfig {
             controllers: vec!["http://127.0.0.1:7500".into()],
             table_file: PathBuf::from("/var/lib/axon/agent/table.pb"),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 9600)),
+            metrics_listen: None,
             on_change: None,
             backoff_min_ms: 200,
             backoff_max_ms: 5_000,

@@ -49,8 +49,9 @@ pub struct Metrics {
 impl Metrics {
     fn new() -> Self {
         let registry = Registry::new();
+        ops::register_process(&registry, env!("CARGO_PKG_VERSION"));
         let r = &registry;
-        Metrics {
+        let m = Metrics {
             table_version: register(
                 r,
                 IntGauge::new("axon_agent_table_version", "Version of the table held."),
@@ -98,7 +99,12 @@ impl Metrics {
                 ),
             ),
             registry,
+        };
+        // Every result from the start: an increase() over them sees the first refusal.
+        for result in ["applied", "repeat", "stale", "refused"] {
+            m.updates.with_label_values(&[result]);
         }
+        m
     }
 
     /// The Prometheus text exposition.
@@ -139,6 +145,8 @@ impl State {
 pub struct AgentHandle {
     /// The local HTTP API's address.
     pub http_addr: SocketAddr,
+    /// The metrics-only address (`metrics_listen`), when one is configured.
+    pub metrics_addr: Option<SocketAddr>,
     /// What the API serves.
     pub state: Arc<State>,
     cancel: CancellationToken,
@@ -184,12 +192,28 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         context: "HTTP".into(),
         detail: e.to_string(),
     })?;
+    let metrics_listener = match cfg.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| AgentError::Io {
+                    context: "bind metrics HTTP".into(),
+                    detail: e.to_string(),
+                })?,
+        ),
+        None => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
     tasks.spawn(crate::http::serve(listener, state.clone(), cancel.clone()));
+    if let Some(l) = metrics_listener {
+        tasks.spawn(crate::http::serve_metrics(l, state.clone(), cancel.clone()));
+    }
     tasks.spawn(watch_loop(cfg, state.clone(), cancel.clone()));
     Ok(AgentHandle {
         http_addr,
+        metrics_addr,
         state,
         cancel,
         tasks,

@@ -167,13 +167,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<State>, cancel:
             "/readyz",
             get(move || {
                 let s = s4.clone();
-                async move {
-                    match s.table() {
-                        None => (StatusCode::SERVICE_UNAVAILABLE, "no route table yet\n"),
-                        Some(t) if t.site_drained() => (StatusCode::SERVICE_UNAVAILABLE, "site drained\n"),
-                        Some(_) => (StatusCode::OK, "ready\n"),
-                    }
-                }
+                async move { readyz(&s) }
             }),
         )
         .route(
@@ -187,28 +181,60 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<State>, cancel:
                 async move { put_status(&s, &body) }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/metrics",
-            get(move || {
-                let s = s5.clone();
-                async move {
-                    if let Some(t) = s.table() {
-                        s.metrics
-                            .table_age
-                            .set((now_ms().saturating_sub(t.update.computed_unix_ms) / 1_000) as i64);
-                    }
-                    (
-                        [("content-type", "text/plain; version=0.0.4")],
-                        s.metrics.render(),
-                    )
-                }
-            }),
-        );
+        .merge(operations(s5));
+    run(listener, app, cancel).await;
+}
+
+/// The metrics-only listener (`metrics_listen`): `/metrics`, `/healthz`, `/readyz`, and none
+/// of the media server's API.
+pub async fn serve_metrics(listener: tokio::net::TcpListener, state: Arc<State>, cancel: CancellationToken) {
+    let s = state.clone();
+    let app = operations(state).route(
+        "/readyz",
+        get(move || {
+            let s = s.clone();
+            async move { readyz(&s) }
+        }),
+    );
+    run(listener, app, cancel).await;
+}
+
+async fn run(listener: tokio::net::TcpListener, app: Router, cancel: CancellationToken) {
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await
     {
         tracing::warn!(error = %e, "HTTP server stopped");
     }
+}
+
+/// Ready: a table is held and the site is not drained (a load balancer then sends no new
+/// sessions here).
+fn readyz(s: &State) -> (StatusCode, &'static str) {
+    match s.table() {
+        None => (StatusCode::SERVICE_UNAVAILABLE, "no route table yet\n"),
+        Some(t) if t.site_drained() => (StatusCode::SERVICE_UNAVAILABLE, "site drained\n"),
+        Some(_) => (StatusCode::OK, "ready\n"),
+    }
+}
+
+/// `/healthz` and `/metrics`, on either listener.
+fn operations(s: Arc<State>) -> Router {
+    Router::new().route("/healthz", get(|| async { "ok\n" })).route(
+        "/metrics",
+        get(move || {
+            let s = s.clone();
+            async move {
+                if let Some(t) = s.table() {
+                    s.metrics
+                        .table_age
+                        .set((now_ms().saturating_sub(t.update.computed_unix_ms) / 1_000) as i64);
+                }
+                (
+                    [("content-type", "text/plain; version=0.0.4")],
+                    s.metrics.render(),
+                )
+            }
+        }),
+    )
 }

@@ -20,7 +20,23 @@ use crate::store::Snapshot;
 use topology::drain::DrainImpact;
 use topology::link::Pool;
 
+/// Every `reason` a report is refused for (`axon_ingest_rejected_total`): the counter exports
+/// each from the start, so that an alert on its increase sees the first refusal.
+pub const REJECT_REASONS: [&str; 7] = [
+    "malformed",
+    "invalid",
+    "future",
+    "replay",
+    "self_link",
+    "unknown_site",
+    "bad_status",
+];
+
 fn reject(reason: &'static str, detail: impl Into<String>) -> ControllerError {
+    debug_assert!(
+        REJECT_REASONS.contains(&reason),
+        "{reason} is not in REJECT_REASONS"
+    );
     ControllerError::Rejected {
         reason,
         detail: detail.into(),
@@ -477,7 +493,10 @@ mod tests {
 
     fn reason(r: Result<(), ControllerError>) -> &'static str {
         match r {
-            Err(ControllerError::Rejected { reason, .. }) => reason,
+            Err(ControllerError::Rejected { reason, .. }) => {
+                assert!(REJECT_REASONS.contains(&reason), "{reason}");
+                reason
+            }
             other => panic!("expected a rejection, got {other:?}"),
         }
     }

@@ -202,6 +202,19 @@ impl Shared {
         self.metrics
             .compute_seconds
             .observe(started.elapsed().as_secs_f64());
+        {
+            let world = core.world();
+            let drained = core.drained_sites();
+            let sites: Vec<(String, bool)> = world
+                .inventory
+                .sites()
+                .iter()
+                .map(|s| (s.id.to_string(), drained.contains(&s.id)))
+                .collect();
+            let summary = c.table.summary(&world.endpoint_mask());
+            self.metrics
+                .observe_mesh(&world.links.health_counts(), &summary, &sites, c.changed);
+        }
         let current = self.published.borrow().as_ref().map(|p| p.id);
         if !c.changed && current.is_some_and(|id| id.epoch == c.table.id().epoch) {
             return Ok(false);

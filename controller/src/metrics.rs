@@ -39,14 +39,26 @@ pub struct Metrics {
     pub site_load: GaugeVec,
     /// Calls refused for want of a certificate, token or role, by the role they needed.
     pub auth_refused: IntCounterVec,
+    /// Directed links by health at the last computation (leader only).
+    pub links: IntGaugeVec,
+    /// Ordered pairs of endpoints by how the table in force routes them (leader only).
+    pub route_pairs: IntGaugeVec,
+    /// Routed pairs by how their backup is protected (leader only).
+    pub route_backups: IntGaugeVec,
+    /// Pairs that switched path, by reason, over the tables this replica published.
+    pub route_switches: IntCounterVec,
+    /// 1 for a drained site (operator or automatic drain, its region's included), else 0
+    /// (leader only).
+    pub site_drained: IntGaugeVec,
 }
 
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let registry = Registry::new();
+        ops::register_process(&registry, env!("CARGO_PKG_VERSION"));
         let r = &registry;
-        Metrics {
+        let m = Metrics {
             reports: register(
                 r,
                 IntCounterVec::new(
@@ -136,10 +148,122 @@ impl Metrics {
                     &["role"],
                 ),
             ),
+            links: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "axon_links",
+                        "Directed links by health at the last route computation.",
+                    ),
+                    &["health"],
+                ),
+            ),
+            route_pairs: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "axon_route_pairs",
+                        "Ordered pairs of sites by how the table in force routes them.",
+                    ),
+                    &["path"],
+                ),
+            ),
+            route_backups: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "axon_route_backups",
+                        "Routed pairs by backup: disjoint from the primary, partial, or none.",
+                    ),
+                    &["kind"],
+                ),
+            ),
+            route_switches: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "axon_route_switches_total",
+                        "Pairs that switched path in a published table, by reason.",
+                    ),
+                    &["reason"],
+                ),
+            ),
+            site_drained: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("axon_site_drained", "1 while a site is drained."),
+                    &["site"],
+                ),
+            ),
             registry,
+        };
+        // Series that exist from the start: an increase() over them sees the first event,
+        // and the dashboards read zero rather than nothing.
+        for r in crate::core::REJECT_REASONS {
+            m.rejected.with_label_values(&[r]);
         }
+        for role in ["prober", "agent", "operator"] {
+            m.auth_refused.with_label_values(&[role]);
+        }
+        for kind in ["window", "liveness"] {
+            m.reports.with_label_values(&[kind]);
+        }
+        for r in topology::SwitchReason::LABELS {
+            m.route_switches.with_label_values(&[r]);
+        }
+        m
     }
 
+    /// Sets the mesh gauges from a computation: links by health, the table's routes, and
+    /// drains; counts the pairs the table switched when it is a new one (`published`).
+    pub fn observe_mesh(
+        &self,
+        links: &topology::HealthCounts,
+        table: &topology::TableSummary,
+        drained: &[(String, bool)],
+        published: bool,
+    ) {
+        for (health, n) in [
+            ("up", links.up),
+            ("degraded", links.degraded),
+            ("down", links.down),
+            ("stale", links.stale),
+            ("unmeasured", links.unmeasured),
+        ] {
+            self.links.with_label_values(&[health]).set(gauge(n));
+        }
+        for (path, n) in [
+            ("direct", table.direct),
+            ("one_relay", table.one_relay),
+            ("two_relays", table.two_relays),
+            ("unreachable", table.unreachable),
+        ] {
+            self.route_pairs.with_label_values(&[path]).set(gauge(n));
+        }
+        for (kind, n) in [
+            ("disjoint", table.backup_disjoint),
+            ("partial", table.backup_partial),
+            ("none", table.backup_none),
+        ] {
+            self.route_backups.with_label_values(&[kind]).set(gauge(n));
+        }
+        for &(reason, n) in &table.switched {
+            let c = self.route_switches.with_label_values(&[reason]);
+            if published {
+                c.inc_by(n as u64);
+            }
+        }
+        for (site, d) in drained {
+            self.site_drained.with_label_values(&[site]).set(i64::from(*d));
+        }
+    }
+}
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         ops::render(&self.registry)

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use prometheus::core::Collector;
 use prometheus::{Encoder, Registry, TextEncoder};
 
 /// Logs to stderr, human-readable or as JSON lines; `RUST_LOG` filters (default `info`).
@@ -70,6 +71,117 @@ pub fn register<M: prometheus::core::Collector + Clone + 'static>(
     metric
 }
 
+/// Registers the process metrics every exporter is expected to have, under their standard
+/// names — `process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_open_fds`, `process_threads`, `process_start_time_seconds` — read from `/proc`
+/// at each scrape, and `axon_build_info{version}` (always 1): dashboards and alerts see a
+/// restart, a leak or a starved daemon, and which build runs where.
+pub fn register_process(registry: &Registry, version: &str) {
+    let collector = ProcessCollector::new(version);
+    registry
+        .register(Box::new(collector))
+        .expect("process metric names are static and unique");
+}
+
+/// See [`register_process`]. Off Linux the `/proc` readings are left out; the start time and
+/// build info remain.
+struct ProcessCollector {
+    cpu: prometheus::Counter,
+    rss: prometheus::IntGauge,
+    fds: prometheus::IntGauge,
+    threads: prometheus::IntGauge,
+    start: prometheus::Gauge,
+    build: prometheus::IntGaugeVec,
+    descs: Vec<prometheus::core::Desc>,
+}
+
+impl ProcessCollector {
+    fn new(version: &str) -> Self {
+        let build = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new("axon_build_info", "1, labelled with the running build's version."),
+            &["version"],
+        )
+        .expect("static definition");
+        build.with_label_values(&[version]).set(1);
+        let c = ProcessCollector {
+            cpu: prometheus::Counter::new("process_cpu_seconds_total", "User and system CPU time, seconds.")
+                .expect("static definition"),
+            rss: prometheus::IntGauge::new("process_resident_memory_bytes", "Resident memory, bytes.")
+                .expect("static definition"),
+            fds: prometheus::IntGauge::new("process_open_fds", "Open file descriptors.")
+                .expect("static definition"),
+            threads: prometheus::IntGauge::new("process_threads", "Threads.").expect("static definition"),
+            start: prometheus::Gauge::new(
+                "process_start_time_seconds",
+                "When the daemon's metrics were set up, Unix seconds: a change is a restart.",
+            )
+            .expect("static definition"),
+            build,
+            descs: Vec::new(),
+        };
+        c.start.set(unix_ms() as f64 / 1000.0);
+        let mut c = c;
+        c.descs = [
+            c.cpu.desc(),
+            c.rss.desc(),
+            c.fds.desc(),
+            c.threads.desc(),
+            c.start.desc(),
+            c.build.desc(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+        c
+    }
+}
+
+/// A `kB` field of `/proc/self/status` (`VmRSS`) or a count (`Threads`).
+fn status_field(status: &str, name: &str) -> Option<i64> {
+    let line = status.lines().find(|l| l.starts_with(name))?;
+    line[name.len()..]
+        .trim_start_matches(':')
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+impl Collector for ProcessCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let mut out = Vec::new();
+        if let Some(now) = cpu_seconds(None) {
+            let seen = self.cpu.get();
+            if now > seen {
+                self.cpu.inc_by(now - seen);
+            }
+            out.extend(self.cpu.collect());
+        }
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+            if let Some(kb) = status_field(&status, "VmRSS") {
+                self.rss.set(kb.saturating_mul(1024));
+                out.extend(self.rss.collect());
+            }
+            if let Some(n) = status_field(&status, "Threads") {
+                self.threads.set(n);
+                out.extend(self.threads.collect());
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            self.fds.set(dir.count() as i64);
+            out.extend(self.fds.collect());
+        }
+        out.extend(self.start.collect());
+        out.extend(self.build.collect());
+        out
+    }
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync of
 /// the directory. A crash leaves the old file or the new one, never a torn one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -112,6 +224,42 @@ pub fn unix_ms() -> u64 {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn process_metrics_are_read_at_each_scrape_under_their_standard_names() {
+        let registry = Registry::new();
+        register_process(&registry, "1.2.3");
+        let first = render(&registry);
+        for name in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_threads ",
+            "process_start_time_seconds ",
+            "axon_build_info{version=\"1.2.3\"} 1",
+        ] {
+            assert!(first.contains(name), "{name} missing from:\n{first}");
+        }
+        let value = |text: &str, name: &str| -> f64 {
+            let line = text.lines().find(|l| l.starts_with(name)).unwrap();
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        assert!(value(&first, "process_resident_memory_bytes") > 1_000_000.0);
+        // CPU time only grows, and is read again at the next scrape: work until /proc counts
+        // another tick (10 ms), within a generous deadline.
+        let before = value(&first, "process_cpu_seconds_total");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut x = 0u64;
+        while cpu_seconds(None).unwrap() <= before && std::time::Instant::now() < deadline {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        let second = render(&registry);
+        assert!(value(&second, "process_cpu_seconds_total") > value(&first, "process_cpu_seconds_total"));
+        assert_eq!(status_field("Name:\tx\nVmRSS:\t  2048 kB\n", "VmRSS"), Some(2048));
+        assert_eq!(status_field("Threads:\t7\n", "Threads"), Some(7));
+    }
 
     #[test]
     fn an_atomic_write_replaces_the_whole_file_and_leaves_no_temporary() {

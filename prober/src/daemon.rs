@@ -542,6 +542,25 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
         session = session.with_burst_slots(shared.burst_slots.clone());
     }
     let mut refused_seen = crate::session::BurstsRefused::default();
+    // The peer's counters exist from the start: a rate over them reads zero rather than
+    // nothing, and an increase() sees their first event.
+    let m = &shared.metrics;
+    for reason in ["slots", "host_stall", "lossy"] {
+        m.bursts_refused.with_label_values(&[peer.as_str(), reason]);
+    }
+    for state in ["down", "up"] {
+        m.liveness_events.with_label_values(&[peer.as_str(), state]);
+    }
+    for counter in [
+        &m.bursts,
+        &m.heal_bursts,
+        &m.downs_held,
+        &m.dial_failures,
+        &m.sent,
+        &m.lost,
+    ] {
+        counter.with_label_values(&[peer.as_str()]);
+    }
     if link.is_some() {
         session.connected();
     }

@@ -7,6 +7,29 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 
+/// Every `reason` a datagram or connection is refused for
+/// (`axon_probe_datagrams_dropped_total`): the counter exports each from the start, so that
+/// a rate over it reads zero rather than nothing, and its first increase is seen.
+pub const DROP_REASONS: [&str; 17] = [
+    "connection_limit",
+    "handshake",
+    "no_identity",
+    "identity",
+    "truncated",
+    "oversized",
+    "foreign",
+    "version",
+    "flags",
+    "trailing",
+    "tls",
+    "config",
+    "io",
+    "unsent",
+    "too_old",
+    "forged",
+    "replayed",
+];
+
 /// The prober's metrics and the registry that exports them.
 #[derive(Clone)]
 pub struct Metrics {
@@ -59,12 +82,13 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let registry = Registry::new();
+        ops::register_process(&registry, env!("CARGO_PKG_VERSION"));
         let r = &registry;
         let rtt_buckets = vec![
             0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5,
             0.75, 1.0, 2.0,
         ];
-        Metrics {
+        let m = Metrics {
             rtt: register(
                 r,
                 HistogramVec::new(
@@ -203,7 +227,11 @@ impl Metrics {
                 ),
             ),
             registry,
+        };
+        for reason in DROP_REASONS {
+            m.dropped.with_label_values(&[reason]);
         }
+        m
     }
 
     /// The Prometheus text exposition of every metric.
@@ -215,5 +243,43 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ProberError;
+    use crate::session::Refused;
+
+    #[test]
+    fn every_drop_label_is_exported_from_the_start() {
+        let errors = [
+            ProberError::Truncated(1),
+            ProberError::Oversized(1),
+            ProberError::Foreign,
+            ProberError::Version(9),
+            ProberError::Flags(1),
+            ProberError::Trailing,
+            ProberError::Tls(String::new()),
+            ProberError::Config(String::new()),
+            ProberError::io("x", "y"),
+        ];
+        let refused = [
+            Refused::Unsent,
+            Refused::TooOld,
+            Refused::Forged,
+            Refused::Replayed,
+        ];
+        let labels = errors
+            .iter()
+            .map(ProberError::label)
+            .chain(refused.map(Refused::label));
+        let text = Metrics::new().render();
+        for label in labels {
+            assert!(DROP_REASONS.contains(&label), "{label} missing from DROP_REASONS");
+            let series = format!("axon_probe_datagrams_dropped_total{{reason=\"{label}\"}} 0");
+            assert!(text.contains(&series), "{series} not exported");
+        }
     }
 }

@@ -29,12 +29,19 @@ struct Args {
     /// Local HTTP API address.
     #[arg(long)]
     http_listen: Option<SocketAddr>,
+    /// Metrics-only HTTP address (/metrics, /healthz, /readyz), for Prometheus.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Log as JSON lines instead of human text.
     #[arg(long)]
     log_json: bool,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Check the effective configuration and exit: 0 when the daemon would start with it,
+    /// else the first problem (files it names are not read; addresses are not bound).
+    #[arg(long)]
+    check_config: bool,
 }
 
 fn effective(args: &Args) -> anyhow::Result<AgentConfig> {
@@ -61,6 +68,9 @@ fn effective(args: &Args) -> anyhow::Result<AgentConfig> {
     if let Some(a) = args.http_listen {
         cfg.http_listen = a;
     }
+    if let Some(a) = args.metrics_listen {
+        cfg.metrics_listen = Some(a);
+    }
     Ok(cfg)
 }
 
@@ -70,6 +80,11 @@ fn main() -> std::process::ExitCode {
         let cfg = effective(&args)?;
         if args.print_config {
             print!("{}", cfg.to_toml());
+            return Ok(());
+        }
+        if args.check_config {
+            cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("configuration ok");
             return Ok(());
         }
         ops::init_logging(args.log_json);

@@ -20,6 +20,12 @@ struct Args {
     /// HTTP address for /metrics, /healthz, /readyz.
     #[arg(long)]
     http_listen: Option<SocketAddr>,
+    /// This replica's name (logs, `axonctl status`): replicas can share one config file.
+    #[arg(long)]
+    name: Option<String>,
+    /// The URL probers and agents reach this replica at (`store.advertise_url`).
+    #[arg(long)]
+    advertise_url: Option<String>,
     /// Snapshot file for drains and the version counter.
     #[arg(long)]
     snapshot: Option<PathBuf>,
@@ -29,6 +35,10 @@ struct Args {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Check the effective configuration and exit: 0 when the daemon would start with it,
+    /// else the first problem (files it names are not read; addresses are not bound).
+    #[arg(long)]
+    check_config: bool,
 }
 
 fn effective(args: &Args) -> anyhow::Result<ControllerConfig> {
@@ -46,6 +56,12 @@ fn effective(args: &Args) -> anyhow::Result<ControllerConfig> {
     if let Some(a) = args.http_listen {
         cfg.http_listen = a;
     }
+    if let Some(n) = &args.name {
+        cfg.name.clone_from(n);
+    }
+    if let Some(u) = &args.advertise_url {
+        cfg.store.advertise_url = Some(u.clone());
+    }
     if let Some(p) = &args.snapshot {
         cfg.store.snapshot = Some(p.clone());
     }
@@ -58,6 +74,11 @@ fn main() -> std::process::ExitCode {
         let cfg = effective(&args)?;
         if args.print_config {
             print!("{}", cfg.to_toml());
+            return Ok(());
+        }
+        if args.check_config {
+            cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("configuration ok");
             return Ok(());
         }
         ops::init_logging(args.log_json);

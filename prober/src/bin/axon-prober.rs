@@ -47,6 +47,10 @@ struct Args {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Check the effective configuration and exit: 0 when the daemon would start with it,
+    /// else the first problem (files it names are not read; addresses are not bound).
+    #[arg(long)]
+    check_config: bool,
 }
 
 fn parse_peer(s: &str) -> Result<PeerConfig, String> {
@@ -121,6 +125,11 @@ fn main() -> std::process::ExitCode {
 async fn run(args: Args, cfg: ProberConfig) -> anyhow::Result<()> {
     if args.print_config {
         print!("{}", cfg.to_toml());
+        return Ok(());
+    }
+    if args.check_config {
+        cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!("configuration ok");
         return Ok(());
     }
     ops::init_logging(args.log_json);
