@@ -109,6 +109,7 @@ pub fn agent_config(dir: &Path, site: &str, controllers: Vec<String>) -> agent::
         controllers,
         table_file: dir.join(format!("agent-{site}")).join("table.pb"),
         http_listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         backoff_min_ms: 50,
         backoff_max_ms: 500,
         ..Default::default()
@@ -188,7 +189,7 @@ impl Mesh {
             let cfg = ProberConfig {
                 site: a.to_string(),
                 listen: addrs[*a],
-                metrics_listen: None,
+                metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
                 window_ms: 500,
                 tls: mesh_files(dir.path(), a),
                 peers: ids
@@ -357,5 +358,28 @@ where
         }
         assert!(Instant::now() < deadline, "not within {within:?}: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A workspace binary built next to the running test (by `cargo test --workspace`, as the
+/// daemons' own integration tests require them).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` (or `cargo test --workspace`)",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed when the test ends, whatever happens.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

@@ -6,29 +6,12 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mesh::{eventually, http_get};
+use mesh::{Proc, bin, eventually, http_get};
 use wan::{Emulator, EmulatorConfig, LinkParams, Way};
-
-fn bin(name: &str) -> PathBuf {
-    let dir = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` (or `cargo test --workspace`)",
-        path.display()
-    );
-    path
-}
 
 /// A free TCP port on `ip`, for a child process to bind.
 fn tcp(ip: &str) -> SocketAddr {
@@ -40,16 +23,6 @@ fn tcp(ip: &str) -> SocketAddr {
 
 fn udp(ip: &str) -> SocketAddr {
     std::net::UdpSocket::bind((ip, 0)).unwrap().local_addr().unwrap()
-}
-
-/// A child that is killed when the test ends, whatever happens.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn spawn(name: &str, config: &Path) -> Proc {
