@@ -29,6 +29,11 @@ pub struct Options {
     pub seed: u64,
     /// Print a status line every few seconds.
     pub live: bool,
+    /// Serve every daemon's metrics on loopback and write Prometheus file targets for them
+    /// here (`controller.yml`, `prober.yml`, `agent.yml`, probers and agents labelled with
+    /// their site), so that `deploy/prometheus/` and the Grafana dashboard can watch the
+    /// lab. Default none.
+    pub prometheus_targets: Option<std::path::PathBuf>,
 }
 
 /// After a fault starts or ends, route changes are the fault's doing for this long.
@@ -53,7 +58,7 @@ struct Mesh {
     _emulator: Emulator,
 }
 
-async fn start(s: &Scenario, seed: u64) -> Result<Mesh, LabError> {
+async fn start(s: &Scenario, seed: u64, metrics: bool) -> Result<Mesh, LabError> {
     let dir = tempfile::tempdir().map_err(run_err)?;
     let inv = &s.world.inventory;
     let ids: Vec<String> = inv.sites().iter().map(|x| x.id.to_string()).collect();
@@ -189,7 +194,7 @@ async fn start(s: &Scenario, seed: u64) -> Result<Mesh, LabError> {
         let cfg = ProberConfig {
             site: ids[a].clone(),
             listen: addrs[a],
-            metrics_listen: None,
+            metrics_listen: metrics.then(|| any("127.0.0.1")).transpose()?,
             probe_interval_ms: (1_000.0 / s.run.probe_hz).round() as u64,
             window_ms: (s.run.window_s * 1_000.0).round() as u64,
             tls: prober::tls::mesh_files(dir.path(), &ids[a]),
@@ -218,6 +223,7 @@ async fn start(s: &Scenario, seed: u64) -> Result<Mesh, LabError> {
             },
             table_file: dir.path().join(format!("agent-{}.pb", ids[a])),
             http_listen: any("127.0.0.1")?,
+            metrics_listen: metrics.then(|| any("127.0.0.1")).transpose()?,
             tls: Some(prober::tls::mesh_files(dir.path(), &ids[a])),
             ..Default::default()
         };
@@ -236,6 +242,44 @@ async fn start(s: &Scenario, seed: u64) -> Result<Mesh, LabError> {
 }
 
 impl Mesh {
+    /// Writes Prometheus file targets for every daemon (see [`Options::prometheus_targets`]).
+    /// A killed controller comes back on the same address, so the files stay right.
+    fn write_targets(&self, s: &Scenario, dir: &std::path::Path) -> Result<(), LabError> {
+        let sites = s.world.inventory.sites();
+        let group = |addr: std::net::SocketAddr, site: Option<&str>| match site {
+            Some(site) => format!("- targets: [\"{addr}\"]\n  labels: {{site: \"{site}\"}}\n"),
+            None => format!("- targets: [\"{addr}\"]\n"),
+        };
+        let header = format!("# Written by axon-lab for scenario {}.\n", s.name);
+        let controllers: String = self
+            .controller_cfgs
+            .iter()
+            .map(|c| group(c.http_listen, None))
+            .collect();
+        let mut probers = String::new();
+        let mut agents = String::new();
+        for (i, site) in sites.iter().enumerate() {
+            let id = Some(site.id.as_str());
+            if let Some(a) = self.probers[i].metrics_addr {
+                probers += &group(a, id);
+            }
+            if let Some(a) = self.agents[i].metrics_addr {
+                agents += &group(a, id);
+            }
+        }
+        std::fs::create_dir_all(dir).map_err(run_err)?;
+        for (file, body) in [
+            ("controller.yml", controllers),
+            ("prober.yml", probers),
+            ("agent.yml", agents),
+        ] {
+            let path = dir.join(file);
+            ops::write_atomically(&path, format!("{header}{body}").as_bytes())
+                .map_err(|e| run_err(format!("writing {}: {e}", path.display())))?;
+        }
+        Ok(())
+    }
+
     /// The replica that leads now, if one does (the only one on the embedded store).
     fn leader(&self) -> Option<&ControllerHandle> {
         self.controllers
@@ -814,7 +858,10 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
     let s = &paired(s);
     let duration = Duration::from_secs_f64(opts.duration_s.unwrap_or(s.run.duration_s));
     let cpu0 = ops::cpu_seconds(None).unwrap_or(0.0);
-    let mesh = start(s, opts.seed.max(1)).await?;
+    let mesh = start(s, opts.seed.max(1), opts.prometheus_targets.is_some()).await?;
+    if let Some(dir) = &opts.prometheus_targets {
+        mesh.write_targets(s, dir)?;
+    }
     let n = s.world.inventory.len();
     let cfg = ControllerConfig::default();
     let weights = cfg.engine.cost.clone();

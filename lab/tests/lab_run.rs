@@ -6,6 +6,15 @@
 
 /// Runs `body` (the scenario's `[run]` and `[[fault]]` sections) on the four-site matrix.
 async fn run_four_sites(name: &str, body: &str, seed: u64) -> lab::Report {
+    let opts = lab::Options {
+        seed,
+        ..Default::default()
+    };
+    run_four_sites_with(name, body, &opts).await
+}
+
+/// [`run_four_sites`] with every option.
+async fn run_four_sites_with(name: &str, body: &str, opts: &lab::Options) -> lab::Report {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("sites.csv"),
@@ -21,15 +30,31 @@ async fn run_four_sites(name: &str, body: &str, seed: u64) -> lab::Report {
     let scenario = format!("name = \"{name}\"\n[data]\nsites = \"sites.csv\"\nrtt = \"rtt.csv\"\n{body}");
     std::fs::write(&path, scenario).unwrap();
     let s = lab::Scenario::load(&path).unwrap();
-    lab::run(
-        &s,
-        &lab::Options {
-            seed,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
+    lab::run(&s, opts).await.unwrap()
+}
+
+/// GET `/metrics` over plain HTTP/1.0: the body, or `None` when nothing answers.
+async fn scrape(addr: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let ok = out.lines().next().is_some_and(|l| l.contains(" 200"));
+    ok.then_some(out)
+}
+
+/// The targets and site labels of a Prometheus target file as the lab writes it.
+fn targets(text: &str) -> Vec<(String, Option<String>)> {
+    let mut out: Vec<(String, Option<String>)> = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("- targets: [\"") {
+            out.push((rest.trim_end_matches("\"]").to_string(), None));
+        } else if let Some(rest) = line.trim().strip_prefix("labels: {site: \"") {
+            out.last_mut().unwrap().1 = Some(rest.trim_end_matches("\"}").to_string());
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,7 +68,47 @@ duration_s = 5
 kind = "blackhole"
 target = "c<->b"
 "#;
-    let r = run_four_sites("ci-4", body, 3).await;
+    // With Prometheus targets written: while the lab runs, every daemon they name answers a
+    // scrape with its own metrics.
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("targets");
+    let watcher = {
+        let files = files.clone();
+        tokio::spawn(async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(25);
+            while !files.join("agent.yml").exists() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            let mut seen = Vec::new();
+            for (file, metric) in [
+                ("controller.yml", "axon_route_pairs"),
+                ("prober.yml", "axon_probes_sent_total"),
+                ("agent.yml", "axon_agent_table_version"),
+            ] {
+                let text = std::fs::read_to_string(files.join(file)).unwrap();
+                for (addr, site) in targets(&text) {
+                    let body = scrape(&addr).await.unwrap_or_default();
+                    seen.push((file, site, body.contains(metric)));
+                }
+            }
+            seen
+        })
+    };
+    let opts = lab::Options {
+        seed: 3,
+        prometheus_targets: Some(files.clone()),
+        ..Default::default()
+    };
+    let r = run_four_sites_with("ci-4", body, &opts).await;
+    let seen = watcher.await.unwrap();
+    let count = |f: &str| seen.iter().filter(|(file, _, ok)| *file == f && *ok).count();
+    assert_eq!(
+        (count("controller.yml"), count("prober.yml"), count("agent.yml")),
+        (1, 4, 4),
+        "{seen:?}"
+    );
+    let sites: std::collections::BTreeSet<_> = seen.iter().filter_map(|(_, s, _)| s.clone()).collect();
+    assert_eq!(sites.into_iter().collect::<Vec<_>>(), ["a", "b", "c", "d"]);
 
     assert_eq!((r.scenario.as_str(), r.sites, r.faults.len()), ("ci-4", 4, 1));
     let f = &r.faults[0];

@@ -22,6 +22,10 @@ struct Args {
     /// Seed of the emulator's random generators.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Serve every daemon's metrics on loopback and write Prometheus file targets for them
+    /// in this directory (e.g. the `targets/` of a copy of deploy/prometheus/).
+    #[arg(long)]
+    prometheus_targets: Option<PathBuf>,
     /// Only check the scenario and print what it holds.
     #[arg(long)]
     check: bool,
@@ -54,6 +58,7 @@ fn main() -> std::process::ExitCode {
             duration_s: args.duration,
             seed: args.seed,
             live: true,
+            prometheus_targets: args.prometheus_targets.clone(),
         };
         let report = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
