@@ -13,6 +13,9 @@ ensure_rust_components() {
 }
 
 # Installs Debian packages that are missing: ensure_packages PKG...
+# etcd-server and prometheus are wanted for their binaries only (the tests start their own
+# on loopback): when this installs them on a host run by systemd, the services their
+# packages start are stopped and disabled. Ones installed before are left alone.
 ensure_packages() {
   local missing=()
   for p in "$@"; do
@@ -22,5 +25,13 @@ ensure_packages() {
     echo "installing: ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    if [ -d /run/systemd/system ]; then
+      for p in "${missing[@]}"; do
+        case "$p" in
+          etcd-server) systemctl disable --now etcd.service >/dev/null 2>&1 || true ;;
+          prometheus) systemctl disable --now prometheus.service >/dev/null 2>&1 || true ;;
+        esac
+      done
+    fi
   fi
 }
