@@ -143,6 +143,11 @@ pub struct Report {
     /// Link-down verdicts the probers took back because their host stalled while the misses
     /// behind them were in flight (see `prober::session::PeerSession::poll`).
     pub downs_held: u64,
+    /// Probe reports the controllers refused (`axon_ingest_rejected_total`, every replica,
+    /// killed ones included): a report the lab's own probers send is never bad input, so
+    /// anything here is a measurement lost to a check that is wrong.
+    #[serde(default)]
+    pub reports_refused: u64,
     /// |controller's smoothed RTT − true RTT| over links, ms.
     pub rtt_error_ms: Spread,
     /// |controller's smoothed jitter − true jitter| over links, ms. The truth is what RFC 3550
@@ -229,6 +234,10 @@ impl Report {
             self.jitter_error_ms.p50,
             self.jitter_error_ms.p99,
             self.loss_error_pp
+        );
+        s += &format!(
+            "  reports          {} refused by the controllers\n",
+            self.reports_refused
         );
         s += &format!(
             "  cost             {:.0} bit/s per ordered pair on the wire, {:.1} CPU s for the whole lab\n",

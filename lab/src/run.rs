@@ -554,6 +554,15 @@ fn peer_bursts(mesh: &Mesh, s: &Scenario, a: usize, b: usize) -> (u64, u64) {
 }
 
 /// A counter summed over every prober and label.
+/// Probe reports a controller refused, every reason.
+fn reports_refused(c: &ControllerHandle) -> u64 {
+    let m = &c.shared.metrics.rejected;
+    controller::core::REJECT_REASONS
+        .iter()
+        .map(|r| m.with_label_values(&[r]).get())
+        .sum()
+}
+
 fn counter_sum(mesh: &Mesh, name: &str) -> u64 {
     mesh.probers
         .iter()
@@ -890,6 +899,8 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
     }
     // A killed replica: its index, when, and the epoch it led under.
     let mut killed: Vec<Option<(usize, u64)>> = vec![None; s.faults.len()];
+    // Reports refused by replicas the run killed (their counters go with them).
+    let mut refused_by_killed = 0;
 
     let t0 = Instant::now();
     let mut reports: Vec<FaultReport> = s
@@ -965,6 +976,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                             .is_some_and(|c| c.shared.leadership.borrow().is_leader())
                     }) && let Some(c) = mesh.controllers[r].take()
                     {
+                        refused_by_killed += reports_refused(&c);
                         c.kill().await;
                         killed[i] = Some((r, epoch));
                     }
@@ -1560,6 +1572,13 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         flaps_per_pair_hour: flaps as f64 / pairs / (elapsed / 3_600.0),
         route_changes: changes,
         downs_held: counter_sum(&mesh, "axon_probe_downs_held_total"),
+        reports_refused: refused_by_killed
+            + mesh
+                .controllers
+                .iter()
+                .flatten()
+                .map(reports_refused)
+                .sum::<u64>(),
         rtt_error_ms: Spread::of(rtt_err),
         jitter_error_ms: Spread::of(jitter_err),
         loss_error_pp: if loss_err.is_empty() {

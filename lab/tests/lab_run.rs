@@ -130,6 +130,8 @@ target = "c<->b"
     }
     assert_eq!(r.convergence_s.max, converge);
     assert!(r.route_changes >= 2, "{r:?}");
+    // The lab's probers send nothing a controller should refuse.
+    assert_eq!(r.reports_refused, 0, "{r:?}");
     assert!(r.rtt_error_ms.p50 < 3.0, "{r:?}");
     assert!(
         r.jitter_error_ms.p50 < 3.0 && r.jitter_error_ms.p99 >= r.jitter_error_ms.p50,
@@ -165,6 +167,7 @@ target = "c<->b"
         "flaps_per_pair_hour",
         "route_changes",
         "downs_held",
+        "reports_refused",
         "rtt_error_ms",
         "jitter_error_ms",
         "loss_error_pp",
