@@ -135,11 +135,146 @@ enum Command {
     },
     /// The drains in force.
     Drains,
+    /// The mesh's certificates, made locally (no controller): a CA, then one certificate per
+    /// daemon or operator, naming the role (and sites) the controller and probers check.
+    Cert {
+        #[command(subcommand)]
+        action: CertAction,
+    },
     /// What a change would do (e.g. `drain-site X`, `drain-region R`, `cut-link A B`).
     Whatif {
         /// Changes, one per argument.
         changes: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertAction {
+    /// Create the mesh CA in DIR: ca.pem (give it to every daemon and operator) and ca.key
+    /// (keep it offline). Refuses to replace an existing CA.
+    Init {
+        /// Where the CA's files go.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a certificate from the CA in DIR: OUT.pem and OUT.key.
+    Issue {
+        /// The CA's directory (ca.key is read).
+        #[arg(long)]
+        dir: PathBuf,
+        /// What the certificate may do.
+        role: CertRole,
+        /// A site the certificate speaks for (prober and agent roles; repeatable).
+        #[arg(long)]
+        site: Vec<String>,
+        /// The operator's name, recorded as the author of their drains (operator role).
+        #[arg(long)]
+        name: Option<String>,
+        /// File stem in DIR. Default: the role and its site or name (`prober-aws-use1`).
+        #[arg(long)]
+        out: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CertRole {
+    Prober,
+    Agent,
+    Operator,
+    Controller,
+}
+
+/// The DNS names a certificate for `role` carries, and its default file stem.
+fn cert_names(
+    role: CertRole,
+    sites: &[String],
+    name: Option<&str>,
+) -> Result<(Vec<String>, String), Failure> {
+    let usage = |m: &str| Err(Failure(2, m.into()));
+    for site in sites {
+        topology::SiteId::new(site.clone()).map_err(|e| Failure(2, format!("--site {site:?}: {e}")))?;
+    }
+    let (role_name, stem) = match role {
+        CertRole::Prober | CertRole::Agent => {
+            if sites.is_empty() || name.is_some() {
+                return usage("a prober or agent certificate names its sites (--site), no --name");
+            }
+            let r = if role == CertRole::Prober {
+                proto::auth::Role::Prober
+            } else {
+                proto::auth::Role::Agent
+            };
+            (r.cert_name(), format!("{r}-{}", sites.join("-")))
+        }
+        CertRole::Operator => {
+            // The name travels as a DNS name in the certificate.
+            let dns = |n: &str| {
+                (1..=63).contains(&n.len())
+                    && n.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            };
+            let Some(n) = name.filter(|n| dns(n)) else {
+                return usage("an operator certificate needs --name: 1 to 63 of a-z, 0-9, '-', '.'");
+            };
+            if !sites.is_empty() {
+                return usage("an operator certificate names no site");
+            }
+            (proto::auth::Role::Operator.cert_name(), format!("operator-{n}"))
+        }
+        CertRole::Controller => {
+            if !sites.is_empty() || name.is_some() {
+                return usage("a controller certificate takes no --site or --name");
+            }
+            (
+                proto::auth::Role::Controller.cert_name(),
+                "controller".to_string(),
+            )
+        }
+    };
+    let mut names: Vec<String> = sites.to_vec();
+    names.extend(name.map(String::from));
+    names.push(role_name.to_string());
+    Ok((names, stem))
+}
+
+/// `axonctl cert …`: local files only.
+fn cert(action: CertAction) -> Result<(), Failure> {
+    let tls = |e: prober::ProberError| Failure(1, e.to_string());
+    match action {
+        CertAction::Init { dir } => {
+            prober::tls::new_ca(&dir).map_err(tls)?;
+            println!(
+                "CA written: {} (every daemon's `ca`), {} (keep it offline)",
+                dir.join("ca.pem").display(),
+                dir.join("ca.key").display()
+            );
+        }
+        CertAction::Issue {
+            dir,
+            role,
+            site,
+            name,
+            out,
+        } => {
+            let (names, stem) = cert_names(role, &site, name.as_deref())?;
+            let stem = out.unwrap_or(stem);
+            if stem.is_empty() || stem.contains('/') || stem == "ca" {
+                return Err(Failure(
+                    2,
+                    format!("--out {stem:?}: a file stem in DIR, not `ca`"),
+                ));
+            }
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let files = prober::tls::issue(&dir, &stem, &refs).map_err(tls)?;
+            println!(
+                "{} and {} for {}",
+                files.cert.display(),
+                files.key.display(),
+                names.join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -262,6 +397,10 @@ fn endpoint(cli: &Cli) -> Result<Endpoint, Failure> {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    // Certificates are local files: no controller to reach.
+    if let Command::Cert { action } = cli.command {
+        return cert(action);
+    }
     proto::auth::install_crypto_provider();
     let channel: Channel = endpoint(&cli)?
         .connect()
@@ -278,6 +417,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let mut admin = AdminClient::with_interceptor(channel, Bearer(bearer));
     let json_out = cli.output == Output::Json;
     match cli.command {
+        Command::Cert { .. } => {}
         Command::Status { agents: list } => {
             let s = admin
                 .status(pb::StatusRequest {})

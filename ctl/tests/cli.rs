@@ -227,3 +227,73 @@ async fn axonctl_on_tls_needs_the_operator_role_and_exits_77_without_it() {
     assert_eq!(code, 2, "{err}");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_made_by_axonctl_carry_their_roles_through_a_real_controller() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    let (code, out, err) = axonctl(&["cert", "init", "--dir", &d]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ca.pem") && out.contains("ca.key"), "{out}");
+    // A second CA would orphan every certificate of the first: refused.
+    let (code, _, err) = axonctl(&["cert", "init", "--dir", &d]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("already holds a CA"), "{err}");
+    for args in [
+        vec!["controller"],
+        vec!["operator", "--name", "alice"],
+        vec!["prober", "--site", "a"],
+    ] {
+        let mut full = vec!["cert", "issue", "--dir", &d];
+        full.extend(args.iter().copied());
+        let (code, _, err) = axonctl(&full).await;
+        assert_eq!(code, 0, "{args:?}: {err}");
+    }
+    // Usage errors: a prober without a site, an operator without a name.
+    for args in [
+        vec!["prober"],
+        vec!["operator"],
+        vec!["operator", "--name", "Alice Smith"],
+    ] {
+        let mut full = vec!["cert", "issue", "--dir", &d];
+        full.extend(args.iter().copied());
+        let (code, _, err) = axonctl(&full).await;
+        assert_eq!(code, 2, "{args:?}: {err}");
+    }
+    let file = |stem: &str, ext: &str| format!("{d}/{stem}.{ext}");
+
+    // A controller on those files: the operator's certificate may administer, the prober's
+    // may not (77), and the prober's names its site and the prober role.
+    let sites = four_sites();
+    let mut cfg = controller_config(&sites, None);
+    cfg.tls = Some(prober::tls::TlsFiles {
+        ca: file("ca", "pem").into(),
+        cert: file("controller", "pem").into(),
+        key: file("controller", "key").into(),
+    });
+    let c = controller::start(cfg).await.unwrap();
+    let url = format!("https://{}", c.grpc_addr);
+    let ca = file("ca", "pem");
+    let as_who = |stem: &str| (file(stem, "pem"), file(stem, "key"));
+    let (op_cert, op_key) = as_who("operator-alice");
+    let (code, out, err) = axonctl(&[
+        "-c", &url, "--ca", &ca, "--cert", &op_cert, "--key", &op_key, "sites",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("SITE"), "{out}");
+    let (p_cert, p_key) = as_who("prober-a");
+    let (code, _, err) = axonctl(&[
+        "-c", &url, "--ca", &ca, "--cert", &p_cert, "--key", &p_key, "status",
+    ])
+    .await;
+    assert_eq!(code, 77, "{err}");
+    let pem = std::fs::read(&p_cert).unwrap();
+    let der = rustls_pemfile::certs(&mut pem.as_slice())
+        .next()
+        .unwrap()
+        .unwrap();
+    let peer = proto::auth::Peer::from_cert(&der).unwrap();
+    assert!(peer.names("a") && peer.has(proto::auth::Role::Prober) && !peer.has(proto::auth::Role::Operator));
+    c.shutdown().await;
+}

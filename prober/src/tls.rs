@@ -117,6 +117,30 @@ pub fn peer_cert(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
 /// - `controller.pem`/`.key` (`controller.axon`), and `operator.pem`/`.key` for an operator
 ///   named `operator`.
 pub fn generate_mesh(dir: &Path, sites: &[&str]) -> Result<(), ProberError> {
+    let ca = write_ca(dir)?;
+    let roles = [Role::Prober.cert_name(), Role::Agent.cert_name()];
+    for site in sites {
+        write_leaf(dir, &ca, site, &[site, roles[0], roles[1]])?;
+    }
+    write_leaf(dir, &ca, "controller", &[Role::Controller.cert_name()])?;
+    write_leaf(dir, &ca, "operator", &["operator", Role::Operator.cert_name()])?;
+    Ok(())
+}
+
+/// Creates a mesh CA in `dir` (`ca.pem`, and `ca.key` to [`issue`] certificates from),
+/// refusing to replace one: every certificate of a mesh must come from the same CA, and a new
+/// one would orphan them all. What `axonctl cert init` runs; keep `ca.key` offline.
+pub fn new_ca(dir: &Path) -> Result<(), ProberError> {
+    if dir.join("ca.key").exists() || dir.join("ca.pem").exists() {
+        return Err(ProberError::Tls(format!(
+            "{} already holds a CA (ca.pem, ca.key): not replaced",
+            dir.display()
+        )));
+    }
+    write_ca(dir).map(|_| ())
+}
+
+fn write_ca(dir: &Path) -> Result<rcgen::CertifiedIssuer<'static, rcgen::KeyPair>, ProberError> {
     let err = |e: rcgen::Error| ProberError::Tls(e.to_string());
     let io = |e: std::io::Error| ProberError::io(format!("writing certificates to {}", dir.display()), e);
     std::fs::create_dir_all(dir).map_err(io)?;
@@ -125,13 +149,7 @@ pub fn generate_mesh(dir: &Path, sites: &[&str]) -> Result<(), ProberError> {
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params()?, ca_key).map_err(err)?;
     std::fs::write(dir.join("ca.pem"), ca.pem()).map_err(io)?;
     ops::write_atomically(&dir.join("ca.key"), ca_key_pem.as_bytes()).map_err(io)?;
-    let roles = [Role::Prober.cert_name(), Role::Agent.cert_name()];
-    for site in sites {
-        write_leaf(dir, &ca, site, &[site, roles[0], roles[1]])?;
-    }
-    write_leaf(dir, &ca, "controller", &[Role::Controller.cert_name()])?;
-    write_leaf(dir, &ca, "operator", &["operator", Role::Operator.cert_name()])?;
-    Ok(())
+    Ok(ca)
 }
 
 /// Issues one more certificate from the development CA in `dir` (see [`generate_mesh`]):
