@@ -391,25 +391,27 @@ impl pb::admin_server::Admin for Services {
         let s = &self.0;
         let version = table_version(s);
         let latest = version_of(&version);
-        let (sites, up, down, computed) = {
+        let (sites, health, computed, routes) = {
             let core = s.core();
-            let links = &core.world().links;
-            let n = core.world().inventory.len();
-            let (mut up, mut down) = (0, 0);
-            for a in 0..n {
-                for b in 0..n {
-                    match links
-                        .get(a as topology::SiteIdx, b as topology::SiteIdx)
-                        .map(|v| v.health)
-                    {
-                        Some(topology::LinkHealth::Down) => down += 1,
-                        Some(_) => up += 1,
-                        None => {}
-                    }
+            let world = core.world();
+            let routes = core.table().map(|t| {
+                let r = t.summary(&world.endpoint_mask());
+                let n = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
+                pb::RouteSummary {
+                    direct: n(r.direct),
+                    relayed: n(r.one_relay + r.two_relays),
+                    unreachable: n(r.unreachable),
+                    unprotected: n(r.backup_none),
                 }
-            }
-            (n as u32, up, down, core.table().map_or(0, |t| t.computed_at_ms()))
+            });
+            (
+                world.inventory.len() as u32,
+                world.links.health_counts(),
+                core.table().map_or(0, |t| t.computed_at_ms()),
+                routes,
+            )
         };
+        let count = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
         let agents: Vec<pb::AgentState> = s
             .agents()
             .iter()
@@ -435,8 +437,11 @@ impl pb::admin_server::Admin for Services {
             table: version,
             computed_unix_ms: computed,
             sites,
-            links_up: up,
-            links_down: down,
+            // Usable links: up, degraded (past a threshold) and stale (last metrics kept).
+            links_up: count(health.up + health.degraded + health.stale),
+            links_down: count(health.down),
+            links_degraded: count(health.degraded),
+            routes,
             agents_latest: on_latest,
             agents_behind: agents.len() as u32 - on_latest,
             agents,

@@ -434,8 +434,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 println!(
                     "{}",
                     json!({"controller": s.controller, "leader": s.leader, "table": version(&s.table), "sites": s.sites,
-                           "links_up": s.links_up, "links_down": s.links_down, "agents_latest": s.agents_latest,
-                           "agents_behind": s.agents_behind, "agents": agents})
+                           "links_up": s.links_up, "links_down": s.links_down, "links_degraded": s.links_degraded,
+                           "routes": s.routes.as_ref().map(|r| json!({"direct": r.direct, "relayed": r.relayed,
+                               "unreachable": r.unreachable, "unprotected": r.unprotected})),
+                           "agents_latest": s.agents_latest, "agents_behind": s.agents_behind, "agents": agents})
                 );
             } else {
                 println!(
@@ -445,9 +447,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 );
                 println!("table       {}", version(&s.table));
                 println!(
-                    "sites       {}   links up {}   down {}",
-                    s.sites, s.links_up, s.links_down
+                    "sites       {}   links up {} (degraded {})   down {}",
+                    s.sites, s.links_up, s.links_degraded, s.links_down
                 );
+                if let Some(r) = &s.routes {
+                    println!(
+                        "pairs       {} direct, {} relayed, {} without a path, {} without a backup",
+                        r.direct, r.relayed, r.unreachable, r.unprotected
+                    );
+                }
                 println!(
                     "agents      {} on latest, {} behind",
                     s.agents_latest, s.agents_behind

@@ -10,6 +10,10 @@ use mesh::{Mesh, endpoint, eventually, four_sites, relay_rtt as rtt};
 use proto::v1 as pb;
 use proto::v1::admin_client::AdminClient;
 
+fn counts(r: &pb::RouteSummary) -> (u32, u32, u32, u32) {
+    (r.direct, r.relayed, r.unreachable, r.unprotected)
+}
+
 fn relays(path: &[String]) -> &[String] {
     &path[1..path.len() - 1]
 }
@@ -44,6 +48,22 @@ async fn the_loop_relays_reroutes_drains_and_survives_the_control_plane() {
     assert!(w.summary.iter().any(|l| l.contains("a → b")), "{w:?}");
     assert!((w.capacity_left - 0.75).abs() < 1e-9, "{w:?}");
     assert_eq!(mesh.primary("a", "b").await.unwrap(), ["a", "c", "b"]);
+    // Status counts the mesh as the table routes it: a ↔ b relayed, every other pair direct,
+    // each with a backup, once every link is measured.
+    let routes = eventually(long, "status to count every pair routed", || {
+        let mut admin = admin.clone();
+        async move {
+            let s = admin.status(pb::StatusRequest {}).await.ok()?.into_inner();
+            let r = s.routes?;
+            (s.links_up == 12 && r.unprotected == 0).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(
+        counts(&routes),
+        (10, 2, 0, 0),
+        "direct, relayed, unreachable, unprotected"
+    );
     // Explain says why: the direct path costs more, and so does the detour through d (once
     // d's links have been measured: the relay through c can be in place before them).
     let e = eventually(long, "explain to list the detour through d", || {
