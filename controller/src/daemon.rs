@@ -211,9 +211,9 @@ impl Shared {
                 .iter()
                 .map(|s| (s.id.to_string(), drained.contains(&s.id)))
                 .collect();
-            let summary = c.table.summary(&world.endpoint_mask());
+            let summary = c.changed.then(|| c.table.summary(&world.endpoint_mask()));
             self.metrics
-                .observe_mesh(&world.links.health_counts(), &summary, &sites, c.changed);
+                .observe_mesh(&world.links.health_counts(), summary.as_ref(), &sites);
         }
         let current = self.published.borrow().as_ref().map(|p| p.id);
         if !c.changed && current.is_some_and(|id| id.epoch == c.table.id().epoch) {

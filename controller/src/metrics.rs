@@ -214,14 +214,15 @@ impl Metrics {
         m
     }
 
-    /// Sets the mesh gauges from a computation: links by health, the table's routes, and
-    /// drains; counts the pairs the table switched when it is a new one (`published`).
+    /// Sets the mesh gauges from a computation: links by health and drains every time; the
+    /// table's routes, and the pairs it switched, when the computation made a new table
+    /// (`table`; an unchanged table counts the same, and counting it is a pass over every pair
+    /// under the core's lock).
     pub fn observe_mesh(
         &self,
         links: &topology::HealthCounts,
-        table: &topology::TableSummary,
+        table: Option<&topology::TableSummary>,
         drained: &[(String, bool)],
-        published: bool,
     ) {
         for (health, n) in [
             ("up", links.up),
@@ -232,6 +233,10 @@ impl Metrics {
         ] {
             self.links.with_label_values(&[health]).set(gauge(n));
         }
+        for (site, d) in drained {
+            self.site_drained.with_label_values(&[site]).set(i64::from(*d));
+        }
+        let Some(table) = table else { return };
         for (path, n) in [
             ("direct", table.direct),
             ("one_relay", table.one_relay),
@@ -248,13 +253,7 @@ impl Metrics {
             self.route_backups.with_label_values(&[kind]).set(gauge(n));
         }
         for &(reason, n) in &table.switched {
-            let c = self.route_switches.with_label_values(&[reason]);
-            if published {
-                c.inc_by(n as u64);
-            }
-        }
-        for (site, d) in drained {
-            self.site_drained.with_label_values(&[site]).set(i64::from(*d));
+            self.route_switches.with_label_values(&[reason]).inc_by(n as u64);
         }
     }
 }
