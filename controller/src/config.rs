@@ -92,7 +92,9 @@ pub struct ControllerConfig {
     pub grpc_listen: SocketAddr,
     /// HTTP address for `/metrics`, `/healthz`, `/readyz`. Default `127.0.0.1:9500`.
     pub http_listen: SocketAddr,
-    /// Route computation period, ms; a liveness event also triggers one at once. Default 1000.
+    /// Route computation period, ms. A liveness event, or a window that moves a link's loss
+    /// estimate at once (a change found or confirmed), also triggers one, as soon as a tenth
+    /// of the period has passed since the last. Default 1000.
     pub tick_ms: u64,
     /// Every agent gets its site's table again this often even without a change, ms.
     /// Default 30000.

@@ -55,6 +55,18 @@ fn pair_mut<T>(v: &mut [T], i: usize, j: usize) -> (&mut T, &mut T) {
     }
 }
 
+/// What a window did to its pair's loss estimate, beyond the gradual update every window
+/// makes: what the ingest stream acts on at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WindowEffect {
+    /// The estimate moved at once (a change found, or a rise confirmed): routes may move now,
+    /// so the caller computes at once rather than at the next tick.
+    pub loss_moved: bool,
+    /// The loss rose and the windows since have not yet confirmed it: the reporting prober
+    /// is asked for an evidence burst to the window's far end (`ReportAck.evidence_wanted`).
+    pub wants_evidence: bool,
+}
+
 /// Everything the controller knows and decides.
 #[derive(Debug)]
 pub struct Core {
@@ -183,7 +195,7 @@ impl Core {
         w: &pb::LinkWindow,
         reporter: &SiteId,
         now: TimestampMs,
-    ) -> Result<(), ControllerError> {
+    ) -> Result<WindowEffect, ControllerError> {
         if w.from != reporter.as_str() {
             return Err(reject(
                 "malformed",
@@ -234,10 +246,14 @@ impl Core {
         let n = self.world.inventory.len();
         let j = (i % n) * n + i / n;
         let (this, reverse) = pair_mut(&mut self.states, i, j);
+        let moves = this.loss_moves() + reverse.loss_moves();
         this.observe_paired(&window, reverse, &self.cfg.links, self.prior)
             .map_err(|e| reject("replay", e.to_string()))?;
         self.sent_before[i] = [w.sent, before[0]];
-        Ok(())
+        Ok(WindowEffect {
+            loss_moved: this.loss_moves() + reverse.loss_moves() != moves,
+            wants_evidence: this.awaits_confirmation(Some(reverse), &self.cfg.links),
+        })
     }
 
     /// Takes a liveness event; it acts on the next computation (which the caller runs at once).
@@ -503,7 +519,7 @@ mod tests {
         }
     }
 
-    fn reason(r: Result<(), ControllerError>) -> &'static str {
+    fn reason<T: std::fmt::Debug>(r: Result<T, ControllerError>) -> &'static str {
         match r {
             Err(ControllerError::Rejected { reason, .. }) => {
                 assert!(REJECT_REASONS.contains(&reason), "{reason}");
@@ -582,6 +598,66 @@ mod tests {
         c.compute(now);
         let v = c.world().links.get(0, 1).unwrap();
         assert!((v.metrics.rtt_ms - 40.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_rise_in_loss_asks_both_ends_for_evidence_until_it_is_confirmed() {
+        let mut c = core();
+        let (a, b) = (SiteId::new("a").unwrap(), SiteId::new("b").unwrap());
+        let lossy = |from: &str, to: &str, end: u64, sent: u32, received: u32| pb::LinkWindow {
+            sent,
+            received,
+            lost: sent - received,
+            ..window(from, to, end, 40.0)
+        };
+        let start = 1_000_000;
+        let mut now = start;
+        let none = WindowEffect::default();
+        for _ in 0..300 {
+            now += 1_000;
+            assert_eq!(c.window(&window("a", "b", now, 40.0), &a, now).unwrap(), none);
+            assert_eq!(
+                c.window(&window("b", "a", now + 300, 40.0), &b, now + 300)
+                    .unwrap(),
+                none
+            );
+        }
+        // A burst's second loses six round trips in a hundred: the rise is found at once, for
+        // the pair, and held until more windows show it.
+        now += 1_000;
+        let found = c.window(&lossy("a", "b", now, 100, 94), &a, now).unwrap();
+        assert_eq!(
+            found,
+            WindowEffect {
+                loss_moved: true,
+                wants_evidence: true
+            }
+        );
+        // The far end's report of the same second asks too, and moves nothing more.
+        let far = c
+            .window(&lossy("b", "a", now + 300, 100, 94), &b, now + 300)
+            .unwrap();
+        assert_eq!(
+            far,
+            WindowEffect {
+                loss_moved: false,
+                wants_evidence: true
+            }
+        );
+        // The next second loses as many: confirmed; nobody is asked any more.
+        now += 1_000;
+        let confirmed = c.window(&lossy("a", "b", now, 100, 95), &a, now).unwrap();
+        assert_eq!(
+            confirmed,
+            WindowEffect {
+                loss_moved: true,
+                wants_evidence: false
+            }
+        );
+        let after = c
+            .window(&lossy("b", "a", now + 300, 100, 95), &b, now + 300)
+            .unwrap();
+        assert!(!after.wants_evidence);
     }
 
     #[test]

@@ -430,12 +430,22 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
 async fn compute_loop(shared: Arc<Shared>, tick: Duration, cancel: CancellationToken) {
     let mut timer = tokio::time::interval(tick);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Computations asked for between ticks (a liveness event, a loss estimate that moved at
+    // once) run at once, but no sooner than this after the one before: a stream of such
+    // events must not keep a core computing back to back on a large mesh.
+    let gap = tick / 10;
+    let mut last: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = timer.tick() => {}
-            _ = shared.recompute.notified() => {}
+            _ = shared.recompute.notified() => {
+                if let Some(at) = last {
+                    tokio::time::sleep_until(at + gap).await;
+                }
+            }
         }
+        last = Some(tokio::time::Instant::now());
         // The computation is CPU work: keep it off the runtime's I/O threads.
         let s = shared.clone();
         match tokio::task::spawn_blocking(move || s.compute_and_publish()).await {

@@ -15,6 +15,9 @@ pub struct Metrics {
     pub reports: IntCounterVec,
     /// Reports refused, by reason.
     pub rejected: IntCounterVec,
+    /// Evidence bursts asked of probers: acks naming a peer whose rise in loss awaits
+    /// confirmation (one per window of such a link).
+    pub evidence_wanted: IntCounter,
     /// Route computations run.
     pub computations: IntCounter,
     /// Time of one computation, seconds.
@@ -74,6 +77,13 @@ impl Metrics {
                         "Reports refused at ingest, by reason.",
                     ),
                     &["reason"],
+                ),
+            ),
+            evidence_wanted: register(
+                r,
+                IntCounter::new(
+                    "axon_ingest_evidence_wanted_total",
+                    "Acks asking a prober for an evidence burst to a peer whose rise in loss awaits confirmation.",
                 ),
             ),
             computations: register(

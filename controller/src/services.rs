@@ -71,6 +71,7 @@ impl pb::probe_ingest_server::ProbeIngest for Services {
                 acked_through: 0,
                 rejected: 0,
                 leader_hint: hint,
+                evidence_wanted: Vec::new(),
             };
             return Ok(Response::new(Box::pin(tokio_stream::once(Ok(ack)))));
         }
@@ -86,6 +87,7 @@ impl pb::probe_ingest_server::ProbeIngest for Services {
                         acked_through: 0,
                         rejected,
                         leader_hint: hint,
+                        evidence_wanted: Vec::new(),
                     };
                     let _ = tx.send(Ok(ack)).await;
                     break;
@@ -105,13 +107,20 @@ impl pb::probe_ingest_server::ProbeIngest for Services {
                 };
                 let seq = r.seq;
                 let mut wake = false;
+                let mut evidence_wanted = Vec::new();
                 {
                     let mut core = shared.core();
                     if core.fresh_report(&site, hello.instance, seq) {
                         let result = match &r.body {
                             Some(probe_report::Body::Window(w)) => {
                                 shared.metrics.reports.with_label_values(&["window"]).inc();
-                                core.window(w, &site, now_ms())
+                                core.window(w, &site, now_ms()).map(|effect| {
+                                    wake |= effect.loss_moved;
+                                    if effect.wants_evidence {
+                                        shared.metrics.evidence_wanted.inc();
+                                        evidence_wanted.push(w.to.clone());
+                                    }
+                                })
                             }
                             Some(probe_report::Body::Liveness(e)) => {
                                 shared.metrics.reports.with_label_values(&["liveness"]).inc();
@@ -145,6 +154,7 @@ impl pb::probe_ingest_server::ProbeIngest for Services {
                     acked_through: seq,
                     rejected,
                     leader_hint: String::new(),
+                    evidence_wanted,
                 };
                 if tx.send(Ok(ack)).await.is_err() {
                     break;

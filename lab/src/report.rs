@@ -109,6 +109,9 @@ pub struct BurstReport {
     /// Of those, heal bursts: a link that missed, probed harder once quiet so that the end
     /// of its brown-out is seen in seconds.
     pub heal: u64,
+    /// Of those, bursts the controller asked for: a rise in loss it found and had not yet
+    /// confirmed.
+    pub asked: u64,
     /// Bursts not started because a quarter of the prober's peers were bursting already.
     pub refused_slots: u64,
     /// Bursts not started because the miss came just after a stall of the host.
@@ -116,6 +119,8 @@ pub struct BurstReport {
     /// Misses that started no burst because their link misses too often (lossy by nature,
     /// or still counting a recent brown-out's misses).
     pub refused_lossy: u64,
+    /// Asks of the controller's past the run a link may burst for in a row.
+    pub refused_asked_limit: u64,
 }
 
 /// Everything the lab measured.
@@ -148,6 +153,9 @@ pub struct Report {
     /// anything here is a measurement lost to a check that is wrong.
     #[serde(default)]
     pub reports_refused: u64,
+    /// Those, by the controller's reason (reasons with none left out).
+    #[serde(default)]
+    pub reports_refused_by: std::collections::BTreeMap<String, u64>,
     /// |controller's smoothed RTT − true RTT| over links, ms.
     pub rtt_error_ms: Spread,
     /// |controller's smoothed jitter − true jitter| over links, ms. The truth is what RFC 3550
@@ -235,9 +243,19 @@ impl Report {
             self.jitter_error_ms.p99,
             self.loss_error_pp
         );
+        let by: Vec<String> = self
+            .reports_refused_by
+            .iter()
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect();
         s += &format!(
-            "  reports          {} refused by the controllers\n",
-            self.reports_refused
+            "  reports          {} refused by the controllers{}\n",
+            self.reports_refused,
+            if by.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", by.join(", "))
+            }
         );
         s += &format!(
             "  cost             {:.0} bit/s per ordered pair on the wire, {:.1} CPU s for the whole lab\n",
@@ -245,13 +263,15 @@ impl Report {
         );
         let b = self.bursts;
         s += &format!(
-            "  bursts           {} started ({} to confirm a heal), {} held back (slots {}, host stalls {}), {} misses on links too lossy to burst\n",
+            "  bursts           {} started ({} to confirm a heal, {} asked by the controller), {} held back (slots {}, host stalls {}), {} misses on links too lossy to burst, {} asks past the limit\n",
             b.started,
             b.heal,
+            b.asked,
             b.refused_slots + b.refused_host_stall,
             b.refused_slots,
             b.refused_host_stall,
-            b.refused_lossy
+            b.refused_lossy,
+            b.refused_asked_limit
         );
         s
     }

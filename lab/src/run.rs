@@ -554,13 +554,16 @@ fn peer_bursts(mesh: &Mesh, s: &Scenario, a: usize, b: usize) -> (u64, u64) {
 }
 
 /// A counter summed over every prober and label.
-/// Probe reports a controller refused, every reason.
-fn reports_refused(c: &ControllerHandle) -> u64 {
+/// Adds the probe reports a controller refused to `into`, by reason (reasons with none left
+/// out).
+fn reports_refused(c: &ControllerHandle, into: &mut std::collections::BTreeMap<String, u64>) {
     let m = &c.shared.metrics.rejected;
-    controller::core::REJECT_REASONS
-        .iter()
-        .map(|r| m.with_label_values(&[r]).get())
-        .sum()
+    for r in controller::core::REJECT_REASONS {
+        let n = m.with_label_values(&[r]).get();
+        if n > 0 {
+            *into.entry((*r).to_string()).or_default() += n;
+        }
+    }
 }
 
 fn counter_sum(mesh: &Mesh, name: &str) -> u64 {
@@ -592,6 +595,8 @@ fn burst_counts(mesh: &Mesh) -> BurstReport {
                 match (mf.name(), reason) {
                     ("axon_probe_bursts_total", _) => r.started += v,
                     ("axon_probe_heal_bursts_total", _) => r.heal += v,
+                    ("axon_probe_asked_bursts_total", _) => r.asked += v,
+                    ("axon_probe_bursts_refused_total", Some("asked_limit")) => r.refused_asked_limit += v,
                     ("axon_probe_bursts_refused_total", Some("slots")) => r.refused_slots += v,
                     ("axon_probe_bursts_refused_total", Some("host_stall")) => r.refused_host_stall += v,
                     ("axon_probe_bursts_refused_total", Some("lossy")) => r.refused_lossy += v,
@@ -900,7 +905,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
     // A killed replica: its index, when, and the epoch it led under.
     let mut killed: Vec<Option<(usize, u64)>> = vec![None; s.faults.len()];
     // Reports refused by replicas the run killed (their counters go with them).
-    let mut refused_by_killed = 0;
+    let mut refused = std::collections::BTreeMap::new();
 
     let t0 = Instant::now();
     let mut reports: Vec<FaultReport> = s
@@ -976,7 +981,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                             .is_some_and(|c| c.shared.leadership.borrow().is_leader())
                     }) && let Some(c) = mesh.controllers[r].take()
                     {
-                        refused_by_killed += reports_refused(&c);
+                        reports_refused(&c, &mut refused);
                         c.kill().await;
                         killed[i] = Some((r, epoch));
                     }
@@ -1572,13 +1577,13 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         flaps_per_pair_hour: flaps as f64 / pairs / (elapsed / 3_600.0),
         route_changes: changes,
         downs_held: counter_sum(&mesh, "axon_probe_downs_held_total"),
-        reports_refused: refused_by_killed
-            + mesh
-                .controllers
-                .iter()
-                .flatten()
-                .map(reports_refused)
-                .sum::<u64>(),
+        reports_refused: {
+            for c in mesh.controllers.iter().flatten() {
+                reports_refused(c, &mut refused);
+            }
+            refused.values().sum()
+        },
+        reports_refused_by: refused,
         rtt_error_ms: Spread::of(rtt_err),
         jitter_error_ms: Spread::of(jitter_err),
         loss_error_pp: if loss_err.is_empty() {

@@ -82,6 +82,9 @@ pub struct BurstSettings {
     pub heal_quiet_ms: u64,
     /// The span the losses must fall within, ms. Default 30000.
     pub heal_lookback_ms: u64,
+    /// Most bursts in a row the controller may ask for on one link, when the loss it found
+    /// risen awaits confirmation; 0 ignores its asks. Default 3.
+    pub asked_max: u32,
 }
 
 impl Default for BurstSettings {
@@ -97,6 +100,7 @@ impl Default for BurstSettings {
             heal_after_losses: d.heal_after_losses,
             heal_quiet_ms: d.heal_quiet.as_millis() as u64,
             heal_lookback_ms: d.heal_lookback.as_millis() as u64,
+            asked_max: d.asked_max,
         }
     }
 }
@@ -272,6 +276,9 @@ impl ProberConfig {
         if b.heal_after_losses > 0 && (b.heal_quiet_ms == 0 || b.heal_lookback_ms == 0) {
             return bad("burst.heal_quiet_ms and burst.heal_lookback_ms must be positive".into());
         }
+        if b.asked_max > 10 {
+            return bad(format!("burst.asked_max {} is above 10", b.asked_max));
+        }
         if !(0.0..=1.0).contains(&b.below_miss_rate) {
             return bad(format!(
                 "burst.below_miss_rate {} is outside 0..=1",
@@ -326,6 +333,7 @@ impl ProberConfig {
                 heal_after_losses: self.burst.heal_after_losses,
                 heal_quiet: Duration::from_millis(self.burst.heal_quiet_ms),
                 heal_lookback: Duration::from_millis(self.burst.heal_lookback_ms),
+                asked_max: self.burst.asked_max,
             },
         }
     }
@@ -433,6 +441,16 @@ mod tests {
                     ..base.clone()
                 },
                 "burst.heal_after_losses",
+            ),
+            (
+                ProberConfig {
+                    burst: BurstSettings {
+                        asked_max: 11,
+                        ..Default::default()
+                    },
+                    ..base.clone()
+                },
+                "burst.asked_max",
             ),
             (
                 ProberConfig {

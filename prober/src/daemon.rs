@@ -34,6 +34,7 @@ use crate::congestion::FixedWindowConfig;
 use crate::error::ProberError;
 use crate::liveness::LivenessEvent;
 use crate::metrics::Metrics;
+use crate::report::EvidenceAsks;
 use crate::session::{BurstSlots, EchoKind, PeerSession, SessionConfig};
 use crate::tls::{TlsMaterial, peer_cert};
 use crate::window::WindowReport;
@@ -140,6 +141,8 @@ struct Shared {
     clock: Clock,
     /// Evidence bursts running at once, over every peer (see `BurstConfig::max_share`).
     burst_slots: Arc<BurstSlots>,
+    /// Bursts the controller asked for, by peer, until the peer's task takes them.
+    asks: Arc<EvidenceAsks>,
 }
 
 impl Shared {
@@ -291,6 +294,7 @@ pub async fn start(cfg: ProberConfig) -> Result<ProberHandle, ProberError> {
         outputs: outputs.clone(),
         clock: Clock::new(),
         burst_slots: BurstSlots::for_peers(cfg.burst.max_share, cfg.peers.len()),
+        asks: Arc::new(EvidenceAsks::new(cfg.peers.iter().map(|p| p.site.as_str()))),
     });
     for ((p, id), inbox) in cfg.peers.iter().zip(peer_ids).zip(inboxes) {
         shared.metrics.peer_up.with_label_values(&[id.as_str()]).set(0);
@@ -305,6 +309,7 @@ pub async fn start(cfg: ProberConfig) -> Result<ProberHandle, ProberError> {
             me.clone(),
             outputs.subscribe(),
             metrics.clone(),
+            shared.asks.clone(),
             cancel.clone(),
         ));
     }
@@ -533,6 +538,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
     };
     let mut bursts_seen = 0;
     let mut heals_seen = 0;
+    let mut asked_seen = 0;
     let mut downs_held_seen = 0;
     let mut window_tick = tokio::time::interval_at(start + window, window);
     window_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -545,7 +551,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
     // The peer's counters exist from the start: a rate over them reads zero rather than
     // nothing, and an increase() sees their first event.
     let m = &shared.metrics;
-    for reason in ["slots", "host_stall", "lossy"] {
+    for reason in ["slots", "host_stall", "lossy", "asked_limit"] {
         m.bursts_refused.with_label_values(&[peer.as_str(), reason]);
     }
     for state in ["down", "up"] {
@@ -554,6 +560,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
     for counter in [
         &m.bursts,
         &m.heal_bursts,
+        &m.asked_bursts,
         &m.downs_held,
         &m.dial_failures,
         &m.sent,
@@ -602,6 +609,11 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
             &mut heals_seen,
         );
         carry(
+            &shared.metrics.asked_bursts,
+            session.asked_bursts(),
+            &mut asked_seen,
+        );
+        carry(
             &shared.metrics.downs_held,
             session.downs_held(),
             &mut downs_held_seen,
@@ -613,10 +625,15 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
                 ("slots", refused.slots, refused_seen.slots),
                 ("host_stall", refused.host_stall, refused_seen.host_stall),
                 ("lossy", refused.lossy, refused_seen.lossy),
+                ("asked_limit", refused.asked_limit, refused_seen.asked_limit),
             ] {
                 m.with_label_values(&[peer.as_str(), reason]).inc_by(now - seen);
             }
             refused_seen = refused;
+        }
+        // The controller asked for evidence on this link: a burst, if the session allows.
+        if shared.asks.take(peer.as_str()) && measure && link.is_some() {
+            session.ask_burst(clock.now_ns());
         }
         // A new miss: ask again at once, then every half interval until the verdict.
         if session.misses() != misses_seen {

@@ -55,12 +55,16 @@ pub struct Metrics {
     pub bursts: IntCounterVec,
     /// Heal bursts started, by peer (counted in `bursts` too; see `BurstConfig::heal_after_losses`).
     pub heal_bursts: IntCounterVec,
+    /// Bursts the controller asked for, by peer (counted in `bursts` too; see
+    /// `PeerSession::ask_burst`).
+    pub asked_bursts: IntCounterVec,
     /// Link-down verdicts taken back, by peer: the run of misses behind them was in flight
     /// while this prober's host stalled (see `PeerSession::poll`).
     pub downs_held: IntCounterVec,
     /// Evidence bursts not started, by peer and reason: `slots` (other peers held every slot,
-    /// see `BurstConfig::max_share`) or `host_stall` (the miss followed a stall of this host,
-    /// see `BurstSlots`).
+    /// see `BurstConfig::max_share`), `host_stall` (the miss followed a stall of this host,
+    /// see `BurstSlots`), `lossy` (the link misses too often to burst) or `asked_limit` (the
+    /// controller asked for more in a row than `BurstConfig::asked_max`).
     pub bursts_refused: IntCounterVec,
     /// Peers' asks answered at once.
     pub answered: IntCounter,
@@ -167,6 +171,16 @@ impl Metrics {
                     &["peer"],
                 ),
             ),
+            asked_bursts: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "axon_probe_asked_bursts_total",
+                        "Evidence bursts the controller asked for (among the evidence bursts): a rise in loss it has not yet confirmed.",
+                    ),
+                    &["peer"],
+                ),
+            ),
             downs_held: register(
                 r,
                 IntCounterVec::new(
@@ -182,7 +196,7 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "axon_probe_bursts_refused_total",
-                        "Evidence bursts not started: every slot taken, just after a host stall, or on a link that misses too often.",
+                        "Evidence bursts not started: every slot taken, just after a host stall, on a link that misses too often, or asked for too many times in a row.",
                     ),
                     &["peer", "reason"],
                 ),

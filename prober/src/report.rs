@@ -7,7 +7,8 @@
 //! oldest report goes first and is counted. Endpoints are tried in order with back-off; a
 //! controller that is not the leader answers with a hint, which is followed at once.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use proto::v1::probe_ingest_client::ProbeIngestClient;
@@ -23,6 +24,37 @@ use crate::daemon::{Output, PeerLiveness, PeerWindow};
 use crate::liveness::LivenessEvent;
 use crate::metrics::Metrics;
 use crate::tls::TlsFiles;
+
+/// The controller's asks for evidence bursts (`ReportAck.evidence_wanted`), by peer: the
+/// report stream raises a peer's flag, and the peer's task takes it at its next wake-up,
+/// within a probe interval, and asks its session for a burst (`PeerSession::ask_burst`).
+#[derive(Debug, Default)]
+pub struct EvidenceAsks(HashMap<String, AtomicBool>);
+
+impl EvidenceAsks {
+    /// Flags for these peers, all down.
+    pub fn new<'a>(peers: impl IntoIterator<Item = &'a str>) -> Self {
+        EvidenceAsks(
+            peers
+                .into_iter()
+                .map(|p| (p.to_string(), AtomicBool::new(false)))
+                .collect(),
+        )
+    }
+
+    /// Raises `peer`'s flag; false when `peer` is not one of this prober's peers.
+    pub fn ask(&self, peer: &str) -> bool {
+        self.0
+            .get(peer)
+            .map(|f| f.store(true, Ordering::Relaxed))
+            .is_some()
+    }
+
+    /// Lowers `peer`'s flag; whether it was raised.
+    pub fn take(&self, peer: &str) -> bool {
+        self.0.get(peer).is_some_and(|f| f.swap(false, Ordering::Relaxed))
+    }
+}
 
 /// Converts one output to its wire form.
 pub fn to_wire(me: &SiteId, o: &Output) -> probe_report::Body {
@@ -149,6 +181,7 @@ pub async fn run(
     me: SiteId,
     mut rx: broadcast::Receiver<Output>,
     metrics: Metrics,
+    asks: std::sync::Arc<EvidenceAsks>,
     cancel: CancellationToken,
 ) {
     let instance: u64 = rand::random();
@@ -212,6 +245,11 @@ pub async fn run(
                         Ok(Some(ack)) => {
                             metrics.report_acked.inc_by(buf.ack(ack.acked_through));
                             metrics.report_buffered.set(buf.len() as i64);
+                            for peer in &ack.evidence_wanted {
+                                if !asks.ask(peer) {
+                                    debug!(site = %me, peer = %peer, "evidence asked for a site that is not a peer");
+                                }
+                            }
                             if !ack.leader_hint.is_empty() && ack.leader_hint != endpoint {
                                 info!(site = %me, leader = %ack.leader_hint, "following the leader hint");
                                 hint = Some(ack.leader_hint);
@@ -287,6 +325,19 @@ mod tests {
             sent: n,
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn an_ask_for_evidence_is_taken_once_and_only_for_a_peer() {
+        let asks = EvidenceAsks::new(["b", "c"]);
+        assert!(!asks.take("b"));
+        assert!(asks.ask("b"));
+        assert!(asks.ask("b"), "asked twice before the peer's task woke");
+        assert!(!asks.ask("zz"), "not a peer");
+        assert!(!asks.take("c"));
+        assert!(asks.take("b"));
+        assert!(!asks.take("b"), "taken once");
+        assert!(!asks.take("zz"));
     }
 
     #[test]

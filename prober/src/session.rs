@@ -114,6 +114,12 @@ pub struct BurstConfig {
     pub heal_quiet: Duration,
     /// The losses must fall within this span. Default 30 s.
     pub heal_lookback: Duration,
+    /// Most bursts in a row the controller may ask for on one link (see
+    /// [`PeerSession::ask_burst`]); 0 ignores its asks. Default 3, six seconds at ten times
+    /// the rate: some 600 probes, in which a 2% rise shows a dozen losses, and a false alarm
+    /// the clean run the controller's heal test needs (about 480 probes after 2%). A link
+    /// still asked for then waits a cooldown and a burst's length before the next run.
+    pub asked_max: u32,
 }
 
 impl Default for BurstConfig {
@@ -128,6 +134,7 @@ impl Default for BurstConfig {
             heal_after_losses: 5,
             heal_quiet: Duration::from_secs(2),
             heal_lookback: Duration::from_secs(30),
+            asked_max: 3,
         }
     }
 }
@@ -143,6 +150,8 @@ pub struct BurstsRefused {
     /// The link misses too often to burst: lossy by nature, or still counting a recent
     /// brown-out's misses (see [`BurstConfig::below_miss_rate`]).
     pub lossy: u64,
+    /// The controller asked for more bursts in a row than [`BurstConfig::asked_max`].
+    pub asked_limit: u64,
 }
 
 /// What one prober's sessions share about bursts: slots for the bursts it may run at once
@@ -354,6 +363,11 @@ pub struct PeerSession {
     healed_after: u64,
     /// Heal bursts started (among `bursts`).
     heal_bursts: u64,
+    /// Bursts the controller asked for (among `bursts`).
+    asked_bursts: u64,
+    /// Asked bursts in the current run, and when the last of them was asked for (ns).
+    asked_run: u32,
+    asked_last: u64,
     /// `Down` verdicts held back for a stall of the host.
     downs_held: u64,
 }
@@ -401,6 +415,9 @@ impl PeerSession {
             episode_heals: 0,
             healed_after: 0,
             heal_bursts: 0,
+            asked_bursts: 0,
+            asked_run: 0,
+            asked_last: 0,
             downs_held: 0,
         }
     }
@@ -871,6 +888,59 @@ impl PeerSession {
     /// Heal bursts started so far (counted in [`PeerSession::bursts`] too).
     pub fn heal_bursts(&self) -> u64 {
         self.heal_bursts
+    }
+
+    /// The controller asks for more evidence on this link at `now`: it found the loss risen
+    /// and the windows since have not confirmed it (`ReportAck.evidence_wanted`), so it holds
+    /// the rise as uncertain and routes wait. The prober's own bursts start on a miss and end
+    /// after a chain of two; a rise found at a chain's end was confirmed at the plain rate,
+    /// a loss every five seconds at 2%, and in the lab a pair waited six seconds on that.
+    /// Starts a burst now, or chains one onto a burst with half a burst's time or less left,
+    /// within the prober's slots and at most `asked_max` in a row; whether it did. Neither the
+    /// burst gate nor the host-stall check applies: the controller judged windows, not a
+    /// miss.
+    pub fn ask_burst(&mut self, now: u64) -> bool {
+        let b = &self.cfg.burst;
+        if b.extra == 0 || b.asked_max == 0 || self.liveness.is_down() {
+            return false;
+        }
+        let ns = |d: Duration| d.as_nanos() as u64;
+        let duration = ns(b.duration);
+        if self.burst_until.saturating_sub(now) > duration / 2 {
+            // The evidence is on its way.
+            return false;
+        }
+        if self.asked_run > 0 && now.saturating_sub(self.asked_last) > ns(b.cooldown) + duration {
+            self.asked_run = 0;
+        }
+        if self.asked_run >= b.asked_max {
+            self.refused.asked_limit += 1;
+            return false;
+        }
+        if !self.holding
+            && let Some(slots) = &self.slots
+        {
+            if !slots.try_take() {
+                self.refused.slots += 1;
+                return false;
+            }
+            self.holding = true;
+        }
+        let start = self.burst_until.max(now);
+        self.burst_started = Some(start);
+        self.burst_until = start.saturating_add(duration);
+        // Only the controller extends an asked burst: its misses chain nothing more.
+        self.chained = b.chain;
+        self.asked_run += 1;
+        self.asked_last = now;
+        self.asked_bursts += 1;
+        self.bursts += 1;
+        true
+    }
+
+    /// Bursts started because the controller asked (among [`PeerSession::bursts`]).
+    pub fn asked_bursts(&self) -> u64 {
+        self.asked_bursts
     }
 
     /// Whether a burst is running at `now`: the shell then sends `extra` more asks per
@@ -1531,6 +1601,52 @@ mod tests {
         // A quarter of the peers, rounded up, and never fewer than two.
         let caps = [(24, 6), (25, 7), (4, 2), (0, 2)].map(|(n, _)| BurstSlots::for_peers(0.25, n).cap);
         assert_eq!(caps, [6, 7, 2, 2]);
+    }
+
+    #[test]
+    fn the_controller_s_asks_burst_a_link_within_their_limits() {
+        let slots = BurstSlots::new(1);
+        let mk = || {
+            let mut s = PeerSession::new(SessionConfig::default(), "a").with_burst_slots(slots.clone());
+            s.connected();
+            s
+        };
+        let (mut s, mut other) = (mk(), mk());
+        let t = drive(&mut s, 0, 300, |_| false);
+        // Asked on a link that missed nothing: a burst at once, holding a slot.
+        assert!(s.ask_burst(t));
+        assert!(s.bursting(t) && s.bursting(t + 1_900 * MS) && !s.bursting(t + 2_001 * MS));
+        assert_eq!((s.bursts(), s.asked_bursts(), slots.busy()), (1, 1, 1));
+        // The other peer's ask finds no slot, and says so.
+        assert!(!other.ask_burst(t));
+        assert_eq!(other.bursts_refused().slots, 1);
+        // Asked again while most of the burst is left: the evidence is on its way.
+        assert!(!s.ask_burst(t + 500 * MS));
+        // With half of it or less left, the next burst is chained onto it.
+        assert!(s.ask_burst(t + 1_000 * MS));
+        assert!(s.bursting(t + 3_900 * MS) && !s.bursting(t + 4_001 * MS));
+        assert!(s.ask_burst(t + 3_000 * MS));
+        // A fourth in a row is refused and counted: at most six seconds at ten times the rate.
+        assert!(!s.ask_burst(t + 5_000 * MS));
+        assert!(!s.bursting(t + 6_001 * MS));
+        assert_eq!((s.asked_bursts(), s.bursts_refused().asked_limit), (3, 1));
+        // The burst's last asks judged, the slot is free again.
+        s.poll(t + 7_100 * MS);
+        assert_eq!(slots.busy(), 0);
+        // Still asked within a cooldown and a burst's length of the last asked burst: no.
+        assert!(!s.ask_burst(t + 9_000 * MS));
+        // After that a new run may start.
+        assert!(s.ask_burst(t + 10_100 * MS));
+        assert_eq!((s.bursts(), s.asked_bursts()), (4, 4));
+        // Bursts turned off, or asks ignored by configuration: nothing.
+        for (extra, asked_max) in [(0, 3), (9, 0)] {
+            let mut cfg = SessionConfig::default();
+            (cfg.burst.extra, cfg.burst.asked_max) = (extra, asked_max);
+            let mut s = PeerSession::new(cfg, "a");
+            s.connected();
+            let t = drive(&mut s, 0, 50, |_| false);
+            assert!(!s.ask_burst(t) && !s.bursting(t));
+        }
     }
 
     /// A session with burst slots of its own (four), after 30 s of answered asks; the slots

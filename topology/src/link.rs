@@ -668,6 +668,8 @@ pub struct LinkState {
     empty_run: u32,
     liveness_down: bool,
     history: VecDeque<LinkWindow>,
+    /// Times the loss estimate moved at once (see [`LinkState::loss_moves`]).
+    loss_moves: u64,
 }
 
 impl LinkState {
@@ -737,9 +739,15 @@ impl LinkState {
         } else {
             let reverse = reverse.filter(|r| self.joins(r, cfg));
             let rev = reverse.as_deref().map(|r| &r.loss);
-            if let Some(change) = self.loss.observe(w.sent, w.sent - received, cfg, rev, prior)
+            let unconfirmed = self.loss.confirm.is_some();
+            let change = self.loss.observe(w.sent, w.sent - received, cfg, rev, prior);
+            if change.is_some() || (unconfirmed && self.loss.confirm.is_none()) {
+                self.loss_moves += 1;
+            }
+            if let Some(change) = change
                 && let Some(r) = reverse
             {
+                r.loss_moves += 1;
                 r.loss.restart(change.span);
                 // The other end's next window holds most of this window's round trips when it
                 // has not yet reported most of this window's span: the evidence the change was
@@ -790,6 +798,25 @@ impl LinkState {
             n += 1;
         }
         (n == k && (above == k || below == k)).then(|| sum / k as f64)
+    }
+
+    /// Whether the link's loss rose in a change that the windows after it have not yet
+    /// confirmed. Until they do, the estimate is held as uncertain as its value (the windows
+    /// that revealed the rise were picked for being extreme), so switching waits for more
+    /// probes; the controller asks the link's probers for an evidence burst to bring them.
+    /// `reverse` is the pair's other direction: its windows confirm as well (both ends see the
+    /// same round trips), so the pair awaits confirmation only while neither end has it.
+    pub fn awaits_confirmation(&self, reverse: Option<&LinkState>, cfg: &LinkStateConfig) -> bool {
+        let rev = reverse.filter(|r| self.joins(r, cfg));
+        self.loss.confirm.is_some() && rev.is_none_or(|r| r.loss.confirm.is_some())
+    }
+
+    /// How many times the loss estimate has moved at once rather than by degrees: a change
+    /// found (a rise, a fall or a heal, on either end of the pair) or a rise confirmed. A
+    /// caller compares it before and after a window to know that routes may move now, not at
+    /// the next periodic computation.
+    pub fn loss_moves(&self) -> u64 {
+        self.loss_moves
     }
 
     /// The decayed `(probes, losses)` behind the loss estimate, for pooling across links.
@@ -1409,6 +1436,48 @@ mod tests {
         ba.observe_paired(&window(301_900, 100, 95, 50.0), &mut ab, &cfg, Pool::NONE)
             .unwrap();
         assert_eq!(health(&ab, &ba, 302_000), LinkHealth::Degraded);
+    }
+
+    #[test]
+    fn a_rise_awaits_confirmation_and_every_sudden_move_is_counted() {
+        let cfg = LinkStateConfig::default();
+        let (mut ab, mut ba) = (LinkState::default(), LinkState::default());
+        let second = |ab: &mut LinkState, ba: &mut LinkState, t: u64, (sent, received)| {
+            ab.observe_paired(&window(t, sent, received, 50.0), ba, &cfg, Pool::NONE)
+                .unwrap();
+            ba.observe_paired(&window(t + 300, sent, received, 50.0), ab, &cfg, Pool::NONE)
+                .unwrap();
+        };
+        for i in 1..=300u64 {
+            second(&mut ab, &mut ba, i * 1000, (10, 10));
+        }
+        let awaits = |ab: &LinkState, ba: &LinkState| {
+            (
+                ab.awaits_confirmation(Some(ba), &cfg),
+                ba.awaits_confirmation(Some(ab), &cfg),
+            )
+        };
+        let moves = |ab: &LinkState, ba: &LinkState| (ab.loss_moves(), ba.loss_moves());
+        assert_eq!((awaits(&ab, &ba), moves(&ab, &ba)), ((false, false), (0, 0)));
+        // A burst loses six round trips in a hundred: the first end to report it finds the
+        // rise, for both directions at once; the far end's report of the same second is no
+        // confirmation and moves nothing.
+        ab.observe_paired(&window(301_000, 100, 94, 50.0), &mut ba, &cfg, Pool::NONE)
+            .unwrap();
+        assert_eq!((awaits(&ab, &ba), moves(&ab, &ba)), ((true, true), (1, 1)));
+        ba.observe_paired(&window(301_300, 100, 94, 50.0), &mut ab, &cfg, Pool::NONE)
+            .unwrap();
+        assert_eq!((awaits(&ab, &ba), moves(&ab, &ba)), ((true, true), (1, 1)));
+        // Clean regular windows confirm nothing.
+        second(&mut ab, &mut ba, 302_000, (10, 10));
+        assert_eq!((awaits(&ab, &ba), moves(&ab, &ba)), ((true, true), (1, 1)));
+        // The next burst loses as many: one end's window confirms the rise for the pair.
+        ab.observe_paired(&window(303_000, 100, 95, 50.0), &mut ba, &cfg, Pool::NONE)
+            .unwrap();
+        assert_eq!((awaits(&ab, &ba), moves(&ab, &ba)), ((false, false), (2, 1)));
+        // Without its reverse (stale or absent) a direction answers for itself.
+        assert!(ba.awaits_confirmation(None, &cfg));
+        assert!(!ab.awaits_confirmation(None, &cfg));
     }
 
     /// A pair probed for 17 clean seconds, then a brown-out caught by an evidence burst: the

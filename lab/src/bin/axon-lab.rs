@@ -33,6 +33,10 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    // The daemons' own logs, on stderr, only when asked for: the live view owns the terminal.
+    if std::env::var_os("RUST_LOG").is_some() {
+        ops::init_logging(false);
+    }
     let run = || -> anyhow::Result<()> {
         let s = lab::Scenario::load(&args.scenario)?;
         println!(
