@@ -62,8 +62,9 @@ pub struct WindowEffect {
     /// The estimate moved at once (a change found, or a rise confirmed): routes may move now,
     /// so the caller computes at once rather than at the next tick.
     pub loss_moved: bool,
-    /// The loss rose and the windows since have not yet confirmed it: the reporting prober
-    /// is asked for an evidence burst to the window's far end (`ReportAck.evidence_wanted`).
+    /// The loss rose and the windows since have not yet confirmed it, or the last windows
+    /// were improbable though not enough for a change: the reporting prober is asked for an
+    /// evidence burst to the window's far end (`ReportAck.evidence_wanted`).
     pub wants_evidence: bool,
 }
 
@@ -75,8 +76,9 @@ pub struct Core {
     /// `states[from * n + to]`.
     states: Vec<LinkState>,
     /// Probes sent (as reported) by the last two windows taken per link, newest first: the
-    /// most a window can resolve beyond its own (see [`Core::window`]).
-    sent_before: Vec<[u32; 2]>,
+    /// most a window can resolve beyond its own (see [`Core::window`]); `None` before this
+    /// controller's first window of the link.
+    sent_before: Vec<Option<[u32; 2]>>,
     /// The mesh's loss as of the last computation: the prior links lean on, and new windows
     /// are tested for a change against.
     prior: Pool,
@@ -107,7 +109,7 @@ impl Core {
             cfg,
             world,
             states: vec![LinkState::default(); n * n],
-            sent_before: vec![[0; 2]; n * n],
+            sent_before: vec![None; n * n],
             prior: Pool::NONE,
             engine,
             table: None,
@@ -210,24 +212,32 @@ impl Core {
         // before (a probe is resolved within its loss timeout, which may pass a window): more
         // than those is not a measurement. After an evidence burst (ten times the rate) a
         // long link has dozens in flight, so the bound is what the two windows before sent
-        // (twice its own where they are unknown; "twice its own" alone refused some 80
-        // windows of a 25-site lab run, each the end of a burst's evidence).
+        // ("twice its own" alone refused some 80 windows of a 25-site lab run, each the end
+        // of a burst's evidence). A link's first window at this controller (a new leader, a
+        // restart) may be a burst's tail too, and nothing says how many were in flight: it is
+        // not refused but weighed as a window resolving twice its own, at the loss it reports
+        // (a lab run that killed its controller during bursts refused three such windows).
         let before = self.sent_before[i];
-        let carried = before[0].saturating_add(before[1]).max(w.sent);
-        let Some(resolved) = w
-            .received
-            .checked_add(w.lost)
-            .filter(|&r| r <= w.sent.saturating_add(carried).saturating_add(10))
-        else {
-            return Err(reject(
-                "invalid",
-                format!("{} received + {} lost for {} sent", w.received, w.lost, w.sent),
-            ));
+        let carried = before.map_or(w.sent, |b| b[0].saturating_add(b[1]).max(w.sent));
+        let bound = w.sent.saturating_add(carried).saturating_add(10);
+        let (received, resolved) = match w.received.checked_add(w.lost) {
+            Some(r) if r <= bound => (w.received, r),
+            Some(r) if before.is_none() => {
+                // The reported loss ratio on the most a window may plausibly resolve.
+                let received = (f64::from(w.received) * f64::from(bound) / f64::from(r)).round() as u32;
+                (received.min(bound), bound)
+            }
+            _ => {
+                return Err(reject(
+                    "invalid",
+                    format!("{} received + {} lost for {} sent", w.received, w.lost, w.sent),
+                ));
+            }
         };
         let window = LinkWindow {
             end_ms: w.end_unix_ms,
             sent: resolved,
-            received: w.received,
+            received,
             rtt_p50_ms: w.rtt_p50_ms,
             rtt_p90_ms: w.rtt_p90_ms,
             rtt_p99_ms: w.rtt_p99_ms,
@@ -249,10 +259,10 @@ impl Core {
         let moves = this.loss_moves() + reverse.loss_moves();
         this.observe_paired(&window, reverse, &self.cfg.links, self.prior)
             .map_err(|e| reject("replay", e.to_string()))?;
-        self.sent_before[i] = [w.sent, before[0]];
+        self.sent_before[i] = Some([w.sent, before.map_or(0, |b| b[0])]);
         Ok(WindowEffect {
             loss_moved: this.loss_moves() + reverse.loss_moves() != moves,
-            wants_evidence: this.awaits_confirmation(Some(reverse), &self.cfg.links),
+            wants_evidence: this.wants_evidence(Some(reverse), &self.cfg.links),
         })
     }
 
@@ -547,13 +557,23 @@ mod tests {
         let mut absurd = window("a", "b", now, 40.0);
         (absurd.sent, absurd.received) = (10, 131);
         assert_eq!(reason(c.window(&absurd, &a, now)), "invalid");
-        // Without a window before (a fresh controller), twice its own as ever.
+        // A link's first window at this controller (a new leader, a restart) may be a burst's
+        // tail as well: not refused, but weighed as resolving twice its own plus ten, at the
+        // loss it reports.
+        let site_c = SiteId::new("c").unwrap();
         let mut first = window("c", "b", now, 40.0);
-        first.received = 31;
-        assert_eq!(
-            reason(c.window(&first, &SiteId::new("c").unwrap(), now)),
-            "invalid"
-        );
+        (first.received, first.lost) = (36, 4);
+        assert!(c.window(&first, &site_c, now).is_ok());
+        let taken = c.link_state(2, 1).unwrap().history().last().copied().unwrap();
+        assert_eq!((taken.sent, taken.received), (30, 27));
+        // From then on the windows before bound it: more is refused.
+        let mut next = window("c", "b", now + 1, 40.0);
+        next.received = 31;
+        assert_eq!(reason(c.window(&next, &site_c, now + 1)), "invalid");
+        // Counts that do not even add up are refused on a first window too.
+        let mut huge = window("a", "c", now, 40.0);
+        (huge.received, huge.lost) = (u32::MAX, 1);
+        assert_eq!(reason(c.window(&huge, &a, now)), "invalid");
     }
 
     #[test]

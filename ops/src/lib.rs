@@ -14,10 +14,19 @@ use prometheus::{Encoder, Registry, TextEncoder};
 /// Logs to stderr, human-readable or as JSON lines; `RUST_LOG` filters (default `info`).
 pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // stderr, as documented: stdout is the programs' own output (the lab's live view and
+    // report, axonctl's answers), and tracing's default writer is stdout.
     if json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .init();
     }
 }
 

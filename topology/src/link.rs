@@ -16,7 +16,10 @@
 //!   windows after it are improbable under the loss before too (the far end's report of the
 //!   same seconds is not after it: it counts the same datagrams), since windows chosen for
 //!   being extreme make a false alarm read as a brown-out (on a mesh losing 1%, 4 of 32 lost
-//!   read as degraded for seconds);
+//!   read as degraded for seconds). While a rise awaits confirmation, or while the recent
+//!   windows are improbable short of a change (`loss_suspect_p`), the link wants evidence
+//!   ([`LinkState::wants_evidence`]): the controller asks its probers for a burst, so that
+//!   the question is settled by probes at ten times the rate rather than waited out;
 //! - a **heal test** for a link that changed: a CUSUM of the log-likelihood ratio between
 //!   "still losing as estimated" and "back to the mesh's loss", probe by probe. The end of a
 //!   brown-out is a run of clean probes, which the fixed spans above cannot judge: twelve
@@ -164,6 +167,14 @@ pub struct LinkStateConfig {
     /// The recent windows' losses must be this improbable under the estimate (binomial tail,
     /// either side) to count as a change. Default 0.001.
     pub loss_change_p: f64,
+    /// Recent windows whose losses are this improbable under the estimate (the change
+    /// detector's upper tail), though not enough for a change, make the link a suspect: the
+    /// controller asks its probers for an evidence burst to settle it either way. 0 turns it
+    /// off. Default 0.01: on a link losing 0.2% that is two losses within six windows of ten
+    /// probes, or three in a burst of 200, which chance gives a link about once in 150
+    /// windows; a 2% brown-out whose burst showed too few losses for the change test is then
+    /// probed on, where it waited for the next miss after the burst's cooldown.
+    pub loss_suspect_p: f64,
     /// False-alarm bound of the heal test (see the module documentation): a link still losing
     /// as estimated is taken for healed with at most this probability per run of clean
     /// probes. 0 turns the test off. Default 0.0001: a link steady at 5% is taken for healed
@@ -207,6 +218,7 @@ impl Default for LinkStateConfig {
             max_future_ms: 5000,
             loss_memory_windows: 60.0,
             loss_change_p: 0.001,
+            loss_suspect_p: 0.01,
             loss_heal_p: 0.0001,
             loss_prior_probes: 3000.0,
             outage_tail_ms: 2500,
@@ -235,6 +247,7 @@ impl LinkStateConfig {
         check_range("degraded_loss", self.degraded_loss, 0.0, 1.0)?;
         check_range("loss_memory_windows", self.loss_memory_windows, 1.0, 1e6)?;
         check_range("loss_change_p", self.loss_change_p, 0.0, 0.5)?;
+        check_range("loss_suspect_p", self.loss_suspect_p, 0.0, 0.5)?;
         check_range("loss_heal_p", self.loss_heal_p, 0.0, 0.5)?;
         check_range("loss_prior_probes", self.loss_prior_probes, 0.0, 1e9)?;
         check_range("rtt_shift_ratio", self.rtt_shift_ratio, 0.0, 10.0)?;
@@ -344,6 +357,9 @@ struct LossCounts {
     /// sample chosen for being extreme, so until later windows show the loss too the
     /// estimate is held as uncertain as its value.
     confirm: Option<Confirm>,
+    /// The last window left the recent windows improbable, though not enough for a change
+    /// (see [`LinkStateConfig::loss_suspect_p`]).
+    suspect: bool,
 }
 
 /// `P(X ≤ k)` and `P(X ≥ k)` for `X ~ Binomial(n, p)`, summed exactly (n is at most a few
@@ -406,6 +422,7 @@ impl LossCounts {
             cfg.loss_prior_probes.min(prior.probes)
         };
         let prior_lost = n0 * prior.loss.clamp(0.0, 1.0);
+        self.suspect = false;
         for span in CHANGE_SPANS {
             if self.recent.len() < span {
                 break;
@@ -433,6 +450,7 @@ impl LossCounts {
             let p = (base_lost + 0.5) / (base_sent + 1.0);
             let at_least = binomial_tails(s, l_down, p).1;
             let at_most = binomial_tails(s, l_up, p).0;
+            self.suspect |= at_least < cfg.loss_suspect_p;
             if at_least < cfg.loss_change_p || at_most < cfg.loss_change_p {
                 self.restart(span);
                 self.confirm = (at_least < cfg.loss_change_p).then_some(Confirm {
@@ -515,6 +533,7 @@ impl LossCounts {
         self.distinct = true;
         self.heal = Heal::default();
         self.confirm = None;
+        self.suspect = false;
     }
 
     /// These counts joined with the reverse direction's: their mean. The two ends' samples
@@ -529,6 +548,7 @@ impl LossCounts {
             windows: self.windows,
             heal: Heal::default(),
             confirm: self.confirm,
+            suspect: self.suspect,
         };
         if let Some(r) = reverse {
             j.sent = (j.sent + r.sent) / 2.0;
@@ -809,6 +829,16 @@ impl LinkState {
     pub fn awaits_confirmation(&self, reverse: Option<&LinkState>, cfg: &LinkStateConfig) -> bool {
         let rev = reverse.filter(|r| self.joins(r, cfg));
         self.loss.confirm.is_some() && rev.is_none_or(|r| r.loss.confirm.is_some())
+    }
+
+    /// Whether the pair's probers should send more probes for a while (an evidence burst):
+    /// a rise awaits confirmation ([`LinkState::awaits_confirmation`]), or the last window of
+    /// either direction left the recent windows improbable though not enough for a change
+    /// ([`LinkStateConfig::loss_suspect_p`]): more probes settle it either way, where the
+    /// plain rate takes many seconds.
+    pub fn wants_evidence(&self, reverse: Option<&LinkState>, cfg: &LinkStateConfig) -> bool {
+        let rev = reverse.filter(|r| self.joins(r, cfg));
+        self.awaits_confirmation(reverse, cfg) || self.loss.suspect || rev.is_some_and(|r| r.loss.suspect)
     }
 
     /// How many times the loss estimate has moved at once rather than by degrees: a change
@@ -1478,6 +1508,62 @@ mod tests {
         // Without its reverse (stale or absent) a direction answers for itself.
         assert!(ba.awaits_confirmation(None, &cfg));
         assert!(!ab.awaits_confirmation(None, &cfg));
+    }
+
+    #[test]
+    fn improbable_windows_short_of_a_change_want_evidence_until_they_pass() {
+        let cfg = LinkStateConfig::default();
+        let prior = Pool {
+            loss: 0.002,
+            probes: 1e6,
+        };
+        let (mut ab, mut ba) = (LinkState::default(), LinkState::default());
+        let mut t = 0;
+        let mut second = |ab: &mut LinkState, ba: &mut LinkState, (sent, received)| {
+            t += 1000;
+            ab.observe_paired(&window(t, sent, received, 50.0), ba, &cfg, prior)
+                .unwrap();
+            ba.observe_paired(&window(t + 300, sent, received, 50.0), ab, &cfg, prior)
+                .unwrap();
+        };
+        for _ in 0..120 {
+            second(&mut ab, &mut ba, (10, 10));
+        }
+        let wants = |ab: &LinkState, ba: &LinkState| {
+            (
+                ab.wants_evidence(Some(ba), &cfg),
+                ba.wants_evidence(Some(ab), &cfg),
+            )
+        };
+        assert_eq!(wants(&ab, &ba), (false, false));
+        // One loss in a second of a link losing 0.2%: nothing to wonder about.
+        second(&mut ab, &mut ba, (10, 9));
+        assert_eq!(wants(&ab, &ba), (false, false));
+        // A second one two seconds later: improbable (about 0.3% within six windows), not yet
+        // a change. Both ends are asked; nothing moved.
+        second(&mut ab, &mut ba, (10, 10));
+        second(&mut ab, &mut ba, (10, 9));
+        assert_eq!(wants(&ab, &ba), (true, true));
+        assert!(!ab.awaits_confirmation(Some(&ba), &cfg));
+        assert_eq!((ab.loss_moves(), ba.loss_moves()), (0, 0));
+        // A burst that loses nothing settles it: the two losses were chance.
+        second(&mut ab, &mut ba, (100, 100));
+        second(&mut ab, &mut ba, (100, 100));
+        assert_eq!(wants(&ab, &ba), (false, false));
+        // Off by configuration.
+        let off = LinkStateConfig {
+            loss_suspect_p: 0.0,
+            ..cfg.clone()
+        };
+        let (mut x, mut y) = (LinkState::default(), LinkState::default());
+        for (i, r) in (0..125).map(|i| (i, if i == 121 || i == 123 { 9 } else { 10 })) {
+            let t = 1000 * (i + 1);
+            x.observe_paired(&window(t, 10, r, 50.0), &mut y, &off, prior)
+                .unwrap();
+            y.observe_paired(&window(t + 300, 10, r, 50.0), &mut x, &off, prior)
+                .unwrap();
+        }
+        assert!(!x.wants_evidence(Some(&y), &off) && !y.wants_evidence(Some(&x), &off));
     }
 
     /// A pair probed for 17 clean seconds, then a brown-out caught by an evidence burst: the
