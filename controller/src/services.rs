@@ -494,6 +494,7 @@ impl pb::admin_server::Admin for Services {
         let w = core.world();
         let inv = &w.inventory;
         let weights = &core.config().engine.cost;
+        let link_cfg = &core.config().links;
         let mut links = Vec::new();
         for (a, sa) in inv.sites().iter().enumerate() {
             for (b, sb) in inv.sites().iter().enumerate() {
@@ -509,6 +510,9 @@ impl pb::admin_server::Admin for Services {
                         cost_ms: weights.link_cost(&v.metrics),
                         loss_se: v.metrics.loss_se,
                         cost_se_ms: weights.link_cost_se(&v.metrics),
+                        wants_evidence: core
+                            .link_state(a, b)
+                            .is_some_and(|s| s.wants_evidence(core.link_state(b, a), link_cfg)),
                     });
                 }
             }

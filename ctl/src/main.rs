@@ -82,7 +82,8 @@ enum Command {
     },
     /// The site inventory, with each site's connected nodes and the sessions they report.
     Sites,
-    /// Link state.
+    /// Link state: health, round trip, loss with its standard error ("(probing)" while the
+    /// controller asks the link's probers for an evidence burst), jitter and cost.
     Links {
         /// Show RTT p50 as a from × to matrix.
         #[arg(long)]
@@ -542,7 +543,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(from_status)?
                 .into_inner();
             if json_out {
-                let v: Vec<Value> = l.links.iter().map(|x| json!({"from": x.from, "to": x.to, "health": x.health, "rtt_p50_ms": x.rtt_p50_ms, "loss_ratio": x.loss_ratio, "loss_se": x.loss_se, "jitter_ms": x.jitter_ms, "cost_ms": x.cost_ms, "cost_se_ms": x.cost_se_ms})).collect();
+                let v: Vec<Value> = l.links.iter().map(|x| json!({"from": x.from, "to": x.to, "health": x.health, "rtt_p50_ms": x.rtt_p50_ms, "loss_ratio": x.loss_ratio, "loss_se": x.loss_se, "jitter_ms": x.jitter_ms, "cost_ms": x.cost_ms, "cost_se_ms": x.cost_se_ms, "wants_evidence": x.wants_evidence})).collect();
                 println!("{}", Value::Array(v));
             } else if matrix {
                 let mut sites: Vec<String> = l
@@ -585,7 +586,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                                 x.to.clone(),
                                 x.health.clone(),
                                 format!("{:.1} ms", x.rtt_p50_ms),
-                                format!("{:.2}% ±{:.2}", x.loss_ratio * 100.0, x.loss_se * 100.0),
+                                format!(
+                                    "{:.2}% ±{:.2}{}",
+                                    x.loss_ratio * 100.0,
+                                    x.loss_se * 100.0,
+                                    // The controller has asked for a burst to settle it.
+                                    if x.wants_evidence { " (probing)" } else { "" }
+                                ),
                                 format!("{:.1} ms", x.jitter_ms),
                                 format!("{:.1} ±{:.1}", x.cost_ms, x.cost_se_ms),
                             ]

@@ -7,8 +7,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mesh::{controller_config, endpoint, four_sites, http_get};
+use mesh::{controller_config, endpoint, eventually, four_sites, http_get};
 use proto::v1 as pb;
+use proto::v1::admin_client::AdminClient;
 use proto::v1::probe_ingest_client::ProbeIngestClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -90,6 +91,26 @@ impl Reporter {
     }
 }
 
+/// Whether `Admin.Links` shows each direction of a↔b as wanting evidence (once the links
+/// are listed: they are, from the first computation after their first window).
+async fn links_want_evidence(url: &str) -> (bool, bool) {
+    let admin = AdminClient::connect(url.to_string()).await.unwrap();
+    eventually(WAIT, "a↔b is listed", || {
+        let mut admin = admin.clone();
+        async move {
+            let links = admin.links(pb::LinksRequest {}).await.ok()?.into_inner().links;
+            let wants = |from: &str, to: &str| {
+                links
+                    .iter()
+                    .find(|l| l.from == from && l.to == to)
+                    .map(|l| l.wants_evidence)
+            };
+            Some((wants("a", "b")?, wants("b", "a")?))
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_ask_both_ends_for_evidence_until_a_rise_in_loss_is_confirmed() {
     let mut cfg = controller_config(&four_sites(), None);
@@ -99,23 +120,27 @@ async fn acks_ask_both_ends_for_evidence_until_a_rise_in_loss_is_confirmed() {
     let url = endpoint(&c);
     let (mut a, mut b) = (Reporter::open(&url, "a").await, Reporter::open(&url, "b").await);
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
-    // Five clean minutes of windows from both ends, ending now.
+    // Five clean minutes of windows from both ends, ending now: nothing to ask about.
     let start = now - 310_000;
     for i in 0..300 {
         let t = start + i * 1_000;
         assert!(a.window("b", t, 10, 10).await.evidence_wanted.is_empty());
         assert!(b.window("a", t + 300, 10, 10).await.evidence_wanted.is_empty());
     }
+    assert_eq!(links_want_evidence(&url).await, (false, false));
     // A second that loses six round trips in a hundred: each end is asked for evidence on the
     // other while the rise awaits confirmation.
     let t = start + 300_000;
     assert_eq!(a.window("b", t, 100, 94).await.evidence_wanted, ["b"]);
     assert_eq!(b.window("a", t + 300, 100, 94).await.evidence_wanted, ["a"]);
+    // The operator sees it (`axonctl links`).
+    assert_eq!(links_want_evidence(&url).await, (true, true));
     // A clean window of the plain rate confirms nothing: still asked.
     assert_eq!(a.window("b", t + 1_000, 10, 10).await.evidence_wanted, ["b"]);
     // A second losing as many confirms it: nobody is asked any more.
     assert!(a.window("b", t + 2_000, 100, 95).await.evidence_wanted.is_empty());
     assert!(b.window("a", t + 2_300, 100, 95).await.evidence_wanted.is_empty());
+    assert_eq!(links_want_evidence(&url).await, (false, false));
     // Every ask is counted.
     let (_, metrics) = http_get(c.http_addr, "/metrics").await;
     let metrics = metrics.as_str().unwrap().to_string();
