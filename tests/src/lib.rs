@@ -119,12 +119,21 @@ pub fn agent_config(dir: &Path, site: &str, controllers: Vec<String>) -> agent::
 impl Mesh {
     /// Starts every part; `rtt(a, b)` is the injected round trip of the pair in ms.
     pub async fn start(sites: Vec<SiteSpec>, rtt: impl Fn(&str, &str) -> u64) -> Mesh {
+        Mesh::start_tuned(sites, rtt, |_| {}).await
+    }
+
+    /// [`Mesh::start`], with every prober's configuration passed through `tune` first.
+    pub async fn start_tuned(
+        sites: Vec<SiteSpec>,
+        rtt: impl Fn(&str, &str) -> u64,
+        tune: impl Fn(&mut ProberConfig),
+    ) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         let ids: Vec<&str> = sites.iter().map(|s| s.id).collect();
         generate_mesh(dir.path(), &ids).unwrap();
         let controller_cfg = controller_config(&sites, Some(dir.path().join("controller.json")));
         let controller = controller::start(controller_cfg.clone()).await.unwrap();
-        Mesh::around(dir, sites, rtt, vec![controller], controller_cfg).await
+        Mesh::around(dir, sites, rtt, vec![controller], controller_cfg, tune).await
     }
 
     /// Starts `n` controller replicas on the etcd at `etcd_url` (leases of 2 s, a new leader
@@ -152,7 +161,7 @@ impl Mesh {
             };
             controllers.push(controller::start(c).await.unwrap());
         }
-        Mesh::around(dir, sites, rtt, controllers, cfg).await
+        Mesh::around(dir, sites, rtt, controllers, cfg, |_| {}).await
     }
 
     async fn around(
@@ -161,6 +170,7 @@ impl Mesh {
         rtt: impl Fn(&str, &str) -> u64,
         controllers: Vec<ControllerHandle>,
         controller_cfg: ControllerConfig,
+        tune: impl Fn(&mut ProberConfig),
     ) -> Mesh {
         let ids: Vec<&str> = sites.iter().map(|s| s.id).collect();
         let urls: Vec<String> = controllers.iter().map(endpoint).collect();
@@ -186,7 +196,7 @@ impl Mesh {
         }
         let mut probers = HashMap::new();
         for a in &ids {
-            let cfg = ProberConfig {
+            let mut cfg = ProberConfig {
                 site: a.to_string(),
                 listen: addrs[*a],
                 metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
@@ -210,6 +220,7 @@ impl Mesh {
                 },
                 ..Default::default()
             };
+            tune(&mut cfg);
             probers.insert(a.to_string(), prober::start(cfg).await.unwrap());
         }
         let mut agents = HashMap::new();
@@ -230,6 +241,20 @@ impl Mesh {
             agents,
             controller_cfg,
             sites,
+        }
+    }
+
+    /// Sets the random loss of the link between `from` and `to`, each way.
+    pub fn set_loss(&self, from: &str, to: &str, loss: f64) {
+        for key in [(from, to), (to, from)] {
+            let p = &self.pipes[&(key.0.to_string(), key.1.to_string())];
+            for way in [Way::Forward, Way::Backward] {
+                let params = LinkParams {
+                    loss,
+                    ..p.params(way)
+                };
+                p.set(way, params).unwrap();
+            }
         }
     }
 

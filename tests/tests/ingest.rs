@@ -1,13 +1,15 @@
 //! The report stream's answers: when a pair's windows reveal a rise in loss that later windows
-//! have not yet confirmed, the controller's acks ask each end's prober for an evidence burst
-//! to the other (`ReportAck.evidence_wanted`), until the rise is confirmed; the asks are
-//! counted. Real gRPC against a real controller; the test plays the two probers.
+//! have not yet confirmed (or are improbable short of a change), the controller's acks ask each
+//! end's prober for an evidence burst to the other (`ReportAck.evidence_wanted`); the asks are
+//! counted and shown to the operator. Real gRPC against a real controller, with the test
+//! playing the two probers; then real probers over QUIC through the WAN emulator, bursting
+//! because they were asked.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mesh::{controller_config, endpoint, eventually, four_sites, http_get};
+use mesh::{Mesh, controller_config, endpoint, eventually, four_sites, http_get, relay_rtt};
 use proto::v1 as pb;
 use proto::v1::admin_client::AdminClient;
 use proto::v1::probe_ingest_client::ProbeIngestClient;
@@ -151,4 +153,45 @@ async fn acks_ask_both_ends_for_evidence_until_a_rise_in_loss_is_confirmed() {
     });
     assert_eq!(asked, Some(3.0), "{metrics}");
     c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_probers_burst_on_a_lossy_link_when_the_controller_asks() {
+    // Bursts only when asked: the miss gate turns every link away (`below_miss_rate` 0), so
+    // no burst starts on a miss, and none for a heal.
+    let mesh = Mesh::start_tuned(four_sites(), relay_rtt, |p| p.burst.below_miss_rate = 0.0).await;
+    let asked = |site: &str, peer: &str| {
+        mesh.probers[site]
+            .metrics
+            .asked_bursts
+            .with_label_values(&[peer])
+            .get()
+    };
+    let started = |site: &str, peer: &str| mesh.probers[site].metrics.bursts.with_label_values(&[peer]).get();
+    // The mesh settles: every agent routes a→b.
+    eventually(WAIT, "a routes to b", || async { mesh.primary("a", "b").await }).await;
+    // a↔b loses 8% each way: both ends are asked for evidence on each other, and burst.
+    mesh.set_loss("a", "b", 0.08);
+    eventually(
+        Duration::from_secs(60),
+        "both ends of a↔b burst when asked",
+        || async { (asked("a", "b") > 0 && asked("b", "a") > 0).then_some(()) },
+    )
+    .await;
+    // Every burst of the pair was asked for, and no link that lost nothing was asked about.
+    assert_eq!(started("a", "b"), asked("a", "b"));
+    assert_eq!(started("b", "a"), asked("b", "a"));
+    let lost = |site: &str, peer: &str| mesh.probers[site].metrics.lost.with_label_values(&[peer]).get();
+    for x in ["a", "b", "c", "d"] {
+        for y in ["a", "b", "c", "d"] {
+            if x != y && lost(x, y) + lost(y, x) == 0 {
+                assert_eq!(
+                    asked(x, y),
+                    0,
+                    "{x} was asked for evidence on {y}, which lost nothing"
+                );
+            }
+        }
+    }
+    mesh.shutdown().await;
 }
