@@ -536,6 +536,8 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
         let off = t.saturating_duration_since(start + phase).as_nanos() % interval.as_nanos().max(1);
         off < step.as_nanos() / 2 || interval.as_nanos() - off < step.as_nanos() / 2
     };
+    // The controller's asks for evidence on this peer (see `EvidenceAsks`).
+    let asked = shared.asks.flag(peer.as_str());
     let mut bursts_seen = 0;
     let mut heals_seen = 0;
     let mut asked_seen = 0;
@@ -632,7 +634,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
             refused_seen = refused;
         }
         // The controller asked for evidence on this link: a burst, if the session allows.
-        if shared.asks.take(peer.as_str()) && measure && link.is_some() {
+        if asked.as_ref().is_some_and(|f| f.take()) && measure && link.is_some() {
             session.ask_burst(clock.now_ns());
         }
         // A new miss: ask again at once, then every half interval until the verdict.

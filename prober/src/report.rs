@@ -8,6 +8,7 @@
 //! controller that is not the leader answers with a hint, which is followed at once.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -29,7 +30,19 @@ use crate::tls::TlsFiles;
 /// report stream raises a peer's flag, and the peer's task takes it at its next wake-up,
 /// within a probe interval, and asks its session for a burst (`PeerSession::ask_burst`).
 #[derive(Debug, Default)]
-pub struct EvidenceAsks(HashMap<String, AtomicBool>);
+pub struct EvidenceAsks(HashMap<String, Arc<AskFlag>>);
+
+/// One peer's flag in [`EvidenceAsks`], held by the peer's task: taken on every wake-up,
+/// so it is one atomic swap, with no lookup by name.
+#[derive(Debug, Default)]
+pub struct AskFlag(AtomicBool);
+
+impl AskFlag {
+    /// Lowers the flag; whether it was raised.
+    pub fn take(&self) -> bool {
+        self.0.swap(false, Ordering::Relaxed)
+    }
+}
 
 impl EvidenceAsks {
     /// Flags for these peers, all down.
@@ -37,7 +50,7 @@ impl EvidenceAsks {
         EvidenceAsks(
             peers
                 .into_iter()
-                .map(|p| (p.to_string(), AtomicBool::new(false)))
+                .map(|p| (p.to_string(), Arc::default()))
                 .collect(),
         )
     }
@@ -46,13 +59,13 @@ impl EvidenceAsks {
     pub fn ask(&self, peer: &str) -> bool {
         self.0
             .get(peer)
-            .map(|f| f.store(true, Ordering::Relaxed))
+            .map(|f| f.0.store(true, Ordering::Relaxed))
             .is_some()
     }
 
-    /// Lowers `peer`'s flag; whether it was raised.
-    pub fn take(&self, peer: &str) -> bool {
-        self.0.get(peer).is_some_and(|f| f.swap(false, Ordering::Relaxed))
+    /// `peer`'s flag, for its task; `None` when `peer` is not one of this prober's peers.
+    pub fn flag(&self, peer: &str) -> Option<Arc<AskFlag>> {
+        self.0.get(peer).cloned()
     }
 }
 
@@ -181,7 +194,7 @@ pub async fn run(
     me: SiteId,
     mut rx: broadcast::Receiver<Output>,
     metrics: Metrics,
-    asks: std::sync::Arc<EvidenceAsks>,
+    asks: Arc<EvidenceAsks>,
     cancel: CancellationToken,
 ) {
     let instance: u64 = rand::random();
@@ -330,14 +343,15 @@ mod tests {
     #[test]
     fn an_ask_for_evidence_is_taken_once_and_only_for_a_peer() {
         let asks = EvidenceAsks::new(["b", "c"]);
-        assert!(!asks.take("b"));
+        let (b, c) = (asks.flag("b").unwrap(), asks.flag("c").unwrap());
+        assert!(asks.flag("zz").is_none(), "not a peer");
+        assert!(!b.take());
         assert!(asks.ask("b"));
         assert!(asks.ask("b"), "asked twice before the peer's task woke");
         assert!(!asks.ask("zz"), "not a peer");
-        assert!(!asks.take("c"));
-        assert!(asks.take("b"));
-        assert!(!asks.take("b"), "taken once");
-        assert!(!asks.take("zz"));
+        assert!(!c.take());
+        assert!(b.take());
+        assert!(!b.take(), "taken once");
     }
 
     #[test]
