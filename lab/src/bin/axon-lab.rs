@@ -64,10 +64,18 @@ fn main() -> std::process::ExitCode {
             live: true,
             prometheus_targets: args.prometheus_targets.clone(),
         };
+        // Stopped by Ctrl-C or SIGTERM, the run is dropped rather than the process killed
+        // where it stands: its mesh stops, its etcd (scenarios with several controllers) is
+        // killed and its temporary directory removed, none left behind.
         let report = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(lab::run(&s, &opts))?;
+            .block_on(async {
+                tokio::select! {
+                    r = lab::run(&s, &opts) => r.map_err(anyhow::Error::from),
+                    () = ops::terminated() => Err(anyhow::anyhow!("interrupted; nothing reported")),
+                }
+            })?;
         println!("\n{}", report.text());
         if let Some(path) = &args.report {
             let json = serde_json::to_string_pretty(&report)?;
