@@ -553,7 +553,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
     // The peer's counters exist from the start: a rate over them reads zero rather than
     // nothing, and an increase() sees their first event.
     let m = &shared.metrics;
-    for reason in ["slots", "host_stall", "lossy", "asked_limit"] {
+    for (reason, _) in crate::session::BurstsRefused::default().by_reason() {
         m.bursts_refused.with_label_values(&[peer.as_str(), reason]);
     }
     for state in ["down", "up"] {
@@ -623,12 +623,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
         let refused = session.bursts_refused();
         if refused != refused_seen {
             let m = &shared.metrics.bursts_refused;
-            for (reason, now, seen) in [
-                ("slots", refused.slots, refused_seen.slots),
-                ("host_stall", refused.host_stall, refused_seen.host_stall),
-                ("lossy", refused.lossy, refused_seen.lossy),
-                ("asked_limit", refused.asked_limit, refused_seen.asked_limit),
-            ] {
+            for ((reason, now), (_, seen)) in refused.by_reason().into_iter().zip(refused_seen.by_reason()) {
                 m.with_label_values(&[peer.as_str(), reason]).inc_by(now - seen);
             }
             refused_seen = refused;

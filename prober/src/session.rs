@@ -154,6 +154,19 @@ pub struct BurstsRefused {
     pub asked_limit: u64,
 }
 
+impl BurstsRefused {
+    /// Each count with its `reason` label (`axon_probe_bursts_refused_total`): the one list
+    /// the metrics are made from.
+    pub fn by_reason(&self) -> [(&'static str, u64); 4] {
+        [
+            ("slots", self.slots),
+            ("host_stall", self.host_stall),
+            ("lossy", self.lossy),
+            ("asked_limit", self.asked_limit),
+        ]
+    }
+}
+
 /// What one prober's sessions share about bursts: slots for the bursts it may run at once
 /// (see [`BurstConfig::max_share`]), and when its host last stalled. A session takes a slot when
 /// it starts a burst and gives it back once its chain is over, or when it is dropped.
