@@ -192,7 +192,7 @@ fn a_clear_win_takes_over_after_switch_after_computations() {
         let mem = e.hysteresis().get(0, 1).unwrap();
         assert_eq!(
             (mem.pending, mem.streak),
-            (topology::Path::new(&[0, 2, 1]), t as u32)
+            (topology::Path::new(&[0, 2, 1]), t as u16)
         );
     }
     let c = e.compute(&slow, 3_000);
@@ -202,6 +202,35 @@ fn a_clear_win_takes_over_after_switch_after_computations() {
         entry.reason,
         Reason::Switched(SwitchReason::Better { after: 3, .. })
     ));
+}
+
+#[test]
+fn a_small_gain_that_holds_takes_over_after_patient_after_computations() {
+    let mut e = engine();
+    e.compute(&world(100.0), 0);
+    assert_eq!(primary(&e, "a", "b"), ["a", "b"]);
+    // Past the warm-up, the direct link is 4% slower than the way via c (52 against 50 ms of
+    // cost): under the 5 ms switching margin, over the 2% patient one.
+    let slower = world(104.0);
+    let patient_after = EngineConfig::default().hysteresis.patient_after;
+    for i in 1..patient_after {
+        let c = e.compute(&slower, 20_000 + u64::from(i) * 1_000);
+        assert!(!c.changed, "moved after {i} computations");
+        let mem = e.hysteresis().get(0, 1).unwrap();
+        assert_eq!(
+            (mem.pending, mem.streak, mem.patience),
+            (topology::Path::new(&[0, 2, 1]), 0, i as u16)
+        );
+    }
+    let c = e.compute(&slower, 20_000 + u64::from(patient_after) * 1_000);
+    assert!(c.changed);
+    assert_eq!(primary(&e, "a", "b"), ["a", "c", "b"]);
+    let entry = c.table.entry(&id("a"), &id("b")).unwrap().unwrap();
+    assert!(
+        matches!(entry.reason, Reason::Switched(SwitchReason::Patient { after, .. }) if after == patient_after),
+        "{:?}",
+        entry.reason
+    );
 }
 
 #[test]
