@@ -401,8 +401,16 @@ pub fn reason_text(r: &Reason) -> String {
             candidate_cost,
             gain_needed,
             streak,
+            patience,
         } => {
-            format!("kept: candidate {candidate_cost:.1} ms has won {streak}× but needs {gain_needed:.1} ms")
+            let patient = if *patience > *streak {
+                format!(" ({patience}× by the patient margin)")
+            } else {
+                String::new()
+            };
+            format!(
+                "kept: candidate {candidate_cost:.1} ms has won {streak}× but needs {gain_needed:.1} ms{patient}"
+            )
         }
         Reason::Switched(s) => format!("switched: {s:?}"),
         Reason::MeetsVoice { cheapest_cost } => {
@@ -494,6 +502,23 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::config::SiteConfig;
+
+    #[test]
+    fn a_kept_pair_says_how_far_its_candidate_has_come() {
+        let kept = |streak, patience| {
+            reason_text(&Reason::Kept {
+                candidate_cost: 48.0,
+                gain_needed: 5.0,
+                streak,
+                patience,
+            })
+        };
+        assert_eq!(kept(2, 2), "kept: candidate 48.0 ms has won 2× but needs 5.0 ms");
+        assert_eq!(
+            kept(0, 37),
+            "kept: candidate 48.0 ms has won 0× but needs 5.0 ms (37× by the patient margin)"
+        );
+    }
 
     fn core() -> Core {
         let cfg = ControllerConfig {

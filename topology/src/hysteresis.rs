@@ -414,6 +414,9 @@ pub enum Decision {
         gain_needed: f32,
         /// Consecutive wins of the candidate so far (0 when it is within the margin).
         streak: u32,
+        /// Consecutive wins of the candidate by the patient margin so far (see
+        /// [`HysteresisConfig::patient_ratio`]).
+        patience: u32,
     },
     /// The pair moved to `path`.
     Switched {
@@ -539,6 +542,7 @@ pub fn decide_with_quality(
                 current_cost: current.cost,
                 gain_needed: 0.0,
                 streak: u32::from(mem.streak),
+                patience: 0,
             };
         }
     }
@@ -607,6 +611,7 @@ pub fn decide_with_quality(
         current_cost: current.cost,
         gain_needed: needed,
         streak: u32::from(mem.streak),
+        patience: u32::from(mem.patience),
     }
 }
 
@@ -1343,7 +1348,10 @@ mod tests {
         let mut mem = fresh();
         for i in 1..cfg.patient_after {
             let d = decide(&cfg, &mut mem, relay, 97.0, e());
-            assert!(matches!(d, Decision::Kept { streak: 0, .. }), "{i}: {d:?}");
+            assert!(
+                matches!(d, Decision::Kept { streak: 0, patience, .. } if patience == i),
+                "{i}: {d:?}"
+            );
         }
         assert_eq!(
             decide(&cfg, &mut mem, relay, 97.0, e()),

@@ -113,8 +113,12 @@ pub enum Reason {
         candidate_cost: f32,
         /// Gain the candidate would need, ms.
         gain_needed: f32,
-        /// Consecutive computations it has won so far.
-        streak: u32,
+        /// Consecutive computations it has won by that gain so far.
+        streak: u16,
+        /// Consecutive computations it has won by the patient margin so far (see
+        /// [`crate::HysteresisConfig::patient_ratio`]): at `patient_after` it takes over.
+        #[serde(default)]
+        patience: u16,
     },
     /// The pair switched path in this computation.
     Switched(SwitchReason),
@@ -560,13 +564,15 @@ impl Search<'_> {
                             current_cost,
                             gain_needed,
                             streak,
+                            patience,
                         } => (
                             m.current,
                             current_cost,
                             Reason::Kept {
                                 candidate_cost: cost,
                                 gain_needed,
-                                streak,
+                                streak: u16::try_from(streak).unwrap_or(u16::MAX),
+                                patience: u16::try_from(patience).unwrap_or(u16::MAX),
                             },
                         ),
                         Decision::Switched { path, reason } => {
