@@ -247,6 +247,18 @@ impl HysteresisConfig {
                 detail: "0 (must be at least 1)".into(),
             });
         }
+        // The memory counts wins in 16 bits: a larger count could never be reached.
+        for (field, n) in [
+            ("switch_after", self.switch_after),
+            ("patient_after", self.patient_after),
+        ] {
+            if n > u32::from(u16::MAX) {
+                return Err(TopologyError::InvalidValue {
+                    field,
+                    detail: format!("{n} (must be at most {})", u16::MAX),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -1404,6 +1416,29 @@ mod tests {
             decide(&off, &mut mem, relay, 97.0, e());
         }
         assert_eq!(mem.current, direct);
+    }
+
+    #[test]
+    fn win_counts_beyond_the_memory_s_counters_are_refused() {
+        assert!(HysteresisConfig::default().validate().is_ok());
+        for cfg in [
+            HysteresisConfig {
+                patient_after: 70_000,
+                ..Default::default()
+            },
+            HysteresisConfig {
+                switch_after: 70_000,
+                ..Default::default()
+            },
+        ] {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains("70000 (must be at most 65535)"), "{e}");
+        }
+        let off = HysteresisConfig {
+            patient_after: 0,
+            ..Default::default()
+        };
+        assert!(off.validate().is_ok());
     }
 
     #[test]
