@@ -83,8 +83,8 @@ pub struct HysteresisConfig {
     /// switching margin. Default 0.02. The margin keeps noise from moving routes, but held
     /// for good it keeps a pair on a path a few percent dearer for as long as the mesh stands:
     /// in a lab run, six pairs that the warm-up left on relays 2.7–6.3% dearer than their
-    /// direct links (their candidates had won twice in a row when it ended) stayed there for
-    /// the whole run, 1% of the mesh's pairs. A gain that holds through a minute of
+    /// direct links (their candidates had not yet won three times in a row when it ended)
+    /// stayed there for the whole run, 1% of the mesh's pairs. A gain that holds through a minute of
     /// computations is no noise.
     pub patient_ratio: f64,
     /// The least gain patience takes, ms of cost. Default 1.
