@@ -336,6 +336,15 @@ pub struct PairMemory {
     pub left: Path,
 }
 
+impl PairMemory {
+    /// No candidate is winning: its path and both counts of its wins are cleared.
+    fn forget_candidate(&mut self) {
+        self.pending = Path::NONE;
+        self.streak = 0;
+        self.patience = 0;
+    }
+}
+
 /// Why a switch happened.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
@@ -471,9 +480,7 @@ pub fn decide_with_quality(
         // Nearly every pair, every computation: written only when something changes, so that
         // the memory (tens of megabytes on a large mesh) is read, not written back.
         if mem.streak != 0 || mem.patience != 0 || !mem.pending.is_none() {
-            mem.pending = Path::NONE;
-            mem.streak = 0;
-            mem.patience = 0;
+            mem.forget_candidate();
         }
         if mem.left == mem.current {
             mem.left = Path::NONE;
@@ -482,17 +489,13 @@ pub fn decide_with_quality(
     }
     let switch = |mem: &mut PairMemory, path: Path, reason| {
         mem.current = path;
-        mem.pending = Path::NONE;
-        mem.streak = 0;
-        mem.patience = 0;
+        mem.forget_candidate();
         Decision::Switched { path, reason }
     };
     if mem.current.is_none() {
         // A pair seen for the first time simply takes the best path.
         mem.current = candidate;
-        mem.pending = Path::NONE;
-        mem.streak = 0;
-        mem.patience = 0;
+        mem.forget_candidate();
         return Decision::Steady;
     }
     let current = eval(&mem.current);
@@ -615,9 +618,7 @@ pub fn decide_with_quality(
             return switch(mem, candidate, SwitchReason::Patient { gain_ms: gain, after });
         }
     } else {
-        mem.pending = Path::NONE;
-        mem.streak = 0;
-        mem.patience = 0;
+        mem.forget_candidate();
     }
     Decision::Kept {
         current_cost: current.cost,
