@@ -11,7 +11,9 @@
 //!   estimate rests on hundreds of probes and comes with a standard error;
 //! - a **change detector** on the last 3, 6 and 12 windows: when their losses are improbable
 //!   under the estimate (binomial tails below `loss_change_p`), the link changed — a
-//!   brown-out or its end — and the counts restart from those windows at once; a rise is
+//!   brown-out or its end — and the counts restart from those windows at once (a fall from
+//!   those after the last loss among them, where the end most likely came, unless the newest
+//!   is a burst's first, whose losses show only in the next); a rise is
 //!   held as uncertain as its value (its standard error at least the estimate) until the
 //!   windows after it are improbable under the loss before too (the far end's report of the
 //!   same seconds is not after it: it counts the same datagrams), since windows chosen for
@@ -26,7 +28,10 @@
 //!   windows of ten clean probes are not improbable enough at 5% (0.95¹²⁰ = 0.2%), and the
 //!   counts then held the brown-out's losses for minutes while they decayed (in the lab, a pair
 //!   stayed on a relay two minutes after its direct link healed). A loss on the way costs the
-//!   statistic a lot but does not reset the evidence, so noise does not hold a heal back;
+//!   statistic a lot but does not reset the evidence, so noise does not hold a heal back.
+//!   The healed link's counts start after the last loss of the run that ended in the
+//!   verdict: the brown-out's last losses, counted as the healed link's, kept it off a mesh
+//!   that loses nothing for a minute;
 //! - a **prior**: a link with few probes of its own is presumed to lose like the mesh as a
 //!   whole (`loss_prior_probes` of pooled evidence), so early and noisy links do not look
 //!   better or worse than they are. A link that changed is judged on its own counts only until
@@ -294,6 +299,10 @@ const HEAL_MIN_RATIO: f64 = 2.0;
 /// The mesh's loss assumed by the heal test when the mesh has lost nothing yet.
 const HEAL_FLOOR: f64 = 1e-4;
 
+/// A window holding more than this many times the probes of the one before is a burst's
+/// first, whose losses are not known yet (see [`LossCounts::settled`]).
+const BURST_JUMP: u32 = 2;
+
 /// A rise in loss is confirmed once the windows after the ones that revealed it are this
 /// improbable under the loss before it (binomial upper tail).
 const CONFIRM_P: f64 = 0.01;
@@ -312,13 +321,25 @@ struct Confirm {
     skip: bool,
 }
 
+/// Which way a link's loss moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Move {
+    /// More loss than the estimate: the change detector's upper tail.
+    Rise,
+    /// Less loss: the change detector's lower tail.
+    Fall,
+    /// Back to the mesh's loss: the heal test.
+    Heal,
+}
+
 /// A change the loss counts revealed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Change {
-    /// Windows the counts restarted from.
+    /// Windows that showed it: the counts restarted from them (a fall's and a heal's from
+    /// those after the last loss among them, at each end of a pair on its own windows).
     span: usize,
-    /// Found by the heal test (else by the change detector's spans).
-    heal: bool,
+    /// Which way, and which test found it.
+    kind: Move,
 }
 
 /// The heal test of a link that changed (see the module documentation). The statistic
@@ -331,11 +352,14 @@ struct Heal {
     score: f64,
     /// The loss the link was estimated at when this excursion of the statistic began.
     from: f64,
-    /// Probes and losses since the statistic last left zero: the healed link's counts.
+    /// Probes and losses since the statistic last left zero.
     sent: u32,
     lost: u32,
     /// Windows since the statistic last left zero.
     windows: u32,
+    /// Probes since the excursion's last window with a loss (all of it when it has none):
+    /// the healed link's counts, when the newest window's losses are known.
+    clean: u32,
 }
 
 /// Loss as counts (see the module documentation).
@@ -451,19 +475,32 @@ impl LossCounts {
             let at_least = binomial_tails(s, l_down, p).1;
             let at_most = binomial_tails(s, l_up, p).0;
             self.suspect |= at_least < cfg.loss_suspect_p;
-            if at_least < cfg.loss_change_p || at_most < cfg.loss_change_p {
+            if at_least < cfg.loss_change_p {
                 self.restart(span);
-                self.confirm = (at_least < cfg.loss_change_p).then_some(Confirm {
+                self.confirm = Some(Confirm {
                     before: p,
                     sent: 0,
                     lost: 0,
                     skip: false,
                 });
-                return Some(Change { span, heal: false });
+                return Some(Change {
+                    span,
+                    kind: Move::Rise,
+                });
+            }
+            if at_most < cfg.loss_change_p {
+                self.restart_after_last_loss(span);
+                return Some(Change {
+                    span,
+                    kind: Move::Fall,
+                });
             }
         }
         let span = self.heal_test((sent, lost), &all, prior, cfg)?;
-        Some(Change { span, heal: true })
+        Some(Change {
+            span,
+            kind: Move::Heal,
+        })
     }
 
     /// Folds a window into the heal test of a link that changed; when the link is back to
@@ -493,7 +530,10 @@ impl LossCounts {
             } else {
                 0.0
             };
-            (self.heal.sent, self.heal.lost, self.heal.windows) = (0, 0, 0);
+            self.heal = Heal {
+                from: self.heal.from,
+                ..Heal::default()
+            };
         }
         let p1 = self.heal.from.min(0.5);
         if p1 < HEAL_MIN_RATIO * p0 {
@@ -506,14 +546,26 @@ impl LossCounts {
         if self.heal.score == 0.0 {
             return None;
         }
-        self.heal.sent = self.heal.sent.saturating_add(sent);
-        self.heal.lost = self.heal.lost.saturating_add(lost);
-        self.heal.windows = self.heal.windows.saturating_add(1);
-        if self.heal.score < (1.0 / cfg.loss_heal_p).ln() {
+        let settled = self.settled();
+        let h = &mut self.heal;
+        h.sent = h.sent.saturating_add(sent);
+        h.lost = h.lost.saturating_add(lost);
+        h.windows = h.windows.saturating_add(1);
+        h.clean = if lost > 0 { 0 } else { h.clean.saturating_add(sent) };
+        if h.score < (1.0 / cfg.loss_heal_p).ln() {
             return None;
         }
-        let span = usize::try_from(self.heal.windows).unwrap_or(usize::MAX);
-        self.restart_from((self.heal.sent, self.heal.lost));
+        // The healed link's counts start after the excursion's last loss. A window's losses
+        // cost the statistic less than its clean probes gain when it holds a burst (a loss in
+        // a hundred probes, −6.2 + 99 × 0.04 nats after 5% on a mesh that loses nothing), so
+        // a brown-out's last losses can fall inside the excursion that ends in the verdict;
+        // counted as the healed link's, they read 0.2–0.5% on such a mesh, and pairs stayed
+        // on detours for the rest of a lab run. A loss after the heal is caught as any rise.
+        // As after a fall (see `restart_after_last_loss`), from nothing when the verdict's
+        // own window lost one, and from the whole excursion when its losses are not known.
+        let counts = if settled { (h.clean, 0) } else { (h.sent, h.lost) };
+        let span = usize::try_from(h.windows).unwrap_or(usize::MAX);
+        self.restart_from(counts);
         Some(span)
     }
 
@@ -524,12 +576,47 @@ impl LossCounts {
         self.restart_from(sum_last(&self.recent, span));
     }
 
+    /// [`LossCounts::restart`] for a fall: from the windows of the last `span` after the last
+    /// one with a loss, where the drop most likely came (from nothing when the newest window
+    /// lost one: the other end of a pair, whose newest window is older than the one that
+    /// showed the end); from all `span` while the newest window's losses are not known (see
+    /// [`LossCounts::settled`]). The windows that showed a fall can still hold the last losses
+    /// before it, and counted as the link's now they read as 0.2–0.5% on a mesh that loses
+    /// nothing: a changed link rejoins such a mesh only when one probe in 300 or fewer is lost
+    /// (see [`LinkState::agrees`]), so pairs stayed off a healed link for the rest of a lab
+    /// run. A loss after the restart is caught as any rise.
+    fn restart_after_last_loss(&mut self, span: usize) {
+        let clean = self
+            .recent
+            .iter()
+            .rev()
+            .take(span)
+            .take_while(|&&(_, lost)| lost == 0)
+            .count();
+        self.restart(if self.settled() { clean } else { span });
+    }
+
+    /// Whether the newest window's losses are known. A probe is found lost a loss timeout (at
+    /// least a second) after it left, so a window's losses show in the next one, and a burst's
+    /// first window (more than [`BURST_JUMP`] times the probes of the one before) is clean
+    /// whatever the link: in the lab one (181 of 181, in the middle of a 5% brown-out) made a
+    /// fall, the counts restarted from it read 0%, and the pair went back to its lossy link.
+    fn settled(&self) -> bool {
+        let mut last = self.recent.iter().rev();
+        match (last.next(), last.next()) {
+            (Some(&(newest, _)), Some(&(before, _))) => newest <= BURST_JUMP.saturating_mul(before),
+            _ => true,
+        }
+    }
+
     /// Restarts the counts from `(sent, lost)`, the windows that showed the change.
     fn restart_from(&mut self, (s, l): (u32, u32)) {
         self.sent = f64::from(s);
         self.lost = f64::from(l);
         self.recent.clear();
-        self.recent.push_back((s, l));
+        if s > 0 {
+            self.recent.push_back((s, l));
+        }
         self.distinct = true;
         self.heal = Heal::default();
         self.confirm = None;
@@ -768,7 +855,13 @@ impl LinkState {
                 && let Some(r) = reverse
             {
                 r.loss_moves += 1;
-                r.loss.restart(change.span);
+                match change.kind {
+                    Move::Rise => r.loss.restart(change.span),
+                    // The other end's windows are its own: they start after its own last loss.
+                    Move::Fall | Move::Heal => {
+                        r.loss.restart_after_last_loss(change.span);
+                    }
+                }
                 // The other end's next window holds most of this window's round trips when it
                 // has not yet reported most of this window's span: the evidence the change was
                 // found in, seen again, and no confirmation of it.
@@ -1686,6 +1779,145 @@ mod tests {
     }
 
     #[test]
+    fn the_end_of_a_brown_out_restarts_both_ends_after_their_last_loss() {
+        // A pair on a mesh that loses nothing browns out, bursting (100 probes a window), and
+        // the brown-out ends. The windows that show the end hold its last losses, at each end
+        // in other windows; whether the change detector's fall or the heal test finds the
+        // end, each end's counts restart after its own last loss (from nothing when its
+        // newest window lost one). A restart from the windows that showed the end would keep
+        // 3 to 14 losses.
+        let mesh = mesh_at(0.0);
+        let at = |t: u64, lost: u32| window(t, 100, 100 - lost, 50.0);
+        let (tail_ab, tail_ba) = ([2, 0, 0, 0, 0, 0], [3, 1, 0, 0, 0, 0]);
+        // (heal test on, brown-out %, found at (ms), a→b's and b→a's probes restarted from)
+        let cases = [
+            (true, 5, 33_300, 200.0, 100.0),
+            (false, 5, 33_300, 200.0, 100.0),
+            (true, 10, 32_000, 100.0, 0.0),
+            (false, 10, 32_300, 100.0, 0.0),
+        ];
+        for (heal_test, pct, found, from_ab, from_ba) in cases {
+            let case = format!("heal test {heal_test}, {pct}%");
+            let cfg = LinkStateConfig {
+                loss_heal_p: if heal_test { 0.0001 } else { 0.0 },
+                ..LinkStateConfig::default()
+            };
+            let (mut ab, mut ba) = (LinkState::default(), LinkState::default());
+            let mut moved = None;
+            for i in 0..36 {
+                let t = (i as u64 + 1) * 1000;
+                let (la, lb) = if i < 30 {
+                    (pct, pct)
+                } else {
+                    (tail_ab[i - 30], tail_ba[i - 30])
+                };
+                for (end, lost) in [(0, la), (300, lb)] {
+                    let moves = ab.loss_moves();
+                    if end == 0 {
+                        ab.observe_paired(&at(t, lost), &mut ba, &cfg, mesh).unwrap();
+                    } else {
+                        ba.observe_paired(&at(t + end, lost), &mut ab, &cfg, mesh)
+                            .unwrap();
+                    }
+                    if i >= 30 && moved.is_none() && ab.loss_moves() > moves {
+                        moved = Some((t + end, ab.loss.sent, ab.loss.lost, ba.loss.sent, ba.loss.lost));
+                    }
+                }
+            }
+            assert_eq!(moved, Some((found, from_ab, 0.0, from_ba, 0.0)), "{case}");
+            // Four clean seconds on (b→a's window after a heal at 10% lost the brown-out's
+            // last probe, after the restart).
+            let v = ab.view_paired(Some(&ba), 36_300, &cfg, mesh).unwrap();
+            assert!(v.metrics.loss < 0.0015, "{case}: {:?}", v.metrics);
+        }
+    }
+
+    #[test]
+    fn a_burst_s_first_window_is_not_taken_for_a_clean_run() {
+        // A pair at 5% on ten probes a window; a burst begins. Its first window, 181 probes,
+        // holds the losses of the window before (a probe is found lost a second after it
+        // left) and none of its own. The fall it shows keeps the losses of the windows
+        // around it: restarted from that window alone, the link read 0% and its pairs went
+        // back to it in the middle of the brown-out.
+        let cfg = LinkStateConfig::default();
+        let mesh = mesh_at(0.0);
+        let (mut ab, mut ba) = (LinkState::default(), LinkState::default());
+        let mut t = 0;
+        let mut second = |ab: &mut LinkState, ba: &mut LinkState, (sent, lost): (u32, u32)| {
+            t += 1000;
+            let moves = ab.loss_moves();
+            ab.observe_paired(&window(t, sent, sent - lost, 50.0), ba, &cfg, mesh)
+                .unwrap();
+            ba.observe_paired(&window(t + 300, sent, sent - lost, 50.0), ab, &cfg, mesh)
+                .unwrap();
+            ab.loss_moves() > moves
+        };
+        for i in 0..120 {
+            second(&mut ab, &mut ba, (10, u32::from(i % 2 == 0)));
+        }
+        assert!(ab.loss.distinct, "the brown-out was not found");
+        for lost in [0, 1] {
+            second(&mut ab, &mut ba, (10, lost));
+        }
+        assert!(second(&mut ab, &mut ba, (181, 0)), "no fall");
+        for s in [&ab, &ba] {
+            assert!(s.loss.lost >= 1.0, "{:?}", s.loss);
+        }
+    }
+
+    #[test]
+    fn a_healed_link_s_counts_start_after_the_brown_out_s_last_loss() {
+        let cfg = LinkStateConfig::default();
+        let prior = Pool {
+            loss: 0.002,
+            probes: 1e6,
+        };
+        let (mut ab, mut ba) = (LinkState::default(), LinkState::default());
+        let mut t = 0;
+        let mut second = |ab: &mut LinkState, ba: &mut LinkState, (sent, received)| {
+            t += 1000;
+            ab.observe_paired(&window(t, sent, received, 50.0), ba, &cfg, prior)
+                .unwrap();
+            ba.observe_paired(&window(t + 300, sent, received, 50.0), ab, &cfg, prior)
+                .unwrap();
+        };
+        for _ in 0..120 {
+            second(&mut ab, &mut ba, (10, 10));
+        }
+        // A 5% brown-out found by bursts, then its end: a clean burst, and one that still
+        // holds the brown-out's last loss, which costs the heal test less than its 99 clean
+        // probes gain.
+        for _ in 0..4 {
+            second(&mut ab, &mut ba, (100, 95));
+        }
+        second(&mut ab, &mut ba, (10, 9));
+        second(&mut ab, &mut ba, (100, 100));
+        assert!(ab.loss.heal.score > 0.0);
+        second(&mut ab, &mut ba, (100, 99));
+        assert!(
+            ab.loss.heal.score > 0.0 && ab.loss.heal.clean == 0,
+            "{:?}",
+            ab.loss.heal
+        );
+        let moves = ab.loss_moves();
+        for _ in 0..5 {
+            second(&mut ab, &mut ba, (100, 100));
+            if ab.loss_moves() > moves {
+                break;
+            }
+        }
+        assert!(ab.loss_moves() > moves, "no heal verdict");
+        // The healed link is judged on the probes after that loss: it lost none of them.
+        assert!(
+            ab.loss.distinct && ab.loss.lost == 0.0 && ab.loss.sent >= 100.0,
+            "{:?}",
+            ab.loss
+        );
+        let v = ab.view_paired(Some(&ba), t, &cfg, prior).unwrap();
+        assert!(v.metrics.loss < 0.005, "{:?}", v.metrics);
+    }
+
+    #[test]
     fn a_steady_lossy_link_that_changed_is_rarely_taken_for_healed() {
         let cfg = LinkStateConfig::default();
         let mesh = mesh_at(0.001);
@@ -1700,7 +1932,7 @@ mod tests {
             let lost = w.sent - w.received;
             losses += lost;
             let change = c.observe(w.sent, lost, &cfg, None, mesh);
-            heals += usize::from(change.is_some_and(|c| c.heal));
+            heals += usize::from(change.is_some_and(|c| c.kind == Move::Heal));
             assert!(c.distinct, "only the pool can take a link back");
         }
         // About one per 10,000 losses at the default `loss_heal_p` (measured: 2 in 9,965; 7
