@@ -112,6 +112,9 @@ pub struct BurstReport {
     /// Of those, bursts the controller asked for: a rise in loss it found and had not yet
     /// confirmed.
     pub asked: u64,
+    /// Of those, bursts for a miss within the cooldown of the burst before, started as it
+    /// ended.
+    pub deferred: u64,
     /// Bursts not started because a quarter of the prober's peers were bursting already.
     pub refused_slots: u64,
     /// Bursts not started because the miss came just after a stall of the host.
@@ -263,10 +266,11 @@ impl Report {
         );
         let b = self.bursts;
         s += &format!(
-            "  bursts           {} started ({} to confirm a heal, {} asked by the controller), {} held back (slots {}, host stalls {}), {} misses on links too lossy to burst, {} asks past the limit\n",
+            "  bursts           {} started ({} to confirm a heal, {} asked by the controller, {} after a cooldown), {} held back (slots {}, host stalls {}), {} misses on links too lossy to burst, {} asks past the limit\n",
             b.started,
             b.heal,
             b.asked,
+            b.deferred,
             b.refused_slots + b.refused_host_stall,
             b.refused_slots,
             b.refused_host_stall,

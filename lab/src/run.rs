@@ -596,6 +596,7 @@ fn burst_counts(mesh: &Mesh) -> BurstReport {
                     ("axon_probe_bursts_total", _) => r.started += v,
                     ("axon_probe_heal_bursts_total", _) => r.heal += v,
                     ("axon_probe_asked_bursts_total", _) => r.asked += v,
+                    ("axon_probe_deferred_bursts_total", _) => r.deferred += v,
                     ("axon_probe_bursts_refused_total", Some("asked_limit")) => r.refused_asked_limit += v,
                     ("axon_probe_bursts_refused_total", Some("slots")) => r.refused_slots += v,
                     ("axon_probe_bursts_refused_total", Some("host_stall")) => r.refused_host_stall += v,

@@ -541,6 +541,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
     let mut bursts_seen = 0;
     let mut heals_seen = 0;
     let mut asked_seen = 0;
+    let mut deferred_seen = 0;
     let mut downs_held_seen = 0;
     let mut window_tick = tokio::time::interval_at(start + window, window);
     window_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -563,6 +564,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
         &m.bursts,
         &m.heal_bursts,
         &m.asked_bursts,
+        &m.deferred_bursts,
         &m.downs_held,
         &m.dial_failures,
         &m.sent,
@@ -614,6 +616,11 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
             &shared.metrics.asked_bursts,
             session.asked_bursts(),
             &mut asked_seen,
+        );
+        carry(
+            &shared.metrics.deferred_bursts,
+            session.deferred_bursts(),
+            &mut deferred_seen,
         );
         carry(
             &shared.metrics.downs_held,

@@ -58,6 +58,9 @@ pub struct Metrics {
     /// Bursts the controller asked for, by peer (counted in `bursts` too; see
     /// `PeerSession::ask_burst`).
     pub asked_bursts: IntCounterVec,
+    /// Bursts started as a cooldown ended, for a miss within it, by peer (counted in `bursts`
+    /// too; see `PeerSession::deferred_bursts`).
+    pub deferred_bursts: IntCounterVec,
     /// Link-down verdicts taken back, by peer: the run of misses behind them was in flight
     /// while this prober's host stalled (see `PeerSession::poll`).
     pub downs_held: IntCounterVec,
@@ -177,6 +180,16 @@ impl Metrics {
                     Opts::new(
                         "axon_probe_asked_bursts_total",
                         "Evidence bursts the controller asked for (among the evidence bursts): a rise in loss it has not yet confirmed.",
+                    ),
+                    &["peer"],
+                ),
+            ),
+            deferred_bursts: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "axon_probe_deferred_bursts_total",
+                        "Evidence bursts started as a burst's cooldown ended, for a miss within it (among the evidence bursts).",
                     ),
                     &["peer"],
                 ),

@@ -70,7 +70,8 @@ pub struct BurstConfig {
     /// tried and left: in the lab, a moment when many links missed probes at once then became
     /// 270 route changes, the bursts' load a likely part of it.)
     pub duration: Duration,
-    /// Least time between the starts of two bursts. Default 5 s.
+    /// Least time between the starts of two bursts. Default 5 s. A miss within it, not the
+    /// running burst's own, starts a burst as it ends.
     pub cooldown: Duration,
     /// Most bursts in a row: a burst whose own asks miss (while it runs, or up to a loss
     /// timeout after, while its last asks' verdicts come in) is followed at once by the next,
@@ -352,6 +353,11 @@ pub struct PeerSession {
     bursts: u64,
     /// Bursts in the current chain (see [`BurstConfig::chain`]).
     chained: u32,
+    /// A miss came while the last burst's cooldown ran: a burst is due when it ends (see
+    /// [`PeerSession::after_misses`]).
+    deferred: bool,
+    /// Bursts started for such a miss (among `bursts`).
+    deferred_bursts: u64,
     /// The prober's burst slots, when bursts are limited across peers; whether this session
     /// holds one.
     slots: Option<Arc<BurstSlots>>,
@@ -417,6 +423,8 @@ impl PeerSession {
             burst_started: None,
             bursts: 0,
             chained: 0,
+            deferred: false,
+            deferred_bursts: 0,
             slots: None,
             holding: false,
             refused: BurstsRefused::default(),
@@ -753,8 +761,13 @@ impl PeerSession {
     /// Starts a burst if liveness counted a miss since it stood at `before`, the link rarely
     /// misses (its long-run rate as it stood [`GATE_LAG`] ago and more), and the last burst is
     /// older than the cooldown; or, when the miss is the running burst's own, chains the next
-    /// burst to it (see [`BurstConfig::chain`]). Without a new miss, starts the heal burst
-    /// that is due, if any (see [`BurstConfig::heal_after_losses`]).
+    /// burst to it (see [`BurstConfig::chain`]). A miss within the cooldown, not the burst's
+    /// own, is kept, and its burst starts as the cooldown ends: the cooldown bounds how often
+    /// a link bursts, not which misses are heard. (In the lab a random miss's burst ran just
+    /// before a 2% brown-out began; the brown-out's first two losses came within its cooldown
+    /// and started nothing, and its burst waited seven seconds for the next loss.) Without
+    /// a miss, starts the heal burst that is due, if any (see
+    /// [`BurstConfig::heal_after_losses`]).
     fn after_misses(&mut self, before: u64, now: u64) {
         let lag = GATE_LAG.as_nanos() as u64;
         if now.saturating_sub(self.gate_sample.0) >= lag {
@@ -774,16 +787,21 @@ impl PeerSession {
         if b.extra == 0 || self.liveness.is_down() {
             return;
         }
-        if !missed {
+        let cooling = self
+            .burst_started
+            .is_some_and(|t| now.saturating_sub(t) < b.cooldown.as_nanos() as u64);
+        let due = self.deferred && !cooling;
+        if !missed && !due {
             self.heal_burst(now);
             return;
         }
         if self.gate_rate >= b.below_miss_rate {
-            self.refused.lossy += 1;
+            self.deferred = false;
+            self.refused.lossy += u64::from(missed);
             return;
         }
         let duration = b.duration.as_nanos() as u64;
-        if own {
+        if own && missed {
             // The next burst is already chained when more than one burst's time is left.
             if self.chained < b.chain && self.burst_until.saturating_sub(now) <= duration {
                 let start = self.burst_until.max(now);
@@ -794,20 +812,23 @@ impl PeerSession {
             }
             return;
         }
-        if self
-            .burst_started
-            .is_some_and(|t| now.saturating_sub(t) < b.cooldown.as_nanos() as u64)
-        {
+        // The missed ask was in flight for a deadline before now: a stall that ended since (or
+        // a timer's worth after) may have held its echo.
+        let in_flight = (self.liveness.deadline() + HOST_STALL).as_nanos() as u64;
+        let stalled = self
+            .slots
+            .as_ref()
+            .is_some_and(|slots| slots.stalled_within(now, in_flight));
+        if cooling {
+            self.deferred |= !own && !stalled;
+            return;
+        }
+        self.deferred = false;
+        if stalled {
+            self.refused.host_stall += 1;
             return;
         }
         if let Some(slots) = &self.slots {
-            // The missed ask was in flight for a deadline before now: a stall that ended since
-            // (or a timer's worth after) may have held its echo.
-            let in_flight = (self.liveness.deadline() + HOST_STALL).as_nanos() as u64;
-            if slots.stalled_within(now, in_flight) {
-                self.refused.host_stall += 1;
-                return;
-            }
             if !slots.try_take() {
                 self.refused.slots += 1;
                 return;
@@ -818,6 +839,7 @@ impl PeerSession {
         self.burst_until = now.saturating_add(duration);
         self.chained = 1;
         self.bursts += 1;
+        self.deferred_bursts += u64::from(due && !missed);
     }
 
     /// Remembers probes found lost at `now` for the heal bursts; the first loss of an episode
@@ -901,6 +923,11 @@ impl PeerSession {
     /// Heal bursts started so far (counted in [`PeerSession::bursts`] too).
     pub fn heal_bursts(&self) -> u64 {
         self.heal_bursts
+    }
+
+    /// Bursts started as a cooldown ended, for a miss within it (among [`PeerSession::bursts`]).
+    pub fn deferred_bursts(&self) -> u64 {
+        self.deferred_bursts
     }
 
     /// The controller asks for more evidence on this link at `now`: it found the loss risen
@@ -1424,11 +1451,42 @@ mod tests {
         assert_eq!(s.bursts(), 1);
         assert!(s.bursting(dl) && s.bursting(dl + 1_900 * MS));
         assert!(!s.bursting(dl + 2_001 * MS));
-        // A miss after the burst and its asks' verdicts, within the cooldown, starts nothing.
-        let t = drive(&mut s, dl + 100 * MS, 50, |i| i == 35);
+        // A miss after the burst and its asks' verdicts, within the cooldown, starts nothing
+        // before the cooldown ends (then it does: see the next test).
+        let t = drive(&mut s, dl + 100 * MS, 45, |i| i == 35);
+        assert!(t < dl + 5_000 * MS);
         assert_eq!(s.bursts(), 1);
-        // Once the link's long-run miss rate is back under 0.5%, a miss bursts again.
+        // A miss long after bursts again: the one owed at the cooldown's end, and its own.
         let _ = drive(&mut s, t, 300, |i| i == 250);
+        assert_eq!((s.bursts(), s.deferred_bursts()), (3, 1));
+    }
+
+    #[test]
+    fn a_miss_within_the_cooldown_bursts_as_it_ends() {
+        let mut s = session();
+        let t = drive(&mut s, 0, 300, |_| false);
+        let _ = s.next_datagram(t, true);
+        let dl = s.next_deadline().expect("a pending ask has a deadline");
+        s.poll(dl);
+        assert_eq!(s.bursts(), 1);
+        // A miss 3 s after the burst began, past its asks' verdicts: kept for the cooldown's
+        // end, 5 s after the burst began, when a burst starts for it.
+        let t = drive(&mut s, dl + 100 * MS, 45, |i| i == 29);
+        assert_eq!(
+            (s.bursts(), s.deferred_bursts()),
+            (1, 0),
+            "a burst within the cooldown"
+        );
+        assert!(t < dl + 5_000 * MS);
+        let t = drive(&mut s, t, 10, |_| false);
+        assert_eq!(
+            (s.bursts(), s.deferred_bursts()),
+            (2, 1),
+            "no burst at the cooldown's end"
+        );
+        assert!(s.bursting(t));
+        // One burst for it: the next cooldown's end, with no miss in it, starts nothing.
+        let _ = drive(&mut s, t, 100, |_| false);
         assert_eq!(s.bursts(), 2);
     }
 
