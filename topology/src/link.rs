@@ -12,14 +12,15 @@
 //! - a **change detector** on the last 3, 6 and 12 windows: when their losses are improbable
 //!   under the estimate (binomial tails below `loss_change_p`), the link changed — a
 //!   brown-out or its end — and the counts restart from those windows at once (a fall from
-//!   those after the last loss among them, where the end most likely came, unless the newest
-//!   is a burst's first, whose losses show only in the next); a rise is
+//!   those after the last loss among them, where the end most likely came; never on a burst's
+//!   first window, whose losses show only in the next); a rise is
 //!   held as uncertain as its value (its standard error at least the estimate) until the
 //!   windows after it are improbable under the loss before too (the far end's report of the
 //!   same seconds is not after it: it counts the same datagrams), since windows chosen for
 //!   being extreme make a false alarm read as a brown-out (on a mesh losing 1%, 4 of 32 lost
 //!   read as degraded for seconds). While a rise awaits confirmation, or while the recent
-//!   windows are improbable short of a change (`loss_suspect_p`), the link wants evidence
+//!   windows are improbable short of a change (`loss_suspect_p`), or while a changed link's
+//!   heal test leans towards a heal (below), the link wants evidence
 //!   ([`LinkState::wants_evidence`]): the controller asks its probers for a burst, so that
 //!   the question is settled by probes at ten times the rate rather than waited out;
 //! - a **heal test** for a link that changed: a CUSUM of the log-likelihood ratio between
@@ -31,7 +32,8 @@
 //!   statistic a lot but does not reset the evidence, so noise does not hold a heal back.
 //!   The healed link's counts start after the last loss of the run that ended in the
 //!   verdict: the brown-out's last losses, counted as the healed link's, kept it off a mesh
-//!   that loses nothing for a minute;
+//!   that loses nothing for a minute. Once the test leans towards a heal after a quiet run,
+//!   the link wants evidence too;
 //! - a **prior**: a link with few probes of its own is presumed to lose like the mesh as a
 //!   whole (`loss_prior_probes` of pooled evidence), so early and noisy links do not look
 //!   better or worse than they are. A link that changed is judged on its own counts only until
@@ -299,6 +301,20 @@ const HEAL_MIN_RATIO: f64 = 2.0;
 /// The mesh's loss assumed by the heal test when the mesh has lost nothing yet.
 const HEAL_FLOOR: f64 = 1e-4;
 
+/// Evidence, in nats, that a changed link is back to the mesh's loss from which the
+/// controller asks its probers for probes to settle it (see [`LinkState::wants_evidence`]):
+/// about 60 clean probes in a row after a 2% brown-out, 25 after a 5% one. The heal verdict
+/// itself needs `ln(1/loss_heal_p)` (9.2 nats by default), some 550 clean probes after 2%:
+/// a minute at the plain rate, seconds in bursts.
+const HEAL_ASK_NATS: f64 = 1.0;
+
+/// ...and only once an end has lost nothing for this many probes: five seconds at the plain
+/// rate, past the quiet run after which the probers start their own heal bursts (2 s) and
+/// such a burst. At 5% loss twenty clean probes make a nat, and asks on that alone fired all
+/// through a brown-out: in the lab they used up the bursts' limit and cooldown before its end,
+/// and the link came back later than without them.
+const HEAL_ASK_QUIET_PROBES: u32 = 50;
+
 /// A window holding more than this many times the probes of the one before is a burst's
 /// first, whose losses are not known yet (see [`LossCounts::settled`]).
 const BURST_JUMP: u32 = 2;
@@ -352,13 +368,10 @@ struct Heal {
     score: f64,
     /// The loss the link was estimated at when this excursion of the statistic began.
     from: f64,
-    /// Probes and losses since the statistic last left zero.
-    sent: u32,
-    lost: u32,
     /// Windows since the statistic last left zero.
     windows: u32,
     /// Probes since the excursion's last window with a loss (all of it when it has none):
-    /// the healed link's counts, when the newest window's losses are known.
+    /// the healed link's counts.
     clean: u32,
 }
 
@@ -384,6 +397,8 @@ struct LossCounts {
     /// The last window left the recent windows improbable, though not enough for a change
     /// (see [`LinkStateConfig::loss_suspect_p`]).
     suspect: bool,
+    /// Probes since this end's last window with a loss.
+    clean_run: u32,
 }
 
 /// `P(X ≤ k)` and `P(X ≥ k)` for `X ~ Binomial(n, p)`, summed exactly (n is at most a few
@@ -422,6 +437,11 @@ impl LossCounts {
             self.recent.pop_front();
         }
         self.recent.push_back((sent, lost));
+        self.clean_run = if lost > 0 {
+            0
+        } else {
+            self.clean_run.saturating_add(sent)
+        };
         if let Some(c) = &mut self.confirm
             && !std::mem::take(&mut c.skip)
         {
@@ -447,6 +467,7 @@ impl LossCounts {
         };
         let prior_lost = n0 * prior.loss.clamp(0.0, 1.0);
         self.suspect = false;
+        let settled = self.settled() && reverse.is_none_or(LossCounts::settled);
         for span in CHANGE_SPANS {
             if self.recent.len() < span {
                 break;
@@ -488,7 +509,10 @@ impl LossCounts {
                     kind: Move::Rise,
                 });
             }
-            if at_most < cfg.loss_change_p {
+            // Not on a window whose losses are not known yet, at either end (see
+            // `settled`): a burst's first counts its replies and none of its losses, and
+            // read as the end of brown-outs that went on.
+            if at_most < cfg.loss_change_p && settled {
                 self.restart_after_last_loss(span);
                 return Some(Change {
                     span,
@@ -548,11 +572,10 @@ impl LossCounts {
         }
         let settled = self.settled();
         let h = &mut self.heal;
-        h.sent = h.sent.saturating_add(sent);
-        h.lost = h.lost.saturating_add(lost);
         h.windows = h.windows.saturating_add(1);
         h.clean = if lost > 0 { 0 } else { h.clean.saturating_add(sent) };
-        if h.score < (1.0 / cfg.loss_heal_p).ln() {
+        // Nor a heal on a burst's first window: its clean probes may have losses to come.
+        if h.score < (1.0 / cfg.loss_heal_p).ln() || !settled {
             return None;
         }
         // The healed link's counts start after the excursion's last loss. A window's losses
@@ -562,11 +585,19 @@ impl LossCounts {
         // counted as the healed link's, they read 0.2–0.5% on such a mesh, and pairs stayed
         // on detours for the rest of a lab run. A loss after the heal is caught as any rise.
         // As after a fall (see `restart_after_last_loss`), from nothing when the verdict's
-        // own window lost one, and from the whole excursion when its losses are not known.
-        let counts = if settled { (h.clean, 0) } else { (h.sent, h.lost) };
-        let span = usize::try_from(h.windows).unwrap_or(usize::MAX);
-        self.restart_from(counts);
+        // own window lost one.
+        let (span, clean) = (usize::try_from(h.windows).unwrap_or(usize::MAX), h.clean);
+        self.restart_from((clean, 0));
         Some(span)
+    }
+
+    /// Whether the heal test of a changed link leans towards a heal (at least
+    /// [`HEAL_ASK_NATS`]) after a quiet run ([`HEAL_ASK_QUIET_PROBES`]): the end of a
+    /// brown-out is then settled by bursts of probes, where at the plain rate the verdict took
+    /// up to a minute while pairs stayed on their detours (when the probers' own heal bursts
+    /// did not start).
+    fn heal_likely(&self) -> bool {
+        self.distinct && self.heal.score >= HEAL_ASK_NATS && self.clean_run >= HEAL_ASK_QUIET_PROBES
     }
 
     /// Forgets everything but the last `span` windows: the link changed, and the counts start
@@ -636,6 +667,7 @@ impl LossCounts {
             heal: Heal::default(),
             confirm: self.confirm,
             suspect: self.suspect,
+            clean_run: self.clean_run,
         };
         if let Some(r) = reverse {
             j.sent = (j.sent + r.sent) / 2.0;
@@ -927,11 +959,12 @@ impl LinkState {
     /// Whether the pair's probers should send more probes for a while (an evidence burst):
     /// a rise awaits confirmation ([`LinkState::awaits_confirmation`]), or the last window of
     /// either direction left the recent windows improbable though not enough for a change
-    /// ([`LinkStateConfig::loss_suspect_p`]): more probes settle it either way, where the
-    /// plain rate takes many seconds.
+    /// ([`LinkStateConfig::loss_suspect_p`]), or a changed link's heal test leans towards a
+    /// heal: more probes settle it either way, where the plain rate takes many seconds.
     pub fn wants_evidence(&self, reverse: Option<&LinkState>, cfg: &LinkStateConfig) -> bool {
         let rev = reverse.filter(|r| self.joins(r, cfg));
-        self.awaits_confirmation(reverse, cfg) || self.loss.suspect || rev.is_some_and(|r| r.loss.suspect)
+        let asks = |l: &LossCounts| l.suspect || l.heal_likely();
+        self.awaits_confirmation(reverse, cfg) || asks(&self.loss) || rev.is_some_and(|r| asks(&r.loss))
     }
 
     /// How many times the loss estimate has moved at once rather than by degrees: a change
@@ -1779,6 +1812,90 @@ mod tests {
     }
 
     #[test]
+    fn the_end_of_a_brown_out_wants_evidence_until_the_heal_verdict() {
+        let cfg = LinkStateConfig::default();
+        let prior = Pool {
+            loss: 0.002,
+            probes: 1e6,
+        };
+        let (mut ab, mut ba) = (LinkState::default(), LinkState::default());
+        let mut t = 0;
+        let mut second = |ab: &mut LinkState, ba: &mut LinkState, (sent, received)| {
+            t += 1000;
+            ab.observe_paired(&window(t, sent, received, 50.0), ba, &cfg, prior)
+                .unwrap();
+            ba.observe_paired(&window(t + 300, sent, received, 50.0), ab, &cfg, prior)
+                .unwrap();
+        };
+        let wants = |ab: &LinkState, ba: &LinkState| {
+            (
+                ab.wants_evidence(Some(ba), &cfg),
+                ba.wants_evidence(Some(ab), &cfg),
+            )
+        };
+        for _ in 0..120 {
+            second(&mut ab, &mut ba, (10, 10));
+        }
+        // A 5% brown-out, found and confirmed by bursts, that ends with a lost probe.
+        for _ in 0..4 {
+            second(&mut ab, &mut ba, (100, 95));
+        }
+        second(&mut ab, &mut ba, (10, 9));
+        assert!(ab.loss.distinct && !ab.awaits_confirmation(Some(&ba), &cfg));
+        assert_eq!(
+            wants(&ab, &ba),
+            (false, false),
+            "a loss just now: no sign of a heal"
+        );
+        // Clean seconds at the plain rate: the pair asks for probes once the heal test leans
+        // towards a heal, long before its verdict.
+        let mut asked = None;
+        for i in 1..=10 {
+            second(&mut ab, &mut ba, (10, 10));
+            if wants(&ab, &ba) == (true, true) {
+                asked = Some(i);
+                break;
+            }
+        }
+        assert_eq!(asked, Some(5), "asked after {asked:?} clean seconds");
+        // The bursts bring the heal verdict (a move of the estimate), and nothing more is
+        // asked.
+        let moves = ab.loss_moves();
+        let mut healed = None;
+        for i in 1..=10 {
+            second(&mut ab, &mut ba, (100, 100));
+            if ab.loss_moves() > moves {
+                healed = Some(i);
+                break;
+            }
+        }
+        assert!(
+            healed.is_some(),
+            "no heal verdict after 1,000 clean probes a side"
+        );
+        assert!(ab.loss.heal.score == 0.0 && ab.loss.sent < 500.0, "{:?}", ab.loss);
+        assert_eq!(wants(&ab, &ba), (false, false));
+        // Without the heal test there is nothing to lean on, and nothing is asked.
+        let off = LinkStateConfig {
+            loss_heal_p: 0.0,
+            ..cfg.clone()
+        };
+        let (mut x, mut y) = (LinkState::default(), LinkState::default());
+        let rows = (0..120)
+            .map(|_| (10, 10))
+            .chain((0..4).map(|_| (100, 95)))
+            .chain((0..10).map(|_| (10, 10)));
+        for (i, (s, r)) in rows.enumerate() {
+            let t = 1000 * (i as u64 + 1);
+            x.observe_paired(&window(t, s, r, 50.0), &mut y, &off, prior)
+                .unwrap();
+            y.observe_paired(&window(t + 300, s, r, 50.0), &mut x, &off, prior)
+                .unwrap();
+        }
+        assert!(x.loss.distinct && !x.wants_evidence(Some(&y), &off));
+    }
+
+    #[test]
     fn the_end_of_a_brown_out_restarts_both_ends_after_their_last_loss() {
         // A pair on a mesh that loses nothing browns out, bursting (100 probes a window), and
         // the brown-out ends. The windows that show the end hold its last losses, at each end
@@ -1834,34 +1951,41 @@ mod tests {
 
     #[test]
     fn a_burst_s_first_window_is_not_taken_for_a_clean_run() {
-        // A pair at 5% on ten probes a window; a burst begins. Its first window, 181 probes,
-        // holds the losses of the window before (a probe is found lost a second after it
-        // left) and none of its own. The fall it shows keeps the losses of the windows
-        // around it: restarted from that window alone, the link read 0% and its pairs went
-        // back to it in the middle of the brown-out.
-        let cfg = LinkStateConfig::default();
-        let mesh = mesh_at(0.0);
-        let (mut ab, mut ba) = (LinkState::default(), LinkState::default());
-        let mut t = 0;
-        let mut second = |ab: &mut LinkState, ba: &mut LinkState, (sent, lost): (u32, u32)| {
-            t += 1000;
-            let moves = ab.loss_moves();
-            ab.observe_paired(&window(t, sent, sent - lost, 50.0), ba, &cfg, mesh)
-                .unwrap();
-            ba.observe_paired(&window(t + 300, sent, sent - lost, 50.0), ab, &cfg, mesh)
-                .unwrap();
-            ab.loss_moves() > moves
-        };
-        for i in 0..120 {
-            second(&mut ab, &mut ba, (10, u32::from(i % 2 == 0)));
-        }
-        assert!(ab.loss.distinct, "the brown-out was not found");
-        for lost in [0, 1] {
-            second(&mut ab, &mut ba, (10, lost));
-        }
-        assert!(second(&mut ab, &mut ba, (181, 0)), "no fall");
-        for s in [&ab, &ba] {
-            assert!(s.loss.lost >= 1.0, "{:?}", s.loss);
+        // A pair at 5% on ten probes a window: a burst ends, two plain windows, and the next
+        // burst begins. A window holds the losses of the one before (a probe is found lost a
+        // second after it left): the burst's last lost 7 of 33, and the next burst's first
+        // window, 172 probes, none. Taken for clean, it showed a fall (and would have made a
+        // heal), and in the lab the pair went back to its link in the middle of the
+        // brown-out; the window after it brings its losses.
+        for heal_test in [true, false] {
+            let cfg = LinkStateConfig {
+                loss_heal_p: if heal_test { 0.0001 } else { 0.0 },
+                ..LinkStateConfig::default()
+            };
+            let mesh = mesh_at(0.0);
+            let (mut ab, mut ba) = (LinkState::default(), LinkState::default());
+            let mut t = 0;
+            let mut second = |ab: &mut LinkState, ba: &mut LinkState, (sent, lost): (u32, u32)| {
+                t += 1000;
+                let moves = ab.loss_moves();
+                ab.observe_paired(&window(t, sent, sent - lost, 50.0), ba, &cfg, mesh)
+                    .unwrap();
+                ba.observe_paired(&window(t + 300, sent, sent - lost, 50.0), ab, &cfg, mesh)
+                    .unwrap();
+                ab.loss_moves() > moves
+            };
+            for i in 0..120 {
+                second(&mut ab, &mut ba, (10, u32::from(i % 2 == 0)));
+            }
+            assert!(ab.loss.distinct, "the brown-out was not found");
+            for w in [(33, 7), (10, 0), (10, 0), (172, 0), (190, 10)] {
+                assert!(
+                    !second(&mut ab, &mut ba, w),
+                    "heal test {heal_test}: moved at {w:?}"
+                );
+            }
+            let v = ab.view_paired(Some(&ba), t, &cfg, mesh).unwrap();
+            assert!(v.metrics.loss > 0.02, "heal test {heal_test}: {:?}", v.metrics);
         }
     }
 
