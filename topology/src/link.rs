@@ -1162,6 +1162,66 @@ mod tests {
         }
     }
 
+    /// Both ends of a pair, fed the same windows a second at a time (b→a's 300 ms after
+    /// a→b's), judged against `prior`.
+    struct Pair {
+        ab: LinkState,
+        ba: LinkState,
+        t: u64,
+        cfg: LinkStateConfig,
+        prior: Pool,
+    }
+
+    impl Pair {
+        fn new(cfg: &LinkStateConfig, prior: Pool) -> Self {
+            Pair {
+                ab: LinkState::default(),
+                ba: LinkState::default(),
+                t: 0,
+                cfg: cfg.clone(),
+                prior,
+            }
+        }
+
+        /// One second in which both ends report `received` of `sent`; whether a→b's loss
+        /// estimate moved at once.
+        fn second(&mut self, sent: u32, received: u32) -> bool {
+            self.t += 1000;
+            let moves = self.ab.loss_moves();
+            let (w, prior) = (window(self.t, sent, received, 50.0), self.prior);
+            self.ab
+                .observe_paired(&w, &mut self.ba, &self.cfg, prior)
+                .unwrap();
+            let w = window(self.t + 300, sent, received, 50.0);
+            self.ba
+                .observe_paired(&w, &mut self.ab, &self.cfg, prior)
+                .unwrap();
+            self.ab.loss_moves() > moves
+        }
+
+        /// Two clean minutes, then a 5% brown-out found and confirmed by bursts (four
+        /// seconds of a hundred probes), ending with a lost probe at the plain rate.
+        fn after_a_brown_out(cfg: &LinkStateConfig, prior: Pool) -> Self {
+            let mut p = Pair::new(cfg, prior);
+            for _ in 0..120 {
+                p.second(10, 10);
+            }
+            for _ in 0..4 {
+                p.second(100, 95);
+            }
+            p.second(10, 9);
+            p
+        }
+
+        /// Whether each end wants evidence.
+        fn wants(&self) -> (bool, bool) {
+            (
+                self.ab.wants_evidence(Some(&self.ba), &self.cfg),
+                self.ba.wants_evidence(Some(&self.ab), &self.cfg),
+            )
+        }
+    }
+
     #[test]
     fn smoothing_follows_a_step_change() {
         // The average alone (level shifts have a test of their own).
@@ -1643,39 +1703,25 @@ mod tests {
             loss: 0.002,
             probes: 1e6,
         };
-        let (mut ab, mut ba) = (LinkState::default(), LinkState::default());
-        let mut t = 0;
-        let mut second = |ab: &mut LinkState, ba: &mut LinkState, (sent, received)| {
-            t += 1000;
-            ab.observe_paired(&window(t, sent, received, 50.0), ba, &cfg, prior)
-                .unwrap();
-            ba.observe_paired(&window(t + 300, sent, received, 50.0), ab, &cfg, prior)
-                .unwrap();
-        };
+        let mut p = Pair::new(&cfg, prior);
         for _ in 0..120 {
-            second(&mut ab, &mut ba, (10, 10));
+            p.second(10, 10);
         }
-        let wants = |ab: &LinkState, ba: &LinkState| {
-            (
-                ab.wants_evidence(Some(ba), &cfg),
-                ba.wants_evidence(Some(ab), &cfg),
-            )
-        };
-        assert_eq!(wants(&ab, &ba), (false, false));
+        assert_eq!(p.wants(), (false, false));
         // One loss in a second of a link losing 0.2%: nothing to wonder about.
-        second(&mut ab, &mut ba, (10, 9));
-        assert_eq!(wants(&ab, &ba), (false, false));
+        p.second(10, 9);
+        assert_eq!(p.wants(), (false, false));
         // A second one two seconds later: improbable (about 0.3% within six windows), not yet
         // a change. Both ends are asked; nothing moved.
-        second(&mut ab, &mut ba, (10, 10));
-        second(&mut ab, &mut ba, (10, 9));
-        assert_eq!(wants(&ab, &ba), (true, true));
-        assert!(!ab.awaits_confirmation(Some(&ba), &cfg));
-        assert_eq!((ab.loss_moves(), ba.loss_moves()), (0, 0));
+        p.second(10, 10);
+        p.second(10, 9);
+        assert_eq!(p.wants(), (true, true));
+        assert!(!p.ab.awaits_confirmation(Some(&p.ba), &cfg));
+        assert_eq!((p.ab.loss_moves(), p.ba.loss_moves()), (0, 0));
         // A burst that loses nothing settles it: the two losses were chance.
-        second(&mut ab, &mut ba, (100, 100));
-        second(&mut ab, &mut ba, (100, 100));
-        assert_eq!(wants(&ab, &ba), (false, false));
+        p.second(100, 100);
+        p.second(100, 100);
+        assert_eq!(p.wants(), (false, false));
         // Off by configuration.
         let off = LinkStateConfig {
             loss_suspect_p: 0.0,
@@ -1818,41 +1864,15 @@ mod tests {
             loss: 0.002,
             probes: 1e6,
         };
-        let (mut ab, mut ba) = (LinkState::default(), LinkState::default());
-        let mut t = 0;
-        let mut second = |ab: &mut LinkState, ba: &mut LinkState, (sent, received)| {
-            t += 1000;
-            ab.observe_paired(&window(t, sent, received, 50.0), ba, &cfg, prior)
-                .unwrap();
-            ba.observe_paired(&window(t + 300, sent, received, 50.0), ab, &cfg, prior)
-                .unwrap();
-        };
-        let wants = |ab: &LinkState, ba: &LinkState| {
-            (
-                ab.wants_evidence(Some(ba), &cfg),
-                ba.wants_evidence(Some(ab), &cfg),
-            )
-        };
-        for _ in 0..120 {
-            second(&mut ab, &mut ba, (10, 10));
-        }
-        // A 5% brown-out, found and confirmed by bursts, that ends with a lost probe.
-        for _ in 0..4 {
-            second(&mut ab, &mut ba, (100, 95));
-        }
-        second(&mut ab, &mut ba, (10, 9));
-        assert!(ab.loss.distinct && !ab.awaits_confirmation(Some(&ba), &cfg));
-        assert_eq!(
-            wants(&ab, &ba),
-            (false, false),
-            "a loss just now: no sign of a heal"
-        );
+        let mut p = Pair::after_a_brown_out(&cfg, prior);
+        assert!(p.ab.loss.distinct && !p.ab.awaits_confirmation(Some(&p.ba), &cfg));
+        assert_eq!(p.wants(), (false, false), "a loss just now: no sign of a heal");
         // Clean seconds at the plain rate: the pair asks for probes once the heal test leans
         // towards a heal, long before its verdict.
         let mut asked = None;
         for i in 1..=10 {
-            second(&mut ab, &mut ba, (10, 10));
-            if wants(&ab, &ba) == (true, true) {
+            p.second(10, 10);
+            if p.wants() == (true, true) {
                 asked = Some(i);
                 break;
             }
@@ -1860,11 +1880,11 @@ mod tests {
         assert_eq!(asked, Some(5), "asked after {asked:?} clean seconds");
         // The bursts bring the heal verdict (a move of the estimate), and nothing more is
         // asked.
-        let moves = ab.loss_moves();
+        let moves = p.ab.loss_moves();
         let mut healed = None;
         for i in 1..=10 {
-            second(&mut ab, &mut ba, (100, 100));
-            if ab.loss_moves() > moves {
+            p.second(100, 100);
+            if p.ab.loss_moves() > moves {
                 healed = Some(i);
                 break;
             }
@@ -1873,8 +1893,12 @@ mod tests {
             healed.is_some(),
             "no heal verdict after 1,000 clean probes a side"
         );
-        assert!(ab.loss.heal.score == 0.0 && ab.loss.sent < 500.0, "{:?}", ab.loss);
-        assert_eq!(wants(&ab, &ba), (false, false));
+        assert!(
+            p.ab.loss.heal.score == 0.0 && p.ab.loss.sent < 500.0,
+            "{:?}",
+            p.ab.loss
+        );
+        assert_eq!(p.wants(), (false, false));
         // Without the heal test there is nothing to lean on, and nothing is asked.
         let off = LinkStateConfig {
             loss_heal_p: 0.0,
@@ -1963,28 +1987,16 @@ mod tests {
                 ..LinkStateConfig::default()
             };
             let mesh = mesh_at(0.0);
-            let (mut ab, mut ba) = (LinkState::default(), LinkState::default());
-            let mut t = 0;
-            let mut second = |ab: &mut LinkState, ba: &mut LinkState, (sent, lost): (u32, u32)| {
-                t += 1000;
-                let moves = ab.loss_moves();
-                ab.observe_paired(&window(t, sent, sent - lost, 50.0), ba, &cfg, mesh)
-                    .unwrap();
-                ba.observe_paired(&window(t + 300, sent, sent - lost, 50.0), ab, &cfg, mesh)
-                    .unwrap();
-                ab.loss_moves() > moves
-            };
+            let mut p = Pair::new(&cfg, mesh);
             for i in 0..120 {
-                second(&mut ab, &mut ba, (10, u32::from(i % 2 == 0)));
+                p.second(10, 10 - u32::from(i % 2 == 0));
             }
-            assert!(ab.loss.distinct, "the brown-out was not found");
-            for w in [(33, 7), (10, 0), (10, 0), (172, 0), (190, 10)] {
-                assert!(
-                    !second(&mut ab, &mut ba, w),
-                    "heal test {heal_test}: moved at {w:?}"
-                );
+            assert!(p.ab.loss.distinct, "the brown-out was not found");
+            for (sent, lost) in [(33, 7), (10, 0), (10, 0), (172, 0), (190, 10)] {
+                let moved = p.second(sent, sent - lost);
+                assert!(!moved, "heal test {heal_test}: moved at {lost} of {sent} lost");
             }
-            let v = ab.view_paired(Some(&ba), t, &cfg, mesh).unwrap();
+            let v = p.ab.view_paired(Some(&p.ba), p.t, &cfg, mesh).unwrap();
             assert!(v.metrics.loss > 0.02, "heal test {heal_test}: {:?}", v.metrics);
         }
     }
@@ -1996,48 +2008,32 @@ mod tests {
             loss: 0.002,
             probes: 1e6,
         };
-        let (mut ab, mut ba) = (LinkState::default(), LinkState::default());
-        let mut t = 0;
-        let mut second = |ab: &mut LinkState, ba: &mut LinkState, (sent, received)| {
-            t += 1000;
-            ab.observe_paired(&window(t, sent, received, 50.0), ba, &cfg, prior)
-                .unwrap();
-            ba.observe_paired(&window(t + 300, sent, received, 50.0), ab, &cfg, prior)
-                .unwrap();
-        };
-        for _ in 0..120 {
-            second(&mut ab, &mut ba, (10, 10));
-        }
-        // A 5% brown-out found by bursts, then its end: a clean burst, and one that still
-        // holds the brown-out's last loss, which costs the heal test less than its 99 clean
-        // probes gain.
-        for _ in 0..4 {
-            second(&mut ab, &mut ba, (100, 95));
-        }
-        second(&mut ab, &mut ba, (10, 9));
-        second(&mut ab, &mut ba, (100, 100));
-        assert!(ab.loss.heal.score > 0.0);
-        second(&mut ab, &mut ba, (100, 99));
+        // After the brown-out, a clean burst, and one that still holds its last loss, which
+        // costs the heal test less than its 99 clean probes gain.
+        let mut p = Pair::after_a_brown_out(&cfg, prior);
+        p.second(100, 100);
+        assert!(p.ab.loss.heal.score > 0.0);
+        p.second(100, 99);
         assert!(
-            ab.loss.heal.score > 0.0 && ab.loss.heal.clean == 0,
+            p.ab.loss.heal.score > 0.0 && p.ab.loss.heal.clean == 0,
             "{:?}",
-            ab.loss.heal
+            p.ab.loss.heal
         );
-        let moves = ab.loss_moves();
+        let moves = p.ab.loss_moves();
         for _ in 0..5 {
-            second(&mut ab, &mut ba, (100, 100));
-            if ab.loss_moves() > moves {
+            p.second(100, 100);
+            if p.ab.loss_moves() > moves {
                 break;
             }
         }
-        assert!(ab.loss_moves() > moves, "no heal verdict");
+        assert!(p.ab.loss_moves() > moves, "no heal verdict");
         // The healed link is judged on the probes after that loss: it lost none of them.
         assert!(
-            ab.loss.distinct && ab.loss.lost == 0.0 && ab.loss.sent >= 100.0,
+            p.ab.loss.distinct && p.ab.loss.lost == 0.0 && p.ab.loss.sent >= 100.0,
             "{:?}",
-            ab.loss
+            p.ab.loss
         );
-        let v = ab.view_paired(Some(&ba), t, &cfg, prior).unwrap();
+        let v = p.ab.view_paired(Some(&p.ba), p.t, &cfg, prior).unwrap();
         assert!(v.metrics.loss < 0.005, "{:?}", v.metrics);
     }
 
