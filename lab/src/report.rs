@@ -31,7 +31,8 @@ pub struct FaultReport {
     pub first_drop_s: Option<f64>,
     /// Loss faults: fault → the first probe either end of a faulted link counted lost (a
     /// drop can hit a QUIC acknowledgement instead, which no probe sees; and a probe is
-    /// counted lost a loss timeout after it was sent, when its burst has already begun).
+    /// counted lost once three later ones were echoed, or a loss timeout after it was sent,
+    /// by when its burst has already begun).
     /// `converge_s` minus this is Axon's reaction to the evidence. `null` for other kinds, or
     /// if no probe was lost.
     pub first_probe_lost_s: Option<f64>,

@@ -148,6 +148,10 @@ pub struct ProberConfig {
     pub window_ms: u64,
     /// A probe unanswered this long (or 3 × RTT if longer) is lost, ms. Default 1000.
     pub loss_timeout_ms: u64,
+    /// A probe is lost as soon as a datagram sent this many places after it is echoed (see
+    /// `SessionConfig::packet_threshold`); 0 waits for the loss timeout alone. At most 64.
+    /// Default 3.
+    pub packet_threshold: u32,
     /// First re-dial delay after a connection fails, ms; doubles up to `redial_max_ms`.
     /// Default 100.
     pub redial_min_ms: u64,
@@ -184,6 +188,7 @@ impl Default for ProberConfig {
             probe_interval_ms: 100,
             window_ms: 1_000,
             loss_timeout_ms: 1_000,
+            packet_threshold: 3,
             redial_min_ms: 100,
             redial_max_ms: 5_000,
             dial_grace_ms: 2_000,
@@ -231,6 +236,9 @@ impl ProberConfig {
         }
         if self.loss_timeout_ms == 0 || self.idle_timeout_ms == 0 {
             return bad("loss_timeout_ms and idle_timeout_ms must be positive".into());
+        }
+        if self.packet_threshold > 64 {
+            return bad(format!("packet_threshold {} is above 64", self.packet_threshold));
         }
         if self.dial_grace_ms > 60_000 {
             return bad(format!("dial_grace_ms {} is above 60000", self.dial_grace_ms));
@@ -313,6 +321,7 @@ impl ProberConfig {
         let l = &self.liveness;
         SessionConfig {
             loss_timeout: Duration::from_millis(self.loss_timeout_ms),
+            packet_threshold: self.packet_threshold,
             liveness: LivenessConfig {
                 probe_interval: Duration::from_millis(self.probe_interval_ms),
                 deadline_factor: l.deadline_factor,
@@ -381,6 +390,13 @@ mod tests {
                     ..base.clone()
                 },
                 "window_ms",
+            ),
+            (
+                ProberConfig {
+                    packet_threshold: 65,
+                    ..base.clone()
+                },
+                "packet_threshold",
             ),
             (
                 ProberConfig {

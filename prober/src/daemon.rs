@@ -542,6 +542,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
     let mut heals_seen = 0;
     let mut asked_seen = 0;
     let mut deferred_seen = 0;
+    let mut skipped_seen = 0;
     let mut downs_held_seen = 0;
     let mut window_tick = tokio::time::interval_at(start + window, window);
     window_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -565,6 +566,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
         &m.heal_bursts,
         &m.asked_bursts,
         &m.deferred_bursts,
+        &m.lost_early,
         &m.downs_held,
         &m.dial_failures,
         &m.sent,
@@ -621,6 +623,11 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
             &shared.metrics.deferred_bursts,
             session.deferred_bursts(),
             &mut deferred_seen,
+        );
+        carry(
+            &shared.metrics.lost_early,
+            session.gap_losses(),
+            &mut skipped_seen,
         );
         carry(
             &shared.metrics.downs_held,

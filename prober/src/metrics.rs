@@ -61,6 +61,9 @@ pub struct Metrics {
     /// Bursts started as a cooldown ended, for a miss within it, by peer (counted in `bursts`
     /// too; see `PeerSession::deferred_bursts`).
     pub deferred_bursts: IntCounterVec,
+    /// Probes counted lost as soon as later ones were echoed past them, before their loss
+    /// timeout, by peer (counted in `lost` too; see `SessionConfig::packet_threshold`).
+    pub lost_early: IntCounterVec,
     /// Link-down verdicts taken back, by peer: the run of misses behind them was in flight
     /// while this prober's host stalled (see `PeerSession::poll`).
     pub downs_held: IntCounterVec,
@@ -190,6 +193,16 @@ impl Metrics {
                     Opts::new(
                         "axon_probe_deferred_bursts_total",
                         "Evidence bursts started as a burst's cooldown ended, for a miss within it (among the evidence bursts).",
+                    ),
+                    &["peer"],
+                ),
+            ),
+            lost_early: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "axon_probes_lost_early_total",
+                        "Probes counted lost as soon as three later ones were echoed, before their loss timeout (among the lost probes).",
                     ),
                     &["peer"],
                 ),

@@ -1,7 +1,8 @@
 //! Windows: what one peer's probes measured over a period (default 1 s).
 //!
-//! A window counts what was *resolved* in it: replies received (with their RTT), probes that
-//! timed out (`loss_timeout` after sending), replies that came after their timeout (late),
+//! A window counts what was *resolved* in it: replies received (with their RTT), probes found
+//! lost (skipped by later probes' echoes, or `loss_timeout` after sending), replies that came
+//! after that (late),
 //! duplicates and reordered replies. RTTs go into an HDR histogram at microsecond resolution;
 //! jitter is RFC 3550's interarrival jitter over consecutive RTT samples, carried across
 //! windows; the loss ratio comes with a Wilson 95% confidence interval so that a consumer can
@@ -16,7 +17,7 @@ pub struct WindowReport {
     pub sent: u32,
     /// Replies received in time.
     pub received: u32,
-    /// Probes that reached their loss timeout.
+    /// Probes found lost: skipped by later probes' echoes, or past their loss timeout.
     pub lost: u32,
     /// Replies that arrived after their timeout (already counted lost).
     pub late: u32,
