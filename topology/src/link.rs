@@ -13,7 +13,7 @@
 //!   under the estimate (binomial tails below `loss_change_p`), the link changed — a
 //!   brown-out or its end — and the counts restart from those windows at once (a fall from
 //!   those after the last loss among them, where the end most likely came; never on a burst's
-//!   first window, whose losses show only in the next); a rise is
+//!   first window, whose last losses may show only in the next); a rise is
 //!   held as uncertain as its value (its standard error at least the estimate) until the
 //!   windows after it are improbable under the loss before too (the far end's report of the
 //!   same seconds is not after it: it counts the same datagrams), since windows chosen for
@@ -627,11 +627,13 @@ impl LossCounts {
         self.restart(if self.settled() { clean } else { span });
     }
 
-    /// Whether the newest window's losses are known. A probe is found lost a loss timeout (at
-    /// least a second) after it left, so a window's losses show in the next one, and a burst's
-    /// first window (more than [`BURST_JUMP`] times the probes of the one before) is clean
-    /// whatever the link: in the lab one (181 of 181, in the middle of a 5% brown-out) made a
-    /// fall, the counts restarted from it read 0%, and the pair went back to its lossy link.
+    /// Whether the newest window's losses are known. A probe is found lost after the replies
+    /// of the probes sent with it came (once three later ones are echoed, or a loss timeout
+    /// after it left), so a window's last losses show in the next one, and a burst's first
+    /// window (more than [`BURST_JUMP`] times the probes of the one before) may read cleaner
+    /// than the link: with losses found at the timeout alone, one (181 of 181, in the middle
+    /// of a 5% brown-out) made a fall in the lab, the counts restarted from it read 0%, and
+    /// the pair went back to its lossy link.
     fn settled(&self) -> bool {
         let mut last = self.recent.iter().rev();
         match (last.next(), last.next()) {
