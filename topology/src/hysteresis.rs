@@ -493,9 +493,23 @@ pub fn decide_with_quality(
         Decision::Switched { path, reason }
     };
     if mem.current.is_none() {
-        // A pair seen for the first time simply takes the best path.
+        // A pair seen for the first time simply takes the best path. When that is a detour
+        // because its direct link is unusable (a site coming back, its links up one by one),
+        // the direct path counts as the one the pair left, and it returns there on the
+        // restoring margin once the link is usable: the detour was never chosen. (In a lab
+        // run a pair that came back with its site took a relay 14% dearer than its direct
+        // link, up a moment later, and kept it for 50 s: the gain rested on the young
+        // link's loss estimate, and the full margin wanted 18 ms of it.)
         mem.current = candidate;
         mem.forget_candidate();
+        if let [from, .., to] = *candidate.sites()
+            && !candidate.is_direct()
+        {
+            let direct = Path::new(&[from, to]);
+            if !eval(&direct).cost.is_finite() {
+                mem.left = direct;
+            }
+        }
         return Decision::Steady;
     }
     let current = eval(&mem.current);
@@ -713,6 +727,43 @@ mod tests {
                     loss_cost: 0.0,
                 })
         }
+    }
+
+    #[test]
+    fn a_pair_first_seen_on_a_detour_returns_to_its_direct_link_on_the_restoring_margin() {
+        // The pair comes back (a site returning) while its direct link is still down: it
+        // takes the relay. Then the link is up and 4 ms (4%) cheaper: under the switching
+        // margin, over the restoring one.
+        let cfg = HysteresisConfig::default();
+        let (direct, relay) = (Path::new(&[0, 1]), Path::new(&[0, 2, 1]));
+        let mut mem = PairMemory::default();
+        let down = eval_with(vec![(relay, 100.0, false)]);
+        assert_eq!(decide(&cfg, &mut mem, relay, 100.0, down), Decision::Steady);
+        assert_eq!((mem.current, mem.left), (relay, direct));
+        let up = |cost| eval_with(vec![(direct, cost, false), (relay, 100.0, false)]);
+        let d: Vec<Decision> = (0..3)
+            .map(|_| decide(&cfg, &mut mem, direct, 96.0, up(96.0)))
+            .collect();
+        assert!(
+            matches!(
+                d[2],
+                Decision::Switched {
+                    reason: SwitchReason::Restored { after: 3, .. },
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        assert_eq!(mem.current, direct);
+        // A pair that took the relay while its direct link was usable (and dearer) chose it:
+        // the same gain later does not move it.
+        let mut mem = PairMemory::default();
+        decide(&cfg, &mut mem, relay, 100.0, up(104.0));
+        assert!(mem.left.is_none());
+        for _ in 0..5 {
+            decide(&cfg, &mut mem, direct, 96.0, up(96.0));
+        }
+        assert_eq!(mem.current, relay);
     }
 
     /// A pair on the direct path (341 ms round trip, over the voice threshold) and a relay
