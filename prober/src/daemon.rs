@@ -542,7 +542,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
     let mut heals_seen = 0;
     let mut asked_seen = 0;
     let mut deferred_seen = 0;
-    let mut skipped_seen = 0;
+    let mut early_seen = 0;
     let mut downs_held_seen = 0;
     let mut window_tick = tokio::time::interval_at(start + window, window);
     window_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -624,11 +624,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
             session.deferred_bursts(),
             &mut deferred_seen,
         );
-        carry(
-            &shared.metrics.lost_early,
-            session.gap_losses(),
-            &mut skipped_seen,
-        );
+        carry(&shared.metrics.lost_early, session.lost_early(), &mut early_seen);
         carry(
             &shared.metrics.downs_held,
             session.downs_held(),

@@ -351,7 +351,7 @@ pub struct PeerSession {
     /// left to the timeout (see [`PeerSession::lose_skipped`]).
     first_sent_ns: Option<u64>,
     /// Probes found lost by the packet threshold, before their timeout.
-    gap_losses: u64,
+    lost_early: u64,
     srtt_ns: Option<f64>,
     window: Window,
     liveness: Liveness,
@@ -433,7 +433,7 @@ impl PeerSession {
             max_answered: None,
             gap_judged: 0,
             first_sent_ns: None,
-            gap_losses: 0,
+            lost_early: 0,
             srtt_ns: None,
             window: Window::default(),
             liveness,
@@ -751,7 +751,7 @@ impl PeerSession {
             if slot.fate == Fate::Pending && slot.sent_ns >= young_until {
                 slot.fate = Fate::Lost;
                 self.window.lost();
-                self.gap_losses += 1;
+                self.lost_early += 1;
                 lost_since.get_or_insert(slot.sent_ns);
             }
         }
@@ -772,8 +772,8 @@ impl PeerSession {
 
     /// Probes found lost by the packet threshold, before their timeout (among those counted
     /// lost).
-    pub fn gap_losses(&self) -> u64 {
-        self.gap_losses
+    pub fn lost_early(&self) -> u64 {
+        self.lost_early
     }
 
     /// Advances time: probes past the loss timeout are lost; a run of missed asks may declare
@@ -1173,7 +1173,7 @@ mod tests {
         ));
         // 3 skips 0 by three: lost now, a second before its timeout.
         feed(&mut s, &from_peer(2, 0, &[(seqs[3], 0)]), t + 70 * MS);
-        assert_eq!(s.gap_losses(), 1);
+        assert_eq!(s.lost_early(), 1);
         feed(&mut s, &from_peer(3, 0, &[(seqs[4], 0)]), t + 80 * MS);
         let w = s.close_window();
         assert_eq!((w.sent, w.received, w.lost), (5, 4, 1));
@@ -1183,7 +1183,7 @@ mod tests {
         s.poll(t + 3_000 * MS);
         let w = s.close_window();
         assert_eq!((w.received, w.lost, w.late), (0, 0, 1));
-        assert_eq!(s.gap_losses(), 1);
+        assert_eq!(s.lost_early(), 1);
     }
 
     /// A burst of 100 asks in a second, every 50th lost (2%), echoed 30 ms later: the window
@@ -1231,14 +1231,14 @@ mod tests {
             .collect();
         feed(&mut s, &from_peer(0, 0, &[(seqs[0], 0)]), 40 * MS);
         feed(&mut s, &from_peer(1, 0, &[(seqs[34], 0)]), 700 * MS);
-        assert_eq!(s.gap_losses(), 0);
+        assert_eq!(s.lost_early(), 0);
         // After the first second, the threshold holds again: the two three places or more
         // behind the newest echo are lost.
         let later: Vec<u32> = (0..5u64)
             .map(|i| s.next_datagram(1_100 * MS + i * 10 * MS, true).seq)
             .collect();
         feed(&mut s, &from_peer(2, 0, &[(later[4], 0)]), 1_200 * MS);
-        assert_eq!(s.gap_losses(), 2);
+        assert_eq!(s.lost_early(), 2);
     }
 
     #[test]
