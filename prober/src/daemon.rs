@@ -35,7 +35,7 @@ use crate::error::ProberError;
 use crate::liveness::LivenessEvent;
 use crate::metrics::Metrics;
 use crate::report::EvidenceAsks;
-use crate::session::{BurstSlots, EchoKind, PeerSession, SessionConfig};
+use crate::session::{BurstSlots, EchoKind, PeerSession, Reply, SessionConfig};
 use crate::tls::{TlsMaterial, peer_cert};
 use crate::window::WindowReport;
 use crate::wire::{Datagram, MAX_PROBE, site_tag};
@@ -470,7 +470,7 @@ enum Outgoing {
     Ask,
     /// An ask sent because of a miss: a burst's, or asking again while suspect.
     ExtraAsk,
-    /// The answer to the peer's ask.
+    /// Not an ask: the answer to the peer's ask, or a datagram for a backlog of its echoes.
     Answer,
 }
 
@@ -838,7 +838,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
             l.heard_ns = now;
         }
         let mut up = None;
-        let asked = session.on_datagram(&d, now, |o| match o {
+        let reply = session.on_datagram(&d, now, |o| match o {
             Ok(o) => {
                 if let EchoKind::InTime { rtt_ns } = o.kind
                     && measure
@@ -855,12 +855,16 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
             }
             Err(r) => shared.drop_datagram(r.label()),
         });
-        match asked {
-            Ok(true) => {
+        match reply {
+            Ok(Reply::Answer) => {
                 send(&mut session, &link, &mut out, clock, Outgoing::Answer);
                 shared.metrics.answered.inc();
             }
-            Ok(false) => {}
+            Ok(Reply::Echoes) => {
+                send(&mut session, &link, &mut out, clock, Outgoing::Answer);
+                shared.metrics.echo_flushes.inc();
+            }
+            Ok(Reply::Wait) => {}
             Err(r) => shared.drop_datagram(r.label()),
         }
         if measure {

@@ -74,6 +74,9 @@ pub struct Metrics {
     pub bursts_refused: IntCounterVec,
     /// Peers' asks answered at once.
     pub answered: IntCounter,
+    /// Datagrams sent at once to carry a backlog of the peers' echoes (see
+    /// `session::FLUSH_AT`): at the end of bursts on long links.
+    pub echo_flushes: IntCounter,
     /// Connection attempts that failed, by peer.
     pub dial_failures: IntCounterVec,
     /// Reports dropped because the buffer was full while no controller took them.
@@ -156,6 +159,13 @@ impl Metrics {
             answered: register(
                 r,
                 IntCounter::new("axon_probes_answered_total", "Peers' asks answered at once."),
+            ),
+            echo_flushes: register(
+                r,
+                IntCounter::new(
+                    "axon_probe_echo_flushes_total",
+                    "Datagrams sent at once to carry a backlog of the peers' echoes.",
+                ),
             ),
             bursts: register(
                 r,
