@@ -14,6 +14,10 @@ use prober::{PeerConfig, ProberConfig, ProberHandle};
 use serde_json::Value;
 use wan::{Emulator, EmulatorConfig, LinkParams, Pipe, Way};
 
+/// Meshes started by this process: each puts its probers on a loopback network of its own
+/// (see `Mesh::start`).
+static PROBER_NETS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
 /// One site of a test mesh.
 #[derive(Debug, Clone)]
 pub struct SiteSpec {
@@ -176,10 +180,15 @@ impl Mesh {
         let urls: Vec<String> = controllers.iter().map(endpoint).collect();
         let emulator = Emulator::new(EmulatorConfig::default()).unwrap();
         // Each prober gets a free port first, so that the pipes towards it exist before it
-        // starts dialling.
+        // starts dialling. On an address of its own (127.0.M.i): the port is free only until
+        // the probe socket is dropped, and the emulator's pipes, bound on 127.0.0.1 in the
+        // meantime, once took one (a prober then failed to bind).
+        let mesh = PROBER_NETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let net = 10 + mesh % 200;
         let mut addrs: HashMap<String, SocketAddr> = HashMap::new();
-        for s in &sites {
-            let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for (i, s) in sites.iter().enumerate() {
+            let ip = std::net::Ipv4Addr::new(127, 0, net, u8::try_from(i + 1).expect("under 255 sites"));
+            let sock = std::net::UdpSocket::bind((ip, 0)).unwrap();
             let addr = sock.local_addr().unwrap();
             drop(sock);
             addrs.insert(s.id.into(), addr);
