@@ -15,7 +15,7 @@ use serde_json::Value;
 use wan::{Emulator, EmulatorConfig, LinkParams, Pipe, Way};
 
 /// Meshes started by this process: each puts its probers on a loopback network of its own
-/// (see `Mesh::start`).
+/// (see `Mesh::around`).
 static PROBER_NETS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// One site of a test mesh.
