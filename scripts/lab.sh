@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-ensure_packages protobuf-compiler etcd-server
+ensure_packages protobuf-compiler libprotobuf-dev etcd-server
 scenario="${1:-lab/scenarios/quick-6.toml}"
 shift || true
 cargo build --release --locked -q -p axon-lab

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_rust_components
-ensure_packages protobuf-compiler etcd-server prometheus
+ensure_packages protobuf-compiler libprotobuf-dev etcd-server prometheus
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
