@@ -133,6 +133,13 @@ impl Core {
         Ok(())
     }
 
+    /// Every pair's switching memory as of the last computation: the candidate winning and
+    /// its streak, which a table's reasons do not show once nothing changed (an unchanged
+    /// table is not published again, so its rows keep the reasons they were chosen with).
+    pub fn hysteresis(&self) -> &topology::hysteresis::HysteresisState {
+        self.engine.hysteresis()
+    }
+
     /// The world as of the last computation.
     pub fn world(&self) -> &World {
         &self.world

@@ -169,6 +169,17 @@ pub struct Report {
     pub jitter_error_ms: Spread,
     /// Mean |measured loss − true loss|, percentage points.
     pub loss_error_pp: f64,
+    /// How late the emulator sent packets on against their emulated delay, ms (negative: a
+    /// little early, by the sender's learnt wake-up lead). Every round trip a prober measures
+    /// carries two of these: a host too busy to run the emulator on time shows here and in
+    /// `rtt_error_ms` alike, and the difference is the probers' own.
+    #[serde(default)]
+    pub emulator_late_ms: Spread,
+    /// The share of the machine's CPU time a hypervisor gave other guests during the run
+    /// (steal, from `/proc/stat`), percent: on a busy virtual machine this host runs the
+    /// whole mesh late, whatever Axon does.
+    #[serde(default)]
+    pub host_steal_pct: f64,
     /// Probe traffic on the wire (IPv4 + UDP + QUIC, both ways) per ordered pair, bit/s.
     pub probe_overhead_bps_per_pair: f64,
     /// Evidence bursts, part of that traffic.
@@ -246,6 +257,13 @@ impl Report {
             self.jitter_error_ms.p50,
             self.jitter_error_ms.p99,
             self.loss_error_pp
+        );
+        s += &format!(
+            "  host             emulator's packets late p50 {:.2} ms p99 {:.2} ms max {:.1} ms, {:.0}% of the CPU stolen by the hypervisor\n",
+            self.emulator_late_ms.p50,
+            self.emulator_late_ms.p99,
+            self.emulator_late_ms.max,
+            self.host_steal_pct
         );
         let by: Vec<String> = self
             .reports_refused_by

@@ -55,7 +55,7 @@ struct Mesh {
     agents: Vec<AgentHandle>,
     /// `pipes[&(a, b)]`: the link `a` probes `b` over; base parameters beside it.
     pipes: HashMap<(usize, usize), (Pipe, LinkParams, LinkParams)>,
-    _emulator: Emulator,
+    emulator: Emulator,
 }
 
 async fn start(s: &Scenario, seed: u64, metrics: bool) -> Result<Mesh, LabError> {
@@ -237,7 +237,7 @@ async fn start(s: &Scenario, seed: u64, metrics: bool) -> Result<Mesh, LabError>
         probers,
         agents,
         pipes,
-        _emulator: emulator,
+        emulator,
     })
 }
 
@@ -873,6 +873,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
     let s = &paired(s);
     let duration = Duration::from_secs_f64(opts.duration_s.unwrap_or(s.run.duration_s));
     let cpu0 = ops::cpu_seconds(None).unwrap_or(0.0);
+    let host0 = ops::HostCpu::now();
     let mesh = start(s, opts.seed.max(1), opts.prometheus_targets.is_some()).await?;
     if let Some(dir) = &opts.prometheus_targets {
         mesh.write_targets(s, dir)?;
@@ -1253,6 +1254,14 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                                 oracle.1.get(a, b).primary.sites(),
                                 reason_of(&core, &s.world, a, b)
                             );
+                            if let Some(m) = core.hysteresis().get(a as u16, b as u16) {
+                                eprintln!(
+                                    "    memory: pending {:?} streak {} patience {}",
+                                    m.pending.sites(),
+                                    m.streak,
+                                    m.patience
+                                );
+                            }
                             // The controller's view of the oracle's links.
                             let links = oracle.1.get(a, b).primary.links();
                             print_links(&core, links.map(|(x, y)| (usize::from(x), usize::from(y))));
@@ -1591,6 +1600,18 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
             0.0
         } else {
             loss_err.iter().sum::<f64>() / loss_err.len() as f64
+        },
+        emulator_late_ms: {
+            let d = mesh.emulator.departures();
+            Spread {
+                p50: d.p50_ms,
+                p99: d.p99_ms,
+                max: d.max_ms,
+            }
+        },
+        host_steal_pct: match (host0, ops::HostCpu::now()) {
+            (Some(a), Some(b)) => b.steal_share_since(&a) * 100.0,
+            _ => 0.0,
         },
         probe_overhead_bps_per_pair: bytes as f64 * 8.0 / pairs / elapsed,
         bursts: burst_counts(&mesh),

@@ -141,6 +141,14 @@ target = "c<->b"
         r.probe_overhead_bps_per_pair > 1_000.0 && r.cpu_seconds > 0.0,
         "{r:?}"
     );
+    // The emulator's departures were recorded: a summary of none reads all zero, and no
+    // packet leaves more than the sender's lead (at most 0.5 ms) early.
+    let late = r.emulator_late_ms;
+    assert!(
+        late.p50 >= -0.5 && late.p50 <= late.p99 && late.p99 <= late.max && late.max > 0.0,
+        "{late:?}"
+    );
+    assert!((0.0..100.0).contains(&r.host_steal_pct), "{r:?}");
     let q = r.quality;
     assert!(
         (0.0..=1.0).contains(&q.pairs_within_2pct_of_oracle) && q.mean_cost_ratio_vs_oracle >= 0.99,
@@ -171,6 +179,8 @@ target = "c<->b"
         "rtt_error_ms",
         "jitter_error_ms",
         "loss_error_pp",
+        "emulator_late_ms",
+        "host_steal_pct",
         "probe_overhead_bps_per_pair",
         "cpu_seconds",
         "bursts",

@@ -1,7 +1,8 @@
 //! What every Axon daemon needs to be operated, in one place: structured logs
 //! ([`init_logging`]), graceful termination ([`terminated`]), a one-line error and exit code
 //! for `main` ([`exit`]), the Prometheus text exposition ([`render`]), durable file writes
-//! ([`write_atomically`]) and the wall clock in Unix milliseconds ([`unix_ms`]).
+//! ([`write_atomically`]), the wall clock in Unix milliseconds ([`unix_ms`]) and CPU time, the
+//! process's ([`cpu_seconds`]) and the machine's ([`HostCpu`]).
 
 use std::io::Write;
 use std::path::Path;
@@ -222,6 +223,52 @@ pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
 }
 
+/// The whole machine's CPU time, clock ticks over every core since boot: a run's share of it
+/// that a hypervisor gave other guests (steal) tells a lab report read on a busy virtual
+/// machine from one read on a quiet host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostCpu {
+    /// Every tick accounted: user, nice, system, idle, iowait, irq, softirq and steal.
+    pub total: u64,
+    /// Ticks the hypervisor ran something else while this machine had work (steal).
+    pub steal: u64,
+}
+
+impl HostCpu {
+    /// Reads `/proc/stat`; `None` when it cannot tell (not Linux).
+    pub fn now() -> Option<HostCpu> {
+        Self::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// From the text of `/proc/stat`: its first line, `cpu  user nice system idle iowait irq
+    /// softirq steal …` (guest time is counted in user already, so it is left out).
+    pub fn parse(stat: &str) -> Option<HostCpu> {
+        let line = stat.lines().next()?;
+        let mut f = line.split_whitespace();
+        if f.next()? != "cpu" {
+            return None;
+        }
+        let v: Vec<u64> = f.take(8).map(str::parse).collect::<Result<_, _>>().ok()?;
+        if v.len() < 8 {
+            return None;
+        }
+        Some(HostCpu {
+            total: v.iter().sum(),
+            steal: v[7],
+        })
+    }
+
+    /// The share of the machine's CPU time stolen between `earlier` and this reading, 0–1
+    /// (0 when no time passed).
+    pub fn steal_share_since(&self, earlier: &HostCpu) -> f64 {
+        let total = self.total.saturating_sub(earlier.total);
+        if total == 0 {
+            return 0.0;
+        }
+        self.steal.saturating_sub(earlier.steal) as f64 / total as f64
+    }
+}
+
 /// The wall clock, Unix milliseconds (0 before 1970).
 pub fn unix_ms() -> u64 {
     SystemTime::now()
@@ -233,6 +280,30 @@ pub fn unix_ms() -> u64 {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// Fails if a field is read from the wrong column, guest time is counted twice, or a line
+    /// that is not the machine's total is taken for it.
+    #[test]
+    fn the_host_s_steal_share_is_read_from_its_column_of_proc_stat() {
+        let before =
+            HostCpu::parse("cpu  100 0 50 800 10 0 5 35 20 0\ncpu0 50 0 25 400 5 0 2 18 10 0\n").unwrap();
+        assert_eq!(
+            before,
+            HostCpu {
+                total: 1000,
+                steal: 35
+            }
+        );
+        let after = HostCpu::parse("cpu  200 0 100 1385 20 0 10 285 40 0\n").unwrap();
+        assert!((after.steal_share_since(&before) - 0.25).abs() < 1e-9);
+        assert_eq!(before.steal_share_since(&before), 0.0);
+        assert_eq!(HostCpu::parse("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(HostCpu::parse("cpu  1 2 3\n"), None);
+        assert!(
+            HostCpu::now().is_some_and(|h| h.total > 0),
+            "/proc/stat unreadable"
+        );
+    }
 
     #[test]
     fn process_metrics_are_read_at_each_scrape_under_their_standard_names() {

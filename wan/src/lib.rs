@@ -23,4 +23,5 @@ pub mod stamp;
 pub use error::WanError;
 pub use params::{GilbertElliott, JitterDist, LinkParams};
 pub use pipe::{DirectionStats, Emulator, EmulatorConfig, Pipe, Way, symmetric};
+pub use scheduler::DepartureOffsets;
 pub use shaper::{DropReason, Fate, Shaper};

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::WanError;
 use crate::params::LinkParams;
-use crate::scheduler::{Job, Scheduler};
+use crate::scheduler::{DepartureOffsets, Job, Scheduler};
 use crate::shaper::{DropReason, Fate, Shaper};
 use crate::stamp;
 
@@ -102,6 +102,13 @@ impl Emulator {
             cfg,
             pipes: AtomicU64::new(0),
         })
+    }
+
+    /// When every packet the pipes sent on so far left against its instant (the emulated
+    /// delay's due time): late wake-ups of the sender, or a host too busy to run it, add
+    /// their offset to the delay every measurement through the pipes sees.
+    pub fn departures(&self) -> DepartureOffsets {
+        self.scheduler.departures()
     }
 
     /// Opens a pipe to `server` on a new loopback port. Must be called inside a Tokio runtime,

@@ -20,6 +20,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
+
 /// One packet waiting for its instant.
 pub(crate) struct Job {
     pub at: Instant,
@@ -56,6 +58,69 @@ struct Shared {
     wake: Condvar,
     stop: AtomicBool,
     seq: AtomicU64,
+    departures: Mutex<Departures>,
+}
+
+/// When the sender's packets left against their instants: how far the emulated delays ran
+/// over (a late wake-up, a stalled or overloaded host) or under (the learnt lead), for a run's
+/// report to tell the host's share of a measured round trip's error from the prober's.
+#[derive(Debug, Clone)]
+pub(crate) struct Departures {
+    /// Microseconds after its instant each packet left, plus [`Departures::EARLY`].
+    offsets: Histogram<u64>,
+}
+
+/// A summary of [`Departures`]: packets sent and how late they left, in milliseconds (negative
+/// when early).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DepartureOffsets {
+    /// Packets sent on by the sender.
+    pub packets: u64,
+    /// The median offset, ms.
+    pub p50_ms: f64,
+    /// The 99th percentile, ms.
+    pub p99_ms: f64,
+    /// The largest, ms.
+    pub max_ms: f64,
+}
+
+impl Departures {
+    /// Shift that keeps an early departure (at most [`Lead::MAX`]) a positive count, µs.
+    const EARLY: u64 = 1_000;
+    /// Offsets beyond this are recorded as this, µs (a minute: a host frozen for longer is
+    /// not emulating a network).
+    const MAX: u64 = 60_000_000;
+
+    pub(crate) fn new() -> Self {
+        Departures {
+            offsets: Histogram::new_with_bounds(1, Self::MAX + Self::EARLY, 2)
+                .expect("static histogram bounds are valid"),
+        }
+    }
+
+    /// A packet due at `due` left at `sent`.
+    pub(crate) fn record(&mut self, due: Instant, sent: Instant) {
+        let us = if sent >= due {
+            Self::EARLY.saturating_add(sent.duration_since(due).as_micros().min(u128::from(Self::MAX)) as u64)
+        } else {
+            Self::EARLY
+                .saturating_sub(due.duration_since(sent).as_micros().min(u128::from(Self::EARLY)) as u64)
+        };
+        self.offsets.saturating_record(us.max(1));
+    }
+
+    pub(crate) fn summary(&self) -> DepartureOffsets {
+        let ms = |us: u64| (us as f64 - Self::EARLY as f64) / 1_000.0;
+        if self.offsets.is_empty() {
+            return DepartureOffsets::default();
+        }
+        DepartureOffsets {
+            packets: self.offsets.len(),
+            p50_ms: ms(self.offsets.value_at_quantile(0.5)),
+            p99_ms: ms(self.offsets.value_at_quantile(0.99)),
+            max_ms: ms(self.offsets.max()),
+        }
+    }
 }
 
 /// Owns the sender thread; stops and joins it when dropped.
@@ -71,6 +136,7 @@ impl Scheduler {
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
             seq: AtomicU64::new(0),
+            departures: Mutex::new(Departures::new()),
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -80,6 +146,15 @@ impl Scheduler {
             shared,
             thread: Some(thread),
         })
+    }
+
+    /// When the packets sent so far left against their instants.
+    pub(crate) fn departures(&self) -> DepartureOffsets {
+        self.shared
+            .departures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .summary()
     }
 
     /// Queues a packet; returns false once the scheduler has stopped.
@@ -156,6 +231,12 @@ fn run(shared: &Shared, spin: Duration) {
             // Loopback sends do not block; a full buffer is a drop, as on a real link.
             if job.socket.send_to(&job.data, job.dest).is_ok() {
                 job.sent.fetch_add(1, AtomicOrdering::Relaxed);
+                let sent = Instant::now();
+                shared
+                    .departures
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .record(job.at, sent);
             }
             heap = shared.heap.lock().unwrap_or_else(|e| e.into_inner());
             continue;
@@ -187,6 +268,28 @@ fn run(shared: &Shared, spin: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fails if early departures are lost or counted late, or the quantiles drift from the
+    /// offsets recorded.
+    #[test]
+    fn departures_keep_early_and_late_offsets_apart() {
+        let mut d = Departures::new();
+        assert_eq!(d.summary(), DepartureOffsets::default());
+        let due = Instant::now() + Duration::from_millis(10);
+        // 60 packets 200 µs early, 39 at 3 ms late, one 2 s late.
+        for _ in 0..60 {
+            d.record(due, due - Duration::from_micros(200));
+        }
+        for _ in 0..39 {
+            d.record(due, due + Duration::from_millis(3));
+        }
+        d.record(due, due + Duration::from_secs(2));
+        let s = d.summary();
+        assert_eq!(s.packets, 100);
+        assert!((s.p50_ms + 0.2).abs() < 0.01, "p50 {}", s.p50_ms);
+        assert!((s.p99_ms - 3.0).abs() < 0.05, "p99 {}", s.p99_ms);
+        assert!((s.max_ms - 2000.0).abs() < 20.0, "max {}", s.max_ms);
+    }
 
     /// Fails if the lead follows the mean (pulled up by stalls) or does not settle.
     #[test]

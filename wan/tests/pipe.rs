@@ -74,8 +74,11 @@ async fn injected_delay_shows_in_the_round_trip() {
     let rtts: Vec<Duration> = replies.iter().map(|r| r.1).collect();
     let p50 = percentile(rtts.clone(), 0.5);
     assert!(p50 >= 2 * d, "a packet came back early: p50 {p50:?}");
+    // Generous: a busy host (a virtual machine whose hypervisor takes a share of its CPU)
+    // wakes the sender late; the emulator's precision is measured by the `self_delay`
+    // example, not here. A delay applied twice, or not at all, still fails.
     assert!(
-        p50 < 2 * d + Duration::from_millis(3),
+        p50 < 2 * d + Duration::from_millis(10),
         "p50 {p50:?} for an injected 40 ms"
     );
     assert!(percentile(rtts, 1.0) < 2 * d + Duration::from_millis(30));
