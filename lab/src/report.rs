@@ -160,9 +160,11 @@ pub struct Report {
     /// Those, by the controller's reason (reasons with none left out).
     #[serde(default)]
     pub reports_refused_by: std::collections::BTreeMap<String, u64>,
-    /// |controller's smoothed RTT − true RTT| over links, ms.
+    /// |controller's smoothed RTT − true RTT| over links, ms: read once a second where the
+    /// route quality is (outside a fault's transient), or at the run's end when no such second
+    /// came.
     pub rtt_error_ms: Spread,
-    /// |controller's smoothed jitter − true jitter| over links, ms. The truth is what RFC 3550
+    /// |controller's smoothed jitter − true jitter| over links, ms, read as `rtt_error_ms`. The truth is what RFC 3550
     /// reads of the emulator's jitter; the rest is this host's scheduling, which a lab of many
     /// sites on a few cores adds to every probe (the emulator stamps its own packets in the
     /// kernel, a prober's QUIC stack cannot).

@@ -858,6 +858,48 @@ fn print_links(core: &controller::core::Core, links: impl Iterator<Item = (usize
     }
 }
 
+/// The controller's smoothed link metrics against the true ones, one sample per link and
+/// reading: the accuracy of what the routes are computed on. Read outside transients only, where
+/// the smoothing has had time to follow a fault.
+#[derive(Default)]
+struct MeasurementErrors {
+    /// |measured − true| round trip, ms.
+    rtt: Vec<f64>,
+    /// |measured − true| loss, percentage points.
+    loss: Vec<f64>,
+    /// |measured − true| jitter, ms.
+    jitter: Vec<f64>,
+}
+
+impl MeasurementErrors {
+    /// One reading of every link both worlds hold and the controller does not hold down.
+    fn sample(&mut self, measured: &World, truth: &World, n: usize) {
+        let debug = std::env::var_os("AXON_LAB_DEBUG").is_some();
+        for a in 0..n as u16 {
+            for b in 0..n as u16 {
+                let (Some(m), Some(t)) = (measured.links.get(a, b), truth.links.get(a, b)) else {
+                    continue;
+                };
+                if m.health == LinkHealth::Down {
+                    continue;
+                }
+                self.rtt.push((m.metrics.rtt_ms - t.metrics.rtt_ms).abs());
+                if debug {
+                    eprintln!(
+                        "  rtt {a}->{b}: measured {:.3} true {:.3} error {:+.3} ms",
+                        m.metrics.rtt_ms,
+                        t.metrics.rtt_ms,
+                        m.metrics.rtt_ms - t.metrics.rtt_ms
+                    );
+                }
+                self.loss.push((m.metrics.loss - t.metrics.loss).abs() * 100.0);
+                self.jitter
+                    .push((m.metrics.jitter_ms - t.metrics.jitter_ms).abs());
+            }
+        }
+    }
+}
+
 /// The faults in force: started and not yet ended.
 fn active_faults<'a>(s: &'a Scenario, started: &[bool], ended: &[bool]) -> Vec<&'a Fault> {
     s.faults
@@ -945,7 +987,10 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
     let mut next_quality = TRANSIENT;
     let mut next_live = Duration::ZERO;
     let mut live = crate::live::Live::new();
-    let mut oracle = oracle_of(&true_world(s, &[]));
+    let mut truth = true_world(s, &[]);
+    let mut oracle = oracle_of(&truth);
+    // The controller's view against the truth, sampled with the route quality.
+    let mut errors = MeasurementErrors::default();
 
     while t0.elapsed() < duration {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1036,7 +1081,8 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         if changed {
             last_event = t;
             apply_pipe(&mesh, s, &active)?;
-            oracle = oracle_of(&true_world(s, &active));
+            truth = true_world(s, &active);
+            oracle = oracle_of(&truth);
         }
 
         // What the agents hold now.
@@ -1409,6 +1455,9 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         if t >= next_quality {
             next_quality = t + Duration::from_secs(1);
             if t.saturating_sub(last_event) > TRANSIENT {
+                if let Some(leader) = mesh.leader() {
+                    errors.sample(leader.shared.core().world(), &truth, n);
+                }
                 let (_, routes) = &oracle;
                 for a in 0..n {
                     for b in 0..n {
@@ -1479,35 +1528,20 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         live.finish();
     }
 
-    // Measurement accuracy: the controller's smoothed view against the truth.
-    let (mut rtt_err, mut loss_err, mut jitter_err) = (Vec::new(), Vec::new(), Vec::new());
-    {
+    // Measurement accuracy: the controller's smoothed view against the truth, over the run's
+    // settled stretches; a run with none (a short one, or faults all along) is read at its end.
+    if errors.rtt.is_empty() {
         let active = active_faults(s, &started, &ended);
-        let truth = true_world(s, &active);
         let leader = mesh
             .leader()
             .ok_or_else(|| LabError::Run("no controller leads at the end of the run".into()))?;
-        let core = leader.shared.core();
-        for a in 0..n as u16 {
-            for b in 0..n as u16 {
-                if let (Some(m), Some(t)) = (core.world().links.get(a, b), truth.links.get(a, b))
-                    && m.health != LinkHealth::Down
-                {
-                    rtt_err.push((m.metrics.rtt_ms - t.metrics.rtt_ms).abs());
-                    if std::env::var_os("AXON_LAB_DEBUG").is_some() {
-                        eprintln!(
-                            "  rtt {a}->{b}: measured {:.3} true {:.3} error {:+.3} ms",
-                            m.metrics.rtt_ms,
-                            t.metrics.rtt_ms,
-                            m.metrics.rtt_ms - t.metrics.rtt_ms
-                        );
-                    }
-                    loss_err.push((m.metrics.loss - t.metrics.loss).abs() * 100.0);
-                    jitter_err.push((m.metrics.jitter_ms - t.metrics.jitter_ms).abs());
-                }
-            }
-        }
+        errors.sample(leader.shared.core().world(), &true_world(s, &active), n);
     }
+    let MeasurementErrors {
+        rtt: rtt_err,
+        loss: loss_err,
+        jitter: jitter_err,
+    } = errors;
     let bytes: u64 = mesh
         .pipes
         .values()

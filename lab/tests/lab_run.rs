@@ -13,6 +13,11 @@ async fn run_four_sites(name: &str, body: &str, seed: u64) -> lab::Report {
     run_four_sites_with(name, body, &opts).await
 }
 
+/// The runs of this file one at a time: each is a whole mesh on two worker threads, and two at
+/// once on a two-core machine would measure the machine more than Axon. Each test holds it
+/// from its first step, before anything it times.
+static ONE_MESH: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// [`run_four_sites`] with every option.
 async fn run_four_sites_with(name: &str, body: &str, opts: &lab::Options) -> lab::Report {
     let dir = tempfile::tempdir().unwrap();
@@ -30,7 +35,22 @@ async fn run_four_sites_with(name: &str, body: &str, opts: &lab::Options) -> lab
     let scenario = format!("name = \"{name}\"\n[data]\nsites = \"sites.csv\"\nrtt = \"rtt.csv\"\n{body}");
     std::fs::write(&path, scenario).unwrap();
     let s = lab::Scenario::load(&path).unwrap();
-    lab::run(&s, opts).await.unwrap()
+    let r = lab::run(&s, opts).await.unwrap();
+    eprintln!("{}", r.text());
+    r
+}
+
+/// The most a run's median RTT or jitter error may be, ms. On a host that runs the mesh on
+/// time, 3. Where the hypervisor took a tenth of the CPU or more, or the emulator (a thread of
+/// its own) sent packets late, the probers' tasks wait too, at both ends of every probe, and
+/// the measurement carries those waits: then only a gross error, such as a one-way time read
+/// as a round trip (10 to 50 ms on these links), is Axon's for certain.
+fn measurement_bound(r: &lab::Report) -> f64 {
+    if r.host_steal_pct < 10.0 && r.emulator_late_ms.p99 < 2.0 {
+        3.0
+    } else {
+        8.0
+    }
 }
 
 /// GET `/metrics` over plain HTTP/1.0: the body, or `None` when nothing answers.
@@ -59,6 +79,7 @@ fn targets(text: &str) -> Vec<(String, Option<String>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackhole_is_routed_around_and_the_report_is_complete() {
+    let _alone = ONE_MESH.lock().await;
     let body = r#"
 [run]
 duration_s = 30
@@ -132,9 +153,10 @@ target = "c<->b"
     assert!(r.route_changes >= 2, "{r:?}");
     // The lab's probers send nothing a controller should refuse.
     assert_eq!(r.reports_refused, 0, "{r:?}");
-    assert!(r.rtt_error_ms.p50 < 3.0, "{r:?}");
+    let bound = measurement_bound(&r);
+    assert!(r.rtt_error_ms.p50 < bound, "{r:?}");
     assert!(
-        r.jitter_error_ms.p50 < 3.0 && r.jitter_error_ms.p99 >= r.jitter_error_ms.p50,
+        r.jitter_error_ms.p50 < bound && r.jitter_error_ms.p99 >= r.jitter_error_ms.p50,
         "{r:?}"
     );
     assert!(
@@ -235,6 +257,7 @@ target = "c<->b"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_replaced_and_every_agent_follows_the_new_epoch() {
+    let _alone = ONE_MESH.lock().await;
     let body = r#"
 [run]
 duration_s = 20
@@ -253,5 +276,5 @@ kind = "controller_kill"
         .converge_s
         .expect("the agents never reached the new leader's table");
     assert!(detect <= 6.0 && detect <= converge && converge <= 12.0, "{f:?}");
-    assert!(r.rtt_error_ms.p50 < 3.0, "{r:?}");
+    assert!(r.rtt_error_ms.p50 < measurement_bound(&r), "{r:?}");
 }
