@@ -29,12 +29,12 @@ pub struct FaultReport {
     /// not lost anything before it, so there was nothing to detect); `detect_s` minus this is
     /// Axon's own reaction. `null` for other kinds, or if nothing was dropped.
     pub first_drop_s: Option<f64>,
-    /// Loss faults: fault → the first probe either end of a faulted link counted lost (a
-    /// drop can hit a QUIC acknowledgement instead, which no probe sees; and a probe is
-    /// counted lost once three later ones were echoed, or a loss timeout after it was sent,
-    /// by when its burst has already begun).
-    /// `converge_s` minus this is Axon's reaction to the evidence. `null` for other kinds, or
-    /// if no probe was lost.
+    /// Loss faults: fault → the first window either end of a faulted link closed with a probe
+    /// lost: the first evidence the controller could see. A drop can hit a QUIC
+    /// acknowledgement instead, which no probe sees; a probe is counted lost once three later
+    /// ones were echoed, or a loss timeout after it was sent, and its burst begins then, up to
+    /// a second (one window) before this. `converge_s` minus this is the controller's and the
+    /// agents' reaction to the evidence. `null` for other kinds, or if no probe was lost.
     pub first_probe_lost_s: Option<f64>,
 }
 
