@@ -152,6 +152,10 @@ pub struct Report {
     /// Link-down verdicts the probers took back because their host stalled while the misses
     /// behind them were in flight (see `prober::session::PeerSession::poll`).
     pub downs_held: u64,
+    /// Replies whose round trip spanned a stall of their prober's host, kept out of the RTT
+    /// and jitter the probers report (see `prober::session::EchoKind::AcrossStall`).
+    #[serde(default)]
+    pub rtt_across_stall: u64,
     /// Probe reports the controllers refused (`axon_ingest_rejected_total`, every replica,
     /// killed ones included): a report the lab's own probers send is never bad input, so
     /// anything here is a measurement lost to a check that is wrong.
@@ -249,8 +253,8 @@ impl Report {
             q.poor_pairs, q.poor_pairs_fixable, q.poor_pairs_fixed
         );
         s += &format!(
-            "  calm             {} route changes, {:.2} flaps per pair-hour outside faults, {} link downs held for host stalls\n",
-            self.route_changes, self.flaps_per_pair_hour, self.downs_held
+            "  calm             {} route changes, {:.2} flaps per pair-hour outside faults, {} link downs held and {} round trips set aside for host stalls\n",
+            self.route_changes, self.flaps_per_pair_hour, self.downs_held, self.rtt_across_stall
         );
         s += &format!(
             "  measurement      RTT error p50 {:.2} ms p99 {:.2} ms, jitter error p50 {:.2} ms p99 {:.2} ms, loss error {:.2} pp\n",

@@ -1621,6 +1621,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         flaps_per_pair_hour: flaps as f64 / pairs / (elapsed / 3_600.0),
         route_changes: changes,
         downs_held: counter_sum(&mesh, "axon_probe_downs_held_total"),
+        rtt_across_stall: counter_sum(&mesh, "axon_probe_rtt_across_stall_total"),
         reports_refused: {
             for c in mesh.controllers.iter().flatten() {
                 reports_refused(c, &mut refused);

@@ -197,6 +197,7 @@ target = "c<->b"
         "flaps_per_pair_hour",
         "route_changes",
         "downs_held",
+        "rtt_across_stall",
         "reports_refused",
         "rtt_error_ms",
         "jitter_error_ms",

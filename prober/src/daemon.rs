@@ -525,6 +525,10 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
     let phase = Duration::from_nanos(rand::random_range(0..interval.as_nanos() as u64));
     let mut ask_tick = tokio::time::interval_at(start + phase, interval);
     ask_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // When the ask timer is due next. The select below reads datagrams before timers, so after
+    // a stall of the host the echoes it held are read while the overdue timer waits; a
+    // datagram read with the timer overdue marks the stall first (see `BurstSlots`).
+    let mut ask_due = start + phase;
     let mut ticks: u64 = 0;
     // Evidence bursts (see `BurstConfig`): `extra` more asks per interval on a grid between
     // the regular ticks, ticking only while the session says a burst runs.
@@ -543,6 +547,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
     let mut asked_seen = 0;
     let mut deferred_seen = 0;
     let mut early_seen = 0;
+    let mut across_stall_seen = 0;
     let mut downs_held_seen = 0;
     let mut window_tick = tokio::time::interval_at(start + window, window);
     window_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -567,6 +572,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
         &m.asked_bursts,
         &m.deferred_bursts,
         &m.lost_early,
+        &m.rtt_across_stall,
         &m.downs_held,
         &m.dial_failures,
         &m.sent,
@@ -625,6 +631,11 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
             &mut deferred_seen,
         );
         carry(&shared.metrics.lost_early, session.lost_early(), &mut early_seen);
+        carry(
+            &shared.metrics.rtt_across_stall,
+            session.across_stall(),
+            &mut across_stall_seen,
+        );
         carry(
             &shared.metrics.downs_held,
             session.downs_held(),
@@ -771,6 +782,13 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
                 }
                 tick = ask_tick.tick(), if measure => {
                     ticks += 1;
+                    // Skipped ticks are not made up: the next is due on the grid after now.
+                    ask_due = tick + interval;
+                    let now_i = tokio::time::Instant::now();
+                    if ask_due <= now_i {
+                        let behind = (now_i - tick).as_nanos() / interval.as_nanos().max(1);
+                        ask_due = tick + interval * (behind as u32 + 1);
+                    }
                     let late = tick.elapsed().as_nanos() as u64;
                     let now = clock.now_ns();
                     shared.burst_slots.timer_fired(now.saturating_sub(late), now);
@@ -834,6 +852,14 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
             continue;
         }
         let now = clock.now_ns();
+        if measure {
+            let overdue = tokio::time::Instant::now().saturating_duration_since(ask_due);
+            if !overdue.is_zero() {
+                shared
+                    .burst_slots
+                    .timer_fired(now.saturating_sub(overdue.as_nanos() as u64), now);
+            }
+        }
         if let Some(l) = link.as_mut() {
             l.heard_ns = now;
         }

@@ -64,6 +64,10 @@ pub struct Metrics {
     /// Probes counted lost as soon as later ones were echoed past them, before their loss
     /// timeout, by peer (counted in `lost` too; see `SessionConfig::packet_threshold`).
     pub lost_early: IntCounterVec,
+    /// Replies whose round trip spanned a stall of this prober's host, their RTT kept out of
+    /// the window's percentiles and jitter, by peer (counted in `received`' windows too; see
+    /// `EchoKind::AcrossStall`).
+    pub rtt_across_stall: IntCounterVec,
     /// Link-down verdicts taken back, by peer: the run of misses behind them was in flight
     /// while this prober's host stalled (see `PeerSession::poll`).
     pub downs_held: IntCounterVec,
@@ -213,6 +217,16 @@ impl Metrics {
                     Opts::new(
                         "axon_probes_lost_early_total",
                         "Probes counted lost as soon as three later ones were echoed, before their loss timeout (among the lost probes).",
+                    ),
+                    &["peer"],
+                ),
+            ),
+            rtt_across_stall: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "axon_probe_rtt_across_stall_total",
+                        "Replies whose round trip spanned a stall of this prober's host: received, their RTT kept out of the percentiles and the jitter.",
                     ),
                     &["peer"],
                 ),

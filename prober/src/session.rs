@@ -327,6 +327,12 @@ pub enum EchoKind {
         /// Round trip, ns, the peer's hold taken out.
         rtt_ns: u64,
     },
+    /// In time, but its round trip spanned a stall of this prober's host: received, its RTT
+    /// set aside (see [`crate::window::Window::received_across_stall`]).
+    AcrossStall {
+        /// Round trip, ns, the peer's hold taken out.
+        rtt_ns: u64,
+    },
     /// After it was counted lost (its loss timeout passed, or later probes' echoes skipped
     /// it by the packet threshold).
     Late,
@@ -378,6 +384,8 @@ pub struct PeerSession {
     first_sent_ns: Option<u64>,
     /// Probes found lost by the packet threshold, before their timeout.
     lost_early: u64,
+    /// Replies whose round trip spanned a stall of this host (see [`EchoKind::AcrossStall`]).
+    across_stall: u64,
     srtt_ns: Option<f64>,
     window: Window,
     liveness: Liveness,
@@ -460,6 +468,7 @@ impl PeerSession {
             gap_judged: 0,
             first_sent_ns: None,
             lost_early: 0,
+            across_stall: 0,
             srtt_ns: None,
             window: Window::default(),
             liveness,
@@ -729,12 +738,21 @@ impl PeerSession {
             }
             Fate::Pending => {
                 slot.fate = Fate::Answered;
-                self.window.received(rtt_ns);
-                self.srtt_ns = Some(match self.srtt_ns {
-                    None => rtt_ns as f64,
-                    Some(s) => s + (rtt_ns as f64 - s) / 8.0,
-                });
-                EchoKind::InTime { rtt_ns }
+                // A stall of this host that ended within the round trip (or just before it)
+                // held the echo unread: the round trip measured the host, not the path.
+                let span = elapsed + HOST_STALL.as_nanos() as u64;
+                if self.slots.as_ref().is_some_and(|s| s.stalled_within(now, span)) {
+                    self.window.received_across_stall(rtt_ns);
+                    self.across_stall += 1;
+                    EchoKind::AcrossStall { rtt_ns }
+                } else {
+                    self.window.received(rtt_ns);
+                    self.srtt_ns = Some(match self.srtt_ns {
+                        None => rtt_ns as f64,
+                        Some(s) => s + (rtt_ns as f64 - s) / 8.0,
+                    });
+                    EchoKind::InTime { rtt_ns }
+                }
             }
         };
         let ask = slot.ask;
@@ -807,6 +825,12 @@ impl PeerSession {
     /// lost).
     pub fn lost_early(&self) -> u64 {
         self.lost_early
+    }
+
+    /// Replies whose round trip spanned a stall of this host, their RTT set aside (among those
+    /// received).
+    pub fn across_stall(&self) -> u64 {
+        self.across_stall
     }
 
     /// Advances time: probes past the loss timeout are lost; a run of missed asks may declare
@@ -1179,6 +1203,38 @@ mod tests {
         // The peer got it at 20 ms, held it 60 ms, its datagram arrived at 100 ms.
         let o = feed(&mut s, &from_peer(0, ASK, &[(p.seq, 60)]), 100 * MS);
         assert_eq!(o[0].unwrap().kind, EchoKind::InTime { rtt_ns: 40 * MS });
+    }
+
+    #[test]
+    fn a_round_trip_across_a_stall_of_this_host_is_received_but_not_measured() {
+        let slots = BurstSlots::new(4);
+        let mut s = PeerSession::new(SessionConfig::default(), "a").with_burst_slots(slots.clone());
+        s.connected();
+        let t = 10_000 * MS;
+        // A 40 ms round trip, then a probe whose echo a 200 ms stall of this host held unread.
+        let p = s.next_datagram(t, false);
+        let o = feed(&mut s, &from_peer(0, 0, &[(p.seq, 0)]), t + 40 * MS);
+        assert_eq!(o[0].unwrap().kind, EchoKind::InTime { rtt_ns: 40 * MS });
+        let p = s.next_datagram(t + 100 * MS, false);
+        assert!(slots.timer_fired(t + 100 * MS, t + 340 * MS));
+        let o = feed(&mut s, &from_peer(1, 0, &[(p.seq, 0)]), t + 340 * MS);
+        assert_eq!(o[0].unwrap().kind, EchoKind::AcrossStall { rtt_ns: 240 * MS });
+        // Sent after the stall, well clear of it: measured again.
+        let p = s.next_datagram(t + 400 * MS, false);
+        let o = feed(&mut s, &from_peer(2, 0, &[(p.seq, 0)]), t + 440 * MS);
+        assert_eq!(o[0].unwrap().kind, EchoKind::InTime { rtt_ns: 40 * MS });
+        let w = s.close_window();
+        assert_eq!((w.received, w.lost, s.across_stall()), (3, 0, 1));
+        assert!((w.rtt_ms[4] - 40.0).abs() < 0.1, "{:?}", w.rtt_ms);
+        assert_eq!(w.jitter_ms, 0.0);
+        // Without the stall the same round trip is measured, and moves the jitter.
+        let mut s = session();
+        let p = s.next_datagram(t, false);
+        feed(&mut s, &from_peer(0, 0, &[(p.seq, 0)]), t + 40 * MS);
+        let p = s.next_datagram(t + 100 * MS, false);
+        let o = feed(&mut s, &from_peer(1, 0, &[(p.seq, 0)]), t + 340 * MS);
+        assert_eq!(o[0].unwrap().kind, EchoKind::InTime { rtt_ns: 240 * MS });
+        assert!(s.close_window().jitter_ms > 10.0);
     }
 
     #[test]

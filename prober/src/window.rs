@@ -50,7 +50,14 @@ pub struct Window {
     rtt_us: Histogram<u32>,
     jitter_ms: f64,
     last_rtt_ms: Option<f64>,
+    /// Round trips set aside (see [`Window::received_across_stall`]), µs: the window's RTT
+    /// only when it has no other, at most [`SET_ASIDE_MAX`] of them.
+    set_aside_us: Vec<u64>,
 }
+
+/// The most round trips a window keeps set aside: a stall holds up the echoes of one round
+/// trip or two, tens at a burst's rate; any beyond say nothing more.
+const SET_ASIDE_MAX: usize = 64;
 
 impl Default for Window {
     fn default() -> Self {
@@ -66,6 +73,7 @@ impl Default for Window {
             rtt_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds are valid"),
             jitter_ms: 0.0,
             last_rtt_ms: None,
+            set_aside_us: Vec::new(),
         }
     }
 }
@@ -125,6 +133,18 @@ impl Window {
         self.last_rtt_ms = Some(rtt_ms);
     }
 
+    /// A reply in time whose round trip spanned a stall of this prober's host: it counts as
+    /// received, but its RTT measured the host (the echo waited to be read) and stays out of
+    /// the percentiles and the jitter, unless the window has no other round trip to report.
+    /// Without this, a 150 ms stall of a prober's host read as jitter on every link it probes
+    /// and moved pairs off them all at once.
+    pub fn received_across_stall(&mut self, rtt_ns: u64) {
+        self.received += 1;
+        if self.set_aside_us.len() < SET_ASIDE_MAX {
+            self.set_aside_us.push((rtt_ns / 1_000).max(1));
+        }
+    }
+
     /// A probe interval passed with no connection to send on.
     pub fn unsendable(&mut self) {
         self.unsendable += 1;
@@ -141,6 +161,12 @@ impl Window {
             self.lost += self.unsendable;
         }
         self.unsendable = 0;
+        if self.rtt_us.is_empty() {
+            for &us in &self.set_aside_us {
+                self.rtt_us.saturating_record(us);
+            }
+        }
+        self.set_aside_us.clear();
         let h = &self.rtt_us;
         let ms = |us: u64| us as f64 / 1_000.0;
         // A quantile is read as the middle of its bucket: `value_at_quantile` gives the top,
@@ -186,6 +212,36 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn round_trips_across_a_stall_are_received_but_measured_only_when_alone() {
+        let mut w = Window::default();
+        for _ in 0..9 {
+            w.received(100_000_000);
+        }
+        w.received_across_stall(250_000_000);
+        let r = w.close();
+        assert_eq!((r.received, r.lost), (10, 0));
+        assert!((r.rtt_ms[4] - 100.0).abs() < 0.1, "{:?}", r.rtt_ms);
+        assert_eq!(r.jitter_ms, 0.0);
+        // The next sample is compared with the last measured one, not the stalled one.
+        w.received(100_000_000);
+        assert_eq!(w.close().jitter_ms, 0.0);
+        // A window of stalled round trips alone still reports them.
+        w.received_across_stall(180_000_000);
+        w.received_across_stall(120_000_000);
+        let r = w.close();
+        assert_eq!(r.received, 2);
+        assert!(
+            (r.rtt_ms[0] - 120.0).abs() < 0.1 && (r.rtt_ms[4] - 180.0).abs() < 0.2,
+            "{:?}",
+            r.rtt_ms
+        );
+        assert_eq!(r.jitter_ms, 0.0);
+        // Set aside for one window only.
+        w.received(100_000_000);
+        assert!((w.close().rtt_ms[4] - 100.0).abs() < 0.1);
+    }
 
     #[test]
     fn percentiles_come_from_the_samples_at_microsecond_resolution() {
