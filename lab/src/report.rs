@@ -152,7 +152,7 @@ pub struct Report {
     /// Link-down verdicts the probers took back because their host stalled while the misses
     /// behind them were in flight (see `prober::session::PeerSession::poll`).
     pub downs_held: u64,
-    /// Replies whose round trip spanned a stall of their prober's host, kept out of the RTT
+    /// Replies whose round trip spanned a stall of either end's host, kept out of the RTT
     /// and jitter the probers report (see `prober::session::EchoKind::AcrossStall`).
     #[serde(default)]
     pub rtt_across_stall: u64,

@@ -64,7 +64,8 @@ pub struct Metrics {
     /// Probes counted lost as soon as later ones were echoed past them, before their loss
     /// timeout, by peer (counted in `lost` too; see `SessionConfig::packet_threshold`).
     pub lost_early: IntCounterVec,
-    /// Replies whose round trip spanned a stall of this prober's host, their RTT kept out of
+    /// Replies whose round trip spanned a stall of this prober's host or the peer's (the
+    /// peer's datagram says so, `wire::STALLED`), their RTT kept out of
     /// the window's percentiles and jitter, by peer (counted in `received`' windows too; see
     /// `EchoKind::AcrossStall`).
     pub rtt_across_stall: IntCounterVec,
@@ -226,7 +227,7 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "axon_probe_rtt_across_stall_total",
-                        "Replies whose round trip spanned a stall of this prober's host: received, their RTT kept out of the percentiles and the jitter.",
+                        "Replies whose round trip spanned a stall of this prober's host or the peer's: received, their RTT kept out of the percentiles and the jitter.",
                     ),
                     &["peer"],
                 ),

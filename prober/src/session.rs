@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use crate::liveness::{Liveness, LivenessConfig, LivenessEvent};
 use crate::window::{Window, WindowReport};
-use crate::wire::{ANSWER, ASK, Datagram, Echo, MAX_ECHOES, site_tag};
+use crate::wire::{ANSWER, ASK, Datagram, Echo, MAX_ECHOES, STALLED, site_tag};
 
 /// Per-peer probing settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -327,8 +327,9 @@ pub enum EchoKind {
         /// Round trip, ns, the peer's hold taken out.
         rtt_ns: u64,
     },
-    /// In time, but its round trip spanned a stall of this prober's host: received, its RTT
-    /// set aside (see [`crate::window::Window::received_across_stall`]).
+    /// In time, but its round trip spanned a stall of this prober's host, or of the peer's
+    /// (its datagram says [`STALLED`]): received, its RTT set aside (see
+    /// [`crate::window::Window::received_across_stall`]).
     AcrossStall {
         /// Round trip, ns, the peer's hold taken out.
         rtt_ns: u64,
@@ -384,7 +385,7 @@ pub struct PeerSession {
     first_sent_ns: Option<u64>,
     /// Probes found lost by the packet threshold, before their timeout.
     lost_early: u64,
-    /// Replies whose round trip spanned a stall of this host (see [`EchoKind::AcrossStall`]).
+    /// Replies whose round trip spanned a stall of either host (see [`EchoKind::AcrossStall`]).
     across_stall: u64,
     srtt_ns: Option<f64>,
     window: Window,
@@ -583,6 +584,12 @@ impl PeerSession {
                 hold_us: u32::try_from(now.saturating_sub(at) / 1_000).unwrap_or(u32::MAX),
             })
             .collect();
+        // Read (or held) across a stall of this host: the peer's round trips measured it.
+        let oldest = self.repeat.iter().chain(&self.to_echo).map(|&(_, at)| at).min();
+        let stalled = oldest.is_some_and(|at| {
+            let span = now.saturating_sub(at) + HOST_STALL.as_nanos() as u64;
+            self.slots.as_ref().is_some_and(|s| s.stalled_within(now, span))
+        });
         self.repeat.clear();
         if self.to_echo.len() >= REPEAT_FROM {
             std::mem::swap(&mut self.repeat, &mut self.to_echo);
@@ -590,7 +597,7 @@ impl PeerSession {
             self.to_echo.clear();
         }
         Datagram {
-            flags: if ask { ASK } else { ANSWER },
+            flags: if ask { ASK } else { ANSWER } | if stalled { STALLED } else { 0 },
             seq,
             sent_us: now / 1_000,
             site: self.tag,
@@ -667,8 +674,9 @@ impl PeerSession {
         if d.asks() {
             self.peer_asked_ns = Some(now);
         }
+        let peer_stalled = d.flags & STALLED != 0;
         for e in &d.echoes {
-            each(self.on_echo(*e, now));
+            each(self.on_echo(*e, now, peer_stalled));
         }
         Ok(if d.asks() {
             Reply::Answer
@@ -702,7 +710,7 @@ impl PeerSession {
     }
 
     /// Classifies one echo of our datagram received at `now`.
-    fn on_echo(&mut self, e: Echo, now: u64) -> Result<EchoOutcome, Refused> {
+    fn on_echo(&mut self, e: Echo, now: u64, peer_stalled: bool) -> Result<EchoOutcome, Refused> {
         // The ring holds sequences `base..next_seq`, contiguous (2^32 datagrams are more than
         // a decade of one connection at 10 Hz, so sequences never wrap in practice).
         if e.seq >= self.next_seq {
@@ -739,9 +747,10 @@ impl PeerSession {
             Fate::Pending => {
                 slot.fate = Fate::Answered;
                 // A stall of this host that ended within the round trip (or just before it)
-                // held the echo unread: the round trip measured the host, not the path.
+                // held the echo unread, or one of the peer's held the probe (it says so,
+                // `STALLED`): the round trip measured a host, not the path.
                 let span = elapsed + HOST_STALL.as_nanos() as u64;
-                if self.slots.as_ref().is_some_and(|s| s.stalled_within(now, span)) {
+                if peer_stalled || self.slots.as_ref().is_some_and(|s| s.stalled_within(now, span)) {
                     self.window.received_across_stall(rtt_ns);
                     self.across_stall += 1;
                     EchoKind::AcrossStall { rtt_ns }
@@ -827,8 +836,8 @@ impl PeerSession {
         self.lost_early
     }
 
-    /// Replies whose round trip spanned a stall of this host, their RTT set aside (among those
-    /// received).
+    /// Replies whose round trip spanned a stall of this host or the peer's, their RTT set
+    /// aside (among those received).
     pub fn across_stall(&self) -> u64 {
         self.across_stall
     }
@@ -1235,6 +1244,38 @@ mod tests {
         let o = feed(&mut s, &from_peer(1, 0, &[(p.seq, 0)]), t + 340 * MS);
         assert_eq!(o[0].unwrap().kind, EchoKind::InTime { rtt_ns: 240 * MS });
         assert!(s.close_window().jitter_ms > 10.0);
+    }
+
+    #[test]
+    fn a_peer_that_stalled_while_holding_a_probe_says_so_and_its_round_trip_is_set_aside() {
+        let peer_slots = BurstSlots::new(4);
+        let mut peer = PeerSession::new(SessionConfig::default(), "b").with_burst_slots(peer_slots.clone());
+        peer.connected();
+        let mut s = session();
+        let t = 10_000 * MS;
+        // A calm peer echoes without the flag, and the round trip is measured.
+        let p = s.next_datagram(t, false);
+        peer.on_datagram(&p, t + 20 * MS, |_| {}).unwrap();
+        let e = peer.next_datagram(t + 30 * MS, false);
+        assert_eq!(e.flags & STALLED, 0);
+        let o = feed(&mut s, &e, t + 50 * MS);
+        assert_eq!(o[0].unwrap().kind, EchoKind::InTime { rtt_ns: 40 * MS });
+        // The peer's host stalls 200 ms with our probe unread; it reads it at the stall's end.
+        let p = s.next_datagram(t + 100 * MS, false);
+        assert!(peer_slots.timer_fired(t + 120 * MS, t + 320 * MS));
+        peer.on_datagram(&p, t + 320 * MS, |_| {}).unwrap();
+        let e = peer.next_datagram(t + 325 * MS, false);
+        assert_ne!(e.flags & STALLED, 0);
+        let o = feed(&mut s, &e, t + 345 * MS);
+        assert_eq!(o[0].unwrap().kind, EchoKind::AcrossStall { rtt_ns: 240 * MS });
+        // The flag survives the wire, and a datagram well after the stall goes without it.
+        let mut wire = Vec::new();
+        e.encode(&mut wire);
+        assert_ne!(Datagram::decode(&wire).unwrap().flags & STALLED, 0);
+        let p = s.next_datagram(t + 1_000 * MS, false);
+        peer.on_datagram(&p, t + 1_020 * MS, |_| {}).unwrap();
+        assert_eq!(peer.next_datagram(t + 1_030 * MS, false).flags & STALLED, 0);
+        assert_eq!(s.across_stall(), 1);
     }
 
     #[test]

@@ -19,7 +19,9 @@
 //! spent on a reply of its own. A datagram with [`ASK`] asks for an answer at once (it is what
 //! fast liveness times); the answer is a datagram like any other, echoing the ask. A backlog
 //! of three or more echoes is echoed again by the sender's next datagram, so that one lost
-//! datagram does not cost the peer a run of probes.
+//! datagram does not cost the peer a run of probes. A datagram with [`STALLED`] says its
+//! sender's host stalled while the datagrams it echoes waited to be read or held: the peer
+//! counts those replies but leaves their round trips out of what it measures.
 //!
 //! 16 bytes with no echo, 23 with one; at most [`MAX_ECHOES`] echoes.
 
@@ -39,7 +41,11 @@ pub const MAX_PROBE: usize = HEADER + MAX_ECHOES * ECHO;
 pub const ASK: u8 = 0x01;
 /// Flag: this datagram answers an ask.
 pub const ANSWER: u8 = 0x02;
-const KNOWN_FLAGS: u8 = ASK | ANSWER;
+/// Flag: the sender's host stalled while it held the datagrams it echoes here (or just
+/// before it read them), so their round trips measured the sender's host, not the path. A
+/// prober that does not know the flag ignores it.
+pub const STALLED: u8 = 0x04;
+const KNOWN_FLAGS: u8 = ASK | ANSWER | STALLED;
 /// The largest hold an echo can carry (about 16.8 s); longer holds saturate.
 pub const MAX_HOLD_US: u32 = (1 << 24) - 1;
 const MAX_SEND_US: u64 = (1 << 48) - 1;
