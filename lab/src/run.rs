@@ -872,9 +872,9 @@ struct MeasurementErrors {
 }
 
 impl MeasurementErrors {
-    /// One reading of every link both worlds hold and the controller does not hold down.
-    fn sample(&mut self, measured: &World, truth: &World, n: usize) {
-        let debug = std::env::var_os("AXON_LAB_DEBUG").is_some();
+    /// One reading of every link both worlds hold and the controller does not hold down;
+    /// `print` writes each link's RTT error to stderr.
+    fn sample(&mut self, measured: &World, truth: &World, n: usize, print: bool) {
         for a in 0..n as u16 {
             for b in 0..n as u16 {
                 let (Some(m), Some(t)) = (measured.links.get(a, b), truth.links.get(a, b)) else {
@@ -884,7 +884,7 @@ impl MeasurementErrors {
                     continue;
                 }
                 self.rtt.push((m.metrics.rtt_ms - t.metrics.rtt_ms).abs());
-                if debug {
+                if print {
                     eprintln!(
                         "  rtt {a}->{b}: measured {:.3} true {:.3} error {:+.3} ms",
                         m.metrics.rtt_ms,
@@ -1456,7 +1456,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
             next_quality = t + Duration::from_secs(1);
             if t.saturating_sub(last_event) > TRANSIENT {
                 if let Some(leader) = mesh.leader() {
-                    errors.sample(leader.shared.core().world(), &truth, n);
+                    errors.sample(leader.shared.core().world(), &truth, n, false);
                 }
                 let (_, routes) = &oracle;
                 for a in 0..n {
@@ -1530,12 +1530,18 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
 
     // Measurement accuracy: the controller's smoothed view against the truth, over the run's
     // settled stretches; a run with none (a short one, or faults all along) is read at its end.
-    if errors.rtt.is_empty() {
+    // `AXON_LAB_DEBUG` prints each link's error at the end either way.
+    let print = std::env::var_os("AXON_LAB_DEBUG").is_some();
+    if errors.rtt.is_empty() || print {
         let active = active_faults(s, &started, &ended);
         let leader = mesh
             .leader()
             .ok_or_else(|| LabError::Run("no controller leads at the end of the run".into()))?;
-        errors.sample(leader.shared.core().world(), &true_world(s, &active), n);
+        let mut end = MeasurementErrors::default();
+        end.sample(leader.shared.core().world(), &true_world(s, &active), n, print);
+        if errors.rtt.is_empty() {
+            errors = end;
+        }
     }
     let MeasurementErrors {
         rtt: rtt_err,
