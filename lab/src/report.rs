@@ -65,6 +65,58 @@ impl Spread {
     }
 }
 
+/// How fast faults were routed around: the spread of `converge_s` over the faults that
+/// converged, and how many did not. A fault never routed around is no sample, so the spread
+/// alone would hide it: `not_converged` says it.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Convergence {
+    /// Median over the faults that converged, s.
+    pub p50: f64,
+    /// 99th percentile over them, s.
+    pub p99: f64,
+    /// The slowest of them, s.
+    pub max: f64,
+    /// Faults counted (started within the run).
+    pub faults: usize,
+    /// Of those, faults whose affected pairs were not all routed around within the run.
+    pub not_converged: usize,
+}
+
+impl Convergence {
+    /// From each fault's `converge_s` (`None`: never).
+    pub fn of(samples: impl IntoIterator<Item = Option<f64>>) -> Convergence {
+        let (mut done, mut faults) = (Vec::new(), 0);
+        for s in samples {
+            faults += 1;
+            done.extend(s);
+        }
+        let not_converged = faults - done.len();
+        let Spread { p50, p99, max } = Spread::of(done);
+        Convergence {
+            p50,
+            p99,
+            max,
+            faults,
+            not_converged,
+        }
+    }
+
+    fn line(&self, label: &str) -> String {
+        let never = match self.not_converged {
+            0 => String::new(),
+            k => format!(", {k} never"),
+        };
+        format!(
+            "  {label:<16} p50 {:.2} s  p99 {:.2} s  max {:.2} s  ({} fault{}{never})\n",
+            self.p50,
+            self.p99,
+            self.max,
+            self.faults,
+            if self.faults == 1 { "" } else { "s" },
+        )
+    }
+}
+
 /// Route quality against the oracle, outside fault transients.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct QualityReport {
@@ -140,8 +192,14 @@ pub struct Report {
     pub probe_hz: f64,
     /// Per fault.
     pub faults: Vec<FaultReport>,
-    /// Over faults that converged.
-    pub convergence_s: Spread,
+    /// Over every fault that started: the spread over those that converged, and how many
+    /// did not.
+    pub convergence_s: Convergence,
+    /// The same by fault kind (`blackhole`, `loss`, …): each kind has its own target, and a
+    /// spread over every kind at once mixes a blackhole's fraction of a second with the
+    /// seconds a brown-out's evidence takes.
+    #[serde(default)]
+    pub convergence_by_kind_s: std::collections::BTreeMap<String, Convergence>,
     /// Route quality.
     pub quality: QualityReport,
     /// Primary changes outside fault transients, per pair and hour: not within 10 s of a
@@ -227,12 +285,14 @@ impl Report {
                 s += &format!("      recovery held by {h}\n");
             }
         }
-        let c = self.convergence_s;
         let q = self.quality;
-        s += &format!(
-            "  convergence      p50 {:.2} s  p99 {:.2} s  max {:.2} s\n",
-            c.p50, c.p99, c.max
-        );
+        s += &self.convergence_s.line("convergence");
+        // By kind, when there is more than one.
+        if self.convergence_by_kind_s.len() > 1 {
+            for (kind, c) in &self.convergence_by_kind_s {
+                s += &c.line(&format!("  {kind}"));
+            }
+        }
         s += &format!(
             "  quality          {:.1}% of pairs within 2% of the oracle, mean cost ratio {:.3}\n",
             q.pairs_within_2pct_of_oracle * 100.0,
@@ -303,5 +363,23 @@ impl Report {
             b.refused_asked_limit
         );
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fault_never_routed_around_is_counted_not_dropped() {
+        let c = Convergence::of([Some(0.5), None, Some(2.0), Some(1.0)]);
+        assert_eq!((c.faults, c.not_converged), (4, 1));
+        assert_eq!((c.p50, c.max), (1.0, 2.0));
+        let text = c.line("convergence");
+        assert!(text.contains("(4 faults, 1 never)"), "{text}");
+        // No fault at all: zeros, and nothing said to be missing.
+        let none = Convergence::of([]);
+        assert_eq!((none.faults, none.not_converged, none.max), (0, 0, 0.0));
+        assert!(Convergence::of([Some(0.3)]).line("x").contains("(1 fault)"));
     }
 }

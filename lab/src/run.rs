@@ -17,7 +17,7 @@ use topology::{CostMatrix, LinkHealth, LinkMetrics, PathConfig, World, compute_r
 use wan::{DirectionStats, Emulator, EmulatorConfig, LinkParams, Pipe, Way};
 
 use crate::error::LabError;
-use crate::report::{BurstReport, DirectReport, FaultReport, QualityReport, Report, Spread};
+use crate::report::{BurstReport, Convergence, DirectReport, FaultReport, QualityReport, Report, Spread};
 use crate::scenario::{Fault, FaultKind, Scenario, Target};
 
 /// Run options beyond the scenario.
@@ -1599,7 +1599,22 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
             }
         }
     }
-    let converged: Vec<f64> = reports.iter().filter_map(|r| r.converge_s).collect();
+    // Faults that started within the run, by kind.
+    let counted: Vec<&FaultReport> = reports
+        .iter()
+        .zip(&started)
+        .filter(|&(_, &on)| on)
+        .map(|(r, _)| r)
+        .collect();
+    let mut by_kind: std::collections::BTreeMap<String, Vec<Option<f64>>> = Default::default();
+    for r in &counted {
+        by_kind.entry(r.kind.clone()).or_default().push(r.converge_s);
+    }
+    let convergence_s = Convergence::of(counted.iter().map(|r| r.converge_s));
+    let convergence_by_kind_s = by_kind
+        .into_iter()
+        .map(|(k, v)| (k, Convergence::of(v)))
+        .collect();
     let finite: Vec<f64> = ratios.iter().copied().filter(|r| r.is_finite()).collect();
     let report = Report {
         scenario: s.name.clone(),
@@ -1607,7 +1622,8 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         duration_s: elapsed,
         probe_hz: s.run.probe_hz,
         faults: reports,
-        convergence_s: Spread::of(converged),
+        convergence_s,
+        convergence_by_kind_s,
         quality: QualityReport {
             mean_cost_ratio_vs_oracle: if finite.is_empty() {
                 0.0

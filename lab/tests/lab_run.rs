@@ -150,6 +150,12 @@ target = "c<->b"
         assert!(held.contains(" -> ") && held.contains("the oracle's"), "{held}");
     }
     assert_eq!(r.convergence_s.max, converge);
+    assert_eq!((r.convergence_s.faults, r.convergence_s.not_converged), (1, 0));
+    let by_kind: Vec<_> = r.convergence_by_kind_s.iter().collect();
+    assert!(
+        matches!(by_kind[..], [(k, c)] if k == "blackhole" && c.max == converge && c.faults == 1),
+        "{by_kind:?}"
+    );
     assert!(r.route_changes >= 2, "{r:?}");
     // The lab's probers send nothing a controller should refuse.
     assert_eq!(r.reports_refused, 0, "{r:?}");
@@ -193,6 +199,7 @@ target = "c<->b"
         "probe_hz",
         "faults",
         "convergence_s",
+        "convergence_by_kind_s",
         "quality",
         "flaps_per_pair_hour",
         "route_changes",
