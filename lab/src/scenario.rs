@@ -354,6 +354,30 @@ target = "r2"
     }
 
     #[test]
+    fn every_scenario_in_the_repository_loads_under_its_file_name() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|x| x != "toml") {
+                continue;
+            }
+            let s = Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+            assert_eq!(s.name, stem, "{}", path.display());
+            assert!(s.world.inventory.len() >= 6 && s.run.duration_s > 0.0);
+            names.push(s.name);
+        }
+        names.sort();
+        for expected in ["quick-6", "noise-6", "global-25", "blackhole-25"] {
+            assert!(
+                names.iter().any(|n| n == expected),
+                "{expected} missing: {names:?}"
+            );
+        }
+    }
+
+    #[test]
     fn every_mistake_names_the_file_and_what_is_wrong() {
         let d = dir();
         let cases = [
