@@ -102,6 +102,15 @@ impl Convergence {
     }
 
     fn line(&self, label: &str) -> String {
+        // Zeros would read as instant convergence where there was nothing to converge.
+        if self.faults == self.not_converged {
+            let what = match self.faults {
+                0 => "no fault to route around".to_string(),
+                1 => "1 fault, never converged".to_string(),
+                k => format!("{k} faults, none converged"),
+            };
+            return format!("  {label:<16} {what}\n");
+        }
         let never = match self.not_converged {
             0 => String::new(),
             k => format!(", {k} never"),
@@ -377,9 +386,15 @@ mod tests {
         assert_eq!((c.p50, c.max), (1.0, 2.0));
         let text = c.line("convergence");
         assert!(text.contains("(4 faults, 1 never)"), "{text}");
-        // No fault at all: zeros, and nothing said to be missing.
+        // No fault at all: zeros in the JSON, and the text says there was nothing to time.
         let none = Convergence::of([]);
         assert_eq!((none.faults, none.not_converged, none.max), (0, 0, 0.0));
+        assert!(none.line("x").contains("no fault"), "{}", none.line("x"));
+        let failed = Convergence::of([None, None]).line("x");
+        assert!(
+            failed.contains("2 faults, none converged") && !failed.contains("p50"),
+            "{failed}"
+        );
         assert!(Convergence::of([Some(0.3)]).line("x").contains("(1 fault)"));
     }
 }
