@@ -582,11 +582,18 @@ pub fn decide_with_quality(
     let sure = cfg.sure_margin(current.cost);
     let sure_gain = (current.cost - current.loss_cost) - (candidate_cost - cand.loss_cost);
     // A path left for breaking the voice thresholds is returned to only once it meets them:
-    // else the voice rule would take the pair away again, and again.
+    // else the voice rule would take the pair away again, and again. Unless the detour breaks
+    // them too: the voice rule has nothing better to offer, and a long haul that no path
+    // brings under 320 ms would otherwise stay on a dearer detour after a fault (in a lab
+    // run, a 327-ms pair on a 328-ms relay 8% dearer, for half a minute after a blackhole).
+    let detour_breaks_voice =
+        cfg.voice.enabled && quality(&mem.current).is_some_and(|q| !cfg.voice.meets(&q, 1.0));
     let usable = |p: &Path, e: &PathEval| {
         !e.degraded
             && e.cost.is_finite()
-            && (!cfg.voice.enabled || quality(p).is_none_or(|q| cfg.voice.meets(&q, 1.0)))
+            && (!cfg.voice.enabled
+                || detour_breaks_voice
+                || quality(p).is_none_or(|q| cfg.voice.meets(&q, 1.0)))
     };
     let restoring = !mem.left.is_none()
         && usable(&candidate, &cand)
@@ -968,6 +975,54 @@ mod tests {
             assert!(matches!(d, Decision::Kept { .. }), "{d:?}");
         }
         assert_eq!((mem.current, mem.left), (relay, direct));
+    }
+
+    #[test]
+    fn a_long_haul_no_path_brings_under_the_voice_thresholds_returns_after_a_fault() {
+        // A 327-ms direct link, over the 320-ms threshold, blackholed: the pair takes a
+        // 328-ms relay, over it too, and dearer by the second link's loss. Once the link is
+        // back, its gain (13 ms, nearly all loss) is under the full margin and its noise but
+        // over the restoring margin: the pair returns, the voice rule having nothing better.
+        let cfg = HysteresisConfig::default();
+        let direct = Path::new(&[0, 1]);
+        let relay = Path::new(&[0, 2, 1]);
+        let quality = |p: &Path| {
+            let rtt = if *p == direct { 327.4 } else { 328.5 };
+            Some(Quality::from_totals(rtt, 0.002, 1.5))
+        };
+        let mut mem = PairMemory {
+            current: direct,
+            ..Default::default()
+        };
+        let cut = eval_with(vec![(relay, 187.0, false)]);
+        let d = decide_with_quality(&cfg, &mut mem, relay, 187.0, cut, quality);
+        assert_eq!(switch_of(&d), Some(("fault", 1)), "{d:?}");
+        assert_eq!(mem.left, direct);
+        let healed = |p: &Path| PathEval {
+            cost: if *p == direct { 173.3 } else { 187.0 },
+            degraded: false,
+            sigma: 3.0,
+            loss_cost: if *p == direct { 10.0 } else { 20.0 },
+        };
+        let d: Vec<_> = (0..3)
+            .map(|_| decide_with_quality(&cfg, &mut mem, direct, 173.3, healed, quality))
+            .collect();
+        assert_eq!(switch_of(&d[2]), Some(("restored", 3)), "{d:?}");
+        assert_eq!(mem.current, direct);
+        // A detour that meets the thresholds is still kept from a path that breaks them.
+        let good_detour = |p: &Path| {
+            let rtt = if *p == direct { 327.4 } else { 300.0 };
+            Some(Quality::from_totals(rtt, 0.002, 1.5))
+        };
+        let mut mem = PairMemory {
+            current: relay,
+            left: direct,
+            ..Default::default()
+        };
+        for _ in 0..10 {
+            let d = decide_with_quality(&cfg, &mut mem, direct, 173.3, healed, good_detour);
+            assert!(matches!(d, Decision::Kept { .. }), "{d:?}");
+        }
     }
 
     /// A switch's rule and the wins it took, for assertions.
