@@ -153,6 +153,24 @@ impl VoiceThresholds {
         check_range("voice.cost_slack_ratio", self.cost_slack_ratio, 0.0, 1.0)
     }
 
+    /// How far past its worst threshold a path of quality `q` is, relative: at most 1.0 when
+    /// it meets every one. Two paths that both break them are compared by it, so that a pair
+    /// is never returned to a path the voice rule would rather leave.
+    pub fn excess(&self, q: &Quality) -> f64 {
+        let ratio = |v: f64, t: f64| {
+            if t > 0.0 {
+                v / t
+            } else if v > 0.0 {
+                f64::INFINITY
+            } else {
+                0.0
+            }
+        };
+        ratio(q.rtt_ms, self.rtt_ms)
+            .max(ratio(q.loss, self.loss))
+            .max(ratio(q.jitter_ms, self.jitter_ms))
+    }
+
     /// Whether a path of this cost may break the round-trip threshold at all: a path's cost
     /// is at least half its round trip (the one-way delay), so a cheap path cannot. The one
     /// quality check that needs no link lookups, run for every pair.
@@ -582,18 +600,26 @@ pub fn decide_with_quality(
     let sure = cfg.sure_margin(current.cost);
     let sure_gain = (current.cost - current.loss_cost) - (candidate_cost - cand.loss_cost);
     // A path left for breaking the voice thresholds is returned to only once it meets them:
-    // else the voice rule would take the pair away again, and again. Unless the detour breaks
-    // them too: the voice rule has nothing better to offer, and a long haul that no path
-    // brings under 320 ms would otherwise stay on a dearer detour after a fault (in a lab
-    // run, a 327-ms pair on a 328-ms relay 8% dearer, for half a minute after a blackhole).
-    let detour_breaks_voice =
-        cfg.voice.enabled && quality(&mem.current).is_some_and(|q| !cfg.voice.meets(&q, 1.0));
+    // else the voice rule would take the pair away again, and again. Unless the detour
+    // clearly breaks them too, and by as much (within the voice margin): the voice rule then
+    // has nothing better to offer, and a long haul that no path brings under 320 ms would
+    // otherwise stay on a dearer detour after a fault (in a lab run, a 327-ms pair on a
+    // 328-ms relay 8% dearer, for half a minute after a blackhole). A detour near the line
+    // is not enough: a 315-ms relay read at 321 ms on a busy host took a pair back to its
+    // 342-ms direct link, and the voice rule took it away again.
+    let voice_margin = cfg.voice.margin_ratio;
+    let detour_excess = quality(&mem.current)
+        .filter(|_| cfg.voice.enabled)
+        .map(|q| cfg.voice.excess(&q))
+        .filter(|&x| x > 1.0 + voice_margin);
     let usable = |p: &Path, e: &PathEval| {
         !e.degraded
             && e.cost.is_finite()
             && (!cfg.voice.enabled
-                || detour_breaks_voice
-                || quality(p).is_none_or(|q| cfg.voice.meets(&q, 1.0)))
+                || quality(p).is_none_or(|q| {
+                    cfg.voice.meets(&q, 1.0)
+                        || detour_excess.is_some_and(|d| cfg.voice.excess(&q) <= d + voice_margin)
+                }))
     };
     let restoring = !mem.left.is_none()
         && usable(&candidate, &cand)
@@ -1009,19 +1035,26 @@ mod tests {
             .collect();
         assert_eq!(switch_of(&d[2]), Some(("restored", 3)), "{d:?}");
         assert_eq!(mem.current, direct);
-        // A detour that meets the thresholds is still kept from a path that breaks them.
-        let good_detour = |p: &Path| {
-            let rtt = if *p == direct { 327.4 } else { 300.0 };
-            Some(Quality::from_totals(rtt, 0.002, 1.5))
-        };
-        let mut mem = PairMemory {
-            current: relay,
-            left: direct,
-            ..Default::default()
-        };
-        for _ in 0..10 {
-            let d = decide_with_quality(&cfg, &mut mem, direct, 173.3, healed, good_detour);
-            assert!(matches!(d, Decision::Kept { .. }), "{d:?}");
+        // Kept from a path that breaks them: a detour that meets them, one just over the
+        // line (a 315-ms relay read at 321 ms), and one that breaks them by less than the
+        // path left (342 ms) does.
+        for (left_rtt, detour_rtt) in [(327.4, 300.0), (342.0, 321.0), (342.0, 330.0)] {
+            let q = move |p: &Path| {
+                let rtt = if *p == direct { left_rtt } else { detour_rtt };
+                Some(Quality::from_totals(rtt, 0.002, 1.5))
+            };
+            let mut mem = PairMemory {
+                current: relay,
+                left: direct,
+                ..Default::default()
+            };
+            for _ in 0..10 {
+                let d = decide_with_quality(&cfg, &mut mem, direct, 173.3, healed, q);
+                assert!(
+                    matches!(d, Decision::Kept { .. }),
+                    "{left_rtt} {detour_rtt}: {d:?}"
+                );
+            }
         }
     }
 
