@@ -749,14 +749,16 @@ impl Held {
     }
 
     /// `pair` moved to `now` at `t`: whether that is its return to the path it held when a
-    /// fault began, which it left during the fault or just after.
-    fn changed(&mut self, pair: Pair, now: Option<&[usize]>, t: Duration) -> bool {
+    /// fault began, which it left during the fault or just after. `restored`: the controller
+    /// made the move as the end of a detour (`Restored`: back to the path the fault took the
+    /// pair from, or to one costing no more), which is that return too when the path differs.
+    fn changed(&mut self, pair: Pair, now: Option<&[usize]>, t: Duration, restored: bool) -> bool {
         let mut returning = false;
         for (paths, ended) in self.paths.iter_mut().zip(&self.ended) {
             let Some((before, left)) = paths.get_mut(&pair) else {
                 continue;
             };
-            if now == Some(before.as_slice()) {
+            if now == Some(before.as_slice()) || (restored && *left) {
                 returning |= *left;
                 *left = false;
             } else if ended.is_none_or(|e| t.saturating_sub(e) <= TRANSIENT) {
@@ -843,6 +845,22 @@ fn entry_of(
         .entry(&inv.site(a as u16).id, &inv.site(b as u16).id)
         .ok()
         .flatten()
+}
+
+/// Whether the controller's table has pair `a → b` on `path` by a `Restored` switch: the end
+/// of a detour a fault put it on.
+fn restored_to(core: &controller::core::Core, world: &World, a: usize, b: usize, path: &[usize]) -> bool {
+    let inv = &world.inventory;
+    entry_of(core, world, a, b).is_some_and(|e| {
+        matches!(
+            e.reason,
+            topology::Reason::Switched(topology::SwitchReason::Restored { .. })
+        ) && e
+            .primary
+            .iter()
+            .map(|id| inv.index_of(id).map(usize::from))
+            .eq(path.iter().map(|&x| Some(x)))
+    })
 }
 
 /// The controller's reason for pair `a → b` in its table (empty when it has none).
@@ -1104,7 +1122,11 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                         };
                         started[i] && pending && affected[i].contains(&(a, b))
                     });
-                    let returning = held.changed((a, b), now[a][b].as_deref(), t);
+                    let restored = now[a][b].as_deref().is_some_and(|p| {
+                        mesh.leader()
+                            .is_some_and(|l| restored_to(&l.shared.core(), &s.world, a, b, p))
+                    });
+                    let returning = held.changed((a, b), now[a][b].as_deref(), t, restored);
                     let flap = t > TRANSIENT
                         && t.saturating_sub(last_event) > TRANSIENT
                         && !converging
@@ -1792,12 +1814,31 @@ mod tests {
         held.began(0, (0, 1), &direct);
         held.ended(0, s(145));
         // Seen lossy as the fault ended: away within the transient after its end, back later.
-        assert!(!held.changed((0, 1), Some(&relayed), s(146)));
-        assert!(held.changed((0, 1), Some(&direct), s(167)));
+        assert!(!held.changed((0, 1), Some(&relayed), s(146), false));
+        assert!(held.changed((0, 1), Some(&direct), s(167), false));
         // Long after: away and back is noise.
-        assert!(!held.changed((0, 1), Some(&relayed), s(200)));
-        assert!(!held.changed((0, 1), Some(&direct), s(210)));
+        assert!(!held.changed((0, 1), Some(&relayed), s(200), false));
+        assert!(!held.changed((0, 1), Some(&direct), s(210), false));
         // Another pair was never the fault's.
-        assert!(!held.changed((1, 0), Some(&direct), s(167)));
+        assert!(!held.changed((1, 0), Some(&direct), s(167), false));
+    }
+
+    /// A pair the fault moved, restored later to a path costing no more than the one it
+    /// held (not that path itself), recovered; a restore of a pair the fault never moved, or
+    /// a second one, is counted. Fails if the controller's `Restored` is ignored, or trusted
+    /// for any pair.
+    #[test]
+    fn a_restore_to_another_path_after_a_fault_is_its_recovery() {
+        let s = Duration::from_secs;
+        let (before, detour, other) = (vec![0, 2, 1], vec![0, 3, 1], vec![0, 4, 1]);
+        let mut held = Held::new(1);
+        held.began(0, (0, 1), &before);
+        assert!(!held.changed((0, 1), Some(&detour), s(38), false));
+        held.ended(0, s(43));
+        assert!(held.changed((0, 1), Some(&other), s(55), true));
+        // Recovered once: the next restore is a move like any other.
+        assert!(!held.changed((0, 1), Some(&detour), s(90), true));
+        // Not a pair the fault held.
+        assert!(!held.changed((1, 0), Some(&other), s(55), true));
     }
 }
