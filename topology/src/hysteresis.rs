@@ -608,8 +608,10 @@ pub fn decide_with_quality(
     // is not enough: a 315-ms relay read at 321 ms on a busy host took a pair back to its
     // 342-ms direct link, and the voice rule took it away again.
     let voice_margin = cfg.voice.margin_ratio;
-    let detour_excess = quality(&mem.current)
-        .filter(|_| cfg.voice.enabled)
+    // Looked up only for a pair on a detour: the rest never return anywhere.
+    let detour_excess = (cfg.voice.enabled && !mem.left.is_none())
+        .then(|| quality(&mem.current))
+        .flatten()
         .map(|q| cfg.voice.excess(&q))
         .filter(|&x| x > 1.0 + voice_margin);
     let usable = |p: &Path, e: &PathEval| {
