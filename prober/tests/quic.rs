@@ -389,3 +389,34 @@ async fn a_site_listed_by_a_peer_it_does_not_list_is_dialled_after_the_grace_and
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prober_issues_short_connection_ids() {
+    // A peer that is only a UDP socket: the prober dials it, and its first packet, a QUIC
+    // Initial, names the connection ID the prober chose for itself (the one every packet to
+    // it will carry) with its length in clear.
+    let dir = certs(&["a", "b"]);
+    let fake_b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let a = prober::start(config(dir.path(), "a", &[("b", fake_b.local_addr().unwrap())]))
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 2048];
+    let (len, from) = tokio::time::timeout(Duration::from_secs(10), fake_b.recv_from(&mut buf))
+        .await
+        .expect("the prober dials its peer")
+        .unwrap();
+    assert_eq!(from, a.local_addr);
+    let p = &buf[..len];
+    // Long header, fixed bit, packet type Initial (RFC 9000, 17.2): byte 0, version (4), DCID
+    // length and DCID, SCID length and SCID.
+    assert_eq!(p[0] & 0xC0, 0xC0, "a long-header packet: {:#04x}", p[0]);
+    assert_eq!((p[0] >> 4) & 0x03, 0, "an Initial packet: {:#04x}", p[0]);
+    let dcid_len = usize::from(p[5]);
+    let scid_len = usize::from(p[6 + dcid_len]);
+    assert_eq!(scid_len, prober::daemon::CID_LEN);
+    assert!(
+        dcid_len >= 8,
+        "RFC 9000 asks 8 bytes or more of a client's first DCID: {dcid_len}"
+    );
+    a.shutdown().await;
+}
