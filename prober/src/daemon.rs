@@ -290,7 +290,7 @@ pub async fn start(cfg: ProberConfig) -> Result<ProberHandle, ProberError> {
     let mut endpoint_cfg = quinn::EndpointConfig::default();
     endpoint_cfg.cid_generator(|| Box::new(ShortCids));
     let endpoint = quinn::Endpoint::new(endpoint_cfg, Some(server), socket, runtime)
-        .map_err(|e| ProberError::io("bind QUIC", e))?;
+        .map_err(|e| ProberError::io("QUIC endpoint", e))?;
     let local_addr = endpoint
         .local_addr()
         .map_err(|e| ProberError::io("QUIC address", e))?;
