@@ -6,8 +6,10 @@ pub mod live;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod targets;
 
 pub use error::LabError;
 pub use report::Report;
 pub use run::{Options, run};
 pub use scenario::{Fault, FaultKind, Scenario};
+pub use targets::{TargetCheck, Targets};

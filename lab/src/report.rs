@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use crate::targets::TargetCheck;
+
 /// One fault's outcome.
 #[derive(Debug, Clone, Serialize)]
 pub struct FaultReport {
@@ -11,6 +13,10 @@ pub struct FaultReport {
     pub kind: String,
     /// As written in the scenario.
     pub target: String,
+    /// Its value as written: the loss fraction added, the ms of delay or jitter added (0 for
+    /// kinds without one).
+    #[serde(default)]
+    pub value: f64,
     /// Fault → the controller marked the link (or site) down or degraded; `null` if never.
     pub detect_s: Option<f64>,
     /// Fault → the last affected agent applied a path that avoids it; `null` if never.
@@ -259,6 +265,9 @@ pub struct Report {
     pub bursts: BurstReport,
     /// CPU used by the whole lab process (every prober, agent and the controller), s.
     pub cpu_seconds: f64,
+    /// The run against the scenario's targets (see [`crate::targets`]).
+    #[serde(default)]
+    pub targets: Vec<TargetCheck>,
 }
 
 impl Report {
@@ -371,7 +380,23 @@ impl Report {
             b.refused_lossy,
             b.refused_asked_limit
         );
+        if !self.targets.is_empty() {
+            let met = self.targets.iter().filter(|t| t.met).count();
+            s += &format!("  targets          {met} of {} met\n", self.targets.len());
+            for t in &self.targets {
+                s += &format!("    {}\n", t.line());
+            }
+        }
         s
+    }
+
+    /// The targets the run missed, by name: empty when it met every one.
+    pub fn missed_targets(&self) -> Vec<&str> {
+        self.targets
+            .iter()
+            .filter(|t| !t.met)
+            .map(|t| t.name.as_str())
+            .collect()
     }
 }
 

@@ -977,6 +977,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
             at_s: f.spec.at_s,
             kind: f.spec.kind.as_str().to_string(),
             target: f.spec.target.clone(),
+            value: f.spec.value,
             detect_s: None,
             converge_s: None,
             affected_pairs: 0,
@@ -1638,7 +1639,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         .map(|(k, v)| (k, Convergence::of(v)))
         .collect();
     let finite: Vec<f64> = ratios.iter().copied().filter(|r| r.is_finite()).collect();
-    let report = Report {
+    let mut report = Report {
         scenario: s.name.clone(),
         sites: n,
         duration_s: elapsed,
@@ -1695,7 +1696,9 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         probe_overhead_bps_per_pair: bytes as f64 * 8.0 / pairs / elapsed,
         bursts: burst_counts(&mesh),
         cpu_seconds: ops::cpu_seconds(None).unwrap_or(0.0) - cpu0,
+        targets: Vec::new(),
     };
+    report.targets = s.targets.check(&report);
     if std::env::var_os("AXON_LAB_DEBUG").is_some() {
         // Probes each end counted lost against the datagrams the emulator dropped on the
         // pair's pipes: how many samples a drop costs.

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use topology::{Inventory, SiteId, World};
 
 use crate::error::LabError;
+use crate::targets::Targets;
 
 /// Where the matrix comes from.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -124,6 +125,8 @@ struct ScenarioFile {
     run: RunSettings,
     #[serde(default)]
     fault: Vec<FaultSpec>,
+    #[serde(default)]
+    targets: Targets,
 }
 
 /// What a fault hits, resolved against the inventory.
@@ -159,6 +162,8 @@ pub struct Scenario {
     pub run: RunSettings,
     /// The timeline, by start time.
     pub faults: Vec<Fault>,
+    /// What the run is judged against (`[targets]`; Axon's targets by default).
+    pub targets: Targets,
 }
 
 fn resolve(inv: &Inventory, spec: &FaultSpec, file: &str) -> Result<Target, LabError> {
@@ -256,6 +261,7 @@ impl Scenario {
                 "run.noise: jitter_ms in [0, 1000), loss_pct in [0, 100)".into()
             ));
         }
+        f.targets.validate().map_err(bad)?;
         let mut faults = Vec::new();
         for spec in f.fault {
             if !(spec.at_s >= 0.0 && spec.at_s < r.duration_s)
@@ -292,6 +298,7 @@ impl Scenario {
             world,
             run: f.run,
             faults,
+            targets: f.targets,
         })
     }
 }
@@ -351,6 +358,11 @@ target = "r2"
             ])
         );
         assert_eq!(s.run.probe_hz, 10.0);
+        assert_eq!(s.targets, Targets::default(), "no [targets]: Axon's own");
+        let strict = format!("{GOOD}[targets]\nbrownout_s = 8\nmax_flaps_per_pair_hour = 0.5\n");
+        let t = Scenario::parse(&strict, d.path(), "tiny.toml").unwrap().targets;
+        assert_eq!((t.brownout_s, t.max_flaps_per_pair_hour), (8.0, Some(0.5)));
+        assert_eq!(t.blackhole_p50_s, Targets::default().blackhole_p50_s);
     }
 
     #[test]
@@ -391,6 +403,11 @@ target = "r2"
             (GOOD.replace("at_s = 10", "at_s = 99"), "within the run"),
             (GOOD.replace("blackhole", "meteor"), "meteor"),
             (GOOD.replace("rtt.csv", "nope.csv"), "nope.csv"),
+            (format!("{GOOD}[targets]\nblackhole_p50 = 1\n"), "blackhole_p50"),
+            (
+                format!("{GOOD}[targets]\nwithin_2pct_of_oracle = 99\n"),
+                "targets.within_2pct_of_oracle 99",
+            ),
         ];
         for (text, needle) in cases {
             let e = Scenario::parse(&text, d.path(), "tiny.toml")

@@ -214,9 +214,26 @@ target = "c<->b"
         "probe_overhead_bps_per_pair",
         "cpu_seconds",
         "bursts",
+        "targets",
     ] {
         assert!(v.get(key).is_some(), "{key} missing");
     }
+    // The run judged against Axon's targets: the one blackhole is its own median, a run with
+    // a fault is not held to zero flaps, and there is no brown-out to time.
+    let check = |name: &str| r.targets.iter().find(|t| t.name == name);
+    let p50 = check("blackhole_p50_s").expect("a blackhole run is judged on it");
+    assert_eq!(
+        (p50.measured, p50.met),
+        (Some(converge), converge <= 1.0),
+        "{p50:?}"
+    );
+    assert!(check("brownout_s").is_none() && check("max_flaps_per_pair_hour").is_none());
+    let budget = check("probe_bps_per_pair").unwrap();
+    assert_eq!(budget.measured, Some(r.probe_overhead_bps_per_pair));
+    let missed = r.missed_targets();
+    assert_eq!(missed.len(), r.targets.iter().filter(|t| !t.met).count());
+    let summary = format!("{} of {} met", r.targets.len() - missed.len(), r.targets.len());
+    assert!(r.text().contains(&summary), "{summary}");
     for key in [
         "started",
         "heal",
@@ -230,6 +247,7 @@ target = "c<->b"
         "at_s",
         "kind",
         "target",
+        "value",
         "detect_s",
         "converge_s",
         "affected_pairs",

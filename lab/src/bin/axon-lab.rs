@@ -29,6 +29,10 @@ struct Args {
     /// Only check the scenario and print what it holds.
     #[arg(long)]
     check: bool,
+    /// Exit with an error when the run misses one of the scenario's targets (after printing
+    /// and writing the report): a gate for a pipeline that must not let Axon get worse.
+    #[arg(long)]
+    strict: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -81,6 +85,10 @@ fn main() -> std::process::ExitCode {
             let json = serde_json::to_string_pretty(&report)?;
             std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
             println!("report written to {}", path.display());
+        }
+        let missed = report.missed_targets();
+        if args.strict && !missed.is_empty() {
+            anyhow::bail!("targets missed: {}", missed.join(", "));
         }
         Ok(())
     };
