@@ -205,8 +205,7 @@ impl VoiceThresholds {
     /// 12–23% dearer on the voice rule; a real brown-out is confirmed within seconds, and its
     /// link is then left as degraded.
     fn breaks(&self, q: &Quality, eval: &PathEval) -> bool {
-        let vouched = eval.sigma == 0.0 || eval.sigma < eval.loss_cost;
-        q.rtt_ms > self.rtt_ms || q.jitter_ms > self.jitter_ms || (q.loss > self.loss && vouched)
+        q.rtt_ms > self.rtt_ms || q.jitter_ms > self.jitter_ms || (q.loss > self.loss && vouched(eval))
     }
 
     /// Whether `candidate` should replace `current` on the thresholds alone: the current path
@@ -623,7 +622,16 @@ pub fn decide_with_quality(
                         || detour_excess.is_some_and(|d| cfg.voice.excess(&q) <= d + voice_margin)
                 }))
     };
-    let restoring = !mem.left.is_none()
+    // Both smaller margins trust what they measure — the way back to a path left, the gain on
+    // delay and jitter — but the gain they are held against is the whole difference in cost.
+    // When the current path's loss is a rise the change test has not confirmed (held as
+    // uncertain as its value), that gain may be noise: it must then clear the full margin and
+    // its noise, as any gain must. (On noise-6, a direct link's 2.3% reading on the mesh's 1%
+    // took a pair back to a relay it had left 40 s before, on the restoring margin, and 8 s
+    // later back again.)
+    let shortcuts = !rests_on_unconfirmed_rise(&current);
+    let restoring = shortcuts
+        && !mem.left.is_none()
         && usable(&candidate, &cand)
         && (candidate == mem.left || {
             // Only while the detour costs more than the path left: a pair that has since
@@ -633,7 +641,7 @@ pub fn decide_with_quality(
         });
     let needed = if restoring {
         cfg.restore_margin(current.cost)
-    } else if sure_gain >= sure {
+    } else if shortcuts && sure_gain >= sure {
         sure
     } else {
         cfg.gain_needed(&current, &cand)
@@ -675,6 +683,21 @@ pub fn decide_with_quality(
         streak: u32::from(mem.streak),
         patience: u32::from(mem.patience),
     }
+}
+
+/// Whether a path's loss cost is vouched for by its measurements: its standard error is
+/// under the cost itself. A rise in loss the change test has not confirmed yet is held as
+/// uncertain as its value (see [`VoiceThresholds::breaks`]), and so is not.
+fn vouched(eval: &PathEval) -> bool {
+    eval.sigma == 0.0 || eval.sigma < eval.loss_cost
+}
+
+/// Whether a path's loss cost is, for the most part, a rise the change test has not confirmed:
+/// such a rise is held with a standard error at least its estimate, which makes the cost's
+/// error larger than the loss cost itself (`w·p/(1−p) > −w·ln(1−p)`). A loss-free path, or
+/// one whose loss is known at least as well as its size, is not.
+fn rests_on_unconfirmed_rise(eval: &PathEval) -> bool {
+    eval.loss_cost > 0.0 && eval.sigma > eval.loss_cost
 }
 
 /// The memory of every pair, dense over the inventory it was built for.
@@ -1313,6 +1336,65 @@ mod tests {
             "{back:?}"
         );
         assert_eq!(mem.current, direct);
+    }
+
+    /// The trace of a noise-6 flap: a pair on its direct link (1% of round trips lost, 50 ms
+    /// of its cost) remembered a relay it had left early in the run, 15 ms cheaper on delay
+    /// but dearer on loss. A cluster of the mesh's noise read the direct link at 2.3%, a rise
+    /// not yet confirmed, and the pair went to the relay on the restoring margin, and back 8 s
+    /// later. An unconfirmed rise on the current path is no gain the smaller margins may
+    /// judge; confirmed, it is the path's cost.
+    #[test]
+    fn an_unconfirmed_rise_on_the_current_path_moves_a_pair_only_past_its_noise() {
+        let cfg = HysteresisConfig::default();
+        let direct = Path::new(&[0, 1]);
+        let relay = Path::new(&[0, 2, 1]);
+        let reading = |direct_sigma: f32| {
+            move |p: &Path| {
+                if *p == direct {
+                    PathEval {
+                        cost: 270.0,
+                        degraded: false,
+                        sigma: direct_sigma,
+                        loss_cost: 116.3,
+                    }
+                } else {
+                    PathEval {
+                        cost: 240.3,
+                        degraded: false,
+                        sigma: 5.0,
+                        loss_cost: 102.0,
+                    }
+                }
+            }
+        };
+        for left in [relay, Path::NONE] {
+            let mut mem = PairMemory {
+                current: direct,
+                left,
+                ..Default::default()
+            };
+            for _ in 0..10 {
+                let d = decide(&cfg, &mut mem, relay, 240.3, reading(117.6));
+                assert!(matches!(d, Decision::Kept { .. }), "left {left:?}: {d:?}");
+            }
+            assert_eq!((mem.current, mem.left), (direct, left));
+            // Confirmed (known to ±12 ms): the relay wins after `switch_after`, back to the
+            // path left when it was one.
+            let mut moved = None;
+            for i in 1..=cfg.switch_after {
+                if let Decision::Switched { reason, .. } = decide(&cfg, &mut mem, relay, 240.3, reading(12.0))
+                {
+                    moved = Some((i, reason));
+                }
+            }
+            let want_restored = !left.is_none();
+            assert!(
+                matches!(moved, Some((n, r)) if n == cfg.switch_after
+                    && matches!(r, SwitchReason::Restored { .. }) == want_restored),
+                "left {left:?}: {moved:?}"
+            );
+        }
     }
 
     /// The trace of a pair that a lab run left 4.8% above its best path for 52 s: a false
