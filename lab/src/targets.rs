@@ -91,8 +91,9 @@ impl Targets {
     /// Checks a finished run's report against these limits, in a fixed order.
     pub fn check(&self, r: &Report) -> Vec<TargetCheck> {
         let mut out = Vec::new();
-        let blackholes: Vec<Option<f64>> = r
-            .faults
+        // Only faults the run reached: a run cut short (`--duration`) lists the rest unstarted.
+        let faults: Vec<_> = r.faults.iter().filter(|f| f.at_s < r.duration_s).collect();
+        let blackholes: Vec<Option<f64>> = faults
             .iter()
             .filter(|f| f.kind == "blackhole")
             .map(|f| f.converge_s)
@@ -112,8 +113,7 @@ impl Targets {
                 out.push(TargetCheck::at_most(name, limit, measured, detail.clone()));
             }
         }
-        let brownouts: Vec<Option<f64>> = r
-            .faults
+        let brownouts: Vec<Option<f64>> = faults
             .iter()
             .filter(|f| f.kind == "loss" && f.value >= self.brownout_min_loss)
             .map(|f| f.converge_s)
@@ -145,7 +145,7 @@ impl Targets {
         ));
         let flaps = match self.max_flaps_per_pair_hour {
             Some(limit) => Some(limit),
-            None if r.faults.is_empty() => Some(0.0),
+            None if faults.is_empty() => Some(0.0),
             None => None,
         };
         if let Some(limit) = flaps {
@@ -368,6 +368,13 @@ mod tests {
             get(&checks, "blackhole_p50_s").is_none(),
             "no blackhole, no check"
         );
+        // A run cut short before a fault's start does not judge it: it never happened.
+        let mut late = fault("blackhole", 0.0, None);
+        late.at_s = 90.0;
+        let mut cut = report(vec![late]);
+        assert!(get(&t.check(&cut), "blackhole_p50_s").is_none());
+        cut.duration_s = 120.0;
+        assert!(!get(&t.check(&cut), "blackhole_p50_s").unwrap().met);
         let lenient = Targets {
             brownout_s: 12.0,
             ..t
