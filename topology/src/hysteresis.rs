@@ -205,7 +205,8 @@ impl VoiceThresholds {
     /// 12–23% dearer on the voice rule; a real brown-out is confirmed within seconds, and its
     /// link is then left as degraded.
     fn breaks(&self, q: &Quality, eval: &PathEval) -> bool {
-        q.rtt_ms > self.rtt_ms || q.jitter_ms > self.jitter_ms || (q.loss > self.loss && vouched(eval))
+        let vouched = eval.sigma == 0.0 || eval.sigma < eval.loss_cost;
+        q.rtt_ms > self.rtt_ms || q.jitter_ms > self.jitter_ms || (q.loss > self.loss && vouched)
     }
 
     /// Whether `candidate` should replace `current` on the thresholds alone: the current path
@@ -683,13 +684,6 @@ pub fn decide_with_quality(
         streak: u32::from(mem.streak),
         patience: u32::from(mem.patience),
     }
-}
-
-/// Whether a path's loss cost is vouched for by its measurements: its standard error is
-/// under the cost itself. A rise in loss the change test has not confirmed yet is held as
-/// uncertain as its value (see [`VoiceThresholds::breaks`]), and so is not.
-fn vouched(eval: &PathEval) -> bool {
-    eval.sigma == 0.0 || eval.sigma < eval.loss_cost
 }
 
 /// Whether a path's loss cost is, for the most part, a rise the change test has not confirmed:
