@@ -140,6 +140,13 @@ impl Default for ControllerConfig {
     }
 }
 
+/// `--config`, `--print-config` and `--check-config`, as every daemon has them.
+impl ops::DaemonConfig for ControllerConfig {
+    fn check(&self) -> Result<(), String> {
+        self.validate().map(drop).map_err(|e| e.to_string())
+    }
+}
+
 impl ControllerConfig {
     /// The URL other processes reach this replica at (see [`StoreConfig::advertise_url`]).
     pub fn advertise_url(&self, grpc: SocketAddr) -> String {
@@ -151,12 +158,12 @@ impl ControllerConfig {
 
     /// Parses a TOML document.
     pub fn from_toml(text: &str) -> Result<Self, ControllerError> {
-        toml::from_str(text).map_err(|e| ControllerError::Config(e.to_string()))
+        <Self as ops::DaemonConfig>::parse_toml(text).map_err(ControllerError::Config)
     }
 
     /// The effective configuration as TOML (for `--print-config`).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        ops::DaemonConfig::render_toml(self)
     }
 
     /// Checks every value and builds the inventory.

@@ -21,32 +21,34 @@ fn print_config_shows_every_default_and_flags_override_them() {
     );
 }
 
+/// Starts the controller on `config`, expects it to refuse (exit code 1), returns its stderr.
+fn refused(config: &std::path::Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_axon-controller"))
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8(out.stderr).unwrap()
+}
+
 #[test]
 fn a_bad_config_is_one_line_and_a_failure() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
     std::fs::write(&path, "tick_ms = 100\nmystery = 1\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_axon-controller"))
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8(out.stderr).unwrap();
+    let err = refused(&path);
     assert!(
         err.starts_with("axon-controller: ") && err.contains("mystery"),
         "{err}"
     );
-    std::fs::write(&path, "tick_ms = 100\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_axon-controller"))
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    let missing = dir.path().join("missing.toml");
+    let err = refused(&missing);
+    let line = format!("axon-controller: reading {}: ", missing.display());
     assert!(
-        String::from_utf8(out.stderr)
-            .unwrap()
-            .contains("inventory is empty")
+        err.starts_with(&line) && err.lines().count() == 1 && err.matches("os error").count() == 1,
+        "one line, the file and the system's reason once: {err}"
     );
+    std::fs::write(&path, "tick_ms = 100\n").unwrap();
+    assert!(refused(&path).contains("inventory is empty"));
 }

@@ -1,4 +1,5 @@
-//! What every Axon daemon needs to be operated, in one place: structured logs
+//! What every Axon daemon needs to be operated, in one place: its configuration file and the
+//! flags that print or check it ([`DaemonArgs`], [`DaemonConfig`]), structured logs
 //! ([`init_logging`]), graceful termination ([`terminated`]), a one-line error and exit code
 //! for `main` ([`exit`]), the Prometheus text exposition ([`render`]), durable file writes
 //! ([`write_atomically`]), the wall clock in Unix milliseconds ([`unix_ms`]) and CPU time, the
@@ -11,6 +12,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::core::Collector;
 use prometheus::{Encoder, Registry, TextEncoder};
+
+mod config;
+pub use config::{ConfigError, DaemonArgs, DaemonConfig};
 
 /// Logs to stderr, human-readable or as JSON lines; `RUST_LOG` filters (default `info`).
 pub fn init_logging(json: bool) {

@@ -207,15 +207,22 @@ impl Default for ProberConfig {
     }
 }
 
+/// `--config`, `--print-config` and `--check-config`, as every daemon has them.
+impl ops::DaemonConfig for ProberConfig {
+    fn check(&self) -> Result<(), String> {
+        self.validate().map(drop).map_err(|e| e.to_string())
+    }
+}
+
 impl ProberConfig {
     /// Parses a TOML document.
     pub fn from_toml(text: &str) -> Result<Self, ProberError> {
-        toml::from_str(text).map_err(|e| ProberError::Config(e.to_string()))
+        <Self as ops::DaemonConfig>::parse_toml(text).map_err(ProberError::Config)
     }
 
     /// The effective configuration as TOML (for `--print-config`).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        ops::DaemonConfig::render_toml(self)
     }
 
     /// Checks every value and returns this site's id and the peers' ids.

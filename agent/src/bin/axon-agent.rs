@@ -4,16 +4,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use agent::AgentConfig;
-use anyhow::Context;
 use clap::Parser;
 
 /// Follows the controller's route table for this site and serves it to the media server.
 #[derive(Debug, Parser)]
 #[command(name = "axon-agent", version)]
 struct Args {
-    /// TOML configuration file; flags override it.
-    #[arg(long, short)]
-    config: Option<PathBuf>,
     /// This node's name.
     #[arg(long)]
     node: Option<String>,
@@ -32,27 +28,12 @@ struct Args {
     /// Metrics-only HTTP address (/metrics, /healthz, /readyz), for Prometheus.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
-    /// Log as JSON lines instead of human text.
-    #[arg(long)]
-    log_json: bool,
-    /// Print the effective configuration as TOML and exit.
-    #[arg(long)]
-    print_config: bool,
-    /// Check the effective configuration and exit: 0 when the daemon would start with it,
-    /// else the first problem (files it names are not read; addresses are not bound).
-    #[arg(long)]
-    check_config: bool,
+    #[command(flatten)]
+    daemon: ops::DaemonArgs,
 }
 
 fn effective(args: &Args) -> anyhow::Result<AgentConfig> {
-    let mut cfg = match &args.config {
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            AgentConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
-        }
-        None => AgentConfig::default(),
-    };
+    let mut cfg: AgentConfig = args.daemon.load()?;
     if let Some(n) = &args.node {
         cfg.node = n.clone();
     }
@@ -78,16 +59,10 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let run = || -> anyhow::Result<()> {
         let cfg = effective(&args)?;
-        if args.print_config {
-            print!("{}", cfg.to_toml());
+        if args.daemon.inspect(&cfg)? {
             return Ok(());
         }
-        if args.check_config {
-            cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("configuration ok");
-            return Ok(());
-        }
-        ops::init_logging(args.log_json);
+        ops::init_logging(args.daemon.log_json);
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?

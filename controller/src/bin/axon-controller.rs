@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Parser;
 use controller::ControllerConfig;
 
@@ -11,9 +10,6 @@ use controller::ControllerConfig;
 #[derive(Debug, Parser)]
 #[command(name = "axon-controller", version)]
 struct Args {
-    /// TOML configuration file; flags override it.
-    #[arg(long, short)]
-    config: Option<PathBuf>,
     /// gRPC address (probe ingest, agent watch, admin).
     #[arg(long)]
     grpc_listen: Option<SocketAddr>,
@@ -29,27 +25,12 @@ struct Args {
     /// Snapshot file for drains and the version counter.
     #[arg(long)]
     snapshot: Option<PathBuf>,
-    /// Log as JSON lines instead of human text.
-    #[arg(long)]
-    log_json: bool,
-    /// Print the effective configuration as TOML and exit.
-    #[arg(long)]
-    print_config: bool,
-    /// Check the effective configuration and exit: 0 when the daemon would start with it,
-    /// else the first problem (files it names are not read; addresses are not bound).
-    #[arg(long)]
-    check_config: bool,
+    #[command(flatten)]
+    daemon: ops::DaemonArgs,
 }
 
 fn effective(args: &Args) -> anyhow::Result<ControllerConfig> {
-    let mut cfg = match &args.config {
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            ControllerConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
-        }
-        None => ControllerConfig::default(),
-    };
+    let mut cfg: ControllerConfig = args.daemon.load()?;
     if let Some(a) = args.grpc_listen {
         cfg.grpc_listen = a;
     }
@@ -72,16 +53,10 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let run = || -> anyhow::Result<()> {
         let cfg = effective(&args)?;
-        if args.print_config {
-            print!("{}", cfg.to_toml());
+        if args.daemon.inspect(&cfg)? {
             return Ok(());
         }
-        if args.check_config {
-            cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!("configuration ok");
-            return Ok(());
-        }
-        ops::init_logging(args.log_json);
+        ops::init_logging(args.daemon.log_json);
         tokio::runtime::Runtime::new()?.block_on(async {
             let handle = controller::start(cfg).await?;
             ops::terminated().await;

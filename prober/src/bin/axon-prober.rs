@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
 use prober::{PeerConfig, ProberConfig};
 
@@ -11,9 +11,6 @@ use prober::{PeerConfig, ProberConfig};
 #[derive(Debug, Parser)]
 #[command(name = "axon-prober", version)]
 struct Args {
-    /// TOML configuration file; flags override it.
-    #[arg(long, short)]
-    config: Option<PathBuf>,
     /// This prober's site id.
     #[arg(long)]
     site: Option<String>,
@@ -41,16 +38,8 @@ struct Args {
     /// This prober's private key (PEM).
     #[arg(long)]
     key: Option<PathBuf>,
-    /// Log as JSON lines instead of human text.
-    #[arg(long)]
-    log_json: bool,
-    /// Print the effective configuration as TOML and exit.
-    #[arg(long)]
-    print_config: bool,
-    /// Check the effective configuration and exit: 0 when the daemon would start with it,
-    /// else the first problem (files it names are not read; addresses are not bound).
-    #[arg(long)]
-    check_config: bool,
+    #[command(flatten)]
+    daemon: ops::DaemonArgs,
 }
 
 fn parse_peer(s: &str) -> Result<PeerConfig, String> {
@@ -65,14 +54,7 @@ fn parse_peer(s: &str) -> Result<PeerConfig, String> {
 }
 
 fn effective(args: &Args) -> anyhow::Result<ProberConfig> {
-    let mut cfg = match &args.config {
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            ProberConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
-        }
-        None => ProberConfig::default(),
-    };
+    let mut cfg: ProberConfig = args.daemon.load()?;
     if let Some(s) = &args.site {
         cfg.site = s.clone();
     }
@@ -107,6 +89,9 @@ fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let run = || -> anyhow::Result<()> {
         let cfg = effective(&args)?;
+        if args.daemon.inspect(&cfg)? {
+            return Ok(());
+        }
         let runtime = if cfg.worker_threads <= 1 {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -123,16 +108,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args, cfg: ProberConfig) -> anyhow::Result<()> {
-    if args.print_config {
-        print!("{}", cfg.to_toml());
-        return Ok(());
-    }
-    if args.check_config {
-        cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-        println!("configuration ok");
-        return Ok(());
-    }
-    ops::init_logging(args.log_json);
+    ops::init_logging(args.daemon.log_json);
     if let Err(e) = cfg.validate() {
         bail!("{e}");
     }
