@@ -43,7 +43,7 @@ pub enum ConfigError {
     Parse {
         /// The file `--config` named.
         path: PathBuf,
-        /// The daemon's own account of the problem.
+        /// What the TOML parser found, with its line and column.
         detail: String,
     },
     /// The effective configuration (file and flags) has a bad value.
