@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::bail;
 use clap::Parser;
 use prober::{PeerConfig, ProberConfig};
 
@@ -109,9 +108,6 @@ fn main() -> std::process::ExitCode {
 
 async fn run(args: Args, cfg: ProberConfig) -> anyhow::Result<()> {
     ops::init_logging(args.daemon.log_json);
-    if let Err(e) = cfg.validate() {
-        bail!("{e}");
-    }
     let prober = prober::start(cfg).await?;
     ops::terminated().await;
     prober.shutdown().await;
