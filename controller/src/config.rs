@@ -101,6 +101,9 @@ pub struct ControllerConfig {
     pub resync_ms: u64,
     /// Windows stamped further than this in the future are refused, ms. Default 5000.
     pub max_future_ms: u64,
+    /// Primary-path changes the route-change journal keeps (`axonctl changes`), oldest
+    /// evicted first; about 200 bytes each. 0 turns the journal off. Default 10000.
+    pub journal_rows: usize,
     /// Link cost, path search and hysteresis.
     pub engine: EngineConfig,
     /// Link smoothing and health thresholds.
@@ -129,6 +132,7 @@ impl Default for ControllerConfig {
             tick_ms: 1_000,
             resync_ms: 30_000,
             max_future_ms: 5_000,
+            journal_rows: 10_000,
             engine: EngineConfig::default(),
             links: LinkStateConfig::default(),
             guardrails: GuardrailConfig::default(),
@@ -177,6 +181,9 @@ impl ControllerConfig {
         }
         if self.resync_ms < self.tick_ms {
             return bad("resync_ms must be ≥ tick_ms".into());
+        }
+        if self.journal_rows > 1_000_000 {
+            return bad(format!("journal_rows {} is over 1000000", self.journal_rows));
         }
         match self.store.kind.as_str() {
             "memory" => {}

@@ -419,7 +419,7 @@ pub fn reason_text(r: &Reason) -> String {
                 "kept: candidate {candidate_cost:.1} ms has won {streak}× but needs {gain_needed:.1} ms{patient}"
             )
         }
-        Reason::Switched(s) => format!("switched: {s:?}"),
+        Reason::Switched(s) => format!("switched: {s}"),
         Reason::MeetsVoice { cheapest_cost } => {
             format!("meets the voice thresholds; the cheapest path ({cheapest_cost:.1} ms) does not")
         }

@@ -20,6 +20,7 @@ use crate::config::ControllerConfig;
 use crate::core::{Core, site_update};
 use crate::error::ControllerError;
 use crate::ha::{Etcd, Leadership};
+use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::store::{MemoryStore, Store};
 
@@ -106,6 +107,8 @@ pub struct Shared {
     pub warmup: Duration,
     /// Held across a computation and its publication, so tables are persisted in order.
     pub publishing: Mutex<()>,
+    /// The pairs each published table moved (`axonctl changes`).
+    pub journal: Mutex<Journal>,
 }
 
 impl Shared {
@@ -113,6 +116,11 @@ impl Shared {
     /// every mutation is one call).
     pub fn core(&self) -> MutexGuard<'_, Core> {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The route-change journal.
+    pub fn journal(&self) -> MutexGuard<'_, Journal> {
+        self.journal.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The agent registry.
@@ -241,17 +249,28 @@ impl Shared {
             None => self.store.save(&snapshot)?,
         }
         self.metrics.table_version.set(id.version.0 as i64);
-        info!(
-            epoch = id.epoch.0,
-            version = id.version.0,
-            "route table published"
-        );
-        self.published.send_replace(Some(Arc::new(Published {
+        let new = Arc::new(Published {
             id,
             table: Some(c.table),
             updates,
             encoded,
-        })));
+        });
+        let old = self.published.send_replace(Some(Arc::clone(&new)));
+        // Agents have the table; what it moved is recorded after, off their path.
+        let (primary, backup) = match (old.as_ref().and_then(|o| o.table.as_ref()), &new.table) {
+            (Some(before), Some(after)) => {
+                let (primary, backup) = self.journal().record(before, after);
+                (Some(primary), Some(backup))
+            }
+            _ => (None, None),
+        };
+        info!(
+            epoch = id.epoch.0,
+            version = id.version.0,
+            primary_changes = primary,
+            backup_only_changes = backup,
+            "route table published"
+        );
         self.refresh_agent_gauges();
         Ok(true)
     }
@@ -338,6 +357,7 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
         etcd: etcd.clone(),
         warmup: Duration::from_millis(cfg.store.leader_warmup_ms),
         publishing: Mutex::new(()),
+        journal: Mutex::new(Journal::new(cfg.journal_rows)),
     });
 
     let mut tasks = JoinSet::new();

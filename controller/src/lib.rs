@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod error;
 pub mod ha;
 pub mod http;
+pub mod journal;
 pub mod metrics;
 pub mod services;
 pub mod store;

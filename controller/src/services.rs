@@ -19,6 +19,7 @@ use crate::auth::Caller;
 use crate::core::{drain_entry, row};
 use crate::daemon::{AgentRecord, Shared, node_load, now_ms};
 use crate::error::ControllerError;
+use crate::journal::JournalQuery;
 
 /// Every service over the same shared state.
 #[derive(Clone)]
@@ -687,4 +688,62 @@ impl pb::admin_server::Admin for Services {
             .map_err(topology_status)?;
         Ok(Response::new(reply))
     }
+
+    async fn changes(&self, req: Request<pb::ChangesRequest>) -> Result<Response<pb::ChangesReply>, Status> {
+        leader_only(&self.0)?;
+        let req = req.into_inner();
+        let site = match req.site.as_str() {
+            "" => None,
+            s => {
+                let id = site_id(s)?;
+                if self.0.core().world().inventory.index_of(&id).is_none() {
+                    return Err(Status::not_found(format!("unknown site `{s}`")));
+                }
+                Some(id)
+            }
+        };
+        let limit = match req.limit {
+            0 => DEFAULT_CHANGES,
+            n if n > MAX_CHANGES => {
+                return Err(Status::invalid_argument(format!(
+                    "limit {n} is over {MAX_CHANGES}"
+                )));
+            }
+            n => n,
+        };
+        let page = self.0.journal().query(&JournalQuery {
+            site,
+            since_ms: req.since_unix_ms,
+            limit: limit as usize,
+        });
+        let names =
+            |p: &Option<Vec<SiteId>>| -> Vec<String> { p.iter().flatten().map(|s| s.to_string()).collect() };
+        Ok(Response::new(pb::ChangesReply {
+            changes: page
+                .rows
+                .iter()
+                .map(|r| pb::RouteChange {
+                    version: Some(pb::TableVersion {
+                        epoch: r.table.epoch.0,
+                        version: r.table.version.0,
+                    }),
+                    at_unix_ms: r.at_ms,
+                    src: r.src.to_string(),
+                    dst: r.dst.to_string(),
+                    before: names(&r.before),
+                    after: names(&r.after),
+                    cost_before_ms: r.cost_before.map(f64::from),
+                    cost_after_ms: r.cost_after.map(f64::from),
+                    reason: crate::core::reason_text(&r.reason),
+                })
+                .collect(),
+            more: u32::try_from(page.more).unwrap_or(u32::MAX),
+            evicted: page.evicted,
+            oldest_unix_ms: page.oldest_ms.unwrap_or(0),
+        }))
+    }
 }
+
+/// Route changes a `Changes` call returns when it names no limit, and the most it may ask for.
+const DEFAULT_CHANGES: u32 = 100;
+const MAX_CHANGES: u32 = 10_000;

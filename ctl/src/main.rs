@@ -1,4 +1,4 @@
-//! `axonctl`: status, sites, links, routes, explain, drain, undrain, drains, what-if.
+//! `axonctl`: status, sites, links, routes, explain, drain, undrain, drains, what-if, changes.
 //!
 //! Human tables by default, `-o json` for scripts: data on stdout, diagnostics on stderr.
 //! Exit codes: 0 ok, 2 usage, 3 refused by a guardrail, 69 controller unavailable, 75 timed
@@ -147,6 +147,19 @@ enum Command {
         /// Changes, one per argument.
         changes: Vec<String>,
     },
+    /// Pairs whose primary path changed, newest first: when, from what path to what, and
+    /// why (the leader's journal since it started, `journal_rows` of them at most).
+    Changes {
+        /// Only pairs this site ends, or relays before or after the change.
+        #[arg(long)]
+        site: Option<String>,
+        /// Only changes this recent (`90s`, `10m`, `2h`).
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+        /// At most this many rows (up to 10000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -287,7 +300,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("invalid duration unit in {s:?} (ms, s, m)")),
+        "h" => Ok(Duration::from_secs(n * 3_600)),
+        _ => Err(format!("invalid duration unit in {s:?} (ms, s, m, h)")),
     }
 }
 
@@ -741,15 +755,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 println!("{}", Value::Array(v));
             } else {
                 table(
-                    &[
-                        "KIND",
-                        "NAME",
-                        "REASON",
-                        "AUTHOR",
-                        "AT (UNIX MS)",
-                        "ORIGIN",
-                        "FORCED",
-                    ],
+                    &["KIND", "NAME", "REASON", "AUTHOR", "AT (UTC)", "ORIGIN", "FORCED"],
                     d.drains
                         .iter()
                         .map(|x| {
@@ -758,7 +764,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                                 x.name.clone(),
                                 x.reason.clone(),
                                 x.author.clone(),
-                                x.at_unix_ms.to_string(),
+                                utc(x.at_unix_ms),
                                 x.origin.clone(),
                                 if x.forced { "yes".into() } else { "".into() },
                             ]
@@ -794,8 +800,89 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
+        Command::Changes { site, since, limit } => {
+            let since_unix_ms = since.map_or(0, |d| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                u64::try_from(now.saturating_sub(d).as_millis()).unwrap_or(u64::MAX)
+            });
+            let r = admin
+                .changes(pb::ChangesRequest {
+                    site: site.unwrap_or_default(),
+                    since_unix_ms,
+                    limit,
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            if json_out {
+                let v: Vec<Value> = r.changes.iter().map(|c| json!({"version": version(&c.version), "at_unix_ms": c.at_unix_ms, "src": c.src, "dst": c.dst,
+                                                                   "before": c.before, "after": c.after, "cost_before_ms": c.cost_before_ms,
+                                                                   "cost_after_ms": c.cost_after_ms, "reason": c.reason})).collect();
+                println!(
+                    "{}",
+                    json!({"changes": v, "more": r.more, "evicted": r.evicted, "oldest_unix_ms": r.oldest_unix_ms})
+                );
+            } else {
+                table(
+                    &["AT (UTC)", "TABLE", "PAIR", "BEFORE", "AFTER", "REASON"],
+                    r.changes.iter().map(change_cells).collect(),
+                );
+                if r.more > 0 {
+                    eprintln!("{} older changes match; raise --limit to see them", r.more);
+                }
+                if r.evicted > 0 {
+                    eprintln!(
+                        "the journal holds changes since {} UTC; {} older ones were evicted",
+                        utc(r.oldest_unix_ms),
+                        r.evicted
+                    );
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// One journal row as table cells: a path with its cost, `-` for none.
+fn change_cells(c: &pb::RouteChange) -> Vec<String> {
+    let side = |p: &[String], cost: Option<f64>| match cost {
+        _ if p.is_empty() => "-".to_string(),
+        Some(ms) => format!("{} ({ms:.1} ms)", p.join(" → ")),
+        None => p.join(" → "),
+    };
+    vec![
+        utc(c.at_unix_ms),
+        version(&c.version),
+        format!("{} → {}", c.src, c.dst),
+        side(&c.before, c.cost_before_ms),
+        side(&c.after, c.cost_after_ms),
+        c.reason.clone(),
+    ]
+}
+
+/// Unix ms as `YYYY-MM-DD HH:MM:SS.mmm`, UTC: journal rows line up with logs and dashboards.
+fn utc(unix_ms: u64) -> String {
+    let (days, ms) = (unix_ms / 86_400_000, unix_ms % 86_400_000);
+    // Days since 1970-01-01 to a civil date, counting in 400-year eras from 0000-03-01 so
+    // that each leap day ends its year.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1_000 % 60,
+        ms % 1_000
+    )
 }
 
 /// Waits until every connected agent has applied `target` or a later table.
@@ -848,5 +935,57 @@ fn main() -> ExitCode {
             eprintln!("axonctl: {msg}");
             ExitCode::from(code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_turns_unix_ms_into_civil_time() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00.000");
+        // Leap days, a century that is not a leap year, one that is, and the end of a year.
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00.000");
+        assert_eq!(utc(4_107_542_399_999), "2100-02-28 23:59:59.999");
+        assert_eq!(utc(4_107_542_400_000), "2100-03-01 00:00:00.000");
+        assert_eq!(utc(1_798_761_599_000), "2026-12-31 23:59:59.000");
+        assert_eq!(utc(1_796_283_723_456), "2026-12-03 07:42:03.456");
+    }
+
+    #[test]
+    fn a_change_row_shows_both_paths_with_their_costs() {
+        let c = pb::RouteChange {
+            version: Some(pb::TableVersion {
+                epoch: 2,
+                version: 41,
+            }),
+            at_unix_ms: 0,
+            src: "a".into(),
+            dst: "b".into(),
+            before: vec!["a".into(), "c".into(), "b".into()],
+            after: vec![],
+            cost_before_ms: Some(20.04),
+            cost_after_ms: None,
+            reason: "no usable path".into(),
+        };
+        assert_eq!(
+            change_cells(&c),
+            [
+                "1970-01-01 00:00:00.000",
+                "2.41",
+                "a → b",
+                "a → c → b (20.0 ms)",
+                "-",
+                "no usable path"
+            ]
+        );
+    }
+
+    #[test]
+    fn durations_take_hours_and_refuse_unknown_units() {
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7_200)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("3d").unwrap_err().contains("ms, s, m, h"));
     }
 }

@@ -124,6 +124,21 @@ async fn axonctl_speaks_tables_json_and_exit_codes() {
     assert_ne!(code, 0);
     assert!(err.contains("expected drain-site"), "{err}");
 
+    // The route-change journal: a table (JSON with its bookkeeping), and clear refusals.
+    let (code, out, err) = axonctl(&["-c", &url, "changes", "--since", "1h"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("AT (UTC)") && out.contains("REASON"), "{out}");
+    let (code, out, err) = axonctl(&["-c", &url, "-o", "json", "changes", "--site", "a"]).await;
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["changes"].is_array() && v["evicted"] == 0, "{out}");
+    let (code, _, err) = axonctl(&["-c", &url, "changes", "--site", "zz"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown site `zz`"), "{err}");
+    let (code, _, err) = axonctl(&["-c", &url, "changes", "--limit", "20000"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("over 10000"), "{err}");
+
     b.shutdown().await;
     c.shutdown().await;
 }

@@ -113,6 +113,55 @@ async fn the_loop_relays_reroutes_drains_and_survives_the_control_plane() {
         (mesh.primary("a", "b").await? == ["a", "c", "b"]).then_some(())
     })
     .await;
+    // The journal tells the story: a → b left c → b for a path without it, and came back.
+    let mut admin = AdminClient::connect(endpoint(mesh.controller.as_ref().unwrap()))
+        .await
+        .unwrap();
+    let journal = admin
+        .changes(pb::ChangesRequest {
+            site: "c".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ab: Vec<&pb::RouteChange> = journal
+        .changes
+        .iter()
+        .filter(|c| c.src == "a" && c.dst == "b")
+        .collect();
+    let back = ab.first().expect("a → b's return in the journal");
+    assert_eq!(back.after, ["a", "c", "b"], "{journal:?}");
+    let off = ab
+        .iter()
+        .find(|c| c.before == ["a", "c", "b"])
+        .expect("a → b's move off c → b in the journal");
+    assert!(
+        !off.after.windows(2).any(|w| w[0] == "c" && w[1] == "b") && !off.after.is_empty(),
+        "{off:?}"
+    );
+    assert!(off.reason.starts_with("switched: "), "{off:?}");
+    let version = |c: &pb::RouteChange| c.version.as_ref().map(|v| (v.epoch, v.version));
+    assert!(version(off) < version(back), "newest first: {journal:?}");
+    assert!(
+        off.at_unix_ms <= back.at_unix_ms && off.cost_before_ms.is_some(),
+        "{off:?}"
+    );
+    assert!(
+        journal
+            .changes
+            .iter()
+            .all(|c| c.src == "c" || c.dst == "c" || c.before.iter().chain(&c.after).any(|s| s == "c")),
+        "only pairs c ends or relays: {journal:?}"
+    );
+    let unknown = admin
+        .changes(pb::ChangesRequest {
+            site: "zz".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
 
     // 3. Drain region r3 (c and d): their agents turn unready, nothing relays through them.
     let mut admin = AdminClient::connect(endpoint(mesh.controller.as_ref().unwrap()))

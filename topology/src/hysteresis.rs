@@ -439,6 +439,46 @@ impl SwitchReason {
     }
 }
 
+/// The sentence an operator reads in `axonctl explain`, the route-change journal and the lab's
+/// report: what moved the pair, with the figures that decided it.
+impl std::fmt::Display for SwitchReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let times = |n: u32| {
+            if n == 1 {
+                "once".to_string()
+            } else {
+                format!("{n} times in a row")
+            }
+        };
+        match *self {
+            SwitchReason::CurrentDown => f.write_str("the path in use lost a link or a relay"),
+            SwitchReason::CurrentDegraded => f.write_str("a link of the path in use is degraded"),
+            SwitchReason::MeetsVoice {
+                from_rtt_ms,
+                to_rtt_ms,
+                after,
+            } => write!(
+                f,
+                "meets the voice thresholds where the path in use does not (round trip {from_rtt_ms:.1} -> {to_rtt_ms:.1} ms; won {})",
+                times(after)
+            ),
+            SwitchReason::Restored { gain_ms, after } => write!(
+                f,
+                "back from a detour: {gain_ms:.1} ms cheaper, won {}",
+                times(after)
+            ),
+            SwitchReason::Better { gain_ms, after } => {
+                write!(f, "{gain_ms:.1} ms cheaper, won {}", times(after))
+            }
+            SwitchReason::Patient { gain_ms, after } => write!(
+                f,
+                "{gain_ms:.1} ms cheaper by the patient margin, won {}",
+                times(after)
+            ),
+        }
+    }
+}
+
 /// What hysteresis decided for one pair.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Decision {

@@ -42,6 +42,9 @@ pub use matrix::CostMatrix;
 pub use path::Path;
 pub use paths::{PairRoute, PathConfig, Reason, Routes, Scratch, compute_routes, compute_routes_in};
 pub use site::{Inventory, RegionId, Role, Site, SiteId, SiteIdx};
-pub use table::{Epoch, RouteEntry, RouteTable, SiteTable, TableDiff, TableId, TableSummary, Version};
+pub use table::{
+    Epoch, PrimaryChanges, RouteEntry, RouteTable, RowChange, SiteTable, TableDiff, TableId, TableSummary,
+    Version,
+};
 pub use whatif::{Change, WhatIfReport, what_if};
 pub use world::{HealthCounts, LinkTable, World};

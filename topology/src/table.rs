@@ -240,6 +240,61 @@ impl RouteTable {
         }
     }
 
+    /// The pairs whose primary changed between `self` (before) and `next`, for a journal that
+    /// keeps only its newest rows: every change is counted, only the last `keep` (in the order
+    /// of [`RouteTable::diff`]) are named. A mass reroute of a 1,000-site mesh moves up to a
+    /// million pairs; naming each would allocate for every one. Tables over the same sites
+    /// (every table of a running controller) are compared in place.
+    pub fn primary_changes(&self, next: &RouteTable, keep: usize) -> PrimaryChanges {
+        let same_sites = Arc::ptr_eq(&self.sites, &next.sites) || self.sites == next.sites;
+        if !same_sites {
+            let diff = self.diff(next);
+            let backup_only = diff.changes.len() - diff.primary_changes();
+            let mut changes: Vec<RowChange> = diff
+                .changes
+                .into_iter()
+                .filter(RowChange::primary_changed)
+                .collect();
+            let total = changes.len();
+            changes.drain(..total.saturating_sub(keep));
+            return PrimaryChanges {
+                total,
+                backup_only,
+                changes,
+            };
+        }
+        // One pass: count every change, remember where the last `keep` were.
+        let (mut total, mut backup_only) = (0usize, 0usize);
+        let mut last = std::collections::VecDeque::with_capacity(keep.min(4_096));
+        for (i, (x, y)) in self.routes.pairs().iter().zip(next.routes.pairs()).enumerate() {
+            if x.primary != y.primary {
+                total += 1;
+                if keep > 0 {
+                    if last.len() == keep {
+                        last.pop_front();
+                    }
+                    last.push_back(i);
+                }
+            } else if x.backup != y.backup {
+                backup_only += 1;
+            }
+        }
+        let n = self.sites.len();
+        let pairs = (self.routes.pairs(), next.routes.pairs());
+        let changes = last
+            .into_iter()
+            .map(|i| {
+                let pair = Some((i / n, i % n));
+                self.change(pair, next, pair, &pairs.0[i], &pairs.1[i])
+            })
+            .collect();
+        PrimaryChanges {
+            total,
+            backup_only,
+            changes,
+        }
+    }
+
     fn change(
         &self,
         old: Option<(usize, usize)>,
@@ -374,6 +429,18 @@ impl RowChange {
     pub fn primary_changed(&self) -> bool {
         self.primary_before != self.primary_after
     }
+}
+
+/// The pairs whose primary path differs between two tables, counted, the newest named (see
+/// [`RouteTable::primary_changes`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrimaryChanges {
+    /// Pairs whose primary changed.
+    pub total: usize,
+    /// Pairs whose backup alone changed.
+    pub backup_only: usize,
+    /// The last of the primary changes, at most the number asked for, in table order.
+    pub changes: Vec<RowChange>,
 }
 
 /// Every pair that differs between two tables.

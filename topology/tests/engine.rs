@@ -238,8 +238,10 @@ fn diffs_and_site_tables_speak_in_site_names() {
     let mut e = engine();
     let mut w = world(100.0);
     let t1 = e.compute(&w, 0).table;
-    w.set_link(&id("a"), &id("b"), LinkMetrics::rtt(100.0), LinkHealth::Down)
-        .unwrap();
+    for (x, y) in [("a", "b"), ("b", "a")] {
+        w.set_link(&id(x), &id(y), LinkMetrics::rtt(100.0), LinkHealth::Down)
+            .unwrap();
+    }
     let t2 = e.compute(&w, 1_000).table;
     let diff = t1.diff(&t2);
     let ab = diff
@@ -251,6 +253,25 @@ fn diffs_and_site_tables_speak_in_site_names() {
     assert_eq!(ab.primary_before.as_deref(), Some(&[id("a"), id("b")][..]));
     assert!(diff.primary_changes() >= 1);
     assert!(t2.diff(&t2).is_empty());
+
+    // The journal's bounded account agrees with the diff: every change counted, the newest
+    // named, in the same order.
+    let primaries: Vec<_> = diff
+        .changes
+        .iter()
+        .filter(|c| c.primary_changed())
+        .cloned()
+        .collect();
+    assert!(primaries.len() >= 2, "{diff:?}");
+    let all = t1.primary_changes(&t2, usize::MAX);
+    assert_eq!(all.changes, primaries);
+    assert_eq!(all.total, primaries.len());
+    assert_eq!(all.backup_only, diff.changes.len() - primaries.len());
+    let last = t1.primary_changes(&t2, 1);
+    assert_eq!((last.total, last.backup_only), (all.total, all.backup_only));
+    assert_eq!(last.changes, primaries[primaries.len() - 1..]);
+    assert!(t1.primary_changes(&t2, 0).changes.is_empty());
+    assert_eq!(t2.primary_changes(&t2, 10).total, 0);
 
     let st = t2.site_table(&id("a")).unwrap();
     assert_eq!(st.id, t2.id());

@@ -1,0 +1,339 @@
+//! The route-change journal: which pairs moved, from what path to what path, when and why.
+//!
+//! `axonctl explain` says why a pair is on its path now; after an incident an operator asks
+//! what moved at 03:12, and `axon_route_switches_total` only counts. The controller that
+//! publishes a table records every pair whose primary path it changed, in a bounded ring
+//! (oldest rows evicted first, counted), and `axonctl changes` reads it back, filtered by a
+//! site (as an end or a relay) and by time. The journal lives in the publishing replica's
+//! memory: a restarted controller, or a replica that takes over the lead, starts an empty
+//! one (the log keeps each table's counts).
+
+use std::collections::VecDeque;
+
+use topology::{Reason, RouteTable, RowChange, SiteId, TableId};
+
+/// One pair whose primary path changed in a published table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalRow {
+    /// The table that made the change.
+    pub table: TableId,
+    /// When that table was computed, Unix ms.
+    pub at_ms: u64,
+    /// Ingress site.
+    pub src: SiteId,
+    /// Egress site.
+    pub dst: SiteId,
+    /// The path before, ingress to egress (`None`: no path, or a pair new to the table).
+    pub before: Option<Vec<SiteId>>,
+    /// The path after (`None`: the pair has no usable path now, or left the table).
+    pub after: Option<Vec<SiteId>>,
+    /// Primary cost before, ms.
+    pub cost_before: Option<f32>,
+    /// Primary cost after, ms.
+    pub cost_after: Option<f32>,
+    /// Why the new path was chosen.
+    pub reason: Reason,
+}
+
+impl JournalRow {
+    /// Whether `site` is an end of the pair or a relay of either path: "what moved through
+    /// Miami" includes the pairs that left it.
+    pub fn involves(&self, site: &SiteId) -> bool {
+        &self.src == site
+            || &self.dst == site
+            || [&self.before, &self.after]
+                .into_iter()
+                .flatten()
+                .any(|p| p.contains(site))
+    }
+}
+
+/// What a reader asks of the journal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JournalQuery {
+    /// Only rows that involve this site (see [`JournalRow::involves`]).
+    pub site: Option<SiteId>,
+    /// Only rows of tables computed at or after this instant, Unix ms.
+    pub since_ms: u64,
+    /// At most this many rows, newest first.
+    pub limit: usize,
+}
+
+/// The rows a query found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalPage {
+    /// Newest first.
+    pub rows: Vec<JournalRow>,
+    /// Rows that matched but were left out by the limit.
+    pub more: usize,
+    /// Rows evicted for room since this controller started: a history that old is gone.
+    pub evicted: u64,
+    /// When the oldest row still kept was recorded, Unix ms (`None`: empty).
+    pub oldest_ms: Option<u64>,
+}
+
+/// A bounded record of primary-path changes, oldest evicted first.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    rows: VecDeque<JournalRow>,
+    capacity: usize,
+    evicted: u64,
+}
+
+impl Journal {
+    /// A journal keeping at most `capacity` rows (zero keeps none: the journal is off).
+    pub fn new(capacity: usize) -> Self {
+        Journal {
+            rows: VecDeque::with_capacity(capacity.min(1024)),
+            capacity,
+            evicted: 0,
+        }
+    }
+
+    /// Records the pairs whose primary changed from the table `before` to the table `after`
+    /// (backup-only changes are left out: media does not move with them). A table that moves
+    /// more pairs than the journal holds keeps its last ones, and only those are named (see
+    /// [`RouteTable::primary_changes`]). Returns the pairs whose primary changed and those
+    /// whose backup alone did.
+    pub fn record(&mut self, before: &RouteTable, after: &RouteTable) -> (usize, usize) {
+        let moved = before.primary_changes(after, self.capacity);
+        self.push(after.id(), after.computed_at_ms(), moved.total, moved.changes);
+        (moved.total, moved.backup_only)
+    }
+
+    /// Appends the newest `named` of a table's `total` primary changes, evicting the oldest
+    /// rows for room; changes left unnamed count as evicted at once.
+    fn push(&mut self, table: TableId, at_ms: u64, total: usize, named: Vec<RowChange>) {
+        debug_assert!(named.len() <= total && named.len() <= self.capacity);
+        let out = (self.rows.len() + named.len()).saturating_sub(self.capacity);
+        self.rows.drain(..out);
+        self.evicted += (total - named.len() + out) as u64;
+        self.rows.extend(named.into_iter().map(|c| JournalRow {
+            table,
+            at_ms,
+            src: c.src,
+            dst: c.dst,
+            before: c.primary_before,
+            after: c.primary_after,
+            cost_before: c.cost_before,
+            cost_after: c.cost_after,
+            reason: c.reason,
+        }));
+    }
+
+    /// Rows kept now.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// True when no row is kept.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The newest rows that match `q`, at most `q.limit` of them.
+    pub fn query(&self, q: &JournalQuery) -> JournalPage {
+        let mut rows = Vec::new();
+        let mut more = 0;
+        for r in self.rows.iter().rev() {
+            if r.at_ms < q.since_ms {
+                // Rows are in recording order, and tables are recorded as they are computed.
+                break;
+            }
+            if q.site.as_ref().is_some_and(|s| !r.involves(s)) {
+                continue;
+            }
+            if rows.len() < q.limit {
+                rows.push(r.clone());
+            } else {
+                more += 1;
+            }
+        }
+        JournalPage {
+            rows,
+            more,
+            evicted: self.evicted,
+            oldest_ms: self.rows.front().map(|r| r.at_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use topology::{
+        EngineConfig, Epoch, Inventory, LinkHealth, LinkMetrics, RouteEngine, Site, SwitchReason, Version,
+        World,
+    };
+
+    fn id(v: u64) -> TableId {
+        TableId {
+            epoch: Epoch(1),
+            version: Version(v),
+        }
+    }
+
+    fn site(s: &str) -> SiteId {
+        SiteId::new(s).unwrap()
+    }
+
+    fn path(p: &[&str]) -> Option<Vec<SiteId>> {
+        Some(p.iter().map(|s| site(s)).collect())
+    }
+
+    fn change(src: &str, dst: &str, before: &[&str], after: &[&str]) -> RowChange {
+        RowChange {
+            src: site(src),
+            dst: site(dst),
+            primary_before: path(before),
+            primary_after: path(after),
+            backup_before: None,
+            backup_after: None,
+            cost_before: Some(100.0),
+            cost_after: Some(80.0),
+            reason: Reason::Switched(SwitchReason::CurrentDown),
+        }
+    }
+
+    /// Records one table's changes, all of them named.
+    fn push(j: &mut Journal, v: u64, at_ms: u64, changes: Vec<RowChange>) {
+        j.push(id(v), at_ms, changes.len(), changes);
+    }
+
+    fn all(limit: usize) -> JournalQuery {
+        JournalQuery {
+            limit,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn records_the_pairs_a_table_moved_with_their_paths_and_reasons() {
+        // a–b direct, then its link down both ways: both directions move to a relay at once.
+        let inv = Inventory::new(
+            ["a", "b", "c"]
+                .iter()
+                .map(|s| Site::new(s, "r", "aws", 0.0, 0.0, 100).unwrap())
+                .collect(),
+        )
+        .unwrap();
+        let mut w = World::new(inv);
+        for x in ["a", "b", "c"] {
+            for y in ["a", "b", "c"] {
+                if x != y {
+                    w.set_link(&site(x), &site(y), LinkMetrics::rtt(40.0), LinkHealth::Up)
+                        .unwrap();
+                }
+            }
+        }
+        let mut e = RouteEngine::new(EngineConfig::default(), Epoch(3), Version(1)).unwrap();
+        let t1 = e.compute(&w, 1_000).table;
+        for (x, y) in [("a", "b"), ("b", "a")] {
+            w.set_link(&site(x), &site(y), LinkMetrics::rtt(40.0), LinkHealth::Down)
+                .unwrap();
+        }
+        let t2 = e.compute(&w, 2_000).table;
+        let mut j = Journal::new(100);
+        let (primary, _) = j.record(&t1, &t2);
+        assert_eq!(primary, 2);
+        let page = j.query(&all(10));
+        let rows: Vec<String> = page
+            .rows
+            .iter()
+            .map(|r| format!("{}>{} {:?}", r.src, r.dst, r.after.as_ref().map(Vec::len)))
+            .collect();
+        assert_eq!(
+            rows,
+            ["b>a Some(3)", "a>b Some(3)"],
+            "newest (last in table order) first"
+        );
+        let ab = &page.rows[1];
+        assert_eq!(ab.before, path(&["a", "b"]));
+        assert_eq!(ab.after, path(&["a", "c", "b"]));
+        assert_eq!((ab.table, ab.at_ms), (t2.id(), 2_000));
+        assert!(
+            matches!(ab.reason, Reason::Switched(SwitchReason::CurrentDown)),
+            "{ab:?}"
+        );
+        // A journal of one row keeps the newest and counts the other as evicted.
+        let mut one = Journal::new(1);
+        assert_eq!(one.record(&t1, &t2).0, 2);
+        let page = one.query(&all(10));
+        assert_eq!((page.rows.len(), page.evicted), (1, 1));
+        assert_eq!(page.rows[0].src, site("b"));
+        assert_eq!(one.record(&t2, &t2), (0, 0));
+    }
+
+    #[test]
+    fn a_site_matches_as_an_end_or_a_relay_before_or_after() {
+        let mut j = Journal::new(100);
+        push(
+            &mut j,
+            2,
+            1_000,
+            vec![
+                change("a", "b", &["a", "m", "b"], &["a", "b"]),
+                change("c", "d", &["c", "d"], &["c", "m", "d"]),
+                change("a", "d", &["a", "d"], &["a", "c", "d"]),
+            ],
+        );
+        let pairs = |s: &str| -> Vec<String> {
+            j.query(&JournalQuery {
+                site: Some(site(s)),
+                since_ms: 0,
+                limit: 10,
+            })
+            .rows
+            .iter()
+            .map(|r| format!("{}>{}", r.src, r.dst))
+            .collect()
+        };
+        assert_eq!(pairs("m"), ["c>d", "a>b"]);
+        assert_eq!(pairs("c"), ["a>d", "c>d"]);
+        assert!(pairs("z").is_empty());
+    }
+
+    #[test]
+    fn since_and_limit_cut_the_page_and_say_how_much_they_left() {
+        let mut j = Journal::new(100);
+        for v in 2..12 {
+            push(
+                &mut j,
+                v,
+                v * 1_000,
+                vec![change("a", "b", &["a", "b"], &["a", "c", "b"])],
+            );
+        }
+        let page = j.query(&JournalQuery {
+            site: None,
+            since_ms: 5_000,
+            limit: 3,
+        });
+        let versions: Vec<u64> = page.rows.iter().map(|r| r.table.version.0).collect();
+        assert_eq!(versions, [11, 10, 9]);
+        assert_eq!(page.more, 4, "versions 8 down to 5 matched too");
+        assert_eq!((page.evicted, page.oldest_ms), (0, Some(2_000)));
+    }
+
+    #[test]
+    fn a_full_journal_evicts_its_oldest_rows_and_counts_them() {
+        let mut j = Journal::new(3);
+        for v in 2..7 {
+            push(
+                &mut j,
+                v,
+                v * 1_000,
+                vec![change("a", "b", &["a", "b"], &["a", "c", "b"])],
+            );
+        }
+        assert_eq!(j.len(), 3);
+        let page = j.query(&all(10));
+        assert_eq!(page.evicted, 2);
+        assert_eq!(page.oldest_ms, Some(4_000));
+        // Off: nothing kept, everything counted.
+        let mut off = Journal::new(0);
+        off.push(id(2), 1, 5, Vec::new());
+        assert!(off.is_empty());
+        assert_eq!(off.query(&all(10)).evicted, 5);
+    }
+}
