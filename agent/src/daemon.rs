@@ -42,6 +42,10 @@ pub struct Metrics {
     pub persist_failures: IntGauge,
     /// Load reports from the media server refused, by reason.
     pub status_rejected: IntCounterVec,
+    /// Route reads refused for their query (`axon_agent_api_rejected_total{reason}`).
+    pub api_rejected: IntCounterVec,
+    /// Route reads waiting for a new table now (`axon_agent_route_waiters`).
+    pub route_waiters: IntGauge,
     /// Load reports sent to a controller.
     pub status_sent: IntCounter,
 }
@@ -91,6 +95,23 @@ impl Metrics {
                     &["reason"],
                 ),
             ),
+            api_rejected: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "axon_agent_api_rejected_total",
+                        "Route reads from the media server refused for their query, by reason.",
+                    ),
+                    &["reason"],
+                ),
+            ),
+            route_waiters: register(
+                r,
+                IntGauge::new(
+                    "axon_agent_route_waiters",
+                    "Route reads waiting for a table other than the one they hold.",
+                ),
+            ),
             status_sent: register(
                 r,
                 IntCounter::new(
@@ -103,6 +124,9 @@ impl Metrics {
         // Every result from the start: an increase() over them sees the first refusal.
         for result in ["applied", "repeat", "stale", "refused"] {
             m.updates.with_label_values(&[result]);
+        }
+        for reason in ["bad_query", "too_many_waiters"] {
+            m.api_rejected.with_label_values(&[reason]);
         }
         m
     }
@@ -125,6 +149,9 @@ pub struct State {
     pub connected: AtomicBool,
     /// The media server's last load report; every watch session forwards it.
     pub status: watch::Sender<Option<NodeLoad>>,
+    /// The `(epoch, version)` of the table in force, announced on every install: route
+    /// reads that wait for a new table (`?after=…&wait_s=…`) wake on it.
+    pub installed: watch::Sender<Option<(u64, u64)>>,
     /// Metrics.
     pub metrics: Metrics,
 }
@@ -137,7 +164,9 @@ impl State {
 
     fn install(&self, t: Table) {
         self.metrics.table_version.set(version(&t.update).1 as i64);
+        let v = t.version();
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(t));
+        self.installed.send_replace(Some(v));
     }
 }
 
@@ -171,6 +200,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         from_controller: AtomicBool::new(false),
         connected: AtomicBool::new(false),
         status: watch::Sender::new(None),
+        installed: watch::Sender::new(None),
         metrics: Metrics::new(),
     });
     match persist::load(&cfg.table_file, &cfg.site) {

@@ -39,11 +39,13 @@ fn update(version: u64, primary: &[&str]) -> pb::RouteUpdate {
     }
 }
 
-/// Sends a script of updates, one after each answer, and records the answers.
+/// Sends a script of updates, one after each answer, and records the answers. With a `gate`,
+/// the first `before_gate` updates go at once and the rest once the gate is opened.
 #[derive(Clone)]
 struct Scripted {
     script: Vec<pb::RouteUpdate>,
     answers: Arc<Mutex<Vec<pb::agent_message::Body>>>,
+    gate: Option<(usize, Arc<tokio::sync::Notify>)>,
 }
 
 #[tonic::async_trait]
@@ -60,7 +62,12 @@ impl RouteDistribution for Scripted {
         tokio::spawn(async move {
             // The hello.
             let _ = inbound.next().await;
-            for u in me.script {
+            for (i, u) in me.script.into_iter().enumerate() {
+                if let Some((before_gate, gate)) = &me.gate
+                    && i == *before_gate
+                {
+                    gate.notified().await;
+                }
                 if tx.send(Ok(u)).await.is_err() {
                     return;
                 }
@@ -107,6 +114,7 @@ async fn bad_and_stale_updates_are_nacked_and_the_good_table_stays() {
     let svc = Scripted {
         script,
         answers: Arc::default(),
+        gate: None,
     };
     let (addr, server) = serve(svc.clone()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -160,6 +168,7 @@ async fn an_agent_fails_over_to_the_next_controller() {
     let svc = Scripted {
         script: vec![update(3, &["a", "b"])],
         answers: Arc::default(),
+        gate: None,
     };
     let (addr, server) = serve(svc.clone()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -182,5 +191,108 @@ async fn an_agent_fails_over_to_the_next_controller() {
     assert_eq!(v["version"], 3);
     assert_eq!(v["controller_connected"], true);
     a.shutdown().await;
+    server.abort();
+}
+
+async fn metrics(http: std::net::SocketAddr) -> String {
+    http_get(http, "/metrics")
+        .await
+        .1
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_media_server_waits_for_the_next_table_with_one_request() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let svc = Scripted {
+        script: vec![update(5, &["a", "c", "b"]), update(6, &["a", "b"])],
+        answers: Arc::default(),
+        gate: Some((1, gate.clone())),
+    };
+    let (addr, server) = serve(svc.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent::start(agent_config(dir.path(), "a", vec![format!("http://{addr}")]))
+        .await
+        .unwrap();
+    let http = a.http_addr;
+    eventually(Duration::from_secs(20), "table 1.5 applied", || async {
+        (http_get(http, "/v1/routes").await.1["version"] == 5).then_some(())
+    })
+    .await;
+
+    // Holding 1.5, a read that waits is answered when 1.6 is applied, with it.
+    let waiting = tokio::spawn(async move { http_get(http, "/v1/routes?after=1.5&wait_s=120").await });
+    eventually(Duration::from_secs(20), "the read to be waiting", || async {
+        metrics(http)
+            .await
+            .lines()
+            .any(|l| l == "axon_agent_route_waiters 1")
+            .then_some(())
+    })
+    .await;
+    // A read that waits a second, before any new table: the same table, unchanged.
+    let (status, v) = http_get(http, "/v1/routes/b?after=1.5&wait_s=1").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (v["version"].as_u64(), v["changed"].as_bool()),
+        (Some(5), Some(false))
+    );
+    assert!(!waiting.is_finished(), "answered before a new table");
+    gate.notify_one();
+    let (status, v) = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the waiting read answered once 1.6 was applied")
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["version"].as_u64(), v["changed"].as_bool()),
+        (Some(6), Some(true))
+    );
+    assert_eq!(v["rows"][0]["primary"]["sites"], serde_json::json!(["a", "b"]));
+    // A reader behind is answered at once; one naming no table too.
+    let (_, v) = http_get(http, "/v1/routes/b?after=1.5&wait_s=120").await;
+    assert_eq!(
+        (v["version"].as_u64(), v["changed"].as_bool()),
+        (Some(6), Some(true))
+    );
+    let (_, v) = http_get(http, "/v1/routes?wait_s=120").await;
+    assert_eq!(v["version"], 6);
+
+    // A query it cannot read is refused with what it expects, and counted.
+    for (q, says) in [
+        ("after=6", "EPOCH.VERSION"),
+        ("wait_s=301", "0 to 300"),
+        ("since=1", "unknown parameter"),
+    ] {
+        let (status, v) = http_get(http, &format!("/v1/routes?{q}")).await;
+        assert_eq!(status, 400, "{q}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(says), "{q}: {v}");
+    }
+    let m = metrics(http).await;
+    assert!(
+        m.lines()
+            .any(|l| l == "axon_agent_api_rejected_total{reason=\"bad_query\"} 3"),
+        "{m}"
+    );
+    assert!(m.lines().any(|l| l == "axon_agent_route_waiters 0"), "{m}");
+
+    // A read waiting when the agent stops is answered, not dropped.
+    let waiting = tokio::spawn(async move { http_get(http, "/v1/routes?after=1.6&wait_s=300").await });
+    eventually(Duration::from_secs(20), "the read to be waiting", || async {
+        metrics(http)
+            .await
+            .lines()
+            .any(|l| l == "axon_agent_route_waiters 1")
+            .then_some(())
+    })
+    .await;
+    a.shutdown().await;
+    let (status, v) = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the waiting read answered at shutdown")
+        .unwrap();
+    assert_eq!((status, v["changed"].as_bool()), (200, Some(false)), "{v}");
     server.abort();
 }
