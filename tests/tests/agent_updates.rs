@@ -194,6 +194,18 @@ async fn an_agent_fails_over_to_the_next_controller() {
     server.abort();
 }
 
+/// Until one route read waits at the agent.
+async fn until_waiting(http: std::net::SocketAddr) {
+    eventually(Duration::from_secs(20), "a route read to be waiting", || async {
+        metrics(http)
+            .await
+            .lines()
+            .any(|l| l == "axon_agent_route_waiters 1")
+            .then_some(())
+    })
+    .await;
+}
+
 async fn metrics(http: std::net::SocketAddr) -> String {
     http_get(http, "/metrics")
         .await
@@ -224,14 +236,7 @@ async fn a_media_server_waits_for_the_next_table_with_one_request() {
 
     // Holding 1.5, a read that waits is answered when 1.6 is applied, with it.
     let waiting = tokio::spawn(async move { http_get(http, "/v1/routes?after=1.5&wait_s=120").await });
-    eventually(Duration::from_secs(20), "the read to be waiting", || async {
-        metrics(http)
-            .await
-            .lines()
-            .any(|l| l == "axon_agent_route_waiters 1")
-            .then_some(())
-    })
-    .await;
+    until_waiting(http).await;
     // A read that waits a second, before any new table: the same table, unchanged.
     let (status, v) = http_get(http, "/v1/routes/b?after=1.5&wait_s=1").await;
     assert_eq!(status, 200);
@@ -280,14 +285,7 @@ async fn a_media_server_waits_for_the_next_table_with_one_request() {
 
     // A read waiting when the agent stops is answered, not dropped.
     let waiting = tokio::spawn(async move { http_get(http, "/v1/routes?after=1.6&wait_s=300").await });
-    eventually(Duration::from_secs(20), "the read to be waiting", || async {
-        metrics(http)
-            .await
-            .lines()
-            .any(|l| l == "axon_agent_route_waiters 1")
-            .then_some(())
-    })
-    .await;
+    until_waiting(http).await;
     a.shutdown().await;
     let (status, v) = tokio::time::timeout(Duration::from_secs(30), waiting)
         .await
