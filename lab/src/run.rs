@@ -938,6 +938,19 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
     if let Some(dir) = &opts.prometheus_targets {
         mesh.write_targets(s, dir)?;
     }
+    if opts.live {
+        // The control plane is a real one: an operator may question it while the run lasts.
+        let op = prober::tls::mesh_files(mesh.dir.path(), "operator");
+        // A follower names the leader when asked, should the lead move during the run.
+        let first = mesh.leader().or_else(|| mesh.controllers.iter().flatten().next());
+        println!(
+            "axonctl while it runs: AXON_CONTROLLER=https://{} AXON_CA={} AXON_CERT={} AXON_KEY={} axonctl changes",
+            first.map_or_else(String::new, |c| c.grpc_addr.to_string()),
+            op.ca.display(),
+            op.cert.display(),
+            op.key.display()
+        );
+    }
     let n = s.world.inventory.len();
     let cfg = ControllerConfig::default();
     let weights = cfg.engine.cost.clone();
