@@ -53,6 +53,8 @@ impl JournalRow {
 pub struct JournalQuery {
     /// Only rows that involve this site (see [`JournalRow::involves`]).
     pub site: Option<SiteId>,
+    /// Only this ordered pair's rows (`explain` shows a pair's history).
+    pub pair: Option<(SiteId, SiteId)>,
     /// Only rows of tables computed at or after this instant, Unix ms.
     pub since_ms: u64,
     /// At most this many rows, newest first.
@@ -140,7 +142,9 @@ impl Journal {
                 // Rows are in recording order, and tables are recorded as they are computed.
                 break;
             }
-            if q.site.as_ref().is_some_and(|s| !r.involves(s)) {
+            if q.site.as_ref().is_some_and(|s| !r.involves(s))
+                || q.pair.as_ref().is_some_and(|(a, b)| (&r.src, &r.dst) != (a, b))
+            {
                 continue;
             }
             if rows.len() < q.limit {
@@ -280,8 +284,8 @@ mod tests {
         let pairs = |s: &str| -> Vec<String> {
             j.query(&JournalQuery {
                 site: Some(site(s)),
-                since_ms: 0,
                 limit: 10,
+                ..Default::default()
             })
             .rows
             .iter()
@@ -291,6 +295,20 @@ mod tests {
         assert_eq!(pairs("m"), ["c>d", "a>b"]);
         assert_eq!(pairs("c"), ["a>d", "c>d"]);
         assert!(pairs("z").is_empty());
+        // A pair is ordered: a → d's rows, not d → a's, nor the other pairs of a.
+        let ad = j.query(&JournalQuery {
+            pair: Some((site("a"), site("d"))),
+            limit: 10,
+            ..Default::default()
+        });
+        assert_eq!(ad.rows.len(), 1);
+        assert_eq!(ad.rows[0].after, path(&["a", "c", "d"]));
+        let da = j.query(&JournalQuery {
+            pair: Some((site("d"), site("a"))),
+            limit: 10,
+            ..Default::default()
+        });
+        assert!(da.rows.is_empty());
     }
 
     #[test]
@@ -305,9 +323,9 @@ mod tests {
             );
         }
         let page = j.query(&JournalQuery {
-            site: None,
             since_ms: 5_000,
             limit: 3,
+            ..Default::default()
         });
         let versions: Vec<u64> = page.rows.iter().map(|r| r.table.version.0).collect();
         assert_eq!(versions, [11, 10, 9]);

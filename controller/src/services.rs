@@ -19,7 +19,7 @@ use crate::auth::Caller;
 use crate::core::{drain_entry, row};
 use crate::daemon::{AgentRecord, Shared, node_load, now_ms};
 use crate::error::ControllerError;
-use crate::journal::JournalQuery;
+use crate::journal::{JournalQuery, JournalRow};
 
 /// Every service over the same shared state.
 #[derive(Clone)]
@@ -573,11 +573,25 @@ impl pb::admin_server::Admin for Services {
             .map(|e| crate::core::reason_text(&e.reason))
             .unwrap_or_default();
         let alternatives = core.alternatives(&from, &to, 5).map_err(topology_status)?;
+        drop(core);
+        let history = self
+            .0
+            .journal()
+            .query(&JournalQuery {
+                pair: Some((from, to)),
+                limit: EXPLAIN_HISTORY,
+                ..Default::default()
+            })
+            .rows
+            .iter()
+            .map(route_change)
+            .collect();
         Ok(Response::new(pb::ExplainReply {
             version: table_version(&self.0),
             chosen,
             alternatives,
             hysteresis,
+            history,
         }))
     }
 
@@ -713,36 +727,41 @@ impl pb::admin_server::Admin for Services {
         };
         let page = self.0.journal().query(&JournalQuery {
             site,
+            pair: None,
             since_ms: req.since_unix_ms,
             limit: limit as usize,
         });
-        let names =
-            |p: &Option<Vec<SiteId>>| -> Vec<String> { p.iter().flatten().map(|s| s.to_string()).collect() };
         Ok(Response::new(pb::ChangesReply {
-            changes: page
-                .rows
-                .iter()
-                .map(|r| pb::RouteChange {
-                    version: Some(pb::TableVersion {
-                        epoch: r.table.epoch.0,
-                        version: r.table.version.0,
-                    }),
-                    at_unix_ms: r.at_ms,
-                    src: r.src.to_string(),
-                    dst: r.dst.to_string(),
-                    before: names(&r.before),
-                    after: names(&r.after),
-                    cost_before_ms: r.cost_before.map(f64::from),
-                    cost_after_ms: r.cost_after.map(f64::from),
-                    reason: crate::core::reason_text(&r.reason),
-                })
-                .collect(),
+            changes: page.rows.iter().map(route_change).collect(),
             more: u32::try_from(page.more).unwrap_or(u32::MAX),
             evicted: page.evicted,
             oldest_unix_ms: page.oldest_ms.unwrap_or(0),
         }))
     }
 }
+
+/// A journal row on the wire.
+fn route_change(r: &JournalRow) -> pb::RouteChange {
+    let names =
+        |p: &Option<Vec<SiteId>>| -> Vec<String> { p.iter().flatten().map(|s| s.to_string()).collect() };
+    pb::RouteChange {
+        version: Some(pb::TableVersion {
+            epoch: r.table.epoch.0,
+            version: r.table.version.0,
+        }),
+        at_unix_ms: r.at_ms,
+        src: r.src.to_string(),
+        dst: r.dst.to_string(),
+        before: names(&r.before),
+        after: names(&r.after),
+        cost_before_ms: r.cost_before.map(f64::from),
+        cost_after_ms: r.cost_after.map(f64::from),
+        reason: crate::core::reason_text(&r.reason),
+    }
+}
+
+/// The changes `explain` shows of a pair's history.
+const EXPLAIN_HISTORY: usize = 5;
 
 /// Route changes a `Changes` call returns when it names no limit, and the most it may ask for.
 const DEFAULT_CHANGES: u32 = 100;

@@ -667,9 +667,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     .iter()
                     .map(|a| json!({"path": path_json(&a.path), "why_not": a.why_not}))
                     .collect();
+                let history: Vec<Value> = e.history.iter().map(change_json).collect();
                 println!(
                     "{}",
-                    json!({"version": version(&e.version), "primary": path_json(&chosen.primary), "backup": path_json(&chosen.backup), "reason": chosen.reason, "alternatives": alts, "hysteresis": e.hysteresis})
+                    json!({"version": version(&e.version), "primary": path_json(&chosen.primary), "backup": path_json(&chosen.backup), "reason": chosen.reason, "alternatives": alts, "hysteresis": e.hysteresis, "history": history})
                 );
             } else {
                 println!("table       {}", version(&e.version));
@@ -677,6 +678,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 println!("why         {}", chosen.reason);
                 for a in &e.alternatives {
                     println!("alternative {}  — {}", path_text(&a.path), a.why_not);
+                }
+                for c in &e.history {
+                    let cells = change_cells(c);
+                    println!(
+                        "changed     {} (table {}): {} ⇒ {} — {}",
+                        cells[0], cells[1], cells[3], cells[4], cells[5]
+                    );
                 }
             }
         }
@@ -817,9 +825,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(from_status)?
                 .into_inner();
             if json_out {
-                let v: Vec<Value> = r.changes.iter().map(|c| json!({"version": version(&c.version), "at_unix_ms": c.at_unix_ms, "src": c.src, "dst": c.dst,
-                                                                   "before": c.before, "after": c.after, "cost_before_ms": c.cost_before_ms,
-                                                                   "cost_after_ms": c.cost_after_ms, "reason": c.reason})).collect();
+                let v: Vec<Value> = r.changes.iter().map(change_json).collect();
                 println!(
                     "{}",
                     json!({"changes": v, "more": r.more, "evicted": r.evicted, "oldest_unix_ms": r.oldest_unix_ms})
@@ -843,6 +849,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// One journal row as JSON: times in Unix ms, paths as lists of sites.
+fn change_json(c: &pb::RouteChange) -> Value {
+    json!({"version": version(&c.version), "at_unix_ms": c.at_unix_ms, "src": c.src, "dst": c.dst,
+           "before": c.before, "after": c.after, "cost_before_ms": c.cost_before_ms,
+           "cost_after_ms": c.cost_after_ms, "reason": c.reason})
 }
 
 /// One journal row as table cells: a path with its cost, `-` for none.

@@ -154,6 +154,25 @@ async fn the_loop_relays_reroutes_drains_and_survives_the_control_plane() {
             .all(|c| c.src == "c" || c.dst == "c" || c.before.iter().chain(&c.after).any(|s| s == "c")),
         "only pairs c ends or relays: {journal:?}"
     );
+    // Explain shows the pair's own history, newest first.
+    let history = admin
+        .explain(pb::ExplainRequest {
+            from: "a".into(),
+            to: "b".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .history;
+    assert!(history.len() >= 2, "{history:?}");
+    assert!(
+        history
+            .iter()
+            .all(|c| (c.src.as_str(), c.dst.as_str()) == ("a", "b")),
+        "{history:?}"
+    );
+    assert_eq!(history[0], **back);
+    assert!(history.iter().any(|c| c == *off), "{history:?}");
     let unknown = admin
         .changes(pb::ChangesRequest {
             site: "zz".into(),
