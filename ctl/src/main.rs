@@ -159,6 +159,10 @@ enum Command {
         /// At most this many rows (up to 10000).
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Keep following: the matching changes oldest first, then each new one as its table
+        /// is published, one line each (JSON lines with `-o json`), until interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
 }
 
@@ -680,11 +684,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     println!("alternative {}  — {}", path_text(&a.path), a.why_not);
                 }
                 for c in &e.history {
-                    let cells = change_cells(c);
-                    println!(
-                        "changed     {} (table {}): {} ⇒ {} — {}",
-                        cells[0], cells[1], cells[3], cells[4], cells[5]
-                    );
+                    println!("changed     {}", change_line(c));
                 }
             }
         }
@@ -808,13 +808,28 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
-        Command::Changes { site, since, limit } => {
+        Command::Changes {
+            site,
+            since,
+            limit,
+            follow,
+        } => {
             let since_unix_ms = since.map_or(0, |d| {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap_or_default();
                 u64::try_from(now.saturating_sub(d).as_millis()).unwrap_or(u64::MAX)
             });
+            if follow {
+                return follow_changes(
+                    &mut admin,
+                    site.unwrap_or_default(),
+                    since_unix_ms,
+                    limit,
+                    json_out,
+                )
+                .await;
+            }
             let r = admin
                 .changes(pb::ChangesRequest {
                     site: site.unwrap_or_default(),
@@ -849,6 +864,84 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The most rows one `Changes` call returns (the controller's bound).
+const MAX_CHANGES: u32 = 10_000;
+
+/// `changes --follow`: asks the controller once a second for what is newer than the last row
+/// printed. A row is known by its time and table, so a controller restarted with versions from
+/// 1 again still shows its rows. An error that waiting can mend (no leader yet, a controller
+/// restarting) is said once and waited out; a refusal ends the command.
+async fn follow_changes(
+    admin: &mut Admin,
+    site: String,
+    mut since_unix_ms: u64,
+    limit: u32,
+    json_out: bool,
+) -> Result<(), Failure> {
+    let key = |c: &pb::RouteChange| {
+        let v = c.version.as_ref().map_or((0, 0), |v| (v.epoch, v.version));
+        (c.at_unix_ms, v)
+    };
+    let mut last: Option<(u64, (u64, u64))> = None;
+    let mut waiting: Option<String> = None;
+    loop {
+        let asked = if last.is_none() { limit } else { MAX_CHANGES };
+        match admin
+            .changes(pb::ChangesRequest {
+                site: site.clone(),
+                since_unix_ms,
+                limit: asked,
+            })
+            .await
+        {
+            Ok(r) => {
+                let r = r.into_inner();
+                if waiting.take().is_some() {
+                    eprintln!("the controller answers again");
+                }
+                if last.is_some() && r.more > 0 {
+                    eprintln!("{} changes went by between two asks and are not shown", r.more);
+                }
+                for c in r.changes.iter().rev().filter(|c| last.is_none_or(|l| key(c) > l)) {
+                    if json_out {
+                        println!("{}", change_json(c));
+                    } else {
+                        println!("{}", change_line(c));
+                    }
+                }
+                if let Some(newest) = r.changes.first() {
+                    last = last.max(Some(key(newest)));
+                    since_unix_ms = newest.at_unix_ms;
+                } else {
+                    last = last.or(Some((since_unix_ms, (0, 0))));
+                }
+            }
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::FailedPrecondition | tonic::Code::Unknown
+                ) =>
+            {
+                if waiting.as_deref() != Some(s.message()) {
+                    eprintln!("waiting: {}", s.message());
+                    waiting = Some(s.message().to_string());
+                }
+            }
+            Err(s) => return Err(from_status(s)),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// One journal row on one line, for `changes --follow`.
+fn change_line(c: &pb::RouteChange) -> String {
+    let cells = change_cells(c);
+    format!(
+        "{}  table {}  {}  {} ⇒ {}  — {}",
+        cells[0], cells[1], cells[2], cells[3], cells[4], cells[5]
+    )
 }
 
 /// One journal row as JSON: times in Unix ms, paths as lists of sites.

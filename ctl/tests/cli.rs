@@ -2,7 +2,9 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use mesh::{agent_config, controller_config, endpoint, four_sites};
+use mesh::{Mesh, agent_config, controller_config, endpoint, eventually, four_sites, relay_rtt};
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
 
 async fn axonctl(args: &[&str]) -> (i32, String, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_axonctl"))
@@ -311,4 +313,72 @@ async fn certificates_made_by_axonctl_carry_their_roles_through_a_real_controlle
     let peer = proto::auth::Peer::from_cert(&der).unwrap();
     assert!(peer.names("a") && peer.has(proto::auth::Role::Prober) && !peer.has(proto::auth::Role::Operator));
     c.shutdown().await;
+}
+
+/// Reads lines from a following `axonctl` until one matches, keeping each in `seen`.
+async fn line_until(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    seen: &mut Vec<String>,
+    what: &str,
+    matches: impl Fn(&str) -> bool,
+) -> String {
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("{what} within 60 s; seen:\n{}", seen.join("\n")))
+            .unwrap()
+            .expect("axonctl still following");
+        seen.push(line.clone());
+        if matches(&line) {
+            return line;
+        }
+    }
+}
+
+/// `changes --follow` against a mesh that measures: the history first, then a blackhole's
+/// move as it happens, one line per pair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_follow_shows_a_move_as_it_happens() {
+    let mesh = Mesh::start(four_sites(), relay_rtt).await;
+    let url = endpoint(mesh.controller.as_ref().unwrap());
+    eventually(Duration::from_secs(60), "a → c → b", || async {
+        (mesh.primary("a", "b").await? == ["a", "c", "b"]).then_some(())
+    })
+    .await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_axonctl"))
+        .args(["-c", &url, "changes", "--follow", "--site", "c"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // A line reads "AT  table E.V  a → b  BEFORE ⇒ AFTER  — REASON".
+    let ab = |l: &str| l.contains("  a → b  ");
+    // The history: a → b's move onto c.
+    line_until(&mut lines, &mut seen, "a → b's move onto c", |l| {
+        ab(l)
+            && l.split(" ⇒ ")
+                .nth(1)
+                .is_some_and(|after| after.starts_with("a → c → b ("))
+    })
+    .await;
+    // Then a cut of c → b: a → b leaves c, printed without being asked again.
+    mesh.blackhole("c", "b", true);
+    let off = line_until(&mut lines, &mut seen, "a → b's move off c", |l| {
+        ab(l)
+            && l.split(" ⇒ ")
+                .next()
+                .is_some_and(|before| before.contains("  a → c → b ("))
+    })
+    .await;
+    assert!(off.contains("— switched: "), "{off}");
+    // Every row has c as an end or a relay.
+    assert!(
+        seen.iter()
+            .all(|l| l.contains(" c ") || l.contains("→ c") || l.contains("c →")),
+        "{seen:?}"
+    );
+    child.kill().await.unwrap();
+    mesh.shutdown().await;
 }
