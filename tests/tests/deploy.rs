@@ -449,6 +449,27 @@ fn dashboard_queries() -> Vec<(String, String)> {
     out
 }
 
+/// The dashboard's annotations (events marked on every panel): name and expression. Each
+/// reads the datasource variable and no other.
+fn dashboard_annotations() -> Vec<(String, String)> {
+    let dash: Value = serde_json::from_str(&read("grafana/dashboards/axon-mesh.json")).unwrap();
+    let mut out = Vec::new();
+    for a in dash["annotations"]["list"].as_array().unwrap() {
+        if a["builtIn"] == 1 {
+            continue;
+        }
+        let name = a["name"].as_str().unwrap().to_string();
+        assert_eq!(
+            a["datasource"]["uid"], "${datasource}",
+            "{name} uses the datasource variable"
+        );
+        let expr = a["expr"].as_str().unwrap().to_string();
+        assert!(!expr.contains('$'), "{name}: a variable in {expr}");
+        out.push((name, expr));
+    }
+    out
+}
+
 /// The metric names an expression reads (Axon's and the process metrics).
 fn metric_names(expr: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
@@ -587,7 +608,13 @@ async fn a_real_prometheus_scrapes_the_mesh_answers_every_dashboard_query_and_al
         .iter()
         .map(|n| n.as_str().unwrap().to_string())
         .collect();
-    let read_by_panels: BTreeSet<String> = panels.iter().flat_map(|(_, e)| metric_names(e)).collect();
+    let annotations = dashboard_annotations();
+    assert!(annotations.len() >= 4, "{annotations:?}");
+    let read_by_panels: BTreeSet<String> = panels
+        .iter()
+        .chain(&annotations)
+        .flat_map(|(_, e)| metric_names(e))
+        .collect();
     for name in read_by_rules.iter().chain(&read_by_panels) {
         let known = if name.contains(':') {
             recorded.contains(name)
@@ -677,6 +704,28 @@ async fn a_real_prometheus_scrapes_the_mesh_answers_every_dashboard_query_and_al
             ("b".to_string(), "a".to_string()),
         ]);
         (links == want).then_some(())
+    })
+    .await;
+    // Every annotation's query is one Prometheus answers; the lost link is marked.
+    for (name, expr) in &annotations {
+        query(prom, expr)
+            .await
+            .unwrap_or_else(|e| panic!("annotation {name}: {expr}: {e}"));
+    }
+    let (_, lost) = annotations.iter().find(|(n, _)| n == "Links lost").unwrap();
+    eventually(Duration::from_secs(60), "the lost link annotated", || async {
+        let r = query(prom, lost).await.ok()?;
+        let marked: BTreeSet<String> = r
+            .iter()
+            .filter_map(|s| {
+                Some(format!(
+                    "{}>{}",
+                    s["metric"]["site"].as_str()?,
+                    s["metric"]["peer"].as_str()?
+                ))
+            })
+            .collect();
+        (marked == BTreeSet::from(["a>b".to_string(), "b>a".to_string()])).then_some(())
     })
     .await;
     eventually(Duration::from_secs(60), "links down on the dashboard", || async {
