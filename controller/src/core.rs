@@ -68,6 +68,15 @@ pub struct WindowEffect {
     pub wants_evidence: bool,
 }
 
+/// What a configuration reload changed ([`Core::reconfigure`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reload {
+    /// The sections that differ from the configuration in force (empty: the same file).
+    pub changed: Vec<&'static str>,
+    /// Whether each pair's switching memory started afresh (the relay limit changed).
+    pub memory_reset: bool,
+}
+
 /// Everything the controller knows and decides.
 #[derive(Debug)]
 pub struct Core {
@@ -160,6 +169,59 @@ impl Core {
     /// The configuration.
     pub fn config(&self) -> &ControllerConfig {
         &self.cfg
+    }
+
+    /// Takes a new configuration without a restart (`SIGHUP`): the tunables — link cost,
+    /// path search and hysteresis (`engine`), link smoothing and health (`links`), drain
+    /// guardrails, `max_future_ms`, `journal_rows` — apply from the next window and the next
+    /// computation, which publishes a new version. Keys the running daemon was built around
+    /// (addresses, store, TLS, tokens, the inventory, its timers) need a restart: a file that
+    /// changes any of them is refused whole, naming them, and nothing changes. Link states,
+    /// drains and each pair's switching memory are kept (the memory is reset only when the
+    /// relay limit changed; see [`RouteEngine::reconfigure`]).
+    pub fn reconfigure(&mut self, new: ControllerConfig) -> Result<Reload, ControllerError> {
+        new.validate()?;
+        let old = &self.cfg;
+        let restart: Vec<&str> = [
+            ("name", old.name != new.name),
+            ("grpc_listen", old.grpc_listen != new.grpc_listen),
+            ("http_listen", old.http_listen != new.http_listen),
+            ("tick_ms", old.tick_ms != new.tick_ms),
+            ("resync_ms", old.resync_ms != new.resync_ms),
+            ("store", old.store != new.store),
+            ("tls", old.tls != new.tls),
+            ("operator_tokens", old.operator_tokens != new.operator_tokens),
+            ("sites", old.sites != new.sites),
+        ]
+        .into_iter()
+        .filter_map(|(key, differs)| differs.then_some(key))
+        .collect();
+        if !restart.is_empty() {
+            return Err(ControllerError::Config(format!(
+                "{} cannot change without a restart; nothing was reloaded",
+                restart.join(", ")
+            )));
+        }
+        let changed: Vec<&'static str> = [
+            ("engine", old.engine != new.engine),
+            ("links", old.links != new.links),
+            ("guardrails", old.guardrails != new.guardrails),
+            ("max_future_ms", old.max_future_ms != new.max_future_ms),
+            ("journal_rows", old.journal_rows != new.journal_rows),
+        ]
+        .into_iter()
+        .filter_map(|(key, differs)| differs.then_some(key))
+        .collect();
+        let memory_reset = if old.engine == new.engine {
+            false
+        } else {
+            self.engine.reconfigure(new.engine.clone())?
+        };
+        self.cfg = new;
+        Ok(Reload {
+            changed,
+            memory_reset,
+        })
     }
 
     /// What to persist now.
@@ -748,6 +810,67 @@ mod tests {
         );
         let bad = pb::LivenessEvent { state: 9, ..ev };
         assert!(c.liveness(&bad, &a, 1).is_err());
+    }
+
+    #[test]
+    fn a_reload_takes_the_tunables_and_refuses_what_needs_a_restart() {
+        let mut c = core();
+        let now = 1_000_000;
+        for (x, y) in [
+            ("a", "b"),
+            ("b", "a"),
+            ("a", "c"),
+            ("c", "a"),
+            ("b", "c"),
+            ("c", "b"),
+        ] {
+            let reporter = SiteId::new(x).unwrap();
+            c.window(&window(x, y, now - 100, 40.0), &reporter, now).unwrap();
+        }
+        let first = c.compute(now);
+        assert!(first.changed);
+        // The same file: nothing to do.
+        let same = c.config().clone();
+        let r = c.reconfigure(same).unwrap();
+        assert!(r.changed.is_empty() && !r.memory_reset, "{r:?}");
+        // Tunables apply; the next computation publishes a new version.
+        let mut tuned = c.config().clone();
+        tuned.engine.hysteresis.switch_after += 2;
+        tuned.guardrails.max_drained_fraction = 0.4;
+        let r = c.reconfigure(tuned.clone()).unwrap();
+        assert_eq!(
+            (r.changed.as_slice(), r.memory_reset),
+            (&["engine", "guardrails"][..], false)
+        );
+        assert_eq!(c.config(), &tuned);
+        let next = c.compute(now + 1_000);
+        assert!(next.changed);
+        assert_eq!(next.table.id().version.0, first.table.id().version.0 + 1);
+        // A new relay limit: the switching memory starts afresh.
+        let mut fewer = c.config().clone();
+        fewer.engine.paths.max_relays = 1;
+        assert!(c.reconfigure(fewer).unwrap().memory_reset);
+        // What the daemon was built around: refused whole, the keys named.
+        let before = c.config().clone();
+        let mut moved = before.clone();
+        moved.grpc_listen = "127.0.0.1:1".parse().unwrap();
+        moved.tick_ms = 500;
+        moved.engine.hysteresis.switch_after = 9;
+        let e = c.reconfigure(moved).unwrap_err().to_string();
+        assert!(
+            e.contains("grpc_listen, tick_ms cannot change without a restart"),
+            "{e}"
+        );
+        // An invalid file: refused by the checks a start makes.
+        let mut bad = before.clone();
+        bad.journal_rows = 2_000_000;
+        assert!(
+            c.reconfigure(bad)
+                .unwrap_err()
+                .to_string()
+                .contains("journal_rows")
+        );
+        assert_eq!(c.config(), &before, "a refused reload changes nothing");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::auth::Auth;
 use crate::config::ControllerConfig;
-use crate::core::{Core, site_update};
+use crate::core::{Core, Reload, site_update};
 use crate::error::ControllerError;
 use crate::ha::{Etcd, Leadership};
 use crate::journal::Journal;
@@ -116,6 +116,29 @@ impl Shared {
     /// every mutation is one call).
     pub fn core(&self) -> MutexGuard<'_, Core> {
         self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies a new configuration without a restart (see [`Core::reconfigure`]): logged,
+    /// counted, and followed by a computation at once. A refused file changes nothing.
+    pub fn reload(&self, cfg: ControllerConfig) -> Result<Reload, ControllerError> {
+        let rows = cfg.journal_rows;
+        let result = self.core().reconfigure(cfg);
+        match &result {
+            Ok(r) => {
+                self.journal().set_capacity(rows);
+                self.metrics.config_reloads.with_label_values(&["applied"]).inc();
+                info!(changed = ?r.changed, memory_reset = r.memory_reset, "configuration reloaded");
+                self.recompute.notify_one();
+            }
+            Err(e) => self.reload_refused(e),
+        }
+        result
+    }
+
+    /// Counts and logs a reload that did not happen (also for a file that did not parse).
+    pub fn reload_refused(&self, error: &dyn std::fmt::Display) {
+        self.metrics.config_reloads.with_label_values(&["refused"]).inc();
+        warn!(error = %error, "configuration reload refused; the one in force stays");
     }
 
     /// The route-change journal.
@@ -295,6 +318,11 @@ impl ControllerHandle {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
         self.cancel.cancel();
+    }
+
+    /// Applies a new configuration without a restart (see [`Shared::reload`]).
+    pub fn reload(&self, cfg: ControllerConfig) -> Result<Reload, ControllerError> {
+        self.shared.reload(cfg)
     }
 
     /// Stops serving and waits for every task.

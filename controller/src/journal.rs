@@ -123,6 +123,15 @@ impl Journal {
         }));
     }
 
+    /// Keeps at most `capacity` rows from now on (a configuration reload), evicting the
+    /// oldest beyond it.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        let out = self.rows.len().saturating_sub(capacity);
+        self.rows.drain(..out);
+        self.evicted += out as u64;
+        self.capacity = capacity;
+    }
+
     /// Rows kept now.
     pub fn len(&self) -> usize {
         self.rows.len()
@@ -348,6 +357,13 @@ mod tests {
         let page = j.query(&all(10));
         assert_eq!(page.evicted, 2);
         assert_eq!(page.oldest_ms, Some(4_000));
+        // A smaller journal (a reload) keeps the newest.
+        j.set_capacity(1);
+        let page = j.query(&all(10));
+        assert_eq!(
+            (page.rows.len(), page.evicted, page.oldest_ms),
+            (1, 4, Some(6_000))
+        );
         // Off: nothing kept, everything counted.
         let mut off = Journal::new(0);
         off.push(id(2), 1, 5, Vec::new());

@@ -53,6 +53,8 @@ pub struct Metrics {
     /// 1 for a drained site (operator or automatic drain, its region's included), else 0
     /// (leader only).
     pub site_drained: IntGaugeVec,
+    /// Configuration reloads (`SIGHUP`), by result: applied or refused.
+    pub config_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -205,6 +207,16 @@ impl Metrics {
                     &["site"],
                 ),
             ),
+            config_reloads: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "axon_controller_config_reloads_total",
+                        "Configuration reloads (SIGHUP), by result: applied or refused.",
+                    ),
+                    &["result"],
+                ),
+            ),
             registry,
         };
         // Series that exist from the start: an increase() over them sees the first event,
@@ -220,6 +232,9 @@ impl Metrics {
         }
         for r in topology::SwitchReason::LABELS {
             m.route_switches.with_label_values(&[r]);
+        }
+        for r in ["applied", "refused"] {
+            m.config_reloads.with_label_values(&[r]);
         }
         m
     }

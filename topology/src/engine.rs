@@ -104,6 +104,23 @@ impl RouteEngine {
         }
     }
 
+    /// Takes a new configuration for the computations to come (an operator's reload). The next
+    /// computation publishes a new version, whose costs are the new weights'. Each pair's
+    /// switching memory is kept (a new margin or cost does not make pairs forget where they
+    /// are), unless the relay limit changed: then the memory starts afresh, as a new
+    /// leader's does, since a remembered path may have more relays than are now allowed.
+    /// Returns whether the memory was reset.
+    pub fn reconfigure(&mut self, cfg: EngineConfig) -> Result<bool, TopologyError> {
+        cfg.validate()?;
+        let reset = cfg.paths.max_relays != self.cfg.paths.max_relays;
+        if reset {
+            self.state = HysteresisState::default();
+        }
+        self.cfg = cfg;
+        self.last = None;
+        Ok(reset)
+    }
+
     /// Makes the next computation publish a new version even if no path changes: for changes
     /// agents must see that are not paths (a drain that moves no route still makes its site
     /// unready).

@@ -519,3 +519,39 @@ fn a_table_summary_counts_routes_protection_and_switches() {
     let s = t.summary(&no_d);
     assert_eq!((s.unreachable, s.direct + s.one_relay + s.two_relays), (0, 6));
 }
+
+#[test]
+fn a_new_configuration_keeps_the_paths_and_publishes_its_costs() {
+    // a→b on its relay through c (direct 140 ms): new weights keep it there, in a new version.
+    let mut e = engine();
+    let w = world(140.0);
+    let first = e.compute(&w, 0);
+    assert_eq!(primary(&e, "a", "b"), ["a", "c", "b"]);
+    let mut cfg = e.config().clone();
+    cfg.hysteresis.switch_after += 3;
+    cfg.cost.relay_penalty_ms += 1.0;
+    assert!(!e.reconfigure(cfg).unwrap(), "the switching memory is kept");
+    let next = e.compute(&w, 1_000);
+    assert!(next.changed, "the new costs are published");
+    assert_eq!(next.table.id().version.0, first.table.id().version.0 + 1);
+    assert_eq!(primary(&e, "a", "b"), ["a", "c", "b"]);
+    let entry = next.table.entry(&id("a"), &id("b")).unwrap().unwrap();
+    let before = first.table.entry(&id("a"), &id("b")).unwrap().unwrap();
+    assert!(
+        entry.primary_cost > before.primary_cost,
+        "{} vs {}",
+        entry.primary_cost,
+        before.primary_cost
+    );
+    // No relays allowed: the memory starts afresh and a→b goes direct at once.
+    let mut direct = e.config().clone();
+    direct.paths.max_relays = 0;
+    assert!(e.reconfigure(direct).unwrap());
+    e.compute(&w, 2_000);
+    assert_eq!(primary(&e, "a", "b"), ["a", "b"]);
+    // A configuration the engine would refuse at start is refused here too.
+    let mut bad = e.config().clone();
+    bad.paths.max_relays = 3;
+    assert!(e.reconfigure(bad).is_err());
+    assert_eq!(e.config().paths.max_relays, 0);
+}

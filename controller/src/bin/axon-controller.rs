@@ -58,8 +58,24 @@ fn main() -> std::process::ExitCode {
         }
         ops::init_logging(args.daemon.log_json);
         tokio::runtime::Runtime::new()?.block_on(async {
+            // SIGHUP reads the file (and this command line's flags) again; a file that does
+            // not parse, or changes what needs a restart, leaves the configuration in force.
+            // Taken before the daemon serves: SIGHUP's default action ends the process.
+            let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
             let handle = controller::start(cfg).await?;
-            ops::terminated().await;
+            let terminated = ops::terminated();
+            tokio::pin!(terminated);
+            loop {
+                tokio::select! {
+                    () = &mut terminated => break,
+                    _ = hangups.recv() => match effective(&args) {
+                        Ok(cfg) => {
+                            let _ = handle.reload(cfg);
+                        }
+                        Err(e) => handle.shared.reload_refused(&format!("{e:#}")),
+                    },
+                }
+            }
             handle.shutdown().await;
             anyhow::Ok(())
         })
