@@ -464,7 +464,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     s.controller,
                     if s.leader { "leader" } else { "follower" }
                 );
-                println!("table       {}", version(&s.table));
+                if s.computed_unix_ms > 0 {
+                    let age_s = unix_ms().saturating_sub(s.computed_unix_ms) / 1_000;
+                    println!(
+                        "table       {}, computed {} UTC ({age_s} s ago)",
+                        version(&s.table),
+                        utc(s.computed_unix_ms)
+                    );
+                } else {
+                    println!("table       {}", version(&s.table));
+                }
                 println!(
                     "sites       {}   links up {} (degraded {})   down {}",
                     s.sites, s.links_up, s.links_degraded, s.links_down
@@ -815,10 +824,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             follow,
         } => {
             let since_unix_ms = since.map_or(0, |d| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default();
-                u64::try_from(now.saturating_sub(d).as_millis()).unwrap_or(u64::MAX)
+                unix_ms().saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             });
             if follow {
                 return follow_changes(
@@ -966,6 +972,13 @@ fn change_cells(c: &pb::RouteChange) -> Vec<String> {
         side(&c.after, c.cost_after_ms),
         c.reason.clone(),
     ]
+}
+
+/// Now, in Unix ms.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Unix ms as `YYYY-MM-DD HH:MM:SS.mmm`, UTC: journal rows line up with logs and dashboards.

@@ -37,6 +37,19 @@ async fn axonctl_speaks_tables_json_and_exit_codes() {
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["sites"], 4);
+    // The table in force, with when it was computed.
+    let out = mesh::eventually(
+        std::time::Duration::from_secs(20),
+        "a table in `status`",
+        || async {
+            let (_, out, _) = axonctl(&["-c", &url, "status"]).await;
+            out.lines()
+                .any(|l| l.starts_with("table ") && l.contains(" UTC (") && l.ends_with(" s ago)"))
+                .then_some(out)
+        },
+    )
+    .await;
+    assert!(out.contains("computed 20"), "{out}");
 
     // The load b's media server reports shows per node and per site.
     let (code, _) = mesh::http_request(
