@@ -1177,10 +1177,13 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                             let core = leader.shared.core();
                             let why = entry_of(&core, &s.world, a, b);
                             live.event(&format!(
-                                "t={ts:>5.1}s  flap {} -> {}: {:?}",
+                                "t={ts:>5.1}s  flap {} -> {}: {}",
                                 name(&prev[a][b]),
                                 name(&now[a][b]),
-                                why.map(|e| e.reason)
+                                why.map_or_else(
+                                    || "no route".into(),
+                                    |e| controller::core::reason_text(&e.reason)
+                                )
                             ));
                             if std::env::var_os("AXON_LAB_DEBUG").is_some() {
                                 for p in [&prev[a][b], &now[a][b]].into_iter().flatten() {
