@@ -88,6 +88,13 @@ enum Command {
         /// Show RTT p50 as a from × to matrix.
         #[arg(long)]
         matrix: bool,
+        /// Only the links from or to this site.
+        #[arg(long)]
+        site: Option<String>,
+        /// Only the links that are not up (degraded, down, stale) or whose probers the
+        /// controller is asking for evidence.
+        #[arg(long)]
+        unhealthy: bool,
     },
     /// Route rows.
     Routes {
@@ -563,12 +570,26 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 );
             }
         }
-        Command::Links { matrix } => {
-            let l = admin
+        Command::Links {
+            matrix,
+            site,
+            unhealthy,
+        } => {
+            let mut l = admin
                 .links(pb::LinksRequest {})
                 .await
                 .map_err(from_status)?
                 .into_inner();
+            let measured = !l.links.is_empty();
+            if let Some(s) = &site {
+                l.links.retain(|x| &x.from == s || &x.to == s);
+                if measured && l.links.is_empty() {
+                    return Err(Failure(1, format!("no measured link from or to `{s}`")));
+                }
+            }
+            if unhealthy {
+                l.links.retain(|x| x.health != "up" || x.wants_evidence);
+            }
             if json_out {
                 let v: Vec<Value> = l.links.iter().map(|x| json!({"from": x.from, "to": x.to, "health": x.health, "rtt_p50_ms": x.rtt_p50_ms, "loss_ratio": x.loss_ratio, "loss_se": x.loss_se, "jitter_ms": x.jitter_ms, "cost_ms": x.cost_ms, "cost_se_ms": x.cost_se_ms, "wants_evidence": x.wants_evidence})).collect();
                 println!("{}", Value::Array(v));

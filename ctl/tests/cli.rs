@@ -358,6 +358,34 @@ async fn changes_follow_shows_a_move_as_it_happens() {
         (mesh.primary("a", "b").await? == ["a", "c", "b"]).then_some(())
     })
     .await;
+    // `links` narrowed to one site: the six links from or to it, once all are measured (d's
+    // may come after the relay through c is in place).
+    let out = eventually(Duration::from_secs(60), "six links of a", || async {
+        let (_, out, _) = axonctl(&["-c", &url, "-o", "json", "links", "--site", "a"]).await;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        (v.as_array()?.len() == 6).then_some(out)
+    })
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["from"] == "a" || l["to"] == "a"),
+        "{out}"
+    );
+    let (_, out, _) = axonctl(&["-c", &url, "-o", "json", "links", "--unhealthy"]).await;
+    let quiet: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert!(
+        quiet
+            .iter()
+            .all(|l| l["health"] != "up" || l["wants_evidence"] == true),
+        "{out}"
+    );
+    let (code, _, err) = axonctl(&["-c", &url, "links", "--site", "zz"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("no measured link from or to `zz`"), "{err}");
+
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_axonctl"))
         .args(["-c", &url, "changes", "--follow", "--site", "c"])
         .stdout(std::process::Stdio::piped())
