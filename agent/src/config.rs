@@ -37,6 +37,9 @@ pub struct AgentConfig {
     /// Load reports from the media server (`PUT /v1/status`) are forwarded to the controller
     /// at most this often, ms; the latest wins. Default 1000.
     pub status_min_interval_ms: u64,
+    /// Route reads that may wait for the next table at once (`?after=…&wait_s=…`); more are
+    /// answered 429 rather than held. Default 1024.
+    pub max_route_waiters: u32,
     /// TLS to the controllers (then every endpoint must be `https://`): the CA that signed the
     /// controllers' certificates, and this node's certificate (agent role, naming its site).
     /// Default none (plaintext).
@@ -56,6 +59,7 @@ impl Default for AgentConfig {
             backoff_min_ms: 200,
             backoff_max_ms: 5_000,
             status_min_interval_ms: 1_000,
+            max_route_waiters: 1_024,
             tls: None,
         }
     }
@@ -104,6 +108,9 @@ impl AgentConfig {
         }
         if self.backoff_min_ms == 0 || self.backoff_max_ms < self.backoff_min_ms {
             return bad("backoff_min_ms must be positive and ≤ backoff_max_ms");
+        }
+        if !(1..=100_000).contains(&self.max_route_waiters) {
+            return bad("max_route_waiters must be 1..=100000");
         }
         Ok(())
     }

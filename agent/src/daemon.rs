@@ -152,6 +152,8 @@ pub struct State {
     /// The `(epoch, version)` of the table in force, announced on every install: route
     /// reads that wait for a new table (`?after=…&wait_s=…`) wake on it.
     pub installed: watch::Sender<Option<(u64, u64)>>,
+    /// Route reads that may wait at once (`max_route_waiters`).
+    pub max_waiters: u32,
     /// Metrics.
     pub metrics: Metrics,
 }
@@ -201,6 +203,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         connected: AtomicBool::new(false),
         status: watch::Sender::new(None),
         installed: watch::Sender::new(None),
+        max_waiters: cfg.max_route_waiters,
         metrics: Metrics::new(),
     });
     match persist::load(&cfg.table_file, &cfg.site) {

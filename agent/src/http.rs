@@ -56,9 +56,6 @@ fn no_table() -> Response {
 /// The longest a route read may wait for a new table, s.
 pub const MAX_WAIT_S: u64 = 300;
 
-/// Route reads that may wait at once; more are refused (429) rather than held.
-pub const MAX_WAITERS: i64 = 1_024;
-
 /// A route read's query: `after=EPOCH.VERSION` (the table the media server holds) and
 /// `wait_s=N` (how long to wait, at most [`MAX_WAIT_S`], for a table other than that one).
 /// Either may be left out: without `wait_s` the read answers at once.
@@ -128,12 +125,15 @@ async fn routes_after(
     if q.wait.is_zero() || held.as_ref().is_some_and(other) {
         return Ok(answer(held));
     }
-    if s.metrics.route_waiters.get() >= MAX_WAITERS {
+    if s.metrics.route_waiters.get() >= i64::from(s.max_waiters) {
         return Err(refuse(
             s,
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_waiters",
-            format!("{MAX_WAITERS} route reads are waiting already; retry, or read without wait_s"),
+            format!(
+                "{} route reads are waiting already (max_route_waiters); retry, or read without wait_s",
+                s.max_waiters
+            ),
         ));
     }
     let _waiting = Waiting::new(&s.metrics.route_waiters);

@@ -225,9 +225,11 @@ async fn a_media_server_waits_for_the_next_table_with_one_request() {
     };
     let (addr, server) = serve(svc.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let a = agent::start(agent_config(dir.path(), "a", vec![format!("http://{addr}")]))
-        .await
-        .unwrap();
+    let cfg = agent::AgentConfig {
+        max_route_waiters: 1,
+        ..agent_config(dir.path(), "a", vec![format!("http://{addr}")])
+    };
+    let a = agent::start(cfg).await.unwrap();
     let http = a.http_addr;
     eventually(Duration::from_secs(20), "table 1.5 applied", || async {
         (http_get(http, "/v1/routes").await.1["version"] == 5).then_some(())
@@ -237,8 +239,12 @@ async fn a_media_server_waits_for_the_next_table_with_one_request() {
     // Holding 1.5, a read that waits is answered when 1.6 is applied, with it.
     let waiting = tokio::spawn(async move { http_get(http, "/v1/routes?after=1.5&wait_s=120").await });
     until_waiting(http).await;
-    // A read that waits a second, before any new table: the same table, unchanged.
+    // One read may wait here (`max_route_waiters = 1`): a second is refused, not held; a read
+    // that does not wait is answered, unchanged.
     let (status, v) = http_get(http, "/v1/routes/b?after=1.5&wait_s=1").await;
+    assert_eq!(status, 429, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("waiting already"), "{v}");
+    let (status, v) = http_get(http, "/v1/routes/b?after=1.5").await;
     assert_eq!(status, 200);
     assert_eq!(
         (v["version"].as_u64(), v["changed"].as_bool()),
@@ -256,6 +262,13 @@ async fn a_media_server_waits_for_the_next_table_with_one_request() {
         (Some(6), Some(true))
     );
     assert_eq!(v["rows"][0]["primary"]["sites"], serde_json::json!(["a", "b"]));
+    // A read that waits a second with no newer table: the same table, unchanged.
+    let (status, v) = http_get(http, "/v1/routes/b?after=1.6&wait_s=1").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (v["version"].as_u64(), v["changed"].as_bool()),
+        (Some(6), Some(false))
+    );
     // A reader behind is answered at once; one naming no table too.
     let (_, v) = http_get(http, "/v1/routes/b?after=1.5&wait_s=120").await;
     assert_eq!(
@@ -282,6 +295,11 @@ async fn a_media_server_waits_for_the_next_table_with_one_request() {
         "{m}"
     );
     assert!(m.lines().any(|l| l == "axon_agent_route_waiters 0"), "{m}");
+    assert!(
+        m.lines()
+            .any(|l| l == "axon_agent_api_rejected_total{reason=\"too_many_waiters\"} 1"),
+        "{m}"
+    );
 
     // A read waiting when the agent stops is answered, not dropped.
     let waiting = tokio::spawn(async move { http_get(http, "/v1/routes?after=1.6&wait_s=300").await });
