@@ -414,6 +414,15 @@ async fn changes_follow_shows_a_move_as_it_happens() {
     })
     .await;
     assert!(off.contains("— switched: "), "{off}");
+    // `explain` lists the same move among the pair's latest changes.
+    let (code, out, err) = axonctl(&["-c", &url, "explain", "a", "b"]).await;
+    assert_eq!(code, 0, "{err}");
+    let moved = off.split("  a → b  ").nth(1).unwrap();
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("changed     ") && l.contains(moved)),
+        "{moved} in:\n{out}"
+    );
     // Every row has c as an end or a relay.
     assert!(
         seen.iter()
