@@ -459,6 +459,14 @@ impl Core {
     }
 }
 
+/// A table's `(epoch, version)` on the wire.
+pub fn version_pb(id: topology::TableId) -> pb::TableVersion {
+    pb::TableVersion {
+        epoch: id.epoch.0,
+        version: id.version.0,
+    }
+}
+
 /// A human sentence for why a row is on its path.
 pub fn reason_text(r: &Reason) -> String {
     match r {
@@ -539,12 +547,8 @@ pub fn site_update(
     nonce: String,
 ) -> Result<pb::RouteUpdate, ControllerError> {
     let st = table.site_table(site)?;
-    let id = table.id();
     Ok(pb::RouteUpdate {
-        version: Some(pb::TableVersion {
-            epoch: id.epoch.0,
-            version: id.version.0,
-        }),
+        version: Some(version_pb(table.id())),
         nonce,
         site: site.to_string(),
         computed_unix_ms: st.computed_at_ms,

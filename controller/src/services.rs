@@ -16,7 +16,7 @@ use topology::{DrainOrigin, DrainRequest, DrainTarget, RegionId, SiteId};
 use tracing::{debug, info, warn};
 
 use crate::auth::Caller;
-use crate::core::{drain_entry, row};
+use crate::core::{drain_entry, row, version_pb};
 use crate::daemon::{AgentRecord, Shared, node_load, now_ms};
 use crate::error::ControllerError;
 use crate::journal::{JournalQuery, JournalRow};
@@ -360,10 +360,7 @@ fn leader_only(shared: &Shared) -> Result<(), Status> {
 }
 
 fn table_version(shared: &Shared) -> Option<pb::TableVersion> {
-    shared.published.borrow().as_ref().map(|p| pb::TableVersion {
-        epoch: p.id.epoch.0,
-        version: p.id.version.0,
-    })
+    shared.published.borrow().as_ref().map(|p| version_pb(p.id))
 }
 
 fn target(kind: &str, name: &str) -> Result<DrainTarget, Status> {
@@ -745,10 +742,7 @@ fn route_change(r: &JournalRow) -> pb::RouteChange {
     let names =
         |p: &Option<Vec<SiteId>>| -> Vec<String> { p.iter().flatten().map(|s| s.to_string()).collect() };
     pb::RouteChange {
-        version: Some(pb::TableVersion {
-            epoch: r.table.epoch.0,
-            version: r.table.version.0,
-        }),
+        version: Some(version_pb(r.table)),
         at_unix_ms: r.at_ms,
         src: r.src.to_string(),
         dst: r.dst.to_string(),
