@@ -146,6 +146,16 @@ impl Shared {
         self.journal.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Records in the journal what `new` moved from `old`: from the two tables when this
+    /// replica computed both, else (a follower, or a leader's first table after it followed)
+    /// from the per-site updates. Returns the primary and backup-only changes.
+    pub fn record_changes(&self, old: &Published, new: &Published) -> (usize, usize) {
+        match (&old.table, &new.table) {
+            (Some(before), Some(after)) => self.journal().record(before, after),
+            _ => self.journal().record_updates(&old.updates, &new.updates, new.id),
+        }
+    }
+
     /// The agent registry.
     pub fn agents(&self) -> MutexGuard<'_, HashMap<String, AgentRecord>> {
         self.agents.lock().unwrap_or_else(|e| e.into_inner())
@@ -280,12 +290,12 @@ impl Shared {
         });
         let old = self.published.send_replace(Some(Arc::clone(&new)));
         // Agents have the table; what it moved is recorded after, off their path.
-        let (primary, backup) = match (old.as_ref().and_then(|o| o.table.as_ref()), &new.table) {
-            (Some(before), Some(after)) => {
-                let (primary, backup) = self.journal().record(before, after);
-                (Some(primary), Some(backup))
+        let (primary, backup) = match old.as_deref() {
+            Some(old) => {
+                let (p, b) = self.record_changes(old, &new);
+                (Some(p), Some(b))
             }
-            _ => (None, None),
+            None => (None, None),
         };
         info!(
             epoch = id.epoch.0,

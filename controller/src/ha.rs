@@ -390,8 +390,22 @@ pub async fn follow(shared: Arc<Shared>, etcd: Etcd, cancel: CancellationToken) 
                     "following the leader's table"
                 );
                 shared.metrics.table_version.set(p.id.version.0 as i64);
-                shared.published.send_replace(Some(Arc::new(p)));
+                let new = Arc::new(p);
+                let old = shared.published.send_replace(Some(Arc::clone(&new)));
                 shared.refresh_agent_gauges();
+                // The agents have it; the journal records what it moved, off their path.
+                if let Some(old) = old {
+                    let shared = Arc::clone(&shared);
+                    let recorded =
+                        tokio::task::spawn_blocking(move || shared.record_changes(&old, &new)).await;
+                    if let Ok((primary, backup)) = recorded {
+                        info!(
+                            primary_changes = primary,
+                            backup_only_changes = backup,
+                            "changes recorded"
+                        );
+                    }
+                }
             }
             Ok(_) => {}
             Err(e) => warn!(error = %e, "etcd: cannot read the published table"),

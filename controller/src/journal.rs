@@ -4,13 +4,22 @@
 //! what moved at 03:12, and `axon_route_switches_total` only counts. The controller that
 //! publishes a table records every pair whose primary path it changed, in a bounded ring
 //! (oldest rows evicted first, counted), and `axonctl changes` reads it back, filtered by a
-//! site (as an end or a relay) and by time. The journal lives in the publishing replica's
-//! memory: a restarted controller, or a replica that takes over the lead, starts an empty
-//! one (the log keeps each table's counts).
+//! site (as an end or a relay) and by time.
+//!
+//! Every replica keeps one. The leader records what each table it publishes moved, from the
+//! two tables themselves; a follower records the same from the per-site rows it reads back
+//! from etcd ([`Journal::record_updates`]), so the replica that takes over the lead already
+//! holds the history of the leader it replaces, and records the handover's own moves
+//! against the last table it followed. A follower that reads two tables at once records
+//! their combined moves under the later one. The journal lives in memory: a restarted
+//! replica starts an empty one (the log keeps each table's counts).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 
+use proto::v1 as pb;
 use topology::{Reason, RouteTable, RowChange, SiteId, TableId};
+
+use crate::core::reason_text;
 
 /// One pair whose primary path changed in a published table.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,8 +40,9 @@ pub struct JournalRow {
     pub cost_before: Option<f32>,
     /// Primary cost after, ms.
     pub cost_after: Option<f32>,
-    /// Why the new path was chosen.
-    pub reason: Reason,
+    /// Why the new path was chosen, in words (as `axonctl explain` and the agents' rows say
+    /// it).
+    pub reason: String,
 }
 
 impl JournalRow {
@@ -106,11 +116,9 @@ impl Journal {
     /// Appends the newest `named` of a table's `total` primary changes, evicting the oldest
     /// rows for room; changes left unnamed count as evicted at once.
     fn push(&mut self, table: TableId, at_ms: u64, total: usize, named: Vec<RowChange>) {
-        debug_assert!(named.len() <= total && named.len() <= self.capacity);
-        let out = (self.rows.len() + named.len()).saturating_sub(self.capacity);
-        self.rows.drain(..out);
-        self.evicted += (total - named.len() + out) as u64;
-        self.rows.extend(named.into_iter().map(|c| JournalRow {
+        debug_assert!(named.len() <= total);
+        let unnamed = total - named.len();
+        let rows = named.into_iter().map(|c| JournalRow {
             table,
             at_ms,
             src: c.src,
@@ -119,8 +127,75 @@ impl Journal {
             after: c.primary_after,
             cost_before: c.cost_before,
             cost_after: c.cost_after,
-            reason: c.reason,
-        }));
+            reason: reason_text(&c.reason),
+        });
+        self.append(unnamed, rows.collect());
+    }
+
+    /// Appends a table's named rows, evicting the oldest for room; `unnamed` more changes of
+    /// that table count as evicted at once.
+    fn append(&mut self, unnamed: usize, named: Vec<JournalRow>) {
+        debug_assert!(named.len() <= self.capacity);
+        let out = (self.rows.len() + named.len()).saturating_sub(self.capacity);
+        self.rows.drain(..out);
+        self.evicted += (unnamed + out) as u64;
+        self.rows.extend(named);
+    }
+
+    /// Records the pairs whose primary changed from one published table to the next, told
+    /// from the per-site updates the agents are sent (what a follower reads from etcd, and
+    /// what the leader has of a table it did not compute itself). Sites in ascending order,
+    /// rows in the order they are sent; a pair in only one table counts as a change from or
+    /// to no path. Returns the pairs whose primary changed and those whose backup alone did.
+    pub fn record_updates(
+        &mut self,
+        before: &HashMap<SiteId, pb::RouteUpdate>,
+        after: &HashMap<SiteId, pb::RouteUpdate>,
+        table: TableId,
+    ) -> (usize, usize) {
+        let mut srcs: Vec<&SiteId> = before.keys().chain(after.keys()).collect();
+        srcs.sort();
+        srcs.dedup();
+        let (mut total, mut backup_only) = (0usize, 0usize);
+        let mut last: VecDeque<(&SiteId, &str, Option<&pb::RouteRow>, Option<&pb::RouteRow>)> =
+            VecDeque::with_capacity(self.capacity.min(4_096));
+        for src in srcs {
+            let old = before.get(src).map_or(&[][..], |u| u.rows.as_slice());
+            let new = after.get(src).map_or(&[][..], |u| u.rows.as_slice());
+            pair_rows(old, new, |dst, x, y| {
+                if primary(x) != primary(y) {
+                    total += 1;
+                    if self.capacity > 0 {
+                        if last.len() == self.capacity {
+                            last.pop_front();
+                        }
+                        last.push_back((src, dst, x, y));
+                    }
+                } else if backup(x) != backup(y) {
+                    backup_only += 1;
+                }
+            });
+        }
+        let at_ms = after.values().map(|u| u.computed_unix_ms).max().unwrap_or(0);
+        let named: Vec<JournalRow> = last
+            .into_iter()
+            .filter_map(|(src, dst, x, y)| {
+                Some(JournalRow {
+                    table,
+                    at_ms,
+                    src: src.clone(),
+                    dst: SiteId::new(dst).ok()?,
+                    before: names(primary(x))?,
+                    after: names(primary(y))?,
+                    cost_before: cost(x),
+                    cost_after: cost(y),
+                    reason: y.map_or_else(|| reason_text(&Reason::NoRoute), |r| r.reason.clone()),
+                })
+            })
+            .collect();
+        let kept = named.len();
+        self.append(total - kept, named);
+        (total, backup_only)
     }
 
     /// Keeps at most `capacity` rows from now on (a configuration reload), evicting the
@@ -169,6 +244,61 @@ impl Journal {
             oldest_ms: self.rows.front().map(|r| r.at_ms),
         }
     }
+}
+
+/// Calls `f` for every destination of one source site in either list of rows, with its row
+/// before and after: in one pass when both lists name the same sites in the same order (the
+/// usual case), else matched by name.
+fn pair_rows<'a>(
+    old: &'a [pb::RouteRow],
+    new: &'a [pb::RouteRow],
+    mut f: impl FnMut(&'a str, Option<&'a pb::RouteRow>, Option<&'a pb::RouteRow>),
+) {
+    if old.len() == new.len() && old.iter().zip(new).all(|(x, y)| x.dst == y.dst) {
+        for (x, y) in old.iter().zip(new) {
+            f(&y.dst, Some(x), Some(y));
+        }
+        return;
+    }
+    let by_dst: HashMap<&str, &pb::RouteRow> = old.iter().map(|r| (r.dst.as_str(), r)).collect();
+    for y in new {
+        f(&y.dst, by_dst.get(y.dst.as_str()).copied(), Some(y));
+    }
+    let kept: HashSet<&str> = new.iter().map(|r| r.dst.as_str()).collect();
+    for x in old.iter().filter(|x| !kept.contains(x.dst.as_str())) {
+        f(&x.dst, Some(x), None);
+    }
+}
+
+/// A row's primary path (empty: no path, or no row).
+fn primary(r: Option<&pb::RouteRow>) -> &[String] {
+    r.and_then(|r| r.primary.as_ref())
+        .map_or(&[], |p| p.sites.as_slice())
+}
+
+/// A row's backup path (empty: none).
+fn backup(r: Option<&pb::RouteRow>) -> &[String] {
+    r.and_then(|r| r.backup.as_ref())
+        .map_or(&[], |p| p.sites.as_slice())
+}
+
+/// A row's primary cost, ms, when it has a path.
+fn cost(r: Option<&pb::RouteRow>) -> Option<f32> {
+    r.and_then(|r| r.primary.as_ref())
+        .filter(|p| !p.sites.is_empty())
+        .map(|p| p.cost_ms as f32)
+}
+
+/// A path's sites as ids: `Some(None)` for no path, `None` when a name is not a site id
+/// (the row is left out; the leader validated what it wrote).
+fn names(p: &[String]) -> Option<Option<Vec<SiteId>>> {
+    if p.is_empty() {
+        return Some(None);
+    }
+    p.iter()
+        .map(|s| SiteId::new(s).ok())
+        .collect::<Option<Vec<_>>>()
+        .map(Some)
 }
 
 #[cfg(test)]
@@ -220,9 +350,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn records_the_pairs_a_table_moved_with_their_paths_and_reasons() {
-        // a–b direct, then its link down both ways: both directions move to a relay at once.
+    /// Three sites, a–b direct; then its link down both ways: both directions move to a
+    /// relay at once.
+    fn three_sites_then_a_b_down() -> (RouteTable, RouteTable) {
         let inv = Inventory::new(
             ["a", "b", "c"]
                 .iter()
@@ -246,6 +376,12 @@ mod tests {
                 .unwrap();
         }
         let t2 = e.compute(&w, 2_000).table;
+        (t1, t2)
+    }
+
+    #[test]
+    fn records_the_pairs_a_table_moved_with_their_paths_and_reasons() {
+        let (t1, t2) = three_sites_then_a_b_down();
         let mut j = Journal::new(100);
         let (primary, _) = j.record(&t1, &t2);
         assert_eq!(primary, 2);
@@ -265,7 +401,7 @@ mod tests {
         assert_eq!(ab.after, path(&["a", "c", "b"]));
         assert_eq!((ab.table, ab.at_ms), (t2.id(), 2_000));
         assert!(
-            matches!(ab.reason, Reason::Switched(SwitchReason::CurrentDown)),
+            ab.reason == "switched: the path in use lost a link or a relay",
             "{ab:?}"
         );
         // A journal of one row keeps the newest and counts the other as evicted.
@@ -275,6 +411,72 @@ mod tests {
         assert_eq!((page.rows.len(), page.evicted), (1, 1));
         assert_eq!(page.rows[0].src, site("b"));
         assert_eq!(one.record(&t2, &t2), (0, 0));
+    }
+
+    /// Each site's update of a table, as the leader writes them to etcd.
+    fn updates(t: &RouteTable) -> HashMap<SiteId, pb::RouteUpdate> {
+        ["a", "b", "c"]
+            .iter()
+            .map(|s| {
+                let st = t.site_table(&site(s)).unwrap();
+                let u = pb::RouteUpdate {
+                    computed_unix_ms: st.computed_at_ms,
+                    rows: st.rows.iter().map(crate::core::row).collect(),
+                    ..Default::default()
+                };
+                (site(s), u)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_follower_records_from_the_sites_updates_what_the_leader_records_from_its_tables() {
+        let (t1, t2) = three_sites_then_a_b_down();
+        let mut leader = Journal::new(100);
+        let counts = leader.record(&t1, &t2);
+        let mut follower = Journal::new(100);
+        assert_eq!(
+            follower.record_updates(&updates(&t1), &updates(&t2), t2.id()),
+            counts
+        );
+        let (l, f) = (leader.query(&all(10)), follower.query(&all(10)));
+        assert_eq!(l.rows.len(), 2);
+        assert_eq!(f, l, "the same rows, costs, times and reasons");
+        // Nothing moved: nothing recorded.
+        assert_eq!(
+            follower.record_updates(&updates(&t2), &updates(&t2), t2.id()),
+            (0, 0)
+        );
+        // A one-row journal names the newest change and counts the other as evicted.
+        let mut one = Journal::new(1);
+        assert_eq!(one.record_updates(&updates(&t1), &updates(&t2), t2.id()).0, 2);
+        let page = one.query(&all(10));
+        assert_eq!((page.rows.len(), page.evicted), (1, 1));
+        assert_eq!(page.rows[0].src, site("b"));
+    }
+
+    #[test]
+    fn rows_in_another_order_are_matched_by_name_and_a_pair_that_left_moves_to_no_path() {
+        let (t1, t2) = three_sites_then_a_b_down();
+        let before = updates(&t1);
+        let mut after = updates(&t1);
+        // a's rows reordered, and its row to c gone (c left the table).
+        let rows = &mut after.get_mut(&site("a")).unwrap().rows;
+        rows.reverse();
+        rows.retain(|r| r.dst != "c");
+        let mut j = Journal::new(100);
+        assert_eq!(j.record_updates(&before, &after, t2.id()), (1, 0));
+        let page = j.query(&all(10));
+        assert_eq!(page.rows.len(), 1, "{page:?}");
+        let r = &page.rows[0];
+        assert_eq!((r.src.as_str(), r.dst.as_str()), ("a", "c"));
+        assert_eq!((r.before.clone(), r.after.clone()), (path(&["a", "c"]), None));
+        assert_eq!(r.cost_after, None);
+        assert_eq!(r.reason, reason_text(&Reason::NoRoute));
+        // A site whose update is gone: every one of its pairs moved to no path.
+        let mut gone = updates(&t1);
+        gone.remove(&site("b"));
+        assert_eq!(j.record_updates(&before, &gone, t2.id()).0, 2);
     }
 
     #[test]

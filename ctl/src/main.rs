@@ -155,7 +155,8 @@ enum Command {
         changes: Vec<String>,
     },
     /// Pairs whose primary path changed, newest first: when, from what path to what, and
-    /// why (the leader's journal since it started, `journal_rows` of them at most).
+    /// why (the journal of the replica asked, since it started; `journal_rows` of them at
+    /// most).
     Changes {
         /// Only pairs this site ends, or relays before or after the change.
         #[arg(long)]

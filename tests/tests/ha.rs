@@ -1,6 +1,7 @@
 //! High availability on a real etcd: three controller replicas, one leader; followers serve
 //! the leader's tables; the leader dies and another takes over within the lease; no agent
-//! ever sees `(epoch, version)` go backwards; drains survive; a deposed leader is fenced.
+//! ever sees `(epoch, version)` go backwards; drains and the route-change journal survive; a
+//! deposed leader is fenced.
 //! Needs the `etcd` binary (`apt-get install etcd-server`; `scripts/test.sh` installs it).
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
@@ -14,6 +15,29 @@ use controller::ha::{Etcd, LocalEtcd};
 use mesh::{Mesh, endpoint, eventually, four_sites, relay_rtt as rtt};
 use proto::v1 as pb;
 use proto::v1::admin_client::AdminClient;
+
+/// The moves of a → b off the relay c that a replica's journal lists, each with the epoch of
+/// the table that made it.
+async fn moves_off_c(c: &controller::ControllerHandle) -> Vec<u64> {
+    let Ok(mut admin) = AdminClient::connect(endpoint(c)).await else {
+        return Vec::new();
+    };
+    let req = pb::ChangesRequest {
+        site: "a".into(),
+        ..Default::default()
+    };
+    let Ok(reply) = admin.changes(req).await else {
+        return Vec::new();
+    };
+    reply
+        .into_inner()
+        .changes
+        .iter()
+        .filter(|r| (r.src.as_str(), r.dst.as_str()) == ("a", "b") && r.before == ["a", "c", "b"])
+        .filter(|r| r.after != ["a", "c", "b"] && !r.reason.is_empty())
+        .filter_map(|r| r.version.map(|v| v.epoch))
+        .collect()
+}
 
 /// The `(epoch, version)` an agent holds, if any.
 async fn applied(mesh: &Mesh, site: &str) -> Option<(u64, u64)> {
@@ -36,12 +60,37 @@ async fn a_new_leader_takes_over_within_the_lease_and_no_agent_goes_back() {
         let mesh = &mesh;
         eventually(long, "exactly one leader", || async { mesh.leader() }).await
     };
+    let first_epoch = {
+        let (_, c) = mesh.running().find(|(i, _)| *i == first).unwrap();
+        c.shared.leadership.borrow().fence.as_ref().unwrap().epoch()
+    };
     for (from, to, path) in [("a", "b", ["a", "c", "b"]), ("b", "a", ["b", "c", "a"])] {
         eventually(long, "agents to hold the relay path", || async {
             (mesh.primary(from, to).await? == path).then_some(())
         })
         .await;
     }
+    // c → b blackholed: the leader moves a → b off c, and every follower's journal lists
+    // the move, read back from the per-site rows in etcd (and a follower answers `Changes`
+    // itself).
+    mesh.blackhole("c", "b", true);
+    for (i, c) in mesh.running().filter(|(i, _)| *i != first) {
+        eventually(
+            long,
+            &format!("follower {i} to record a → b leaving c"),
+            || async {
+                let epochs = moves_off_c(c).await;
+                epochs.contains(&first_epoch).then_some(())
+            },
+        )
+        .await;
+    }
+    mesh.blackhole("c", "b", false);
+    eventually(long, "a → b back on the relay", || async {
+        (mesh.primary("a", "b").await? == ["a", "c", "b"]).then_some(())
+    })
+    .await;
+
     let watched_follower = mesh
         .running()
         .filter(|(i, _)| *i != first)
@@ -156,6 +205,17 @@ async fn a_new_leader_takes_over_within_the_lease_and_no_agent_goes_back() {
 
     // The drain survived the change of leader.
     assert_eq!(mesh.lock().await.agent_get("d", "/readyz").await.0, 503);
+
+    // So did the history: the new leader's journal still lists the old leader's move.
+    {
+        let m = mesh.lock().await;
+        let (_, c) = m.running().find(|(i, _)| *i == second).unwrap();
+        let epochs = moves_off_c(c).await;
+        assert!(
+            epochs.contains(&old_fence.epoch()),
+            "the new leader lost the journal: {epochs:?}"
+        );
+    }
 
     // The deposed leader's writes are fenced.
     let store = controller::StoreConfig {
