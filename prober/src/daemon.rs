@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -122,16 +122,33 @@ impl Clock {
     }
 }
 
-/// A connection a peer dialled, handed to that peer's task with its first datagram.
+/// A connection handed to a peer's task with its first datagram: one the peer dialled, or
+/// one an answering task held when a reload made the peer one this prober measures.
 struct Accepted {
     conn: quinn::Connection,
     first: Datagram,
+    /// Whether the site whose id sorts first dialled it (see [`Link::canonical`]).
+    canonical: bool,
+    /// The session an answering task kept on this connection: the peer's sequence numbers
+    /// and echoes go on where they were (`None` for a connection new to this prober).
+    session: Option<Box<PeerSession>>,
+}
+
+/// A peer this prober measures: where its accepted connections go, and how a reload stops
+/// measuring it.
+struct PeerEntry {
+    id: SiteId,
+    inbox: mpsc::Sender<Accepted>,
+    /// Cancelled when a reload removes the peer: its task stops measuring and only answers
+    /// on the connection it holds, so the peer, if it still measures this site, loses
+    /// nothing.
+    demote: CancellationToken,
 }
 
 struct Shared {
     me: SiteId,
-    /// Configured peers by site tag: where their accepted connections go.
-    peers: HashMap<u32, (SiteId, mpsc::Sender<Accepted>)>,
+    /// Configured peers by site tag (a reload adds and removes them).
+    peers: Mutex<HashMap<u32, PeerEntry>>,
     cfg: ProberConfig,
     session: SessionConfig,
     endpoint: quinn::Endpoint,
@@ -172,6 +189,18 @@ impl Shared {
     fn drop_datagram(&self, reason: &str) {
         self.metrics.dropped.with_label_values(&[reason]).inc();
     }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<u32, PeerEntry>> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The inbox of the task measuring `site`, if this prober measures it.
+    fn measuring(&self, tag: u32, site: &SiteId) -> Option<mpsc::Sender<Accepted>> {
+        self.peers()
+            .get(&tag)
+            .filter(|e| e.id == *site)
+            .map(|e| e.inbox.clone())
+    }
 }
 
 /// A running prober. Dropping it does not stop it; call [`ProberHandle::shutdown`].
@@ -186,6 +215,18 @@ pub struct ProberHandle {
     cancel: CancellationToken,
     tasks: JoinSet<()>,
     endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    /// The configuration in force (what a reload is compared with).
+    cfg: ProberConfig,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeersReloaded {
+    /// Peers now measured that were not (or were at another address).
+    pub added: Vec<String>,
+    /// Peers no longer measured (their connections are kept to answer on).
+    pub removed: Vec<String>,
 }
 
 impl ProberHandle {
@@ -207,10 +248,123 @@ impl ProberHandle {
         self.endpoint.open_connections()
     }
 
+    /// Applies a new configuration without a restart. Only `peers` may change: a peer added
+    /// is dialled and measured at once, a peer removed is no longer measured (its task keeps
+    /// answering on the pair's connection, so a peer that still measures this site sees no
+    /// outage), a peer whose address changed is both. The other peers' connections and
+    /// windows are not touched. A file that changes any other key is refused whole, with the
+    /// keys named, and nothing changes; so is one that does not validate. Counted in
+    /// `axon_prober_config_reloads_total{result}`.
+    pub fn reload(&mut self, cfg: ProberConfig) -> Result<PeersReloaded, ProberError> {
+        let r = self.apply(cfg);
+        let result = if r.is_ok() { "applied" } else { "refused" };
+        self.metrics.config_reloads.with_label_values(&[result]).inc();
+        match &r {
+            Ok(p) => info!(added = ?p.added, removed = ?p.removed, "configuration reloaded"),
+            Err(e) => tracing::warn!(error = %e, "configuration reload refused; the one in force stays"),
+        }
+        r
+    }
+
+    /// Counts a reload refused before it reached [`ProberHandle::reload`] (a file that does not
+    /// parse).
+    pub fn reload_refused(&self, why: &str) {
+        self.metrics.config_reloads.with_label_values(&["refused"]).inc();
+        tracing::warn!(
+            error = why,
+            "configuration reload refused; the one in force stays"
+        );
+    }
+
+    fn apply(&mut self, cfg: ProberConfig) -> Result<PeersReloaded, ProberError> {
+        let (_, ids) = cfg.validate()?;
+        let fixed = restart_only_changes(&self.cfg, &cfg)?;
+        if !fixed.is_empty() {
+            return Err(ProberError::Config(format!(
+                "{} cannot change without a restart; nothing applied",
+                fixed.join(", ")
+            )));
+        }
+        let mut tags = HashMap::new();
+        for id in &ids {
+            if let Some(other) = tags.insert(site_tag(id.as_str()), id) {
+                return Err(ProberError::Config(format!(
+                    "peers {other} and {id} share a wire tag; rename one"
+                )));
+            }
+        }
+        let old: HashMap<String, SocketAddr> =
+            self.cfg.peers.iter().map(|p| (p.site.clone(), p.addr)).collect();
+        let new: HashMap<&str, SocketAddr> = cfg.peers.iter().map(|p| (p.site.as_str(), p.addr)).collect();
+        let mut out = PeersReloaded::default();
+        for p in self.cfg.peers.clone() {
+            if new.get(p.site.as_str()) != Some(&p.addr) {
+                let tag = site_tag(&p.site);
+                if let Some(e) = self.shared.peers().remove(&tag) {
+                    e.demote.cancel();
+                }
+                self.shared.asks.remove(&p.site);
+                self.metrics.forget_peer(&p.site);
+                out.removed.push(p.site.clone());
+            }
+        }
+        for (p, id) in cfg.peers.iter().zip(ids) {
+            if old.get(&p.site) != Some(&p.addr) {
+                self.spawn_peer(id, p.addr);
+                out.added.push(p.site.clone());
+            }
+        }
+        self.shared
+            .burst_slots
+            .resize(self.cfg.burst.max_share, cfg.peers.len());
+        self.metrics.peers.set(cfg.peers.len() as i64);
+        self.cfg = cfg;
+        Ok(out)
+    }
+
+    /// Registers a peer to measure and starts its task.
+    fn spawn_peer(&mut self, id: SiteId, addr: SocketAddr) {
+        let (tx, inbox) = mpsc::channel(4);
+        let demote = CancellationToken::new();
+        self.shared.asks.add(id.as_str());
+        self.shared.peers().insert(
+            site_tag(id.as_str()),
+            PeerEntry {
+                id: id.clone(),
+                inbox: tx,
+                demote: demote.clone(),
+            },
+        );
+        self.metrics.peer_up.with_label_values(&[id.as_str()]).set(0);
+        let role = Role::Measure { addr, inbox, demote };
+        self.tasks
+            .spawn(run_peer(self.shared.clone(), id, role, self.cancel.clone()));
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ProberConfig {
+        &self.cfg
+    }
+
     /// Resolves when the prober is asked to stop.
     pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.cancel.cancelled()
     }
+}
+
+/// The top-level keys other than `peers` whose values differ between two configurations.
+fn restart_only_changes(old: &ProberConfig, new: &ProberConfig) -> Result<Vec<String>, ProberError> {
+    let as_map = |c: &ProberConfig| match serde_json::to_value(c) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ProberError::Config("configuration is not a table".into())),
+        Err(e) => Err(ProberError::Config(e.to_string())),
+    };
+    let (old, new) = (as_map(old)?, as_map(new)?);
+    Ok(old
+        .iter()
+        .filter(|(k, v)| k.as_str() != "peers" && new.get(k.as_str()) != Some(v))
+        .map(|(k, _)| k.clone())
+        .collect())
 }
 
 fn transport(cfg: &ProberConfig) -> Result<Arc<quinn::TransportConfig>, ProberError> {
@@ -305,21 +459,17 @@ pub async fn start(cfg: ProberConfig) -> Result<ProberHandle, ProberError> {
         None => None,
     };
 
-    let mut peers = HashMap::new();
-    let mut inboxes = Vec::new();
+    let mut tags = HashMap::new();
     for id in &peer_ids {
-        let (tx, rx) = mpsc::channel(4);
-        peers.insert(site_tag(id.as_str()), (id.clone(), tx));
-        inboxes.push(rx);
-    }
-    if peers.len() != peer_ids.len() {
-        return Err(ProberError::Config(
-            "two peers' site ids share a wire tag; rename one".into(),
-        ));
+        if tags.insert(site_tag(id.as_str()), id).is_some() {
+            return Err(ProberError::Config(
+                "two peers' site ids share a wire tag; rename one".into(),
+            ));
+        }
     }
     let shared = Arc::new(Shared {
         me: me.clone(),
-        peers,
+        peers: Mutex::new(HashMap::new()),
         session: cfg.session(),
         cfg: cfg.clone(),
         endpoint: endpoint.clone(),
@@ -328,13 +478,8 @@ pub async fn start(cfg: ProberConfig) -> Result<ProberHandle, ProberError> {
         outputs: outputs.clone(),
         clock: Clock::new(),
         burst_slots: BurstSlots::for_peers(cfg.burst.max_share, cfg.peers.len()),
-        asks: Arc::new(EvidenceAsks::new(cfg.peers.iter().map(|p| p.site.as_str()))),
+        asks: Arc::new(EvidenceAsks::new(std::iter::empty())),
     });
-    for ((p, id), inbox) in cfg.peers.iter().zip(peer_ids).zip(inboxes) {
-        shared.metrics.peer_up.with_label_values(&[id.as_str()]).set(0);
-        let role = Role::Measure { addr: p.addr, inbox };
-        tasks.spawn(run_peer(shared.clone(), id, role, cancel.clone()));
-    }
     tasks.spawn(accept(shared.clone(), cancel.clone()));
     if !cfg.report.endpoints.is_empty() {
         tasks.spawn(crate::report::run(
@@ -348,7 +493,11 @@ pub async fn start(cfg: ProberConfig) -> Result<ProberHandle, ProberError> {
         ));
     }
     info!(site = %me, addr = %local_addr, peers = cfg.peers.len(), "prober started");
-    Ok(ProberHandle {
+    let peers: Vec<(SiteId, SocketAddr)> = peer_ids
+        .into_iter()
+        .zip(cfg.peers.iter().map(|p| p.addr))
+        .collect();
+    let mut handle = ProberHandle {
         local_addr,
         metrics_addr,
         metrics,
@@ -356,7 +505,14 @@ pub async fn start(cfg: ProberConfig) -> Result<ProberHandle, ProberError> {
         cancel,
         tasks,
         endpoint,
-    })
+        shared,
+        cfg,
+    };
+    handle.metrics.peers.set(peers.len() as i64);
+    for (id, addr) in peers {
+        handle.spawn_peer(id, addr);
+    }
+    Ok(handle)
 }
 
 async fn accept(shared: Arc<Shared>, cancel: CancellationToken) {
@@ -423,12 +579,18 @@ async fn identify(shared: Arc<Shared>, incoming: quinn::Incoming, cancel: Cancel
             None => shared.drop_datagram("identity"),
         }
     };
-    match shared.peers.get(&first.site) {
-        Some((id, inbox)) if *id == site => {
+    let canonical = site < shared.me;
+    match shared.measuring(first.site, &site) {
+        Some(inbox) => {
             // The task gone (shutting down) or busy with a flood of connections: drop it.
-            let _ = inbox.try_send(Accepted { conn, first });
+            let _ = inbox.try_send(Accepted {
+                conn,
+                first,
+                canonical,
+                session: None,
+            });
         }
-        _ => run_peer(shared, site, Role::Answer { conn, first }, cancel).await,
+        None => run_peer(shared, site, Role::Answer { conn, first }, cancel).await,
     }
 }
 
@@ -438,6 +600,7 @@ enum Role {
     Measure {
         addr: SocketAddr,
         inbox: mpsc::Receiver<Accepted>,
+        demote: CancellationToken,
     },
     /// A site that probes us without being configured here: answer its asks on its
     /// connection until it closes.
@@ -540,10 +703,11 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
         Duration::from_millis(shared.cfg.redial_min_ms),
         Duration::from_millis(shared.cfg.redial_max_ms),
     );
-    let (measure, addr, mut inbox, mut link, mut pending_first) = match role {
-        Role::Measure { addr, inbox } => (true, Some(addr), Some(inbox), None, None),
+    let (mut measure, mut addr, mut inbox, demote, mut link, mut pending_first) = match role {
+        Role::Measure { addr, inbox, demote } => (true, Some(addr), Some(inbox), Some(demote), None, None),
         Role::Answer { conn, first } => (
             false,
+            None,
             None,
             None,
             Some(Link {
@@ -633,6 +797,13 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
     // Created once: a fresh cancellation future per wake-up would register a waiter each time.
     let cancelled = cancel.cancelled();
     tokio::pin!(cancelled);
+    let demoted = async {
+        match &demote {
+            Some(d) => d.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(demoted);
     let mut armed_for: Option<u64> = None;
     // When the deadline timer was last armed (a deadline already past when armed is due then).
     let mut armed_at = 0;
@@ -644,7 +815,10 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
         // The session's counters, carried to the peer's metrics as they grow.
         let carry = |counter: &prometheus::IntCounterVec, now: u64, seen: &mut u64| {
             if now != *seen {
-                counter.with_label_values(&label).inc_by(now - *seen);
+                // A session taken over from an answering task may have counted less.
+                counter
+                    .with_label_values(&label)
+                    .inc_by(now.saturating_sub(*seen));
                 *seen = now;
             }
         };
@@ -679,7 +853,8 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
         if refused != refused_seen {
             let m = &shared.metrics.bursts_refused;
             for ((reason, now), (_, seen)) in refused.by_reason().into_iter().zip(refused_seen.by_reason()) {
-                m.with_label_values(&[peer.as_str(), reason]).inc_by(now - seen);
+                m.with_label_values(&[peer.as_str(), reason])
+                    .inc_by(now.saturating_sub(seen));
             }
             refused_seen = refused;
         }
@@ -715,6 +890,18 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
             tokio::select! {
                 biased;
                 _ = &mut cancelled => break,
+                // A reload removed the peer: stop measuring, keep answering on the link.
+                _ = &mut demoted, if measure => {
+                    info!(site = %me, peer = %peer, "no longer measured; answering only");
+                    measure = false;
+                    (addr, inbox, dialing, dial_at, retry_at) = (None, None, None, None, None);
+                    // The same session answers on: the peer sees no gap in sequence numbers.
+                    session.leave_burst_slots();
+                    if link.is_none() {
+                        break;
+                    }
+                    None
+                }
                 r = async { match dialing.as_mut() { Some(d) => d.await, None => std::future::pending().await } } => {
                     dialing = None;
                     match r {
@@ -745,8 +932,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
                     None
                 }
                 a = async { match inbox.as_mut() { Some(i) => i.recv().await, None => std::future::pending().await } } => {
-                    let Some(Accepted { conn, first }) = a else { continue };
-                    let canonical = !first_sorts_me;
+                    let Some(Accepted { conn, first, canonical, session: carried }) = a else { continue };
                     let now = clock.now_ns();
                     if link.as_ref().is_some_and(|l| !replaces(l, canonical, now, quiet_ns)) {
                         conn.close(SUPERSEDED.into(), b"superseded");
@@ -756,7 +942,16 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
                         if let Some(old) = link.replace(Link { conn, canonical, heard_ns: now }) {
                             old.conn.close(SUPERSEDED.into(), b"superseded");
                         }
-                        session.connected();
+                        match carried {
+                            // The answering task's session goes on: the connection is the same.
+                            Some(carried) => {
+                                session = *carried;
+                                if measure {
+                                    session = session.with_burst_slots(shared.burst_slots.clone());
+                                }
+                            }
+                            None => session.connected(),
+                        }
                         dial_at = None;
                         backoff = redial_min;
                         Some(first)
@@ -808,7 +1003,9 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
                     if let Some(due) = armed_for.take() {
                         shared.burst_slots.timer_fired(due.max(armed_at), now);
                     }
-                    if let Some(ev) = session.poll(now) {
+                    // A task that only answers says nothing of the peer's liveness (its asks
+                    // from before a reload removed the peer may still time out).
+                    if let Some(ev) = session.poll(now).filter(|_| measure) {
                         shared.metrics.peer_up.with_label_values(&label).set(0);
                         shared.emit_liveness(&peer, ev, Cause::Probes);
                     }
@@ -855,7 +1052,7 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
                 // the last of them run late by the others' work, stall or none.
                 _ = window_tick.tick() => {
                     // A verdict this poll reaches is the deadline timer's, come a tick early.
-                    if let Some(ev) = session.poll(clock.now_ns()) {
+                    if let Some(ev) = session.poll(clock.now_ns()).filter(|_| measure) {
                         shared.metrics.peer_up.with_label_values(&label).set(0);
                         shared.emit_liveness(&peer, ev, Cause::Probes);
                     }
@@ -884,6 +1081,20 @@ async fn run_peer(shared: Arc<Shared>, peer: SiteId, role: Role, cancel: Cancell
         if d.site != peer_tag {
             shared.drop_datagram("identity");
             continue;
+        }
+        // Answering a site that a reload has since made a peer: its task takes the link over.
+        if !measure
+            && let Some(to) = shared.measuring(peer_tag, &peer)
+            && let Some(l) = link.take()
+        {
+            debug!(site = %me, peer = %peer, "link handed to the peer's new task");
+            let _ = to.try_send(Accepted {
+                conn: l.conn,
+                first: d,
+                canonical: l.canonical,
+                session: Some(Box::new(session)),
+            });
+            return;
         }
         let now = clock.now_ns();
         if measure {

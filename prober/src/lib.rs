@@ -19,7 +19,7 @@ pub mod window;
 pub mod wire;
 
 pub use config::{PeerConfig, ProberConfig, ReportConfig};
-pub use daemon::{Cause, Output, PeerLiveness, PeerWindow, ProberHandle, start};
+pub use daemon::{Cause, Output, PeerLiveness, PeerWindow, PeersReloaded, ProberHandle, start};
 pub use error::ProberError;
 pub use liveness::{Liveness, LivenessConfig, LivenessEvent};
 pub use session::{BurstSlots, BurstsRefused, EchoKind, EchoOutcome, PeerSession, Refused, SessionConfig};

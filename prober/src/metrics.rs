@@ -94,6 +94,10 @@ pub struct Metrics {
     pub controller_connected: Gauge,
     /// Time from a probe's scheduled tick to its send, seconds: the prober's own timer error.
     pub send_lateness: Histogram,
+    /// `axon_prober_config_reloads_total{result}`: SIGHUP reloads applied or refused.
+    pub config_reloads: IntCounterVec,
+    /// `axon_prober_peers`: the sites this prober measures now.
+    pub peers: IntGauge,
 }
 
 impl Metrics {
@@ -291,12 +295,59 @@ impl Metrics {
                     .buckets(vec![0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05]),
                 ),
             ),
+            config_reloads: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "axon_prober_config_reloads_total",
+                        "Configuration reloads (SIGHUP), by result: applied or refused.",
+                    ),
+                    &["result"],
+                ),
+            ),
+            peers: register(
+                r,
+                IntGauge::new("axon_prober_peers", "Peer sites this prober measures."),
+            ),
             registry,
         };
         for reason in DROP_REASONS {
             m.dropped.with_label_values(&[reason]);
         }
+        for result in ["applied", "refused"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
         m
+    }
+
+    /// Removes a peer's series, once this prober no longer measures it (a reload removed
+    /// it): a gauge left behind would show a link that is no longer watched as up.
+    pub fn forget_peer(&self, peer: &str) {
+        let p = [peer];
+        let _ = self.rtt.remove_label_values(&p);
+        let _ = self.loss.remove_label_values(&p);
+        let _ = self.jitter.remove_label_values(&p);
+        let _ = self.peer_up.remove_label_values(&p);
+        for c in [
+            &self.sent,
+            &self.lost,
+            &self.bursts,
+            &self.heal_bursts,
+            &self.asked_bursts,
+            &self.deferred_bursts,
+            &self.lost_early,
+            &self.rtt_across_stall,
+            &self.downs_held,
+            &self.dial_failures,
+        ] {
+            let _ = c.remove_label_values(&p);
+        }
+        for state in ["down", "up"] {
+            let _ = self.liveness_events.remove_label_values(&[peer, state]);
+        }
+        for (reason, _) in crate::session::BurstsRefused::default().by_reason() {
+            let _ = self.bursts_refused.remove_label_values(&[peer, reason]);
+        }
     }
 
     /// The Prometheus text exposition of every metric.

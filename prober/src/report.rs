@@ -8,8 +8,8 @@
 //! controller that is not the leader answers with a hint, which is followed at once.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proto::v1::probe_ingest_client::ProbeIngestClient;
@@ -30,7 +30,7 @@ use crate::tls::TlsFiles;
 /// report stream raises a peer's flag, and the peer's task takes it at its next wake-up,
 /// within a probe interval, and asks its session for a burst (`PeerSession::ask_burst`).
 #[derive(Debug, Default)]
-pub struct EvidenceAsks(HashMap<String, Arc<AskFlag>>);
+pub struct EvidenceAsks(Mutex<HashMap<String, Arc<AskFlag>>>);
 
 /// One peer's flag in [`EvidenceAsks`], held by the peer's task: taken on every wake-up,
 /// so it is one atomic swap, with no lookup by name.
@@ -47,17 +47,21 @@ impl AskFlag {
 impl EvidenceAsks {
     /// Flags for these peers, all down.
     pub fn new<'a>(peers: impl IntoIterator<Item = &'a str>) -> Self {
-        EvidenceAsks(
+        EvidenceAsks(Mutex::new(
             peers
                 .into_iter()
                 .map(|p| (p.to_string(), Arc::default()))
                 .collect(),
-        )
+        ))
+    }
+
+    fn flags(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<AskFlag>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Raises `peer`'s flag; false when `peer` is not one of this prober's peers.
     pub fn ask(&self, peer: &str) -> bool {
-        self.0
+        self.flags()
             .get(peer)
             .map(|f| f.0.store(true, Ordering::Relaxed))
             .is_some()
@@ -65,7 +69,17 @@ impl EvidenceAsks {
 
     /// `peer`'s flag, for its task; `None` when `peer` is not one of this prober's peers.
     pub fn flag(&self, peer: &str) -> Option<Arc<AskFlag>> {
-        self.0.get(peer).cloned()
+        self.flags().get(peer).cloned()
+    }
+
+    /// A peer added by a reload: its flag, down.
+    pub fn add(&self, peer: &str) {
+        self.flags().entry(peer.to_string()).or_default();
+    }
+
+    /// A peer removed by a reload: the controller's asks for it are refused from now on.
+    pub fn remove(&self, peer: &str) {
+        self.flags().remove(peer);
     }
 }
 

@@ -231,7 +231,8 @@ pub enum Reply {
 /// bursting after a 200 ms stall led to a second one and 270 route changes).
 #[derive(Debug)]
 pub struct BurstSlots {
-    cap: u32,
+    /// Bursts allowed at once (changes when peers are added or removed).
+    cap: AtomicU32,
     busy: AtomicU32,
     /// When the host last stalled (ns, the sessions' clock); 0 never.
     stalled_at: AtomicU64,
@@ -251,10 +252,22 @@ impl BurstSlots {
     /// Slots for `cap` bursts at once.
     pub fn new(cap: u32) -> Arc<Self> {
         Arc::new(BurstSlots {
-            cap,
+            cap: AtomicU32::new(cap),
             busy: AtomicU32::new(0),
             stalled_at: AtomicU64::new(0),
         })
+    }
+
+    /// Sizes the slots for `share` of `peers` again (a reload added or removed peers); bursts
+    /// already running keep their slots.
+    pub fn resize(&self, share: f64, peers: usize) {
+        let cap = (share * peers as f64).ceil().clamp(2.0, f64::from(u32::MAX));
+        self.cap.store(cap as u32, Ordering::Relaxed);
+    }
+
+    /// Bursts allowed at once.
+    pub fn cap(&self) -> u32 {
+        self.cap.load(Ordering::Relaxed)
     }
 
     /// Bursts running now.
@@ -281,7 +294,7 @@ impl BurstSlots {
     fn try_take(&self) -> bool {
         self.busy
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
-                (b < self.cap).then_some(b + 1)
+                (b < self.cap.load(Ordering::Relaxed)).then_some(b + 1)
             })
             .is_ok()
     }
@@ -508,6 +521,14 @@ impl PeerSession {
     pub fn with_burst_slots(mut self, slots: Arc<BurstSlots>) -> Self {
         self.slots = Some(slots);
         self
+    }
+
+    /// Stops drawing on the prober's burst slots (its peer is no longer measured, only
+    /// answered): gives back a slot it holds and takes no other. The session itself goes on,
+    /// so the peer sees the same sequence numbers and echoes as before.
+    pub fn leave_burst_slots(&mut self) {
+        self.release();
+        self.slots = None;
     }
 
     /// Whether liveness currently says down.
@@ -2052,8 +2073,30 @@ mod tests {
         drop(b);
         assert_eq!(slots.busy(), 0, "a dropped session kept its slot");
         // A quarter of the peers, rounded up, and never fewer than two.
-        let caps = [(24, 6), (25, 7), (4, 2), (0, 2)].map(|(n, _)| BurstSlots::for_peers(0.25, n).cap);
+        let caps = [(24, 6), (25, 7), (4, 2), (0, 2)].map(|(n, _)| BurstSlots::for_peers(0.25, n).cap());
         assert_eq!(caps, [6, 7, 2, 2]);
+        // A reload that adds peers makes room for more bursts; one that removes them, less.
+        let s = BurstSlots::for_peers(0.25, 4);
+        s.resize(0.25, 24);
+        assert_eq!(s.cap(), 6);
+        s.resize(0.25, 1);
+        assert_eq!(s.cap(), 2);
+    }
+
+    #[test]
+    fn a_session_that_leaves_the_burst_slots_gives_its_slot_back_and_goes_on() {
+        let slots = BurstSlots::new(1);
+        assert!(slots.try_take());
+        let mut s = PeerSession::new(SessionConfig::default(), "a").with_burst_slots(slots.clone());
+        s.holding = true;
+        s.connected();
+        let before = s.next_datagram(0, true).seq;
+        s.leave_burst_slots();
+        assert_eq!(slots.busy(), 0, "the slot came back");
+        assert!(s.slots.is_none());
+        assert_eq!(s.next_datagram(1, true).seq, before + 1, "sequence numbers go on");
+        drop(s);
+        assert_eq!(slots.busy(), 0, "given back once only");
     }
 
     #[test]

@@ -113,8 +113,9 @@ fn systemd_units_start_the_daemons_with_flags_they_accept() {
         let unit = read(&format!("systemd/{name}"));
         let lines = exec_lines(&unit);
         let kinds: Vec<&str> = lines.iter().map(|(k, _)| k.as_str()).collect();
-        // The controller reloads its tunables on SIGHUP, after checking the file.
-        let reload = daemon == "controller";
+        // The controller reloads its tunables on SIGHUP, the prober its peers, after
+        // checking the file.
+        let reload = daemon != "agent";
         let want: &[&str] = if reload {
             &["ExecStartPre", "ExecStart", "ExecReload", "ExecReload"]
         } else {

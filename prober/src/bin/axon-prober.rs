@@ -108,8 +108,24 @@ fn main() -> std::process::ExitCode {
 
 async fn run(args: Args, cfg: ProberConfig) -> anyhow::Result<()> {
     ops::init_logging(args.daemon.log_json);
-    let prober = prober::start(cfg).await?;
-    ops::terminated().await;
+    // SIGHUP reads the file (and this command line's flags) again and applies a change of
+    // `peers`; anything else, or a file that does not parse, leaves the configuration in
+    // force. Taken before the prober starts: SIGHUP's default action ends the process.
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut prober = prober::start(cfg).await?;
+    let terminated = ops::terminated();
+    tokio::pin!(terminated);
+    loop {
+        tokio::select! {
+            () = &mut terminated => break,
+            _ = hangups.recv() => match effective(&args) {
+                Ok(cfg) => {
+                    let _ = prober.reload(cfg);
+                }
+                Err(e) => prober.reload_refused(&format!("{e:#}")),
+            },
+        }
+    }
     prober.shutdown().await;
     Ok(())
 }
