@@ -152,7 +152,8 @@ struct Shared {
     cfg: ProberConfig,
     session: SessionConfig,
     endpoint: quinn::Endpoint,
-    client: quinn::ClientConfig,
+    /// The client side of the handshake (a reload swaps it for re-read certificates).
+    client: Mutex<quinn::ClientConfig>,
     metrics: Metrics,
     outputs: broadcast::Sender<Output>,
     clock: Clock,
@@ -252,8 +253,10 @@ impl ProberHandle {
     /// is dialled and measured at once, a peer removed is no longer measured (its task keeps
     /// answering on the pair's connection, so a peer that still measures this site sees no
     /// outage), a peer whose address changed is both. The other peers' connections and
-    /// windows are not touched. A file that changes any other key is refused whole, with the
-    /// keys named, and nothing changes; so is one that does not validate. Counted in
+    /// windows are not touched. The TLS files are read again, so certificates rotated in place
+    /// serve every handshake from then on, while the connections already up go on. A file that
+    /// changes any other key is refused whole, with the keys named, and nothing changes; so is
+    /// one that does not validate, or TLS files that do not load. Counted in
     /// `axon_prober_config_reloads_total{result}`.
     pub fn reload(&mut self, cfg: ProberConfig) -> Result<PeersReloaded, ProberError> {
         let r = self.apply(cfg);
@@ -293,6 +296,12 @@ impl ProberHandle {
                 )));
             }
         }
+        // The certificate files are read again (a rotation replaces them in place): handshakes
+        // from now on use them, connections already up keep going. Files that do not load
+        // refuse the whole reload.
+        let (server, client) = quic_configs(&cfg)?;
+        self.endpoint.set_server_config(Some(server));
+        *self.shared.client.lock().unwrap_or_else(|e| e.into_inner()) = client;
         let old: HashMap<String, SocketAddr> =
             self.cfg.peers.iter().map(|p| (p.site.clone(), p.addr)).collect();
         let new: HashMap<&str, SocketAddr> = cfg.peers.iter().map(|p| (p.site.as_str(), p.addr)).collect();
@@ -367,6 +376,22 @@ fn restart_only_changes(old: &ProberConfig, new: &ProberConfig) -> Result<Vec<St
         .collect())
 }
 
+/// Reads the TLS files and builds both sides of the QUIC handshake: the server side for the
+/// connections peers dial, the client side for the dials.
+fn quic_configs(cfg: &ProberConfig) -> Result<(quinn::ServerConfig, quinn::ClientConfig), ProberError> {
+    let tls = TlsMaterial::load(&cfg.tls)?;
+    let transport = transport(cfg)?;
+    let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.server.clone())
+        .map_err(|e| ProberError::Tls(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server.transport_config(transport.clone());
+    let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.client.clone())
+        .map_err(|e| ProberError::Tls(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+    client.transport_config(transport);
+    Ok((server, client))
+}
+
 fn transport(cfg: &ProberConfig) -> Result<Arc<quinn::TransportConfig>, ProberError> {
     let mut t = quinn::TransportConfig::default();
     let idle = Duration::from_millis(cfg.idle_timeout_ms);
@@ -428,16 +453,7 @@ impl quinn::ConnectionIdGenerator for ShortCids {
 /// Starts a prober: binds the endpoint and the HTTP server, spawns one task per peer.
 pub async fn start(cfg: ProberConfig) -> Result<ProberHandle, ProberError> {
     let (me, peer_ids) = cfg.validate()?;
-    let tls = TlsMaterial::load(&cfg.tls)?;
-    let transport = transport(&cfg)?;
-    let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.server.clone())
-        .map_err(|e| ProberError::Tls(e.to_string()))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-    server.transport_config(transport.clone());
-    let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.client.clone())
-        .map_err(|e| ProberError::Tls(e.to_string()))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
-    client.transport_config(transport);
+    let (server, client) = quic_configs(&cfg)?;
     let socket = std::net::UdpSocket::bind(cfg.listen).map_err(|e| ProberError::io("bind QUIC", e))?;
     let runtime =
         quinn::default_runtime().ok_or_else(|| ProberError::io("QUIC runtime", "no tokio runtime"))?;
@@ -473,7 +489,7 @@ pub async fn start(cfg: ProberConfig) -> Result<ProberHandle, ProberError> {
         session: cfg.session(),
         cfg: cfg.clone(),
         endpoint: endpoint.clone(),
-        client,
+        client: Mutex::new(client),
         metrics: metrics.clone(),
         outputs: outputs.clone(),
         clock: Clock::new(),
@@ -613,10 +629,11 @@ enum Role {
 type Dialing = Pin<Box<dyn Future<Output = Result<quinn::Connection, String>> + Send>>;
 
 fn dial(shared: &Shared, peer: &SiteId, addr: SocketAddr) -> Dialing {
-    match shared
-        .endpoint
-        .connect_with(shared.client.clone(), addr, peer.as_str())
-    {
+    match shared.endpoint.connect_with(
+        shared.client.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        addr,
+        peer.as_str(),
+    ) {
         Ok(connecting) => Box::pin(async move { connecting.await.map_err(|e| e.to_string()) }),
         Err(e) => {
             let e = e.to_string();

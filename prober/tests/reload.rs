@@ -1,7 +1,8 @@
 //! A running prober's peers change on reload (SIGHUP) without touching the links it keeps:
 //! a peer added is measured at once, whichever side dials; a peer removed is answered on
 //! the pair's connection, so a site that still measures it sees no outage; anything else
-//! is refused whole. Real QUIC on loopback.
+//! is refused whole. Certificates rotated in place serve the next handshakes. Real QUIC on
+//! loopback.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -174,6 +175,60 @@ async fn peers_added_and_removed_on_reload_leave_the_other_links_untouched() {
         Some(2.0)
     );
 
+    for p in [a, b, c] {
+        p.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotated_in_place_serve_new_handshakes_and_the_links_up_stay_up() {
+    let long = Duration::from_secs(30);
+    // The mesh's old CA signed a and b; a new CA signed c and a's next certificate.
+    let (old, new) = (certs(&["a", "b"]), certs(&["a", "c"]));
+    let own = tempfile::tempdir().unwrap();
+    let files = prober::tls::mesh_files(own.path(), "a");
+    let install = |from: &std::path::Path, ca: Vec<u8>| {
+        let src = prober::tls::mesh_files(from, "a");
+        std::fs::write(&files.ca, ca).unwrap();
+        std::fs::copy(&src.cert, &files.cert).unwrap();
+        std::fs::copy(&src.key, &files.key).unwrap();
+    };
+    let read = |d: &tempfile::TempDir| std::fs::read(d.path().join("ca.pem")).unwrap();
+    install(old.path(), read(&old));
+    let b = prober::start(config(old.path(), "b", &[])).await.unwrap();
+    let c = prober::start(config(new.path(), "c", &[])).await.unwrap();
+    let mut cfg = config(old.path(), "a", &[("b", b.local_addr)]);
+    cfg.tls = files.clone();
+    let mut a = prober::start(cfg).await.unwrap();
+    let (sa, sb) = (collect(&a), collect(&b));
+    eventually(long, "a measuring b", || good_windows(&sa, "b", 0) >= 2).await;
+
+    // c added before the rotation: no handshake succeeds (neither trusts the other's CA).
+    a.reload(with_peers(&a, &[("b", b.local_addr), ("c", c.local_addr)]))
+        .unwrap();
+    let failures = || a.metrics.dial_failures.with_label_values(&["c"]).get();
+    eventually(long, "a failing to reach c", || failures() >= 2).await;
+    assert_eq!(windows(&sa, "c", 0), 0);
+
+    // Unreadable files are refused, and the ones in force stay.
+    std::fs::write(&files.key, "not a key").unwrap();
+    let e = a.reload(a.config().clone()).unwrap_err().to_string();
+    assert!(e.contains("key"), "{e}");
+
+    // Rotated in place: both CAs trusted, a's certificate from the new one. The next
+    // handshake with c succeeds; the link to b, set up under the old certificate, stays up.
+    let mut both = read(&old);
+    both.extend(read(&new));
+    install(new.path(), both);
+    let mark = sa.lock().unwrap().len();
+    a.reload(a.config().clone()).unwrap();
+    eventually(long, "a measuring c", || good_windows(&sa, "c", mark) >= 2).await;
+    assert!(good_windows(&sa, "b", mark) >= 2, "the link to b went on");
+    for (seen, who) in [(&sa, "a"), (&sb, "b")] {
+        for peer in ["a", "b"] {
+            assert_eq!(downs(seen, peer), 0, "{who} saw {peer} go down");
+        }
+    }
     for p in [a, b, c] {
         p.shutdown().await;
     }
