@@ -471,7 +471,16 @@ pub async fn start(cfg: ProberConfig) -> Result<ProberHandle, ProberError> {
     let mut tasks = JoinSet::new();
 
     let metrics_addr = match cfg.metrics_listen {
-        Some(addr) => Some(crate::http::serve(addr, metrics.clone(), cancel.clone(), &mut tasks).await?),
+        Some(addr) => Some(
+            crate::http::serve(
+                addr,
+                metrics.clone(),
+                !cfg.report.endpoints.is_empty(),
+                cancel.clone(),
+                &mut tasks,
+            )
+            .await?,
+        ),
         None => None,
     };
 

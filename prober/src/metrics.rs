@@ -2,6 +2,7 @@
 //! configured peer list, `reason` and `state` from fixed sets.
 
 use ops::register;
+use prometheus::core::Collector;
 use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
@@ -318,6 +319,27 @@ impl Metrics {
             m.config_reloads.with_label_values(&[result]);
         }
         m
+    }
+
+    /// The body of `/readyz` (see `http`): peers answering out of those measured, and the
+    /// report stream's state.
+    pub fn readiness(&self, reports: bool) -> String {
+        let up: i64 = self
+            .peer_up
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|m| m.get_gauge().get_value() as i64)
+            .sum();
+        let stream = match (reports, self.controller_connected.get() > 0.0) {
+            (false, _) => "not configured",
+            (true, true) => "open",
+            (true, false) => "waiting for a controller",
+        };
+        format!(
+            "ready: {up} of {} peers answer; report stream {stream}\n",
+            self.peers.get()
+        )
     }
 
     /// Removes a peer's series, once this prober no longer measures it (a reload removed

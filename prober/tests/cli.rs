@@ -1,5 +1,6 @@
 //! The `axon-prober` binary on SIGHUP: a new peer in the file is measured without a restart;
 //! a file that changes anything else, or does not parse, is refused and the prober goes on.
+//! `/readyz` says how many peers answer.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -62,6 +63,11 @@ async fn sighup_adds_a_peer_and_refuses_what_needs_a_restart() {
         .spawn()
         .unwrap();
     until(http, "axon_prober_peers", 0.0).await;
+    let ready = http_get(http, "/readyz").await;
+    assert_eq!(
+        ready,
+        "ready: 0 of 0 peers answer; report stream not configured\n"
+    );
 
     // b added to the file: measured after the signal, by the same process.
     let with_b = format!("{base}[[peers]]\nsite = \"b\"\naddr = \"{}\"\n", b.local_addr);
@@ -69,6 +75,8 @@ async fn sighup_adds_a_peer_and_refuses_what_needs_a_restart() {
     signal(&child, "-HUP");
     until(http, "axon_prober_config_reloads_total{result=\"applied\"}", 1.0).await;
     until(http, "axon_peer_up{peer=\"b\"}", 1.0).await;
+    let ready = http_get(http, "/readyz").await;
+    assert!(ready.starts_with("ready: 1 of 1 peers answer"), "{ready}");
 
     // A restart-only change, then a file that does not parse: refused, b still measured.
     std::fs::write(

@@ -166,6 +166,13 @@ async fn reports_wait_while_the_controller_is_away_and_arrive_without_gaps() {
         a.metrics.controller_connected.get() == 0.0 && a.metrics.report_buffered.get() >= 10
     })
     .await;
+    // Still ready (a prober taken out of a load balancer for its controller's absence would
+    // cut its site off from the mesh), and saying what it waits for.
+    let ready = common::http_get(a.metrics_addr.unwrap(), "/readyz").await;
+    assert!(
+        ready.ends_with("report stream waiting for a controller\n"),
+        "{ready}"
+    );
     let (second, closing) = Ingest::new();
     let _stop2 = serve(addr, second.clone(), closing).await;
     eventually(
@@ -174,6 +181,8 @@ async fn reports_wait_while_the_controller_is_away_and_arrive_without_gaps() {
         || second.0.lock().unwrap().windows >= 15 && a.metrics.report_buffered.get() < 5,
     )
     .await;
+    let ready = common::http_get(a.metrics_addr.unwrap(), "/readyz").await;
+    assert!(ready.ends_with("report stream open\n"), "{ready}");
 
     {
         let s1 = first.0.lock().unwrap();
