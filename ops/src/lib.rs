@@ -52,6 +52,32 @@ pub async fn terminated() {
     tracing::info!("shutting down");
 }
 
+/// SIGHUP, taken over from its default action (which ends the process): a daemon that
+/// reloads its configuration on it takes this before it starts serving.
+pub struct Hangups(tokio::signal::unix::Signal);
+
+impl Hangups {
+    /// Installs the handler.
+    ///
+    /// # Errors
+    /// When the signal cannot be handled (no tokio runtime with signals enabled).
+    pub fn take() -> std::io::Result<Self> {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map(Hangups)
+    }
+
+    /// Runs until SIGTERM or Ctrl-C, calling `reload` on every SIGHUP in between.
+    pub async fn until_terminated(mut self, mut reload: impl FnMut()) {
+        let terminated = terminated();
+        tokio::pin!(terminated);
+        loop {
+            tokio::select! {
+                () = &mut terminated => return,
+                _ = self.0.recv() => reload(),
+            }
+        }
+    }
+}
+
 /// Turns `main`'s result into an exit code, printing a failure as one line: `name: error`.
 pub fn exit<E: std::fmt::Display>(name: &str, result: Result<(), E>) -> ExitCode {
     match result {

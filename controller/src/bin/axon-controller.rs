@@ -61,21 +61,16 @@ fn main() -> std::process::ExitCode {
             // SIGHUP reads the file (and this command line's flags) again; a file that does
             // not parse, or changes what needs a restart, leaves the configuration in force.
             // Taken before the daemon serves: SIGHUP's default action ends the process.
-            let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            let hangups = ops::Hangups::take()?;
             let handle = controller::start(cfg).await?;
-            let terminated = ops::terminated();
-            tokio::pin!(terminated);
-            loop {
-                tokio::select! {
-                    () = &mut terminated => break,
-                    _ = hangups.recv() => match effective(&args) {
-                        Ok(cfg) => {
-                            let _ = handle.reload(cfg);
-                        }
-                        Err(e) => handle.shared.reload_refused(&format!("{e:#}")),
-                    },
-                }
-            }
+            hangups
+                .until_terminated(|| match effective(&args) {
+                    Ok(cfg) => {
+                        let _ = handle.reload(cfg);
+                    }
+                    Err(e) => handle.shared.reload_refused(&format!("{e:#}")),
+                })
+                .await;
             handle.shutdown().await;
             anyhow::Ok(())
         })

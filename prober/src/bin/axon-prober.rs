@@ -111,21 +111,16 @@ async fn run(args: Args, cfg: ProberConfig) -> anyhow::Result<()> {
     // SIGHUP reads the file (and this command line's flags) again and applies a change of
     // `peers`; anything else, or a file that does not parse, leaves the configuration in
     // force. Taken before the prober starts: SIGHUP's default action ends the process.
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let hangups = ops::Hangups::take()?;
     let mut prober = prober::start(cfg).await?;
-    let terminated = ops::terminated();
-    tokio::pin!(terminated);
-    loop {
-        tokio::select! {
-            () = &mut terminated => break,
-            _ = hangups.recv() => match effective(&args) {
-                Ok(cfg) => {
-                    let _ = prober.reload(cfg);
-                }
-                Err(e) => prober.reload_refused(&format!("{e:#}")),
-            },
-        }
-    }
+    hangups
+        .until_terminated(|| match effective(&args) {
+            Ok(cfg) => {
+                let _ = prober.reload(cfg);
+            }
+            Err(e) => prober.reload_refused(&format!("{e:#}")),
+        })
+        .await;
     prober.shutdown().await;
     Ok(())
 }
