@@ -123,6 +123,43 @@ pub struct ControllerConfig {
     pub sites: Vec<SiteConfig>,
 }
 
+/// The sections of a configuration that decide routes, drains and their timing, by name:
+/// what the replicas of one mesh must agree on. The leader's decide the mesh's routes, and
+/// the replica that takes over decides with its own, so a difference shows up as routes that
+/// move on a change of leader.
+pub const ROUTING_SECTIONS: [&str; 6] = [
+    "engine",
+    "links",
+    "guardrails",
+    "max_future_ms",
+    "tick_ms",
+    "sites",
+];
+
+impl ControllerConfig {
+    /// The [`ROUTING_SECTIONS`] of this configuration, as one JSON object (what the leader
+    /// writes to etcd for the followers to compare with their own).
+    pub fn routing_sections(&self) -> serde_json::Value {
+        let all = serde_json::to_value(self).unwrap_or_default();
+        ROUTING_SECTIONS
+            .iter()
+            .map(|k| (k.to_string(), all.get(k).cloned().unwrap_or_default()))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+
+    /// The [`ROUTING_SECTIONS`] in which this configuration differs from `leader`'s (as
+    /// [`ControllerConfig::routing_sections`] gave it): empty when they agree.
+    pub fn differs_from(&self, leader: &serde_json::Value) -> Vec<String> {
+        let mine = self.routing_sections();
+        ROUTING_SECTIONS
+            .iter()
+            .filter(|k| mine.get(**k) != leader.get(**k))
+            .map(|k| k.to_string())
+            .collect()
+    }
+}
+
 impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
@@ -231,5 +268,46 @@ impl ControllerConfig {
             sites.push(site);
         }
         Inventory::new(sites).map_err(|e| ControllerError::Config(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_compare_the_sections_that_decide_routes_and_nothing_else() {
+        let leader = ControllerConfig {
+            sites: vec![SiteConfig {
+                id: "a".into(),
+                region: "r".into(),
+                provider: default_provider(),
+                lat: 0.0,
+                lon: 0.0,
+                capacity: default_capacity(),
+                role: Role::Active,
+            }],
+            ..Default::default()
+        };
+        // What the leader writes to etcd, read back as a follower reads it.
+        let written = serde_json::to_vec(&leader.routing_sections()).unwrap();
+        let read: serde_json::Value = serde_json::from_slice(&written).unwrap();
+        assert!(leader.differs_from(&read).is_empty());
+        // Its own name, addresses and journal are a replica's business.
+        let mut follower = leader.clone();
+        follower.name = "c2".into();
+        follower.grpc_listen = "127.0.0.1:7600".parse().unwrap();
+        follower.journal_rows = 5;
+        assert!(follower.differs_from(&read).is_empty());
+        // Weights, timers and the inventory are the mesh's.
+        follower.engine.hysteresis.switch_after += 1;
+        follower.tick_ms *= 2;
+        follower.sites[0].capacity += 1;
+        assert_eq!(follower.differs_from(&read), ["engine", "tick_ms", "sites"]);
+        // A leader that wrote nothing readable: every section differs.
+        assert_eq!(
+            leader.differs_from(&serde_json::Value::Null).len(),
+            ROUTING_SECTIONS.len()
+        );
     }
 }

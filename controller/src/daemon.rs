@@ -109,6 +109,9 @@ pub struct Shared {
     pub publishing: Mutex<()>,
     /// The pairs each published table moved (`axonctl changes`).
     pub journal: Mutex<Journal>,
+    /// The routing sections in which this replica's configuration differs from the leader's
+    /// (empty on the leader, and while they agree).
+    pub config_drift: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -139,6 +142,27 @@ impl Shared {
     pub fn reload_refused(&self, error: &dyn std::fmt::Display) {
         self.metrics.config_reloads.with_label_values(&["refused"]).inc();
         warn!(error = %error, "configuration reload refused; the one in force stays");
+    }
+
+    /// Records how this replica's routing configuration compares with the leader's (see
+    /// [`ControllerConfig::differs_from`]): logged when it changes, in
+    /// `axon_controller_config_matches_leader` and in `axonctl status`.
+    pub fn set_config_drift(&self, differs: Vec<String>) {
+        self.metrics
+            .config_matches_leader
+            .set(i64::from(differs.is_empty()));
+        let mut drift = self.config_drift.lock().unwrap_or_else(|e| e.into_inner());
+        if *drift != differs {
+            if differs.is_empty() {
+                info!("routing configuration agrees with the leader's");
+            } else {
+                warn!(
+                    sections = %differs.join(", "),
+                    "routing configuration differs from the leader's: routes would move if this replica took over"
+                );
+            }
+        }
+        *drift = differs;
     }
 
     /// The route-change journal.
@@ -261,6 +285,7 @@ impl Shared {
             return Ok(false);
         }
         let snapshot = core.snapshot();
+        let routing = core.config().routing_sections();
         let mut updates = HashMap::new();
         for site in core.world().inventory.sites() {
             if site.role == topology::Role::Active
@@ -276,9 +301,8 @@ impl Shared {
             .map(|(s, u)| (s.clone(), proto::wire::EncodedRouteUpdate::encode_shared(u)))
             .collect();
         match &self.etcd {
-            Some(etcd) => {
-                tokio::runtime::Handle::current().block_on(etcd.publish(&fence, &snapshot, id, &encoded))?
-            }
+            Some(etcd) => tokio::runtime::Handle::current()
+                .block_on(etcd.publish(&fence, &snapshot, &routing, id, &encoded))?,
             None => self.store.save(&snapshot)?,
         }
         self.metrics.table_version.set(id.version.0 as i64);
@@ -396,7 +420,9 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
         warmup: Duration::from_millis(cfg.store.leader_warmup_ms),
         publishing: Mutex::new(()),
         journal: Mutex::new(Journal::new(cfg.journal_rows)),
+        config_drift: Mutex::new(Vec::new()),
     });
+    shared.metrics.config_matches_leader.set(1);
 
     let mut tasks = JoinSet::new();
     let grpc = tokio::net::TcpListener::bind(cfg.grpc_listen)

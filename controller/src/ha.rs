@@ -129,12 +129,14 @@ impl Etcd {
         }
     }
 
-    /// Writes a table (each site's encoded update, then its id) and the state that goes with
-    /// it, fenced by `fence`.
+    /// Writes a table (each site's encoded update, then its id), the state that goes with it
+    /// and the routing configuration that computed it (for the followers to compare with
+    /// their own), fenced by `fence`.
     pub async fn publish(
         &self,
         fence: &Fence,
         state: &Snapshot,
+        routing: &serde_json::Value,
         id: TableId,
         encoded: &HashMap<SiteId, Bytes>,
     ) -> Result<(), ControllerError> {
@@ -144,6 +146,8 @@ impl Etcd {
             .collect();
         let state = serde_json::to_vec(state).map_err(|e| store_err("state", e))?;
         puts.push(TxnOp::put(self.key("state"), state, None));
+        let routing = serde_json::to_vec(routing).map_err(|e| store_err("config", e))?;
+        puts.push(TxnOp::put(self.key("config"), routing, None));
         // The id last, in a transaction of its own: a follower that sees it finds every site.
         let id = TxnOp::put(
             self.key("table/id"),
@@ -213,6 +217,20 @@ impl Etcd {
             updates,
             encoded,
         }))
+    }
+
+    /// The routing configuration the leader last published with (see [`Etcd::publish`]).
+    pub async fn read_config(&self) -> Result<Option<serde_json::Value>, ControllerError> {
+        let r = self
+            .client
+            .kv_client()
+            .get(self.key("config"), None)
+            .await
+            .map_err(|e| store_err("get config", e))?;
+        r.kvs()
+            .first()
+            .map(|kv| serde_json::from_slice(kv.value()).map_err(|e| store_err("config", e)))
+            .transpose()
     }
 
     /// The URL the current leader advertises, if there is one.
@@ -368,6 +386,7 @@ pub async fn follow(shared: Arc<Shared>, etcd: Etcd, cancel: CancellationToken) 
     loop {
         if leadership.borrow().is_leader() {
             watch = None;
+            shared.set_config_drift(Vec::new());
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = leadership.changed() => continue,
@@ -409,6 +428,14 @@ pub async fn follow(shared: Arc<Shared>, etcd: Etcd, cancel: CancellationToken) 
             }
             Ok(_) => {}
             Err(e) => warn!(error = %e, "etcd: cannot read the published table"),
+        }
+        match etcd.read_config().await {
+            Ok(Some(leader)) if !leadership.borrow().is_leader() => {
+                let differs = shared.core().config().differs_from(&leader);
+                shared.set_config_drift(differs);
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "etcd: cannot read the leader's configuration"),
         }
         let url = etcd.leader_url().await;
         if !leadership.borrow().is_leader() {

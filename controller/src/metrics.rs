@@ -26,6 +26,9 @@ pub struct Metrics {
     pub table_version: IntGauge,
     /// 1 while this replica leads (always 1 on the embedded store).
     pub leader: IntGauge,
+    /// 1 while this replica's routing configuration is the leader's (always 1 on the leader),
+    /// 0 while it differs: the routes would move if this replica took over.
+    pub config_matches_leader: IntGauge,
     /// Agents with an open watch stream.
     pub agents_connected: IntGauge,
     /// Agents whose last ack is the table in force.
@@ -106,6 +109,13 @@ impl Metrics {
             leader: register(
                 r,
                 IntGauge::new("axon_controller_leader", "1 while this replica leads."),
+            ),
+            config_matches_leader: register(
+                r,
+                IntGauge::new(
+                    "axon_controller_config_matches_leader",
+                    "1 while this replica's routing configuration (engine, links, guardrails, max_future_ms, tick_ms, sites) is the leader's.",
+                ),
             ),
             agents_connected: register(
                 r,

@@ -453,6 +453,7 @@ impl pb::admin_server::Admin for Services {
             agents_latest: on_latest,
             agents_behind: agents.len() as u32 - on_latest,
             agents,
+            config_differs: s.config_drift.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }))
     }
 

@@ -464,7 +464,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                            "links_up": s.links_up, "links_down": s.links_down, "links_degraded": s.links_degraded,
                            "routes": s.routes.as_ref().map(|r| json!({"direct": r.direct, "relayed": r.relayed,
                                "unreachable": r.unreachable, "unprotected": r.unprotected})),
-                           "agents_latest": s.agents_latest, "agents_behind": s.agents_behind, "agents": agents})
+                           "agents_latest": s.agents_latest, "agents_behind": s.agents_behind, "agents": agents,
+                           "config_differs": s.config_differs})
                 );
             } else {
                 println!(
@@ -496,6 +497,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     "agents      {} on latest, {} behind",
                     s.agents_latest, s.agents_behind
                 );
+                if !s.config_differs.is_empty() {
+                    println!(
+                        "config      differs from the leader's in {}: routes would move if this replica took over",
+                        s.config_differs.join(", ")
+                    );
+                }
                 if list {
                     println!();
                     let mut agents = s.agents.clone();

@@ -91,6 +91,32 @@ async fn a_new_leader_takes_over_within_the_lease_and_no_agent_goes_back() {
     })
     .await;
 
+    // A follower reloaded with other hysteresis says its routes would differ from the
+    // leader's, in its status and its metrics; reloaded back, it agrees again.
+    {
+        let (_, f) = mesh.running().find(|(i, _)| *i != first).unwrap();
+        let mine = f.shared.core().config().clone();
+        let mut other = mine.clone();
+        other.engine.hysteresis.switch_after += 2;
+        f.reload(other).unwrap();
+        let differs = || async {
+            let mut admin = AdminClient::connect(endpoint(f)).await.ok()?;
+            let s = admin.status(pb::StatusRequest {}).await.ok()?.into_inner();
+            Some(s.config_differs)
+        };
+        eventually(long, "the follower to see it differs", || async {
+            (differs().await? == ["engine"]).then_some(())
+        })
+        .await;
+        assert_eq!(f.shared.metrics.config_matches_leader.get(), 0);
+        f.reload(mine).unwrap();
+        eventually(long, "the follower to agree again", || async {
+            differs().await?.is_empty().then_some(())
+        })
+        .await;
+        assert_eq!(f.shared.metrics.config_matches_leader.get(), 1);
+    }
+
     let watched_follower = mesh
         .running()
         .filter(|(i, _)| *i != first)
@@ -229,7 +255,13 @@ async fn a_new_leader_takes_over_within_the_lease_and_no_agent_goes_back() {
         version: topology::Version(1_000_000),
     };
     let r = e
-        .publish(&old_fence, &Default::default(), id, &Default::default())
+        .publish(
+            &old_fence,
+            &Default::default(),
+            &serde_json::Value::Null,
+            id,
+            &Default::default(),
+        )
         .await;
     assert!(matches!(r, Err(ControllerError::Fenced)), "{r:?}");
 
