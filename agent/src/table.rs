@@ -68,8 +68,11 @@ fn check_path(
             return Err(format!("path {s:?} visits {site} twice"));
         }
     }
-    if !(p.cost_ms.is_finite() && p.cost_ms >= 0.0 && p.mos.is_finite()) {
-        return Err(format!("path {s:?} has cost {} and MOS {}", p.cost_ms, p.mos));
+    if !(p.cost_ms.is_finite() && p.cost_ms >= 0.0 && p.mos.is_finite() && p.r_factor.is_finite()) {
+        return Err(format!(
+            "path {s:?} has cost {}, MOS {} and R-factor {}",
+            p.cost_ms, p.mos, p.r_factor
+        ));
     }
     Ok(())
 }
