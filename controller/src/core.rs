@@ -303,14 +303,17 @@ impl Core {
                 ));
             }
         };
+        // A window without a reply measured no time: whatever its time fields say (a total
+        // outage must still be taken as loss) is not kept.
+        let timed = |ms: f64| if received > 0 { ms } else { 0.0 };
         let window = LinkWindow {
             end_ms: w.end_unix_ms,
             sent: resolved,
             received,
-            rtt_p50_ms: w.rtt_p50_ms,
-            rtt_p90_ms: w.rtt_p90_ms,
-            rtt_p99_ms: w.rtt_p99_ms,
-            jitter_ms: w.jitter_ms,
+            rtt_p50_ms: timed(w.rtt_p50_ms),
+            rtt_p90_ms: timed(w.rtt_p90_ms),
+            rtt_p99_ms: timed(w.rtt_p99_ms),
+            jitter_ms: timed(w.jitter_ms),
         };
         window.validate(now, self.cfg.max_future_ms).map_err(|e| {
             let reason = if e.to_string().contains("future") {

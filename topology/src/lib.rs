@@ -37,7 +37,10 @@ pub use drain::{
 pub use engine::{Computation, EngineConfig, RouteEngine};
 pub use error::TopologyError;
 pub use hysteresis::{HysteresisConfig, HysteresisState, SwitchReason, VoiceThresholds};
-pub use link::{LinkHealth, LinkState, LinkStateConfig, LinkView, LinkWindow, Liveness, Pool, TimestampMs};
+pub use link::{
+    LinkHealth, LinkState, LinkStateConfig, LinkView, LinkWindow, Liveness, MAX_WINDOW_PROBES, Pool,
+    TimestampMs,
+};
 pub use matrix::CostMatrix;
 pub use path::Path;
 pub use paths::{PairRoute, PathConfig, Reason, Routes, Scratch, compute_routes, compute_routes_in};

@@ -84,6 +84,12 @@ pub struct LinkWindow {
     pub jitter_ms: f64,
 }
 
+/// The most probes one window may resolve: a prober at its fastest (one probe every 10 ms)
+/// over its longest window (600 s) sends 60,000, evidence bursts several times that; a count
+/// beyond this is not a measurement, and the loss tests' arithmetic is kept far from where
+/// `u32` would overflow.
+pub const MAX_WINDOW_PROBES: u32 = 1_000_000;
+
 impl LinkWindow {
     /// Loss ratio of the window (0 when nothing was sent).
     pub fn loss(&self) -> f64 {
@@ -95,8 +101,16 @@ impl LinkWindow {
     }
 
     /// Refuses windows that must never reach the link state: NaN, negative or absurd values,
-    /// more replies than probes, unordered percentiles, and ends far in the future.
+    /// more replies than probes, more probes than any window carries ([`MAX_WINDOW_PROBES`]),
+    /// unordered percentiles, and ends far in the future. Times are read only when a reply
+    /// arrived.
     pub fn validate(&self, now: TimestampMs, max_future_ms: u64) -> Result<(), TopologyError> {
+        if self.sent > MAX_WINDOW_PROBES {
+            return Err(TopologyError::InvalidValue {
+                field: "sent",
+                detail: format!("{} probes in one window (at most {MAX_WINDOW_PROBES})", self.sent),
+            });
+        }
         if self.received > self.sent {
             return Err(TopologyError::InvalidValue {
                 field: "received",
@@ -405,9 +419,10 @@ struct LossCounts {
 /// hundred probes here).
 pub(crate) fn binomial_tails(n: u32, k: u32, p: f64) -> (f64, f64) {
     let p = p.clamp(1e-9, 1.0 - 1e-9);
-    let (q, mut pmf) = (1.0 - p, (1.0 - p).powi(n as i32));
+    let all_fail = i32::try_from(n).map_or_else(|_| (1.0 - p).powf(f64::from(n)), |n| (1.0 - p).powi(n));
+    let (q, mut pmf) = (1.0 - p, all_fail);
     let mut below = 0.0; // P(X < k)
-    for i in 0..k.min(n + 1) {
+    for i in 0..k.min(n.saturating_add(1)) {
         below += pmf;
         pmf *= f64::from(n - i) / f64::from(i + 1) * p / q;
     }
@@ -1356,6 +1371,11 @@ mod tests {
         assert!(window(3000, 10, 10, -5.0).validate(3000, 5000).is_err());
         assert!(window(99_000, 10, 10, 5.0).validate(3000, 5000).is_err());
         assert!(window(3000, 10, 10, 5.0).validate(3000, 5000).is_ok());
+        // More probes than any window carries: not a measurement.
+        let many = MAX_WINDOW_PROBES + 1;
+        assert!(window(3000, many, many, 5.0).validate(3000, 5000).is_err());
+        let most = MAX_WINDOW_PROBES;
+        assert!(window(3000, most, most - 1, 5.0).validate(3000, 5000).is_ok());
     }
 
     /// splitmix64: reproducible draws without a dependency.
@@ -1387,6 +1407,14 @@ mod tests {
         assert!((le - (0.9f64.powi(10) + 10.0 * 0.1 * 0.9f64.powi(9))).abs() < 1e-12);
         let (le, ge) = binomial_tails(5, 5, 0.5);
         assert!((le - 1.0).abs() < 1e-12 && (ge - 1.0 / 32.0).abs() < 1e-12);
+        // Counts at the edge of `u32` neither overflow nor leave [0, 1].
+        for (n, k) in [(u32::MAX, 1), (u32::MAX, 3), (0, u32::MAX)] {
+            let (le, ge) = binomial_tails(n, k, 0.01);
+            assert!(
+                (0.0..=1.0).contains(&le) && (0.0..=1.0).contains(&ge),
+                "{n} {k}: {le} {ge}"
+            );
+        }
     }
 
     #[test]
