@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -48,6 +48,8 @@ pub struct Metrics {
     pub route_waiters: IntGauge,
     /// Load reports sent to a controller.
     pub status_sent: IntCounter,
+    /// Configuration reloads (SIGHUP), by result: `applied` or `refused`.
+    pub config_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -119,8 +121,21 @@ impl Metrics {
                     "Load reports sent to a controller.",
                 ),
             ),
+            config_reloads: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "axon_agent_config_reloads_total",
+                        "Configuration reloads (SIGHUP), by result: applied or refused.",
+                    ),
+                    &["result"],
+                ),
+            ),
             registry,
         };
+        for result in ["applied", "refused"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
         // Every result from the start: an increase() over them sees the first refusal.
         for result in ["applied", "repeat", "stale", "refused"] {
             m.updates.with_label_values(&[result]);
@@ -152,8 +167,8 @@ pub struct State {
     /// The `(epoch, version)` of the table in force, announced on every install: route
     /// reads that wait for a new table (`?after=…&wait_s=…`) wake on it.
     pub installed: watch::Sender<Option<(u64, u64)>>,
-    /// Route reads that may wait at once (`max_route_waiters`).
-    pub max_waiters: u32,
+    /// Route reads that may wait at once (`max_route_waiters`; a reload may change it).
+    pub max_waiters: AtomicU32,
     /// Metrics.
     pub metrics: Metrics,
 }
@@ -180,11 +195,95 @@ pub struct AgentHandle {
     pub metrics_addr: Option<SocketAddr>,
     /// What the API serves.
     pub state: Arc<State>,
+    /// The configuration in force; the watch loop reads it at every connection and on
+    /// every change.
+    cfg: watch::Sender<AgentConfig>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
 }
 
+/// Keys a running agent cannot change: its identity, its files and listeners, its TLS.
+const RESTART_ONLY: [&str; 6] = [
+    "node",
+    "site",
+    "table_file",
+    "http_listen",
+    "metrics_listen",
+    "tls",
+];
+
 impl AgentHandle {
+    /// Applies a new configuration without a restart (SIGHUP). `controllers`, `on_change`,
+    /// the back-off, `status_min_interval_ms` and `max_route_waiters` apply at once: a watch
+    /// stream to a controller still listed is kept, one to a controller no longer listed is
+    /// closed and the new list is tried in order; the table held, and the media server's API,
+    /// are untouched. A file that changes any other key is refused whole, with the keys named;
+    /// so is one that does not validate. Returns the keys that changed; counted in
+    /// `axon_agent_config_reloads_total{result}`.
+    pub fn reload(&self, new: AgentConfig) -> Result<Vec<String>, AgentError> {
+        let r = self.apply_config(new);
+        let result = if r.is_ok() { "applied" } else { "refused" };
+        self.state
+            .metrics
+            .config_reloads
+            .with_label_values(&[result])
+            .inc();
+        match &r {
+            Ok(keys) => info!(changed = %keys.join(", "), "configuration reloaded"),
+            Err(e) => warn!(error = %e, "configuration reload refused; the one in force stays"),
+        }
+        r
+    }
+
+    /// Counts a reload refused before it reached [`AgentHandle::reload`] (a file that does
+    /// not parse).
+    pub fn reload_refused(&self, why: &str) {
+        self.state
+            .metrics
+            .config_reloads
+            .with_label_values(&["refused"])
+            .inc();
+        warn!(
+            error = why,
+            "configuration reload refused; the one in force stays"
+        );
+    }
+
+    fn apply_config(&self, new: AgentConfig) -> Result<Vec<String>, AgentError> {
+        new.validate()?;
+        let as_map = |c: &AgentConfig| match serde_json::to_value(c) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        let (old, next) = (as_map(&self.cfg.borrow()), as_map(&new));
+        let changed: Vec<String> = old
+            .iter()
+            .filter(|(k, v)| next.get(k.as_str()) != Some(v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let fixed: Vec<&str> = changed
+            .iter()
+            .map(String::as_str)
+            .filter(|k| RESTART_ONLY.contains(k))
+            .collect();
+        if !fixed.is_empty() {
+            return Err(AgentError::Config(format!(
+                "{} cannot change without a restart; nothing applied",
+                fixed.join(", ")
+            )));
+        }
+        self.state
+            .max_waiters
+            .store(new.max_route_waiters, Ordering::Relaxed);
+        self.cfg.send_replace(new);
+        Ok(changed)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> AgentConfig {
+        self.cfg.borrow().clone()
+    }
+
     /// Stops and waits for every task.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
@@ -203,7 +302,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
         connected: AtomicBool::new(false),
         status: watch::Sender::new(None),
         installed: watch::Sender::new(None),
-        max_waiters: cfg.max_route_waiters,
+        max_waiters: AtomicU32::new(cfg.max_route_waiters),
         metrics: Metrics::new(),
     });
     match persist::load(&cfg.table_file, &cfg.site) {
@@ -243,36 +342,63 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
     if let Some(l) = metrics_listener {
         tasks.spawn(crate::http::serve_metrics(l, state.clone(), cancel.clone()));
     }
-    tasks.spawn(watch_loop(cfg, state.clone(), cancel.clone()));
+    let cfg = watch::Sender::new(cfg);
+    tasks.spawn(watch_loop(cfg.subscribe(), state.clone(), cancel.clone()));
     Ok(AgentHandle {
         http_addr,
         metrics_addr,
         state,
+        cfg,
         cancel,
         tasks,
     })
 }
 
-async fn watch_loop(cfg: AgentConfig, state: Arc<State>, cancel: CancellationToken) {
-    let (min, max) = (
-        Duration::from_millis(cfg.backoff_min_ms),
-        Duration::from_millis(cfg.backoff_max_ms),
-    );
-    let mut backoff = min;
+async fn watch_loop(mut cfgs: watch::Receiver<AgentConfig>, state: Arc<State>, cancel: CancellationToken) {
+    let mut backoff = None;
     let mut hooks = JoinSet::new();
-    for endpoint in cfg.controllers.iter().cycle() {
-        let session = follow(endpoint, &cfg, &state, &mut hooks);
+    let mut next = 0usize;
+    loop {
+        let cfg = cfgs.borrow_and_update().clone();
+        let (min, max) = (
+            Duration::from_millis(cfg.backoff_min_ms),
+            Duration::from_millis(cfg.backoff_max_ms),
+        );
+        let endpoint = cfg.controllers[next % cfg.controllers.len()].clone();
+        next = next % cfg.controllers.len() + 1;
+        // A reload that drops this controller from the list ends its session; one that keeps
+        // it (other keys, or other controllers) does not.
+        let dropped = {
+            let mut cfgs = cfgs.clone();
+            let endpoint = endpoint.clone();
+            async move {
+                loop {
+                    if cfgs.changed().await.is_err() {
+                        return std::future::pending().await;
+                    }
+                    if !cfgs.borrow_and_update().controllers.contains(&endpoint) {
+                        return;
+                    }
+                }
+            }
+        };
+        let session = follow(&endpoint, &cfgs, &state, &mut hooks);
         tokio::select! {
             _ = cancel.cancelled() => break,
             r = session => match r {
-                Ok(()) => backoff = min,
+                Ok(()) => backoff = None,
                 Err(e) => debug!(controller = %endpoint, error = %e, "watch stream ended"),
             },
+            () = dropped => {
+                info!(controller = %endpoint, "no longer listed; trying the new list");
+                (backoff, next) = (None, 0);
+            }
         }
         state.connected.store(false, Ordering::Relaxed);
         state.metrics.connected.set(0);
-        let wait = backoff.mul_f64(rand::random_range(0.5..1.0));
-        backoff = (backoff * 2).min(max);
+        let step = backoff.unwrap_or(min).min(max);
+        backoff = Some((step * 2).min(max));
+        let wait = step.mul_f64(rand::random_range(0.5..1.0));
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
@@ -284,10 +410,12 @@ async fn watch_loop(cfg: AgentConfig, state: Arc<State>, cancel: CancellationTok
 /// One watch session; returns when the stream ends.
 async fn follow(
     endpoint: &str,
-    cfg: &AgentConfig,
+    cfgs: &watch::Receiver<AgentConfig>,
     state: &Arc<State>,
     hooks: &mut JoinSet<()>,
 ) -> Result<(), String> {
+    let cfg = cfgs.borrow().clone();
+    let cfg = &cfg;
     let channel = proto::auth::endpoint(endpoint, cfg.tls.as_ref())?
         .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(Duration::from_secs(5))
@@ -321,13 +449,14 @@ async fn follow(
     // report wins).
     let mut reports = state.status.subscribe();
     reports.mark_changed();
-    let gap = Duration::from_millis(cfg.status_min_interval_ms);
+    let gap = || Duration::from_millis(cfgs.borrow().status_min_interval_ms);
     let mut next_report = tokio::time::Instant::now();
     loop {
         tokio::select! {
             update = updates.message() => {
                 let Some(update) = update.map_err(|e| e.to_string())? else { break };
-                let reply = apply(update, cfg, state, hooks);
+                let on_change = cfgs.borrow().on_change.clone();
+                let reply = apply(update, cfg, on_change, state, hooks);
                 tx.send(pb::AgentMessage { body: Some(reply) })
                     .await
                     .map_err(|e| e.to_string())?;
@@ -347,7 +476,7 @@ async fn follow(
                     })
                     .await.map_err(|e| e.to_string())?;
                     state.metrics.status_sent.inc();
-                    next_report = tokio::time::Instant::now() + gap;
+                    next_report = tokio::time::Instant::now() + gap();
                 }
             }
         }
@@ -359,6 +488,7 @@ async fn follow(
 fn apply(
     update: pb::RouteUpdate,
     cfg: &AgentConfig,
+    on_change: Option<String>,
     state: &State,
     hooks: &mut JoinSet<()>,
 ) -> pb::agent_message::Body {
@@ -377,7 +507,7 @@ fn apply(
             state.install(t);
             state.from_controller.store(true, Ordering::Relaxed);
             state.metrics.updates.with_label_values(&["applied"]).inc();
-            if let Some(cmd) = cfg.on_change.clone() {
+            if let Some(cmd) = on_change {
                 hooks.spawn(run_hook(cmd, version));
             }
             pb::agent_message::Body::Ack(pb::Ack { version: v, nonce })

@@ -125,14 +125,14 @@ async fn routes_after(
     if q.wait.is_zero() || held.as_ref().is_some_and(other) {
         return Ok(answer(held));
     }
-    if s.metrics.route_waiters.get() >= i64::from(s.max_waiters) {
+    let max_waiters = s.max_waiters.load(std::sync::atomic::Ordering::Relaxed);
+    if s.metrics.route_waiters.get() >= i64::from(max_waiters) {
         return Err(refuse(
             s,
             StatusCode::TOO_MANY_REQUESTS,
             "too_many_waiters",
             format!(
-                "{} route reads are waiting already (max_route_waiters); retry, or read without wait_s",
-                s.max_waiters
+                "{max_waiters} route reads are waiting already (max_route_waiters); retry, or read without wait_s"
             ),
         ));
     }

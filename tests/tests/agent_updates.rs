@@ -1,5 +1,6 @@
 //! An agent against a scripted controller: a good table is applied, a broken one is NACKed
-//! while the good one stays in force, an older version is refused, a repeat is acknowledged.
+//! while the good one stays in force, an older version is refused, a repeat is acknowledged;
+//! a reload moves it to other controllers.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -46,6 +47,8 @@ struct Scripted {
     script: Vec<pb::RouteUpdate>,
     answers: Arc<Mutex<Vec<pb::agent_message::Body>>>,
     gate: Option<(usize, Arc<tokio::sync::Notify>)>,
+    /// Watch streams opened (hellos received).
+    hellos: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[tonic::async_trait]
@@ -62,6 +65,7 @@ impl RouteDistribution for Scripted {
         tokio::spawn(async move {
             // The hello.
             let _ = inbound.next().await;
+            me.hellos.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             for (i, u) in me.script.into_iter().enumerate() {
                 if let Some((before_gate, gate)) = &me.gate
                     && i == *before_gate
@@ -115,6 +119,7 @@ async fn bad_and_stale_updates_are_nacked_and_the_good_table_stays() {
         script,
         answers: Arc::default(),
         gate: None,
+        hellos: Arc::default(),
     };
     let (addr, server) = serve(svc.clone()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -169,6 +174,7 @@ async fn an_agent_fails_over_to_the_next_controller() {
         script: vec![update(3, &["a", "b"])],
         answers: Arc::default(),
         gate: None,
+        hellos: Arc::default(),
     };
     let (addr, server) = serve(svc.clone()).await;
     let dir = tempfile::tempdir().unwrap();
@@ -192,6 +198,71 @@ async fn an_agent_fails_over_to_the_next_controller() {
     assert_eq!(v["controller_connected"], true);
     a.shutdown().await;
     server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_the_agent_to_new_controllers_and_refuses_what_needs_a_restart() {
+    let script = |u: pb::RouteUpdate| Scripted {
+        script: vec![u],
+        answers: Arc::default(),
+        gate: None,
+        hellos: Arc::default(),
+    };
+    let (old, new) = (
+        script(update(3, &["a", "b"])),
+        script(update(4, &["a", "c", "b"])),
+    );
+    let (old_addr, old_server) = serve(old.clone()).await;
+    let (new_addr, new_server) = serve(new.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = agent::start(agent_config(dir.path(), "a", vec![format!("http://{old_addr}")]))
+        .await
+        .unwrap();
+    let version = || async {
+        let (status, v) = http_get(a.http_addr, "/v1/routes").await;
+        (status == 200).then(|| v["version"].as_u64()).flatten()
+    };
+    eventually(Duration::from_secs(20), "the old controller's table", || async {
+        (version().await? == 3).then_some(())
+    })
+    .await;
+
+    // The controllers moved: the stream to the old one is closed, the new one followed.
+    let mut cfg = a.config();
+    cfg.controllers = vec![format!("http://{new_addr}")];
+    let changed = a.reload(cfg.clone()).unwrap();
+    assert_eq!(changed, ["controllers"]);
+    eventually(Duration::from_secs(20), "the new controller's table", || async {
+        (version().await? == 4).then_some(())
+    })
+    .await;
+    assert_eq!(new.hellos.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+    // A limit changed: applied, and the stream to a controller still listed is kept.
+    cfg.max_route_waiters = 7;
+    assert_eq!(a.reload(cfg.clone()).unwrap(), ["max_route_waiters"]);
+    assert_eq!(a.state.max_waiters.load(std::sync::atomic::Ordering::Relaxed), 7);
+    // What needs a restart is refused whole, naming it; nothing changes.
+    let mut moved = cfg.clone();
+    (moved.site, moved.max_route_waiters) = ("b".into(), 9);
+    let e = a.reload(moved).unwrap_err().to_string();
+    assert!(e.contains("site") && e.contains("restart"), "{e}");
+    assert_eq!(a.state.max_waiters.load(std::sync::atomic::Ordering::Relaxed), 7);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        new.hellos.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "a reload that kept the controller reconnected"
+    );
+    let page = metrics(a.http_addr).await;
+    for (result, n) in [("applied", 2), ("refused", 1)] {
+        let series = format!("axon_agent_config_reloads_total{{result=\"{result}\"}} {n}");
+        assert!(page.contains(&series), "{series} not in\n{page}");
+    }
+    assert_eq!(version().await, Some(4));
+    a.shutdown().await;
+    old_server.abort();
+    new_server.abort();
 }
 
 /// Until one route read waits at the agent.
@@ -222,6 +293,7 @@ async fn a_media_server_waits_for_the_next_table_with_one_request() {
         script: vec![update(5, &["a", "c", "b"]), update(6, &["a", "b"])],
         answers: Arc::default(),
         gate: Some((1, gate.clone())),
+        hellos: Arc::default(),
     };
     let (addr, server) = serve(svc.clone()).await;
     let dir = tempfile::tempdir().unwrap();

@@ -113,18 +113,11 @@ fn systemd_units_start_the_daemons_with_flags_they_accept() {
         let unit = read(&format!("systemd/{name}"));
         let lines = exec_lines(&unit);
         let kinds: Vec<&str> = lines.iter().map(|(k, _)| k.as_str()).collect();
-        // The controller reloads its tunables on SIGHUP, the prober its peers, after
-        // checking the file.
-        let reload = daemon != "agent";
-        let want: &[&str] = if reload {
-            &["ExecStartPre", "ExecStart", "ExecReload", "ExecReload"]
-        } else {
-            &["ExecStartPre", "ExecStart"]
-        };
+        // Every daemon reloads on SIGHUP (the controller its tunables, the prober its peers
+        // and certificates, the agent its controllers and limits), after checking the file.
+        let want = ["ExecStartPre", "ExecStart", "ExecReload", "ExecReload"];
         assert_eq!(kinds, want, "{name}");
-        if reload {
-            assert_eq!(lines[3].1, ["/bin/kill", "-HUP", "$MAINPID"], "{name}");
-        }
+        assert_eq!(lines[3].1, ["/bin/kill", "-HUP", "$MAINPID"], "{name}");
         for (_, argv) in lines.iter().filter(|(_, argv)| argv[0] != "/bin/kill") {
             assert_eq!(argv[0], format!("/usr/local/bin/axon-{daemon}"), "{name}");
             assert!(

@@ -67,8 +67,21 @@ fn main() -> std::process::ExitCode {
             .enable_all()
             .build()?
             .block_on(async {
+                // SIGHUP reads the file (and this command line's flags) again: the
+                // controllers, the hook, back-off and limits apply at once; a file that
+                // changes what needs a restart, or does not parse, leaves the configuration
+                // in force. Taken before the agent starts: SIGHUP's default action ends the
+                // process.
+                let hangups = ops::Hangups::take()?;
                 let handle = agent::start(cfg).await?;
-                ops::terminated().await;
+                hangups
+                    .until_terminated(|| match effective(&args) {
+                        Ok(cfg) => {
+                            let _ = handle.reload(cfg);
+                        }
+                        Err(e) => handle.reload_refused(&format!("{e:#}")),
+                    })
+                    .await;
                 handle.shutdown().await;
                 anyhow::Ok(())
             })
