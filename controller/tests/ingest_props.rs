@@ -7,7 +7,6 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use controller::config::SiteConfig;
 use controller::core::Core;
 use controller::store::Snapshot;
 use controller::{ControllerConfig, ControllerError};
@@ -18,21 +17,11 @@ use topology::{LinkState, SiteId};
 const SITES: [&str; 4] = ["a", "b", "c", "d"];
 
 fn core() -> Core {
-    let cfg = ControllerConfig {
-        sites: SITES
-            .iter()
-            .map(|s| SiteConfig {
-                id: (*s).into(),
-                region: format!("r-{s}"),
-                provider: "metal".into(),
-                lat: 0.0,
-                lon: 0.0,
-                capacity: 100,
-                role: topology::Role::Active,
-            })
-            .collect(),
-        ..Default::default()
-    };
+    let sites: String = SITES
+        .iter()
+        .map(|s| format!("[[sites]]\nid = \"{s}\"\nregion = \"r-{s}\"\n"))
+        .collect();
+    let cfg = ControllerConfig::from_toml(&sites).unwrap();
     let inv = cfg.validate().unwrap();
     Core::new(cfg, inv, &Snapshot::default()).unwrap()
 }
