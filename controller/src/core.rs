@@ -176,7 +176,8 @@ impl Core {
     /// guardrails, `max_future_ms`, `journal_rows` — apply from the next window and the next
     /// computation, which publishes a new version. Keys the running daemon was built around
     /// (addresses, store, TLS, tokens, the inventory, its timers) need a restart: a file that
-    /// changes any of them is refused whole, naming them, and nothing changes. Link states,
+    /// changes any of them is refused whole, naming them, and nothing changes (the TLS files
+    /// themselves are read again by [`crate::daemon::Shared::reload`]). Link states,
     /// drains and each pair's switching memory are kept (the memory is reset only when the
     /// relay limit changed; see [`RouteEngine::reconfigure`]).
     pub fn reconfigure(&mut self, new: ControllerConfig) -> Result<Reload, ControllerError> {

@@ -112,6 +112,9 @@ pub struct Shared {
     /// The routing sections in which this replica's configuration differs from the leader's
     /// (empty on the leader, and while they agree).
     pub config_drift: Mutex<Vec<String>>,
+    /// The TLS configuration new gRPC connections are accepted with (none: plaintext); a
+    /// reload reads the files again and swaps it, so rotated certificates need no restart.
+    pub tls: Option<std::sync::RwLock<Arc<rustls::ServerConfig>>>,
 }
 
 impl Shared {
@@ -125,9 +128,24 @@ impl Shared {
     /// counted, and followed by a computation at once. A refused file changes nothing.
     pub fn reload(&self, cfg: ControllerConfig) -> Result<Reload, ControllerError> {
         let rows = cfg.journal_rows;
+        // The certificate files are read again (a rotation replaces them in place); files
+        // that do not load refuse the whole reload.
+        let tls = match cfg.tls.as_ref().map(proto::auth::TlsFiles::rustls_server) {
+            Some(Err(e)) => {
+                let e = ControllerError::Config(format!("tls: {e}"));
+                self.reload_refused(&e);
+                return Err(e);
+            }
+            Some(Ok(c)) => Some(c),
+            None => None,
+        };
         let result = self.core().reconfigure(cfg);
         match &result {
             Ok(r) => {
+                if let (Some(slot), Some(new)) = (&self.tls, tls) {
+                    *slot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+                    info!("TLS files read again: new connections use them");
+                }
                 self.journal().set_capacity(rows);
                 self.metrics.config_reloads.with_label_values(&["applied"]).inc();
                 info!(changed = ?r.changed, memory_reset = r.memory_reset, "configuration reloaded");
@@ -142,6 +160,13 @@ impl Shared {
     pub fn reload_refused(&self, error: &dyn std::fmt::Display) {
         self.metrics.config_reloads.with_label_values(&["refused"]).inc();
         warn!(error = %error, "configuration reload refused; the one in force stays");
+    }
+
+    /// The TLS configuration a connection accepted now is served with.
+    pub fn tls_config(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls
+            .as_ref()
+            .map(|t| t.read().unwrap_or_else(|e| e.into_inner()).clone())
     }
 
     /// Records how this replica's routing configuration compares with the leader's (see
@@ -386,11 +411,11 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
         );
     }
     let tls = match &cfg.tls {
-        Some(files) => Some(
+        Some(files) => Some(std::sync::RwLock::new(Arc::new(
             files
-                .server()
+                .rustls_server()
                 .map_err(|e| ControllerError::Config(format!("tls: {e}")))?,
-        ),
+        ))),
         None => None,
     };
     let store: Arc<dyn Store> = Arc::new(MemoryStore::open(cfg.store.snapshot.clone())?);
@@ -421,6 +446,7 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
         publishing: Mutex::new(()),
         journal: Mutex::new(Journal::new(cfg.journal_rows)),
         config_drift: Mutex::new(Vec::new()),
+        tls,
     });
     shared.metrics.config_matches_leader.set(1);
 
@@ -466,11 +492,6 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
     let stop = cancel.clone();
     let mut server =
         tonic::transport::Server::builder().http2_keepalive_interval(Some(Duration::from_secs(10)));
-    if let Some(tls) = tls {
-        server = server
-            .tls_config(tls)
-            .map_err(|e| ControllerError::Config(format!("tls: {e}")))?;
-    }
     let gate = shared.clone();
     let admin =
         pb::admin_server::AdminServer::with_interceptor(svc.clone(), move |mut req: tonic::Request<()>| {
@@ -481,20 +502,26 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
             req.extensions_mut().insert(caller);
             Ok(req)
         });
-    tasks.spawn(async move {
-        let r = server
-            .add_service(pb::probe_ingest_server::ProbeIngestServer::new(svc.clone()))
-            .add_service(crate::watch::WatchServer::new(svc))
-            .add_service(admin)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc),
-                stop.cancelled_owned(),
-            )
-            .await;
-        if let Err(e) = r {
-            warn!(error = %e, "gRPC server stopped");
-        }
-    });
+    let router = server
+        .add_service(pb::probe_ingest_server::ProbeIngestServer::new(svc.clone()))
+        .add_service(crate::watch::WatchServer::new(svc))
+        .add_service(admin);
+    let stop = stop.cancelled_owned();
+    if shared.tls.is_some() {
+        let incoming = tls_incoming(grpc, shared.clone(), cancel.clone(), &mut tasks);
+        tasks.spawn(async move {
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
+                warn!(error = %e, "gRPC server stopped");
+            }
+        });
+    } else {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+        tasks.spawn(async move {
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
+                warn!(error = %e, "gRPC server stopped");
+            }
+        });
+    }
     tasks.spawn(crate::http::serve(http, shared.clone(), cancel.clone()));
     tasks.spawn(compute_loop(
         shared.clone(),
@@ -509,6 +536,58 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
         cancel,
         tasks,
     })
+}
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// The gRPC listener's connections over TLS, each accepted with the configuration in force
+/// at its handshake (a reload swaps it: rotated certificates serve the next connections,
+/// and those already up go on). Each handshake runs on its own task, so a slow or silent
+/// client holds up no other.
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> tokio_stream::wrappers::ReceiverStream<
+    Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tasks.spawn(async move {
+        let mut handshakes = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
+                accepted = listener.accept() => {
+                    let (tcp, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Out of descriptors, most likely: give the others time to close.
+                            warn!(error = %e, "gRPC accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let Some(cfg) = shared.tls_config() else { continue };
+                    let tx = tx.clone();
+                    handshakes.spawn(async move {
+                        let accept = tokio_rustls::TlsAcceptor::from(cfg).accept(tcp);
+                        match tokio::time::timeout(HANDSHAKE, accept).await {
+                            Ok(Ok(stream)) => {
+                                let _ = tx.send(Ok(stream)).await;
+                            }
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    });
+                }
+            }
+        }
+        handshakes.shutdown().await;
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 async fn compute_loop(shared: Arc<Shared>, tick: Duration, cancel: CancellationToken) {

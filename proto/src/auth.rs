@@ -154,6 +154,45 @@ impl TlsFiles {
             .client_auth_optional(true))
     }
 
+    /// The server side as a rustls configuration, for a server that makes its own TLS
+    /// acceptor (the controller, which swaps it when its files are rotated): the same rules
+    /// as [`TlsFiles::server`] — this certificate, client certificates verified against the
+    /// CA and optional in the handshake, HTTP/2 by ALPN.
+    ///
+    /// # Errors
+    /// A file that cannot be read or holds no usable certificate or key.
+    pub fn rustls_server(&self) -> Result<rustls::ServerConfig, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let p = self.pems()?;
+        let certs = |pem: &[u8], path: &Path| -> Result<Vec<CertificateDer<'static>>, String> {
+            let certs = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!("{}: no certificate found", path.display()));
+            }
+            Ok(certs)
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in certs(&p.ca, &self.ca)? {
+            roots.add(ca).map_err(|e| format!("{}: {e}", self.ca.display()))?;
+        }
+        let chain = certs(&p.cert, &self.cert)?;
+        let key =
+            PrivateKeyDer::from_pem_slice(&p.key).map_err(|e| format!("{}: {e}", self.key.display()))?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder(std::sync::Arc::new(roots))
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| format!("{}: {e}", self.ca.display()))?;
+        let mut cfg = rustls::ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| format!("{}: {e}", self.cert.display()))?;
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(cfg)
+    }
+
     /// The client side: this certificate, and the controller verified against the CA under
     /// [`CONTROLLER_NAME`].
     ///

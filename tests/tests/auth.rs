@@ -1,6 +1,7 @@
 //! The control plane on mutual TLS: who may report, watch and operate, and for which sites.
 //! Certificates come from a development CA made for the test; the controller, a real agent and
-//! raw gRPC clients talk over real TLS on loopback.
+//! raw gRPC clients talk over real TLS on loopback. Certificates rotated in place serve new
+//! connections after a reload.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -261,5 +262,75 @@ async fn the_control_plane_speaks_mutual_tls_and_checks_every_role() {
         );
     }
     agent.shutdown().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_certificates_serve_new_connections_after_a_reload_and_old_ones_go_on() {
+    proto::auth::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new, own) = (
+        dir.path().join("old"),
+        dir.path().join("new"),
+        dir.path().join("own"),
+    );
+    let sites = four_sites();
+    generate_mesh(&old, &["a"]).unwrap();
+    generate_mesh(&new, &["a"]).unwrap();
+    std::fs::create_dir_all(&own).unwrap();
+    let files = mesh_files(&own, "controller");
+    let install = |from: &Path, ca: Vec<u8>| {
+        let src = mesh_files(from, "controller");
+        std::fs::write(&files.ca, ca).unwrap();
+        std::fs::copy(&src.cert, &files.cert).unwrap();
+        std::fs::copy(&src.key, &files.key).unwrap();
+    };
+    let ca = |d: &Path| std::fs::read(d.join("ca.pem")).unwrap();
+    install(&old, ca(&old));
+    let mut cfg = controller_config(&sites, None);
+    cfg.tls = Some(files.clone());
+    let c = controller::daemon::start(cfg.clone()).await.unwrap();
+    let url = format!("https://{}", c.grpc_addr);
+
+    // An operator of the old CA is served, and keeps its connection; one of the new CA
+    // cannot even complete a handshake.
+    let old_op = channel(&url, &mesh_files(&old, "operator")).await;
+    assert!(status_as(old_op.clone(), None).await.is_ok());
+    let new_files = mesh_files(&new, "operator");
+    let before = async {
+        let ch = proto::auth::endpoint(&url, Some(&new_files))
+            .unwrap()
+            .connect()
+            .await
+            .ok()?;
+        status_as(ch, None).await.ok()
+    };
+    assert!(before.await.is_none(), "served under a CA not yet trusted");
+
+    // Files that do not load are refused, and the certificates in force stay.
+    std::fs::write(&files.key, "not a key").unwrap();
+    let e = c.reload(cfg.clone()).unwrap_err().to_string();
+    assert!(e.contains("tls"), "{e}");
+    assert!(
+        status_as(channel(&url, &mesh_files(&old, "operator")).await, None)
+            .await
+            .is_ok()
+    );
+
+    // Rotated in place (both CAs trusted, the controller's certificate from the new one) and
+    // reloaded: a new connection of the new CA is served, the old connection goes on.
+    let mut both = ca(&old);
+    both.extend(ca(&new));
+    install(&new, both);
+    c.reload(cfg).unwrap();
+    let fresh = channel(&url, &new_files).await;
+    assert!(
+        status_as(fresh, None).await.is_ok(),
+        "the new certificate did not serve"
+    );
+    assert!(
+        status_as(old_op, None).await.is_ok(),
+        "the connection up before was cut"
+    );
     c.shutdown().await;
 }

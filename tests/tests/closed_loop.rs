@@ -266,7 +266,10 @@ async fn the_loop_relays_reroutes_drains_and_survives_the_control_plane() {
         }
     })
     .await;
-    assert!(named.is_ok(), "never refused as the last healthy site of r1: {last:?}");
+    assert!(
+        named.is_ok(),
+        "never refused as the last healthy site of r1: {last:?}"
+    );
     // Undrain restores.
     admin
         .undrain(pb::UndrainRequest {
