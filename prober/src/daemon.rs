@@ -288,14 +288,7 @@ impl ProberHandle {
                 fixed.join(", ")
             )));
         }
-        let mut tags = HashMap::new();
-        for id in &ids {
-            if let Some(other) = tags.insert(site_tag(id.as_str()), id) {
-                return Err(ProberError::Config(format!(
-                    "peers {other} and {id} share a wire tag; rename one"
-                )));
-            }
-        }
+        distinct_tags(&ids)?;
         // The certificate files are read again (a rotation replaces them in place): handshakes
         // from now on use them, connections already up keep going. Files that do not load
         // refuse the whole reload.
@@ -359,6 +352,19 @@ impl ProberHandle {
     pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.cancel.cancelled()
     }
+}
+
+/// Refuses peers whose site ids share a wire tag: a datagram could not say which it is from.
+fn distinct_tags(ids: &[SiteId]) -> Result<(), ProberError> {
+    let mut tags = HashMap::new();
+    for id in ids {
+        if let Some(other) = tags.insert(site_tag(id.as_str()), id) {
+            return Err(ProberError::Config(format!(
+                "peers {other} and {id} share a wire tag; rename one"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The top-level keys other than `peers` whose values differ between two configurations.
@@ -484,14 +490,7 @@ pub async fn start(cfg: ProberConfig) -> Result<ProberHandle, ProberError> {
         None => None,
     };
 
-    let mut tags = HashMap::new();
-    for id in &peer_ids {
-        if tags.insert(site_tag(id.as_str()), id).is_some() {
-            return Err(ProberError::Config(
-                "two peers' site ids share a wire tag; rename one".into(),
-            ));
-        }
-    }
+    distinct_tags(&peer_ids)?;
     let shared = Arc::new(Shared {
         me: me.clone(),
         peers: Mutex::new(HashMap::new()),
