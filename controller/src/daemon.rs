@@ -130,7 +130,7 @@ impl Shared {
         let rows = cfg.journal_rows;
         // The certificate files are read again (a rotation replaces them in place); files
         // that do not load refuse the whole reload.
-        let tls = match cfg.tls.as_ref().map(proto::auth::TlsFiles::rustls_server) {
+        let tls = match cfg.tls.as_ref().map(proto::auth::TlsFiles::server) {
             Some(Err(e)) => {
                 let e = ControllerError::Config(format!("tls: {e}"));
                 self.reload_refused(&e);
@@ -413,7 +413,7 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
     let tls = match &cfg.tls {
         Some(files) => Some(std::sync::RwLock::new(Arc::new(
             files
-                .rustls_server()
+                .server()
                 .map_err(|e| ControllerError::Config(format!("tls: {e}")))?,
         ))),
         None => None,

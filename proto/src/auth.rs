@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// The name every controller's certificate carries and every client verifies.
 pub const CONTROLLER_NAME: &str = "controller.axon";
@@ -140,28 +140,15 @@ impl TlsFiles {
         })
     }
 
-    /// The server side: this certificate, and client certificates verified against the CA.
-    /// A client certificate is optional in the handshake (an operator may use a token
-    /// instead); the services decide what an unauthenticated caller may do.
-    ///
-    /// # Errors
-    /// A file that cannot be read.
-    pub fn server(&self) -> Result<ServerTlsConfig, String> {
-        let p = self.pems()?;
-        Ok(ServerTlsConfig::new()
-            .identity(Identity::from_pem(p.cert, p.key))
-            .client_ca_root(Certificate::from_pem(p.ca))
-            .client_auth_optional(true))
-    }
-
-    /// The server side as a rustls configuration, for a server that makes its own TLS
-    /// acceptor (the controller, which swaps it when its files are rotated): the same rules
-    /// as [`TlsFiles::server`] — this certificate, client certificates verified against the
-    /// CA and optional in the handshake, HTTP/2 by ALPN.
+    /// The server side, as a rustls configuration for a server that makes its own TLS
+    /// acceptor (the controller, which swaps it when its files are rotated): this certificate,
+    /// and client certificates verified against the CA. A client certificate is optional in
+    /// the handshake (an operator may use a token instead); the services decide what an
+    /// unauthenticated caller may do. HTTP/2 by ALPN.
     ///
     /// # Errors
     /// A file that cannot be read or holds no usable certificate or key.
-    pub fn rustls_server(&self) -> Result<rustls::ServerConfig, String> {
+    pub fn server(&self) -> Result<rustls::ServerConfig, String> {
         use rustls::pki_types::pem::PemObject;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let p = self.pems()?;
