@@ -52,6 +52,11 @@ pub struct StoreConfig {
     /// Snapshot file for drains and the version counter (`memory` only); none = nothing
     /// survives a restart. Default none.
     pub snapshot: Option<PathBuf>,
+    /// File the route-change journal (`axonctl changes`) is kept in, so that a restarted
+    /// replica still has the history; with either store, and one file per replica (it is
+    /// locked while the replica runs). It holds at most twice `journal_rows` rows, about
+    /// 400 bytes each. Default none: the journal lives in memory only.
+    pub journal: Option<PathBuf>,
     /// etcd client URLs (`http://127.0.0.1:2379`), for `kind = "etcd"`. Default none.
     pub etcd_endpoints: Vec<String>,
     /// Every key Axon writes starts with this prefix: one etcd can hold several meshes.
@@ -73,6 +78,7 @@ impl Default for StoreConfig {
         StoreConfig {
             kind: "memory".into(),
             snapshot: None,
+            journal: None,
             etcd_endpoints: Vec::new(),
             etcd_prefix: "/axon".into(),
             lease_ttl_s: 3,
@@ -245,6 +251,9 @@ impl ControllerConfig {
                 }
             }
             other => return bad(format!("store.kind `{other}`: `memory` or `etcd`")),
+        }
+        if self.store.journal.is_some() && self.store.journal == self.store.snapshot {
+            return bad("store.journal and store.snapshot must be two files".into());
         }
         if self.store.leader_warmup_ms > 600_000 {
             return bad("store.leader_warmup_ms is above 600000".into());

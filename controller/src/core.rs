@@ -878,6 +878,17 @@ mod tests {
                 .to_string()
                 .contains("journal_rows")
         );
+        // The journal's file is the store's: a restart to move it.
+        let mut filed = before.clone();
+        filed.store.journal = Some("/var/lib/axon/journal.jsonl".into());
+        let e = c.reconfigure(filed.clone()).unwrap_err().to_string();
+        assert!(e.contains("store cannot change without a restart"), "{e}");
+        filed.store.snapshot = filed.store.journal.clone();
+        let e = filed.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("store.journal and store.snapshot must be two files"),
+            "{e}"
+        );
         assert_eq!(c.config(), &before, "a refused reload changes nothing");
     }
 

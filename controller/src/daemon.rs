@@ -198,11 +198,21 @@ impl Shared {
     /// Records in the journal what `new` moved from `old`: from the two tables when this
     /// replica computed both, else (a follower, or a leader's first table after it followed)
     /// from the per-site updates. Returns the primary and backup-only changes.
+    /// A failure to write the journal's file is logged and counted; the rows stay in memory.
     pub fn record_changes(&self, old: &Published, new: &Published) -> (usize, usize) {
-        match (&old.table, &new.table) {
-            (Some(before), Some(after)) => self.journal().record(before, after),
-            _ => self.journal().record_updates(&old.updates, &new.updates, new.id),
+        let mut journal = self.journal();
+        let counts = match (&old.table, &new.table) {
+            (Some(before), Some(after)) => journal.record(before, after),
+            _ => journal.record_updates(&old.updates, &new.updates, new.id),
+        };
+        if let Some(e) = journal.take_file_error() {
+            self.metrics
+                .journal_file_errors
+                .with_label_values(&["write"])
+                .inc();
+            warn!(error = %e, "route changes kept in memory only; the next table rewrites the file");
         }
+        counts
     }
 
     /// The agent registry.
@@ -426,6 +436,31 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
     // A replica starts as a follower; the embedded store's controller leads from the start.
     let snapshot = store.load()?;
     let core = Core::new(cfg.clone(), inventory, &snapshot)?;
+    let metrics = Metrics::new();
+    let journal = match &cfg.store.journal {
+        Some(path) => {
+            let (journal, loaded) = Journal::open(cfg.journal_rows, path)?;
+            info!(
+                file = %path.display(),
+                rows = loaded.rows,
+                evicted = loaded.evicted,
+                "route-change journal read back"
+            );
+            if loaded.unreadable > 0 {
+                metrics
+                    .journal_file_errors
+                    .with_label_values(&["unreadable"])
+                    .inc_by(loaded.unreadable as u64);
+                warn!(
+                    file = %path.display(),
+                    lines = loaded.unreadable,
+                    "route-change journal: lines that are not rows were dropped"
+                );
+            }
+            journal
+        }
+        None => Journal::new(cfg.journal_rows),
+    };
     let (published, _) = watch::channel(None);
     let (leadership, _) = watch::channel(Leadership::default());
     let cancel = CancellationToken::new();
@@ -435,7 +470,7 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
         published,
         recompute: Notify::new(),
         agents: Mutex::new(HashMap::new()),
-        metrics: Metrics::new(),
+        metrics,
         name: cfg.name.clone(),
         resync: Duration::from_millis(cfg.resync_ms),
         cancel: cancel.clone(),
@@ -444,7 +479,7 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
         etcd: etcd.clone(),
         warmup: Duration::from_millis(cfg.store.leader_warmup_ms),
         publishing: Mutex::new(()),
-        journal: Mutex::new(Journal::new(cfg.journal_rows)),
+        journal: Mutex::new(journal),
         config_drift: Mutex::new(Vec::new()),
         tls,
     });

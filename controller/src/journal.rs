@@ -11,18 +11,30 @@
 //! from etcd ([`Journal::record_updates`]), so the replica that takes over the lead already
 //! holds the history of the leader it replaces, and records the handover's own moves
 //! against the last table it followed. A follower that reads two tables at once records
-//! their combined moves under the later one. The journal lives in memory: a restarted
-//! replica starts an empty one (the log keeps each table's counts).
+//! their combined moves under the later one.
+//!
+//! With `store.journal` set, the journal is also kept in a file ([`Journal::open`]), so a
+//! restarted or upgraded replica still answers "what moved at 03:12": one JSON object per
+//! line, appended as tables are recorded, and rewritten whole (temporary file, fsync, rename)
+//! at start and whenever it holds twice the rows the journal keeps. Each replica keeps its
+//! own file, locked while the replica runs. Without the file, a restarted replica starts an
+//! empty journal (the log keeps each table's counts).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
 
 use proto::v1 as pb;
+use serde::{Deserialize, Serialize};
 use topology::{Reason, RouteTable, RowChange, SiteId, TableId};
 
 use crate::core::reason_text;
+use crate::error::ControllerError;
 
-/// One pair whose primary path changed in a published table.
-#[derive(Debug, Clone, PartialEq)]
+/// One pair whose primary path changed in a published table. Its JSON form is one line of
+/// the journal file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JournalRow {
     /// The table that made the change.
     pub table: TableId,
@@ -46,6 +58,22 @@ pub struct JournalRow {
 }
 
 impl JournalRow {
+    /// Whether a row read back from the file could have been recorded: two distinct ends,
+    /// paths from one to the other, costs finite and not negative. Anything else is dropped
+    /// as unreadable.
+    fn is_sound(&self) -> bool {
+        let cost = |c: Option<f32>| c.is_none_or(|c| c.is_finite() && c >= 0.0);
+        let path = |p: &Option<Vec<SiteId>>| {
+            p.as_ref()
+                .is_none_or(|p| p.len() >= 2 && p.first() == Some(&self.src) && p.last() == Some(&self.dst))
+        };
+        self.src != self.dst
+            && cost(self.cost_before)
+            && cost(self.cost_after)
+            && path(&self.before)
+            && path(&self.after)
+    }
+
     /// Whether `site` is an end of the pair or a relay of either path: "what moved through
     /// Miami" includes the pairs that left it.
     pub fn involves(&self, site: &SiteId) -> bool {
@@ -56,6 +84,82 @@ impl JournalRow {
                 .flatten()
                 .any(|p| p.contains(site))
     }
+}
+
+/// The journal's file, open for appending and locked.
+#[derive(Debug)]
+struct JournalFile {
+    path: PathBuf,
+    out: BufWriter<File>,
+    /// Rows in the file now.
+    lines: usize,
+    /// A write failed part-way: the file may end in a cut line, so the next append rewrites
+    /// it whole instead.
+    broken: bool,
+}
+
+impl JournalFile {
+    /// Writes `rows` to a temporary file next to `path`, makes it durable and renames it over
+    /// `path`: a crash leaves either the old file or the new one. The handle stays open (and
+    /// locked) for the appends that follow.
+    fn write<'a>(
+        path: PathBuf,
+        rows: impl IntoIterator<Item = &'a JournalRow>,
+    ) -> std::io::Result<JournalFile> {
+        let mut tmp = path.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let f = File::create(&tmp)?;
+        f.try_lock().map_err(std::io::Error::other)?;
+        let mut out = BufWriter::with_capacity(64 * 1024, f);
+        let mut lines = 0;
+        for row in rows {
+            write_row(&mut out, row)?;
+            lines += 1;
+        }
+        out.flush()?;
+        out.get_ref().sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // The rename itself must survive a crash.
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(JournalFile {
+            path,
+            out,
+            lines,
+            broken: false,
+        })
+    }
+
+    /// Appends `rows[new..]`, the rows just recorded, and hands them to the kernel (a crash
+    /// of the controller loses none; a crash of the host may lose the last few seconds'). The
+    /// file is rewritten from `rows` instead when it has grown to twice `capacity` (the
+    /// evicted rows go), or when an earlier write failed.
+    fn append(&mut self, rows: &VecDeque<JournalRow>, new: usize, capacity: usize) -> std::io::Result<()> {
+        let added = rows.len() - new;
+        if self.broken || self.lines + added > 2 * capacity + 64 {
+            let path = self.path.clone();
+            self.broken = true;
+            *self = JournalFile::write(path, rows)?;
+            return Ok(());
+        }
+        let written = rows
+            .range(new..)
+            .try_for_each(|row| write_row(&mut self.out, row));
+        let flushed = written.and_then(|()| self.out.flush());
+        if flushed.is_err() {
+            self.broken = true;
+        }
+        self.lines += added;
+        flushed
+    }
+}
+
+/// One row as one line of JSON.
+fn write_row(out: &mut impl Write, row: &JournalRow) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, row)?;
+    out.write_all(b"\n")
 }
 
 /// What a reader asks of the journal.
@@ -85,21 +189,89 @@ pub struct JournalPage {
 }
 
 /// A bounded record of primary-path changes, oldest evicted first.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Journal {
     rows: VecDeque<JournalRow>,
     capacity: usize,
     evicted: u64,
+    /// Where the rows are kept across restarts (`store.journal`).
+    file: Option<JournalFile>,
+    /// The last failure to write the file, until [`Journal::take_file_error`] reads it.
+    file_error: Option<String>,
+}
+
+/// What [`Journal::open`] found in the file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// Rows read back and kept.
+    pub rows: usize,
+    /// Rows read back but beyond the journal's capacity (the oldest), counted as evicted.
+    pub evicted: usize,
+    /// Lines that did not parse as a row and were dropped (a line cut short by a crash
+    /// while it was written, or a file edited by hand).
+    pub unreadable: usize,
 }
 
 impl Journal {
-    /// A journal keeping at most `capacity` rows (zero keeps none: the journal is off).
+    /// A journal in memory only, keeping at most `capacity` rows (zero keeps none: the
+    /// journal is off).
     pub fn new(capacity: usize) -> Self {
         Journal {
             rows: VecDeque::with_capacity(capacity.min(1024)),
             capacity,
             evicted: 0,
+            file: None,
+            file_error: None,
         }
+    }
+
+    /// A journal kept in `path` as well: the rows already there are read back (the newest
+    /// `capacity` of them), the file is rewritten with just those, and every row recorded
+    /// from now on is appended to it. The file stays locked while the journal lives, so two
+    /// replicas cannot share one. Refused when the file cannot be created, read, locked or
+    /// rewritten; lines that do not parse are dropped and counted in [`Loaded::unreadable`].
+    pub fn open(capacity: usize, path: &Path) -> Result<(Journal, Loaded), ControllerError> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            ControllerError::Store(format!("journal {}: {what}: {e}", path.display()))
+        };
+        let mut held = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| fail("cannot open", &e))?;
+        held.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => ControllerError::Store(format!(
+                "journal {}: in use by another controller (each replica needs a file of its own)",
+                path.display()
+            )),
+            std::fs::TryLockError::Error(e) => fail("cannot lock", &e),
+        })?;
+        let mut text = Vec::new();
+        held.read_to_end(&mut text).map_err(|e| fail("cannot read", &e))?;
+        let mut journal = Journal::new(capacity);
+        let mut loaded = Loaded::default();
+        for line in text.split(|b| *b == b'\n').filter(|l| !l.trim_ascii().is_empty()) {
+            match serde_json::from_slice::<JournalRow>(line) {
+                Ok(row) if row.is_sound() => {
+                    journal.rows.push_back(row);
+                    if journal.rows.len() > capacity {
+                        journal.rows.pop_front();
+                        loaded.evicted += 1;
+                    }
+                }
+                _ => loaded.unreadable += 1,
+            }
+        }
+        loaded.rows = journal.rows.len();
+        journal.evicted = loaded.evicted as u64;
+        let file =
+            JournalFile::write(path.to_path_buf(), &journal.rows).map_err(|e| fail("cannot rewrite", &e))?;
+        // The rewrite holds the lock on the new file; the old one is released with its handle.
+        drop(held);
+        journal.file = Some(file);
+        Ok((journal, loaded))
     }
 
     /// Records the pairs whose primary changed from the table `before` to the table `after`
@@ -139,7 +311,19 @@ impl Journal {
         let out = (self.rows.len() + named.len()).saturating_sub(self.capacity);
         self.rows.drain(..out);
         self.evicted += (unnamed + out) as u64;
+        let new = self.rows.len();
         self.rows.extend(named);
+        if let Some(file) = &mut self.file
+            && let Err(e) = file.append(&self.rows, new, self.capacity)
+        {
+            self.file_error = Some(format!("journal {}: {e}", file.path.display()));
+        }
+    }
+
+    /// The last failure to write the journal's file since this was last asked, if any. The
+    /// rows stay in memory, and the next recording rewrites the file whole.
+    pub fn take_file_error(&mut self) -> Option<String> {
+        self.file_error.take()
     }
 
     /// Records the pairs whose primary changed from one published table to the next, told
@@ -571,5 +755,187 @@ mod tests {
         off.push(id(2), 1, 5, Vec::new());
         assert!(off.is_empty());
         assert_eq!(off.query(&all(10)).evicted, 5);
+    }
+
+    /// Lines in a journal file.
+    fn lines(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn a_journal_file_brings_the_rows_back_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let (t1, t2) = three_sites_then_a_b_down();
+        let (mut j, loaded) = Journal::open(100, &path).unwrap();
+        assert_eq!(loaded, Loaded::default(), "a new file");
+        j.record(&t1, &t2);
+        push(
+            &mut j,
+            9,
+            9_000,
+            vec![change("a", "c", &["a", "c"], &["a", "b", "c"])],
+        );
+        let before = j.query(&all(100));
+        assert_eq!(before.rows.len(), 3);
+        assert_eq!(lines(&path).len(), 3, "each recording reaches the file at once");
+        drop(j);
+
+        let (again, loaded) = Journal::open(100, &path).unwrap();
+        assert_eq!(
+            loaded,
+            Loaded {
+                rows: 3,
+                evicted: 0,
+                unreadable: 0
+            }
+        );
+        // The same rows, to the reason and the cost, in the same order.
+        assert_eq!(again.query(&all(100)).rows, before.rows);
+        drop(again);
+
+        // A smaller journal keeps the newest rows and counts the others as evicted.
+        let (small, loaded) = Journal::open(1, &path).unwrap();
+        assert_eq!((loaded.rows, loaded.evicted), (1, 2));
+        let page = small.query(&all(10));
+        assert_eq!(page.rows, before.rows[..1]);
+        assert_eq!(page.evicted, 2);
+        assert_eq!(lines(&path).len(), 1, "the file is rewritten with the rows kept");
+    }
+
+    #[test]
+    fn lines_that_are_not_rows_are_dropped_counted_and_the_file_is_mended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let (t1, t2) = three_sites_then_a_b_down();
+        let (mut j, _) = Journal::open(100, &path).unwrap();
+        j.record(&t1, &t2);
+        drop(j);
+        let good = lines(&path);
+        let row: serde_json::Value = serde_json::from_str(&good[0]).unwrap();
+        let edited = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut r = row.clone();
+            f(&mut r);
+            r.to_string()
+        };
+        let bad = [
+            "not json".to_string(),
+            edited(&|r| r["cost_after"] = serde_json::json!(-1.0)),
+            edited(&|r| r["after"] = serde_json::json!(["c", "b"])),
+            edited(&|r| r["dst"] = r["src"].clone()),
+            edited(&|r| r["src"] = serde_json::json!("not a site!")),
+        ];
+        // A good row between the bad ones, and a last row cut short by a crash.
+        let text = format!(
+            "{}\n{}\n\n{}\n{}",
+            bad.join("\n"),
+            good[0],
+            good[1],
+            &good[1][..good[1].len() / 2]
+        );
+        std::fs::write(&path, text).unwrap();
+
+        let (mut j, loaded) = Journal::open(100, &path).unwrap();
+        assert_eq!(
+            loaded,
+            Loaded {
+                rows: 2,
+                evicted: 0,
+                unreadable: 6
+            }
+        );
+        assert_eq!(lines(&path), good, "only the rows are written back");
+        // The cut line is gone, so the next row starts a line of its own.
+        push(
+            &mut j,
+            9,
+            9_000,
+            vec![change("a", "c", &["a", "c"], &["a", "b", "c"])],
+        );
+        drop(j);
+        let (j, loaded) = Journal::open(100, &path).unwrap();
+        assert_eq!((loaded.rows, loaded.unreadable), (3, 0));
+        assert_eq!(j.query(&all(1)).rows[0].dst, site("c"));
+    }
+
+    #[test]
+    fn one_file_serves_one_replica_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let (first, _) = Journal::open(10, &path).unwrap();
+        let e = Journal::open(10, &path).unwrap_err().to_string();
+        assert!(e.contains("in use by another controller"), "{e}");
+        drop(first);
+        Journal::open(10, &path).unwrap();
+        let e = Journal::open(10, &dir.path().join("no/such/dir/journal"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot open"), "{e}");
+    }
+
+    #[test]
+    fn the_file_is_rewritten_before_it_holds_twice_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let (mut j, _) = Journal::open(5, &path).unwrap();
+        let mut longest = 0;
+        for v in 1..=500 {
+            push(
+                &mut j,
+                v,
+                v * 1_000,
+                vec![change("a", "b", &["a", "b"], &["a", "c", "b"])],
+            );
+            longest = longest.max(lines(&path).len());
+        }
+        assert!(longest <= 2 * 5 + 64, "{longest} lines");
+        drop(j);
+        let (j, loaded) = Journal::open(5, &path).unwrap();
+        assert_eq!(loaded.rows, 5);
+        let page = j.query(&all(10));
+        assert_eq!(page.oldest_ms, Some(496_000), "the newest five");
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_once_and_the_next_recording_mends_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let (mut j, _) = Journal::open(100, &path).unwrap();
+        push(
+            &mut j,
+            1,
+            1_000,
+            vec![change("a", "b", &["a", "b"], &["a", "c", "b"])],
+        );
+        // Every write now fails, as on a full disk.
+        let full = File::options().write(true).open("/dev/full").unwrap();
+        j.file.as_mut().unwrap().out = BufWriter::new(full);
+        push(
+            &mut j,
+            2,
+            2_000,
+            vec![change("b", "a", &["b", "a"], &["b", "c", "a"])],
+        );
+        let e = j.take_file_error().expect("the failure is reported");
+        assert!(e.contains("journal.jsonl"), "{e}");
+        assert_eq!(j.take_file_error(), None, "once");
+        assert_eq!(j.len(), 2, "the rows stay in memory");
+        assert_eq!(lines(&path).len(), 1);
+        // The next recording rewrites the file whole: nothing recorded is missing.
+        push(
+            &mut j,
+            3,
+            3_000,
+            vec![change("a", "c", &["a", "c"], &["a", "b", "c"])],
+        );
+        assert_eq!(j.take_file_error(), None);
+        assert_eq!(lines(&path).len(), 3);
+        drop(j);
+        let (j, _) = Journal::open(100, &path).unwrap();
+        assert_eq!(j.len(), 3);
     }
 }

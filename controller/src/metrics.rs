@@ -58,6 +58,10 @@ pub struct Metrics {
     pub site_drained: IntGaugeVec,
     /// Configuration reloads (`SIGHUP`), by result: applied or refused.
     pub config_reloads: IntCounterVec,
+    /// Trouble with the journal's file (`store.journal`), by kind: `write` (a recording
+    /// that did not reach the file; the rows stay in memory) or `unreadable` (lines dropped
+    /// when the file was read at start).
+    pub journal_file_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -227,6 +231,16 @@ impl Metrics {
                     &["result"],
                 ),
             ),
+            journal_file_errors: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "axon_controller_journal_file_errors_total",
+                        "Route-change journal file trouble, by kind: write (rows kept in memory only) or unreadable (lines dropped at start).",
+                    ),
+                    &["kind"],
+                ),
+            ),
             registry,
         };
         // Series that exist from the start: an increase() over them sees the first event,
@@ -245,6 +259,9 @@ impl Metrics {
         }
         for r in ["applied", "refused"] {
             m.config_reloads.with_label_values(&[r]);
+        }
+        for k in ["write", "unreadable"] {
+            m.journal_file_errors.with_label_values(&[k]);
         }
         m
     }

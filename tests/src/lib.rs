@@ -135,7 +135,8 @@ impl Mesh {
         let dir = tempfile::tempdir().unwrap();
         let ids: Vec<&str> = sites.iter().map(|s| s.id).collect();
         generate_mesh(dir.path(), &ids).unwrap();
-        let controller_cfg = controller_config(&sites, Some(dir.path().join("controller.json")));
+        let mut controller_cfg = controller_config(&sites, Some(dir.path().join("controller.json")));
+        controller_cfg.store.journal = Some(dir.path().join("journal.jsonl"));
         let controller = controller::start(controller_cfg.clone()).await.unwrap();
         Mesh::around(dir, sites, rtt, vec![controller], controller_cfg, tune).await
     }

@@ -322,6 +322,19 @@ async fn the_loop_relays_reroutes_drains_and_survives_the_control_plane() {
         "restarted at version {} after {before}",
         v.version
     );
+    // The journal's file brings the history back: the move off c → b is still there.
+    let kept = AdminClient::connect(endpoint(&c))
+        .await
+        .unwrap()
+        .changes(pb::ChangesRequest {
+            site: "c".into(),
+            limit: 1_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(kept.changes.contains(*off), "{off:?} in {kept:?}");
     mesh.controller = Some(c);
     mesh.shutdown().await;
 }

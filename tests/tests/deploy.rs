@@ -208,6 +208,25 @@ fn kubernetes_manifests_agree_with_the_configurations() {
         ),
     ]);
 
+    // Per daemon: the files its configuration writes. The containers' root filesystems are
+    // read-only, so each must be on a writable volume.
+    let written: HashMap<&str, Vec<PathBuf>> = HashMap::from([
+        (
+            "axon-controller",
+            [&controller.store.journal, &controller.store.snapshot]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
+        ),
+        ("axon-agent", vec![agent.table_file.clone()]),
+        ("axon-prober", Vec::new()),
+    ]);
+    assert!(
+        controller.store.journal.is_some(),
+        "the example keeps the journal across restarts"
+    );
+
     let kustomization = &yaml_docs("kustomization.yaml")[0];
     let resources = strings(&kustomization["resources"]);
     let generated: HashMap<String, Vec<String>> = kustomization["configMapGenerator"]
@@ -313,6 +332,40 @@ fn kubernetes_manifests_agree_with_the_configurations() {
                 }),
                 "{rel}: the config is mounted where --config reads it"
             );
+            let claims: Vec<&str> = doc["spec"]["volumeClaimTemplates"]
+                .as_vec()
+                .map(|v| v.iter().filter_map(|c| c["metadata"]["name"].as_str()).collect())
+                .unwrap_or_default();
+            let volumes: Vec<&str> = pod["spec"]["volumes"]
+                .as_vec()
+                .unwrap()
+                .iter()
+                .filter_map(|v| v["name"].as_str())
+                .chain(claims)
+                .collect();
+            for file in &written[app] {
+                let holder = mounts
+                    .iter()
+                    .filter(|m| file.starts_with(m["mountPath"].as_str().unwrap()))
+                    .max_by_key(|m| m["mountPath"].as_str().unwrap().len());
+                let holder = holder.unwrap_or_else(|| {
+                    panic!(
+                        "{rel}: {} is written, but no volume holds it (the root filesystem is read-only)",
+                        file.display()
+                    )
+                });
+                assert_ne!(
+                    holder["readOnly"].as_bool(),
+                    Some(true),
+                    "{rel}: {} is written to a read-only mount",
+                    file.display()
+                );
+                let name = holder["name"].as_str().unwrap();
+                assert!(
+                    volumes.contains(&name),
+                    "{rel}: mount {name} has no volume or claim"
+                );
+            }
             workloads.insert(app.to_string());
         }
     }
