@@ -50,6 +50,10 @@ pub struct Metrics {
     pub status_sent: IntCounter,
     /// Configuration reloads (SIGHUP), by result: `applied` or `refused`.
     pub config_reloads: IntCounterVec,
+    /// The TLS files' expiry. The agent reads its files at every connection to a controller,
+    /// so a replacement found by the periodic check needs no load of its own: it is only
+    /// counted, and the gauges follow it.
+    pub tls: ops::tls::TlsMetrics,
 }
 
 impl Metrics {
@@ -131,6 +135,7 @@ impl Metrics {
                     &["result"],
                 ),
             ),
+            tls: ops::tls::TlsMetrics::register(r),
             registry,
         };
         for result in ["applied", "refused"] {
@@ -341,6 +346,16 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, AgentError> {
     tasks.spawn(crate::http::serve(listener, state.clone(), cancel.clone()));
     if let Some(l) = metrics_listener {
         tasks.spawn(crate::http::serve_metrics(l, state.clone(), cancel.clone()));
+    }
+    if let Some(files) = cfg.tls.clone() {
+        let (metrics, stop) = (state.metrics.tls.clone(), cancel.clone());
+        metrics.observe(&files);
+        tasks.spawn(async move {
+            tokio::select! {
+                () = ops::tls::watch(files, metrics, || Ok(())) => {}
+                () = stop.cancelled() => {}
+            }
+        });
     }
     let cfg = watch::Sender::new(cfg);
     tasks.spawn(watch_loop(cfg.subscribe(), state.clone(), cancel.clone()));

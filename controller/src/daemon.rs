@@ -139,11 +139,12 @@ impl Shared {
             Some(Ok(c)) => Some(c),
             None => None,
         };
+        let files = cfg.tls.clone();
         let result = self.core().reconfigure(cfg);
         match &result {
             Ok(r) => {
-                if let (Some(slot), Some(new)) = (&self.tls, tls) {
-                    *slot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+                if let (Some(new), Some(files)) = (tls, &files) {
+                    self.put_tls(new, files);
                     info!("TLS files read again: new connections use them");
                 }
                 self.journal().set_capacity(rows);
@@ -154,6 +155,22 @@ impl Shared {
             Err(e) => self.reload_refused(e),
         }
         result
+    }
+
+    /// Reads the TLS files again and accepts new connections with them (the periodic check
+    /// found them replaced); connections already open go on. Files that do not load change
+    /// nothing.
+    pub fn load_tls(&self, files: &proto::auth::TlsFiles) -> Result<(), String> {
+        self.put_tls(files.server()?, files);
+        Ok(())
+    }
+
+    /// Puts a TLS configuration read from `files` in force for new connections.
+    fn put_tls(&self, config: rustls::ServerConfig, files: &proto::auth::TlsFiles) {
+        if let Some(slot) = &self.tls {
+            *slot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+            self.metrics.tls.observe(files);
+        }
     }
 
     /// Counts and logs a reload that did not happen (also for a file that did not parse).
@@ -486,6 +503,18 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
     shared.metrics.config_matches_leader.set(1);
 
     let mut tasks = JoinSet::new();
+    if let Some(files) = cfg.tls.clone() {
+        shared.metrics.tls.observe(&files);
+        let (s, stop) = (shared.clone(), cancel.clone());
+        tasks.spawn(async move {
+            let metrics = s.metrics.tls.clone();
+            let load = || s.load_tls(&files);
+            tokio::select! {
+                () = ops::tls::watch(files.clone(), metrics, load) => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
     let grpc = tokio::net::TcpListener::bind(cfg.grpc_listen)
         .await
         .map_err(|e| ControllerError::io("bind gRPC", e))?;

@@ -62,6 +62,8 @@ pub struct Metrics {
     /// that did not reach the file; the rows stay in memory) or `unreadable` (lines dropped
     /// when the file was read at start).
     pub journal_file_errors: IntCounterVec,
+    /// The TLS files' expiry and the replacements found by the periodic check.
+    pub tls: ops::tls::TlsMetrics,
 }
 
 impl Metrics {
@@ -241,6 +243,7 @@ impl Metrics {
                     &["kind"],
                 ),
             ),
+            tls: ops::tls::TlsMetrics::register(r),
             registry,
         };
         // Series that exist from the start: an increase() over them sees the first event,

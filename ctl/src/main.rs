@@ -182,6 +182,10 @@ enum CertAction {
         /// Where the CA's files go.
         #[arg(long)]
         dir: PathBuf,
+        /// Days the CA is valid (every certificate of the mesh must be re-issued under a new
+        /// one after).
+        #[arg(long, default_value_t = prober::tls::CA_DAYS, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
     },
     /// Issue a certificate from the CA in DIR: OUT.pem and OUT.key.
     Issue {
@@ -199,6 +203,10 @@ enum CertAction {
         /// File stem in DIR. Default: the role and its site or name (`prober-aws-use1`).
         #[arg(long)]
         out: Option<String>,
+        /// Days the certificate is valid (never past the CA's end). Renew it in place before
+        /// then: the daemons load the new files by themselves.
+        #[arg(long, default_value_t = prober::tls::CERT_DAYS, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
     },
 }
 
@@ -263,16 +271,23 @@ fn cert_names(
     Ok((names, stem))
 }
 
+/// A certificate's end, Unix seconds, in UTC to the minute.
+fn expires(unix_s: i64) -> String {
+    let t = utc(u64::try_from(unix_s).unwrap_or(0).saturating_mul(1_000));
+    t.get(..16).map_or(t.clone(), |m| format!("{m} UTC"))
+}
+
 /// `axonctl cert …`: local files only.
 fn cert(action: CertAction) -> Result<(), Failure> {
     let tls = |e: prober::ProberError| Failure(1, e.to_string());
     match action {
-        CertAction::Init { dir } => {
-            prober::tls::new_ca(&dir).map_err(tls)?;
+        CertAction::Init { dir, days } => {
+            let until = prober::tls::new_ca(&dir, days).map_err(tls)?;
             println!(
-                "CA written: {} (every daemon's `ca`), {} (keep it offline)",
+                "CA written: {} (every daemon's `ca`), {} (keep it offline); valid until {}",
                 dir.join("ca.pem").display(),
-                dir.join("ca.key").display()
+                dir.join("ca.key").display(),
+                expires(until)
             );
         }
         CertAction::Issue {
@@ -281,6 +296,7 @@ fn cert(action: CertAction) -> Result<(), Failure> {
             site,
             name,
             out,
+            days,
         } => {
             let (names, stem) = cert_names(role, &site, name.as_deref())?;
             let stem = out.unwrap_or(stem);
@@ -291,12 +307,13 @@ fn cert(action: CertAction) -> Result<(), Failure> {
                 ));
             }
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-            let files = prober::tls::issue(&dir, &stem, &refs).map_err(tls)?;
+            let (files, until) = prober::tls::issue(&dir, &stem, &refs, days).map_err(tls)?;
             println!(
-                "{} and {} for {}",
+                "{} and {} for {}; valid until {}",
                 files.cert.display(),
                 files.key.display(),
-                names.join(", ")
+                names.join(", "),
+                expires(until)
             );
         }
     }

@@ -262,9 +262,12 @@ async fn axonctl_on_tls_needs_the_operator_role_and_exits_77_without_it() {
 async fn certificates_made_by_axonctl_carry_their_roles_through_a_real_controller() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap().to_string();
-    let (code, out, err) = axonctl(&["cert", "init", "--dir", &d]).await;
+    let (code, out, err) = axonctl(&["cert", "init", "--dir", &d, "--days", "400"]).await;
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("ca.pem") && out.contains("ca.key"), "{out}");
+    assert!(
+        out.contains("ca.pem") && out.contains("ca.key") && out.contains("valid until 20"),
+        "{out}"
+    );
     // A second CA would orphan every certificate of the first: refused.
     let (code, _, err) = axonctl(&["cert", "init", "--dir", &d]).await;
     assert_ne!(code, 0);
@@ -291,16 +294,44 @@ async fn certificates_made_by_axonctl_carry_their_roles_through_a_real_controlle
         assert_eq!(code, 2, "{args:?}: {err}");
     }
     let file = |stem: &str, ext: &str| format!("{d}/{stem}.{ext}");
+    // Validity: a year by default, what --days asks, never past the CA's 400 days; no days at
+    // all is a usage error.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let days_left = |stem: &str| {
+        let end = proto::auth::earliest_expiry(std::path::Path::new(&file(stem, "pem"))).unwrap();
+        (end - now) as f64 / 86_400.0
+    };
+    let ca_left = days_left("ca");
+    assert!((ca_left - 400.0).abs() < 0.1, "{ca_left}");
+    assert!((days_left("controller") - 365.0).abs() < 0.1);
+    for (days, stem, want) in [("30", "short", 30.0), ("9000", "long", ca_left)] {
+        let (code, out, err) = axonctl(&[
+            "cert", "issue", "--dir", &d, "agent", "--site", "b", "--out", stem, "--days", days,
+        ])
+        .await;
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("valid until 20"), "{out}");
+        assert!(
+            (days_left(stem) - want).abs() < 0.1,
+            "{stem}: {}",
+            days_left(stem)
+        );
+    }
+    let (code, _, err) = axonctl(&["cert", "issue", "--dir", &d, "controller", "--days", "0"]).await;
+    assert_eq!(code, 2, "{err}");
 
     // A controller on those files: the operator's certificate may administer, the prober's
     // may not (77), and the prober's names its site and the prober role.
     let sites = four_sites();
     let mut cfg = controller_config(&sites, None);
-    cfg.tls = Some(prober::tls::TlsFiles {
-        ca: file("ca", "pem").into(),
-        cert: file("controller", "pem").into(),
-        key: file("controller", "key").into(),
-    });
+    cfg.tls = Some(prober::tls::TlsFiles::new(
+        file("ca", "pem"),
+        file("controller", "pem"),
+        file("controller", "key"),
+    ));
     let c = controller::start(cfg).await.unwrap();
     let url = format!("https://{}", c.grpc_addr);
     let ca = file("ca", "pem");

@@ -3,7 +3,8 @@
 //! ([`init_logging`]), graceful termination ([`terminated`]), a one-line error and exit code
 //! for `main` ([`exit`]), the Prometheus text exposition ([`render`]), durable file writes
 //! ([`write_atomically`]), the wall clock in Unix milliseconds ([`unix_ms`]) and CPU time, the
-//! process's ([`cpu_seconds`]) and the machine's ([`HostCpu`]).
+//! process's ([`cpu_seconds`]) and the machine's ([`HostCpu`]), and the TLS files' expiry and
+//! rotation ([`tls`]).
 
 use std::io::Write;
 use std::path::Path;
@@ -14,6 +15,7 @@ use prometheus::core::Collector;
 use prometheus::{Encoder, Registry, TextEncoder};
 
 mod config;
+pub mod tls;
 pub use config::{ConfigError, DaemonArgs, DaemonConfig};
 
 /// Logs to stderr, human-readable or as JSON lines; `RUST_LOG` filters (default `info`).

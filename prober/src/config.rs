@@ -1,7 +1,6 @@
 //! The prober's configuration: one TOML file, every key documented with its default.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -196,11 +195,7 @@ impl Default for ProberConfig {
             worker_threads: 1,
             liveness: LivenessSettings::default(),
             burst: BurstSettings::default(),
-            tls: TlsFiles {
-                ca: PathBuf::from("/etc/axon/ca.pem"),
-                cert: PathBuf::from("/etc/axon/prober.pem"),
-                key: PathBuf::from("/etc/axon/prober.key"),
-            },
+            tls: TlsFiles::new("/etc/axon/ca.pem", "/etc/axon/prober.pem", "/etc/axon/prober.key"),
             peers: Vec::new(),
             report: ReportConfig::default(),
         }

@@ -292,9 +292,7 @@ impl ProberHandle {
         // The certificate files are read again (a rotation replaces them in place): handshakes
         // from now on use them, connections already up keep going. Files that do not load
         // refuse the whole reload.
-        let (server, client) = quic_configs(&cfg)?;
-        self.endpoint.set_server_config(Some(server));
-        *self.shared.client.lock().unwrap_or_else(|e| e.into_inner()) = client;
+        install_tls(&self.endpoint, &self.shared, &cfg)?;
         let old: HashMap<String, SocketAddr> =
             self.cfg.peers.iter().map(|p| (p.site.clone(), p.addr)).collect();
         let new: HashMap<&str, SocketAddr> = cfg.peers.iter().map(|p| (p.site.as_str(), p.addr)).collect();
@@ -380,6 +378,16 @@ fn restart_only_changes(old: &ProberConfig, new: &ProberConfig) -> Result<Vec<St
         .filter(|(k, v)| k.as_str() != "peers" && new.get(k.as_str()) != Some(v))
         .map(|(k, _)| k.clone())
         .collect())
+}
+
+/// Reads the TLS files again and puts them in force for every handshake from now on, both
+/// ways; connections already up go on. Files that do not load change nothing.
+fn install_tls(endpoint: &quinn::Endpoint, shared: &Shared, cfg: &ProberConfig) -> Result<(), ProberError> {
+    let (server, client) = quic_configs(cfg)?;
+    endpoint.set_server_config(Some(server));
+    *shared.client.lock().unwrap_or_else(|e| e.into_inner()) = client;
+    shared.metrics.tls.observe(&cfg.tls);
+    Ok(())
 }
 
 /// Reads the TLS files and builds both sides of the QUIC handshake: the server side for the
@@ -505,6 +513,17 @@ pub async fn start(cfg: ProberConfig) -> Result<ProberHandle, ProberError> {
         asks: Arc::new(EvidenceAsks::new(std::iter::empty())),
     });
     tasks.spawn(accept(shared.clone(), cancel.clone()));
+    metrics.tls.observe(&cfg.tls);
+    {
+        let (endpoint, shared, cfg, stop) = (endpoint.clone(), shared.clone(), cfg.clone(), cancel.clone());
+        tasks.spawn(async move {
+            let load = || install_tls(&endpoint, &shared, &cfg).map_err(|e| e.to_string());
+            tokio::select! {
+                () = ops::tls::watch(cfg.tls.clone(), shared.metrics.tls.clone(), load) => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
     if !cfg.report.endpoints.is_empty() {
         tasks.spawn(crate::report::run(
             cfg.report.clone(),

@@ -99,6 +99,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `axon_prober_peers`: the sites this prober measures now.
     pub peers: IntGauge,
+    /// The TLS files' expiry and the replacements found by the periodic check.
+    pub tls: ops::tls::TlsMetrics,
 }
 
 impl Metrics {
@@ -310,6 +312,7 @@ impl Metrics {
                 r,
                 IntGauge::new("axon_prober_peers", "Peer sites this prober measures."),
             ),
+            tls: ops::tls::TlsMetrics::register(r),
             registry,
         };
         for reason in DROP_REASONS {

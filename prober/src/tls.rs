@@ -117,44 +117,74 @@ pub fn peer_cert(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
 /// - `controller.pem`/`.key` (`controller.axon`), and `operator.pem`/`.key` for an operator
 ///   named `operator`.
 pub fn generate_mesh(dir: &Path, sites: &[&str]) -> Result<(), ProberError> {
-    let ca = write_ca(dir)?;
+    let ca = write_ca(dir, CA_DAYS)?;
     let roles = [Role::Prober.cert_name(), Role::Agent.cert_name()];
+    let until = valid_until(CERT_DAYS);
     for site in sites {
-        write_leaf(dir, &ca, site, &[site, roles[0], roles[1]])?;
+        write_leaf(dir, &ca, site, &[site, roles[0], roles[1]], until)?;
     }
-    write_leaf(dir, &ca, "controller", &[Role::Controller.cert_name()])?;
-    write_leaf(dir, &ca, "operator", &["operator", Role::Operator.cert_name()])?;
+    write_leaf(dir, &ca, "controller", &[Role::Controller.cert_name()], until)?;
+    write_leaf(
+        dir,
+        &ca,
+        "operator",
+        &["operator", Role::Operator.cert_name()],
+        until,
+    )?;
     Ok(())
 }
 
-/// Creates a mesh CA in `dir` (`ca.pem`, and `ca.key` to [`issue`] certificates from),
-/// refusing to replace one: every certificate of a mesh must come from the same CA, and a new
-/// one would orphan them all. What `axonctl cert init` runs; keep `ca.key` offline.
-pub fn new_ca(dir: &Path) -> Result<(), ProberError> {
+/// How long a CA made by [`new_ca`] is valid by default, days (ten years: replacing it means
+/// re-issuing every certificate of the mesh).
+pub const CA_DAYS: u32 = 3_650;
+
+/// How long a certificate made by [`issue`] is valid by default, days: a year, renewed in
+/// place before it ends (the daemons load renewed files by themselves; see
+/// `TlsFiles::recheck_s`).
+pub const CERT_DAYS: u32 = 365;
+
+/// Certificates are valid from an hour ago, so a peer whose clock is a little behind still
+/// accepts one issued just now.
+const BACKDATE: time::Duration = time::Duration::hours(1);
+
+fn valid_until(days: u32) -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc() + time::Duration::days(i64::from(days))
+}
+
+/// Creates a mesh CA in `dir` valid for `days` (`ca.pem`, and `ca.key` to [`issue`]
+/// certificates from), refusing to replace one: every certificate of a mesh must come from
+/// the same CA, and a new one would orphan them all. What `axonctl cert init` runs; keep
+/// `ca.key` offline. Returns when it expires, Unix seconds.
+pub fn new_ca(dir: &Path, days: u32) -> Result<i64, ProberError> {
     if dir.join("ca.key").exists() || dir.join("ca.pem").exists() {
         return Err(ProberError::Tls(format!(
             "{} already holds a CA (ca.pem, ca.key): not replaced",
             dir.display()
         )));
     }
-    write_ca(dir).map(|_| ())
+    write_ca(dir, days)?;
+    Ok(valid_until(days).unix_timestamp())
 }
 
-fn write_ca(dir: &Path) -> Result<rcgen::CertifiedIssuer<'static, rcgen::KeyPair>, ProberError> {
+fn write_ca(dir: &Path, days: u32) -> Result<rcgen::CertifiedIssuer<'static, rcgen::KeyPair>, ProberError> {
     let err = |e: rcgen::Error| ProberError::Tls(e.to_string());
     let io = |e: std::io::Error| ProberError::io(format!("writing certificates to {}", dir.display()), e);
     std::fs::create_dir_all(dir).map_err(io)?;
     let ca_key = rcgen::KeyPair::generate().map_err(err)?;
     let ca_key_pem = ca_key.serialize_pem();
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params()?, ca_key).map_err(err)?;
+    let mut params = ca_params()?;
+    params.not_before = time::OffsetDateTime::now_utc() - BACKDATE;
+    params.not_after = valid_until(days);
+    let ca = rcgen::CertifiedIssuer::self_signed(params, ca_key).map_err(err)?;
     std::fs::write(dir.join("ca.pem"), ca.pem()).map_err(io)?;
     ops::write_atomically(&dir.join("ca.key"), ca_key_pem.as_bytes()).map_err(io)?;
     Ok(ca)
 }
 
 /// Issues one more certificate from the development CA in `dir` (see [`generate_mesh`]):
-/// `<stem>.pem` and `<stem>.key`, with these DNS names.
-pub fn issue(dir: &Path, stem: &str, names: &[&str]) -> Result<TlsFiles, ProberError> {
+/// `<stem>.pem` and `<stem>.key`, with these DNS names, valid for `days` but never past the
+/// CA's own end. Returns its files and when it expires, Unix seconds.
+pub fn issue(dir: &Path, stem: &str, names: &[&str], days: u32) -> Result<(TlsFiles, i64), ProberError> {
     let err = |e: rcgen::Error| ProberError::Tls(e.to_string());
     let read = |f: &str| {
         std::fs::read_to_string(dir.join(f)).map_err(|e| ProberError::io(format!("reading {f}"), e))
@@ -162,8 +192,12 @@ pub fn issue(dir: &Path, stem: &str, names: &[&str]) -> Result<TlsFiles, ProberE
     // The same subject and key as the CA certificate: what a chain is checked against.
     let key = rcgen::KeyPair::from_pem(&read("ca.key")?).map_err(err)?;
     let ca = rcgen::Issuer::new(ca_params()?, key);
-    write_leaf(dir, &ca, stem, names)?;
-    Ok(mesh_files(dir, stem))
+    let files = mesh_files(dir, stem);
+    let ca_end = proto::auth::earliest_expiry(&files.ca).map_err(ProberError::Tls)?;
+    let until = valid_until(days)
+        .min(time::OffsetDateTime::from_unix_timestamp(ca_end).map_err(|e| ProberError::Tls(e.to_string()))?);
+    write_leaf(dir, &ca, stem, names, until)?;
+    Ok((files, until.unix_timestamp()))
 }
 
 /// The development CA's certificate parameters (fixed, so the CA can be rebuilt from its key).
@@ -185,11 +219,14 @@ fn write_leaf(
     ca: &rcgen::Issuer<'_, impl rcgen::SigningKey>,
     stem: &str,
     names: &[&str],
+    until: time::OffsetDateTime,
 ) -> Result<(), ProberError> {
     let err = |e: rcgen::Error| ProberError::Tls(e.to_string());
     let io = |e: std::io::Error| ProberError::io(format!("writing certificates to {}", dir.display()), e);
     let sans: Vec<String> = names.iter().map(|n| (*n).to_string()).collect();
     let mut params = rcgen::CertificateParams::new(sans).map_err(err)?;
+    params.not_before = time::OffsetDateTime::now_utc() - BACKDATE;
+    params.not_after = until;
     params.distinguished_name.push(rcgen::DnType::CommonName, stem);
     params.extended_key_usages = vec![
         rcgen::ExtendedKeyUsagePurpose::ServerAuth,
@@ -204,9 +241,9 @@ fn write_leaf(
 
 /// The file names [`generate_mesh`] wrote for `site`.
 pub fn mesh_files(dir: &Path, site: &str) -> TlsFiles {
-    TlsFiles {
-        ca: dir.join("ca.pem"),
-        cert: dir.join(format!("{site}.pem")),
-        key: dir.join(format!("{site}.key")),
-    }
+    TlsFiles::new(
+        dir.join("ca.pem"),
+        dir.join(format!("{site}.pem")),
+        dir.join(format!("{site}.key")),
+    )
 }

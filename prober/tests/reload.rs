@@ -60,6 +60,48 @@ fn downs(seen: &Mutex<Vec<Output>>, peer: &str) -> usize {
         .count()
 }
 
+/// The mesh's old CA, which signed a and b; a new CA, which signed c and a's next
+/// certificate; and a's own TLS files, at first the old mesh's.
+struct Rotation {
+    old: tempfile::TempDir,
+    new: tempfile::TempDir,
+    files: prober::TlsFiles,
+    _own: tempfile::TempDir,
+}
+
+impl Rotation {
+    fn new() -> Rotation {
+        let own = tempfile::tempdir().unwrap();
+        let r = Rotation {
+            old: certs(&["a", "b"]),
+            new: certs(&["a", "c"]),
+            files: prober::tls::mesh_files(own.path(), "a"),
+            _own: own,
+        };
+        r.install(r.old.path(), ca_pem(&r.old));
+        r
+    }
+
+    /// Replaces a's files in place: `from`'s certificate for a, trusting `ca`.
+    fn install(&self, from: &std::path::Path, ca: Vec<u8>) {
+        let src = prober::tls::mesh_files(from, "a");
+        std::fs::write(&self.files.ca, ca).unwrap();
+        std::fs::copy(&src.cert, &self.files.cert).unwrap();
+        std::fs::copy(&src.key, &self.files.key).unwrap();
+    }
+
+    /// The rotation: both CAs trusted, a's certificate from the new one.
+    fn rotate(&self) {
+        let mut both = ca_pem(&self.old);
+        both.extend(ca_pem(&self.new));
+        self.install(self.new.path(), both);
+    }
+}
+
+fn ca_pem(d: &tempfile::TempDir) -> Vec<u8> {
+    std::fs::read(d.path().join("ca.pem")).unwrap()
+}
+
 fn with_peers(p: &ProberHandle, peers: &[(&str, std::net::SocketAddr)]) -> prober::ProberConfig {
     let mut cfg = p.config().clone();
     cfg.peers = peers
@@ -183,18 +225,8 @@ async fn peers_added_and_removed_on_reload_leave_the_other_links_untouched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_rotated_in_place_serve_new_handshakes_and_the_links_up_stay_up() {
     let long = Duration::from_secs(30);
-    // The mesh's old CA signed a and b; a new CA signed c and a's next certificate.
-    let (old, new) = (certs(&["a", "b"]), certs(&["a", "c"]));
-    let own = tempfile::tempdir().unwrap();
-    let files = prober::tls::mesh_files(own.path(), "a");
-    let install = |from: &std::path::Path, ca: Vec<u8>| {
-        let src = prober::tls::mesh_files(from, "a");
-        std::fs::write(&files.ca, ca).unwrap();
-        std::fs::copy(&src.cert, &files.cert).unwrap();
-        std::fs::copy(&src.key, &files.key).unwrap();
-    };
-    let read = |d: &tempfile::TempDir| std::fs::read(d.path().join("ca.pem")).unwrap();
-    install(old.path(), read(&old));
+    let r = Rotation::new();
+    let (old, new, files) = (&r.old, &r.new, &r.files);
     let b = prober::start(config(old.path(), "b", &[])).await.unwrap();
     let c = prober::start(config(new.path(), "c", &[])).await.unwrap();
     let mut cfg = config(old.path(), "a", &[("b", b.local_addr)]);
@@ -217,9 +249,7 @@ async fn certificates_rotated_in_place_serve_new_handshakes_and_the_links_up_sta
 
     // Rotated in place: both CAs trusted, a's certificate from the new one. The next
     // handshake with c succeeds; the link to b, set up under the old certificate, stays up.
-    let mut both = read(&old);
-    both.extend(read(&new));
-    install(new.path(), both);
+    r.rotate();
     let mark = sa.lock().unwrap().len();
     a.reload(a.config().clone()).unwrap();
     eventually(long, "a measuring c", || good_windows(&sa, "c", mark) >= 2).await;
@@ -229,6 +259,52 @@ async fn certificates_rotated_in_place_serve_new_handshakes_and_the_links_up_sta
             assert_eq!(downs(seen, peer), 0, "{who} saw {peer} go down");
         }
     }
+    for p in [a, b, c] {
+        p.shutdown().await;
+    }
+}
+
+/// The same rotation with no reload at all: the periodic check (`tls.recheck_s`) finds the
+/// replaced files, loads them once they settle, and exports the new certificate's expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_replaced_in_place_are_loaded_without_a_signal() {
+    let long = Duration::from_secs(30);
+    let mut r = Rotation::new();
+    r.files.recheck_s = 1;
+    // a's next certificate ends sooner than its first: the gauge must move.
+    prober::tls::issue(r.new.path(), "a", &["a", "prober.axon"], 30).unwrap();
+    let (old, new, files) = (&r.old, &r.new, &r.files);
+    let b = prober::start(config(old.path(), "b", &[])).await.unwrap();
+    let c = prober::start(config(new.path(), "c", &[])).await.unwrap();
+    let mut cfg = config(old.path(), "a", &[("b", b.local_addr), ("c", c.local_addr)]);
+    cfg.tls = files.clone();
+    let a = prober::start(cfg).await.unwrap();
+    let first = proto::auth::earliest_expiry(&files.cert).unwrap();
+    assert_eq!(a.metrics.tls.expiry("cert"), Some(first));
+    let (sa, sb) = (collect(&a), collect(&b));
+    eventually(long, "a measuring b", || good_windows(&sa, "b", 0) >= 2).await;
+    let failures = || a.metrics.dial_failures.with_label_values(&["c"]).get();
+    eventually(long, "a failing to reach c", || failures() >= 2).await;
+    assert_eq!(windows(&sa, "c", 0), 0);
+
+    r.rotate();
+    let mark = sa.lock().unwrap().len();
+    eventually(long, "a measuring c", || good_windows(&sa, "c", mark) >= 2).await;
+    assert!(good_windows(&sa, "b", mark) >= 2, "the link to b went on");
+    for (seen, who) in [(&sa, "a"), (&sb, "b")] {
+        for peer in ["a", "b"] {
+            assert_eq!(downs(seen, peer), 0, "{who} saw {peer} go down");
+        }
+    }
+    let rotated = proto::auth::earliest_expiry(&files.cert).unwrap();
+    assert_ne!(rotated, first);
+    assert_eq!(a.metrics.tls.expiry("cert"), Some(rotated));
+    let m = http_get(a.metrics_addr.unwrap(), "/metrics").await;
+    assert_eq!(
+        metric(&m, "axon_tls_file_changes_total{result=\"loaded\"}"),
+        Some(1.0),
+        "{m}"
+    );
     for p in [a, b, c] {
         p.shutdown().await;
     }

@@ -118,6 +118,29 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// Its private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// How often the files are read again to see whether they were replaced, s. New
+    /// contents, once they have stayed the same for one more check (a rotation caught half
+    /// way, a new certificate beside the old key, is not loaded), are loaded as `SIGHUP` would
+    /// load them: a certificate renewed in place, or a Kubernetes secret updated, needs no
+    /// signal. The check also refreshes `axon_tls_certificate_expiry_timestamp_seconds`. 0
+    /// reads them only on `SIGHUP`. Default 60.
+    #[serde(default = "default_recheck_s")]
+    pub recheck_s: u64,
+}
+
+fn default_recheck_s() -> u64 {
+    60
+}
+
+/// When the certificates in a process's files stop being valid: the earliest `notAfter` of
+/// each file, Unix seconds. A certificate that expires ends every new handshake, so this is
+/// what an operator is warned about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsExpiry {
+    /// This process's certificate chain.
+    pub cert: i64,
+    /// The CA certificates it trusts.
+    pub ca: i64,
 }
 
 /// The PEM contents of [`TlsFiles`].
@@ -132,11 +155,32 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 impl TlsFiles {
+    /// Files at these paths, read again every minute.
+    pub fn new(ca: impl Into<PathBuf>, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        TlsFiles {
+            ca: ca.into(),
+            cert: cert.into(),
+            key: key.into(),
+            recheck_s: default_recheck_s(),
+        }
+    }
+
     fn pems(&self) -> Result<Pems, String> {
         Ok(Pems {
             ca: read(&self.ca)?,
             cert: read(&self.cert)?,
             key: read(&self.key)?,
+        })
+    }
+
+    /// When the certificates in the files expire (see [`TlsExpiry`]).
+    ///
+    /// # Errors
+    /// A file that cannot be read, or holds no certificate that parses.
+    pub fn expiry(&self) -> Result<TlsExpiry, String> {
+        Ok(TlsExpiry {
+            cert: earliest_expiry(&self.cert)?,
+            ca: earliest_expiry(&self.ca)?,
         })
     }
 
@@ -191,6 +235,86 @@ impl TlsFiles {
             .ca_certificate(Certificate::from_pem(p.ca))
             .identity(Identity::from_pem(p.cert, p.key))
             .domain_name(CONTROLLER_NAME))
+    }
+}
+
+/// The earliest `notAfter` of the certificates in a PEM file, Unix seconds: when the file
+/// stops being of use.
+///
+/// # Errors
+/// A file that cannot be read, or holds no certificate that parses.
+pub fn earliest_expiry(path: &Path) -> Result<i64, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pem = read(path)?;
+    let mut earliest: Option<i64> = None;
+    for der in CertificateDer::pem_slice_iter(&pem) {
+        let der = der.map_err(|e| format!("{}: {e}", path.display()))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| format!("{}: not an X.509 certificate: {e}", path.display()))?;
+        let t = cert.validity().not_after.timestamp();
+        earliest = Some(earliest.map_or(t, |e| e.min(t)));
+    }
+    earliest.ok_or_else(|| format!("{}: no certificate found", path.display()))
+}
+
+/// Tells when a process's TLS files were replaced, from their contents read at every check
+/// ([`TlsFiles::recheck_s`]): what lets a daemon pick up a rotation without a signal.
+#[derive(Debug)]
+pub struct TlsWatch {
+    files: TlsFiles,
+    /// The contents last loaded (or found not to load: they are not tried again).
+    loaded: Option<Vec<u8>>,
+    /// New contents seen at the last check, waiting for one more check to settle.
+    seen: Option<Vec<u8>>,
+}
+
+impl TlsWatch {
+    /// Watches `files`, whose present contents count as loaded.
+    pub fn new(files: TlsFiles) -> Self {
+        let loaded = Self::contents(&files);
+        TlsWatch {
+            files,
+            loaded,
+            seen: None,
+        }
+    }
+
+    /// The files watched.
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+
+    /// The three files' contents, each prefixed with its length (none while one cannot be
+    /// read: it is being replaced).
+    fn contents(files: &TlsFiles) -> Option<Vec<u8>> {
+        let mut all = Vec::new();
+        for path in [&files.ca, &files.cert, &files.key] {
+            let bytes = std::fs::read(path).ok()?;
+            all.extend((bytes.len() as u64).to_le_bytes());
+            all.extend(bytes);
+        }
+        Some(all)
+    }
+
+    /// Reads the files once. True when they differ from the contents last loaded and are the
+    /// same as at the previous check: the caller should load them now. Contents that then
+    /// fail to load are not tried again until they change.
+    pub fn check(&mut self) -> bool {
+        let Some(now) = Self::contents(&self.files) else {
+            self.seen = None;
+            return false;
+        };
+        if self.loaded.as_ref() == Some(&now) {
+            self.seen = None;
+            return false;
+        }
+        if self.seen.as_ref() == Some(&now) {
+            self.loaded = self.seen.take();
+            return true;
+        }
+        self.seen = Some(now);
+        false
     }
 }
 
@@ -258,11 +382,7 @@ mod tests {
 
     #[test]
     fn the_scheme_must_match_the_tls_setting() {
-        let files = TlsFiles {
-            ca: "/nonexistent/ca.pem".into(),
-            cert: "/nonexistent/c.pem".into(),
-            key: "/nonexistent/c.key".into(),
-        };
+        let files = TlsFiles::new("/nonexistent/ca.pem", "/nonexistent/c.pem", "/nonexistent/c.key");
         assert!(endpoint("http://127.0.0.1:1", None).is_ok());
         assert!(
             endpoint("https://127.0.0.1:1", None)
@@ -279,5 +399,75 @@ mod tests {
                 .unwrap_err()
                 .contains("/nonexistent/ca.pem")
         );
+    }
+
+    /// A self-signed certificate valid until `y-m-d`, as PEM.
+    fn pem_until(y: i32, m: u8, d: u8) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["x".to_string()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(y, m, d);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn expiry_is_the_earliest_end_in_each_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles::new(
+            dir.path().join("ca.pem"),
+            dir.path().join("c.pem"),
+            dir.path().join("c.key"),
+        );
+        // A chain whose intermediate ends first, and a bundle of two CAs.
+        std::fs::write(&files.cert, pem_until(2031, 5, 17) + &pem_until(2030, 1, 2)).unwrap();
+        std::fs::write(&files.ca, pem_until(2036, 1, 1) + &pem_until(2040, 1, 1)).unwrap();
+        let e = files.expiry().unwrap();
+        // 2030-01-02 and 2036-01-01, 00:00 UTC.
+        assert_eq!((e.cert, e.ca), (1_893_542_400, 2_082_758_400));
+        // No certificate, or not one, is a clear error naming the file.
+        std::fs::write(&files.ca, "no pem here").unwrap();
+        let err = files.expiry().unwrap_err();
+        assert!(err.contains("ca.pem") && err.contains("no certificate"), "{err}");
+        let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        std::fs::write(&files.ca, garbage).unwrap();
+        let err = files.expiry().unwrap_err();
+        assert!(err.contains("ca.pem") && err.contains("not an X.509"), "{err}");
+        std::fs::remove_file(&files.cert).unwrap();
+        assert!(files.expiry().unwrap_err().contains("c.pem"));
+    }
+
+    #[test]
+    fn a_replacement_is_loaded_once_it_has_settled_and_once_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles::new(
+            dir.path().join("ca.pem"),
+            dir.path().join("c.pem"),
+            dir.path().join("c.key"),
+        );
+        for (f, text) in [
+            (&files.ca, "ca 1"),
+            (&files.cert, "cert 1"),
+            (&files.key, "key 1"),
+        ] {
+            std::fs::write(f, text).unwrap();
+        }
+        let mut w = TlsWatch::new(files.clone());
+        assert!(!w.check(), "the files in force are not new");
+        // Caught half way: a new certificate beside the old key. Not loaded while it changes.
+        std::fs::write(&files.cert, "cert 2").unwrap();
+        assert!(!w.check());
+        std::fs::write(&files.key, "key 2").unwrap();
+        assert!(!w.check(), "changed again since the last check");
+        assert!(w.check(), "settled: load it");
+        assert!(!w.check(), "loaded once");
+        // A file missing for a moment (being replaced) is waited for.
+        std::fs::remove_file(&files.ca).unwrap();
+        assert!(!w.check());
+        std::fs::write(&files.ca, "ca 1").unwrap();
+        assert!(!w.check(), "back as it was: nothing to load");
+        // Put back as loaded before the last load: that is a change too.
+        std::fs::write(&files.cert, "cert 1").unwrap();
+        std::fs::write(&files.key, "key 1").unwrap();
+        assert!(!w.check());
+        assert!(w.check());
     }
 }

@@ -175,7 +175,7 @@ async fn the_control_plane_speaks_mutual_tls_and_checks_every_role() {
         Err(Code::Unauthenticated)
     );
     // A prober-only certificate for site a may report but not watch.
-    let prober_only = issue(&certs, "a-prober", &["a", "prober.axon"]).unwrap();
+    let prober_only = issue(&certs, "a-prober", &["a", "prober.axon"], 30).unwrap().0;
     assert_eq!(
         watch_as(channel(&url, &prober_only).await, "a").await,
         Err(Code::PermissionDenied)
@@ -187,7 +187,7 @@ async fn the_control_plane_speaks_mutual_tls_and_checks_every_role() {
         report_as(channel(&url, &prober_only).await, "c").await,
         Err(Code::PermissionDenied)
     );
-    let agent_only = issue(&certs, "a-agent", &["a", "agent.axon"]).unwrap();
+    let agent_only = issue(&certs, "a-agent", &["a", "agent.axon"], 30).unwrap().0;
     assert_eq!(
         report_as(channel(&url, &agent_only).await, "a").await,
         Err(Code::PermissionDenied)
@@ -269,24 +269,9 @@ async fn the_control_plane_speaks_mutual_tls_and_checks_every_role() {
 async fn rotated_certificates_serve_new_connections_after_a_reload_and_old_ones_go_on() {
     proto::auth::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
-    let (old, new, own) = (
-        dir.path().join("old"),
-        dir.path().join("new"),
-        dir.path().join("own"),
-    );
+    let r = Rotation::new(dir.path());
+    let (old, new, files) = (&r.old, &r.new, &r.files);
     let sites = four_sites();
-    generate_mesh(&old, &["a"]).unwrap();
-    generate_mesh(&new, &["a"]).unwrap();
-    std::fs::create_dir_all(&own).unwrap();
-    let files = mesh_files(&own, "controller");
-    let install = |from: &Path, ca: Vec<u8>| {
-        let src = mesh_files(from, "controller");
-        std::fs::write(&files.ca, ca).unwrap();
-        std::fs::copy(&src.cert, &files.cert).unwrap();
-        std::fs::copy(&src.key, &files.key).unwrap();
-    };
-    let ca = |d: &Path| std::fs::read(d.join("ca.pem")).unwrap();
-    install(&old, ca(&old));
     let mut cfg = controller_config(&sites, None);
     cfg.tls = Some(files.clone());
     let c = controller::daemon::start(cfg.clone()).await.unwrap();
@@ -294,9 +279,9 @@ async fn rotated_certificates_serve_new_connections_after_a_reload_and_old_ones_
 
     // An operator of the old CA is served, and keeps its connection; one of the new CA
     // cannot even complete a handshake.
-    let old_op = channel(&url, &mesh_files(&old, "operator")).await;
+    let old_op = channel(&url, &mesh_files(old, "operator")).await;
     assert!(status_as(old_op.clone(), None).await.is_ok());
-    let new_files = mesh_files(&new, "operator");
+    let new_files = mesh_files(new, "operator");
     let before = async {
         let ch = proto::auth::endpoint(&url, Some(&new_files))
             .unwrap()
@@ -312,16 +297,14 @@ async fn rotated_certificates_serve_new_connections_after_a_reload_and_old_ones_
     let e = c.reload(cfg.clone()).unwrap_err().to_string();
     assert!(e.contains("tls"), "{e}");
     assert!(
-        status_as(channel(&url, &mesh_files(&old, "operator")).await, None)
+        status_as(channel(&url, &mesh_files(old, "operator")).await, None)
             .await
             .is_ok()
     );
 
     // Rotated in place (both CAs trusted, the controller's certificate from the new one) and
     // reloaded: a new connection of the new CA is served, the old connection goes on.
-    let mut both = ca(&old);
-    both.extend(ca(&new));
-    install(&new, both);
+    r.rotate();
     c.reload(cfg).unwrap();
     let fresh = channel(&url, &new_files).await;
     assert!(
@@ -332,5 +315,144 @@ async fn rotated_certificates_serve_new_connections_after_a_reload_and_old_ones_
         status_as(old_op, None).await.is_ok(),
         "the connection up before was cut"
     );
+    c.shutdown().await;
+}
+
+/// Two meshes' certificates, `old` and `new` (each with a site `a`), and a controller's own
+/// TLS files, at first the old mesh's: what a rotation in place replaces.
+struct Rotation {
+    old: std::path::PathBuf,
+    new: std::path::PathBuf,
+    files: TlsFiles,
+}
+
+impl Rotation {
+    fn new(dir: &Path) -> Rotation {
+        let r = Rotation {
+            old: dir.join("old"),
+            new: dir.join("new"),
+            files: mesh_files(&dir.join("own"), "controller"),
+        };
+        generate_mesh(&r.old, &["a"]).unwrap();
+        generate_mesh(&r.new, &["a"]).unwrap();
+        std::fs::create_dir_all(dir.join("own")).unwrap();
+        r.install(&r.old, ca_pem(&r.old));
+        r
+    }
+
+    /// Replaces the files in place: `from`'s controller certificate, trusting `ca`.
+    fn install(&self, from: &Path, ca: Vec<u8>) {
+        let src = mesh_files(from, "controller");
+        std::fs::write(&self.files.ca, ca).unwrap();
+        std::fs::copy(&src.cert, &self.files.cert).unwrap();
+        std::fs::copy(&src.key, &self.files.key).unwrap();
+    }
+
+    /// The rotation: both CAs trusted, the controller's certificate from the new one.
+    fn rotate(&self) {
+        let mut both = ca_pem(&self.old);
+        both.extend(ca_pem(&self.new));
+        self.install(&self.new, both);
+    }
+}
+
+fn ca_pem(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("ca.pem")).unwrap()
+}
+
+/// The value of one series in a Prometheus text exposition (`name{labels}` as written).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Files replaced in place are loaded without a signal once they settle (`tls.recheck_s`),
+/// files that do not load are counted and change nothing, and every daemon exports when the
+/// certificates in force expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_certificates_load_without_a_signal_and_their_expiry_is_exported() {
+    proto::auth::install_crypto_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = Rotation::new(dir.path());
+    r.files.recheck_s = 1;
+    // The next controller certificate ends sooner than the first: the gauge must move.
+    issue(&r.new, "controller", &[proto::auth::CONTROLLER_NAME], 30).unwrap();
+    let (old, new, files) = (&r.old, &r.new, &r.files);
+    let sites = four_sites();
+    let mut cfg = controller_config(&sites, None);
+    cfg.tls = Some(files.clone());
+    let c = controller::daemon::start(cfg).await.unwrap();
+    let url = format!("https://{}", c.grpc_addr);
+    let metrics = || async {
+        http_get(c.http_addr, "/metrics")
+            .await
+            .1
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let expiry = |p: &Path| proto::auth::earliest_expiry(p).unwrap() as f64;
+    let cert_gauge = "axon_tls_certificate_expiry_timestamp_seconds{file=\"cert\"}";
+    let m = metrics().await;
+    assert_eq!(
+        sample(&m, cert_gauge),
+        Some(expiry(&old.join("controller.pem"))),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "axon_tls_certificate_expiry_timestamp_seconds{file=\"ca\"}"),
+        Some(expiry(&old.join("ca.pem")))
+    );
+
+    // An agent exports its own, read from the files its connections use.
+    let mut acfg = agent_config(dir.path(), "a", vec![url.clone()]);
+    acfg.tls = Some(mesh_files(old, "a"));
+    let agent = agent::start(acfg).await.unwrap();
+    let (_, am) = http_get(agent.metrics_addr.unwrap(), "/metrics").await;
+    assert_eq!(
+        sample(am.as_str().unwrap(), cert_gauge),
+        Some(expiry(&old.join("a.pem")))
+    );
+
+    let old_op = channel(&url, &mesh_files(old, "operator")).await;
+    assert!(status_as(old_op.clone(), None).await.is_ok());
+    let new_files = mesh_files(new, "operator");
+
+    // A key that does not load: refused once it settles, counted, and the files in force stay.
+    std::fs::write(&files.key, "not a key").unwrap();
+    eventually(WAIT, "the broken key refused", || async {
+        (sample(
+            &metrics().await,
+            "axon_tls_file_changes_total{result=\"refused\"}",
+        )? >= 1.0)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        status_as(channel(&url, &mesh_files(old, "operator")).await, None)
+            .await
+            .is_ok()
+    );
+
+    // Rotated in place, no signal: new connections of the new CA are served once the check
+    // has loaded the files, the connection opened before goes on, and the gauge follows.
+    r.rotate();
+    eventually(WAIT, "the rotation loaded", || async {
+        (sample(&metrics().await, "axon_tls_file_changes_total{result=\"loaded\"}")? >= 1.0).then_some(())
+    })
+    .await;
+    let fresh = channel(&url, &new_files).await;
+    assert!(
+        status_as(fresh, None).await.is_ok(),
+        "the new certificate did not serve"
+    );
+    assert!(
+        status_as(old_op, None).await.is_ok(),
+        "the connection up before was cut"
+    );
+    let rotated = expiry(&new.join("controller.pem"));
+    assert_ne!(rotated, expiry(&old.join("controller.pem")));
+    assert_eq!(sample(&metrics().await, cert_gauge), Some(rotated));
+    agent.shutdown().await;
     c.shutdown().await;
 }
