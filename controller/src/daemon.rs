@@ -456,7 +456,11 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
     let metrics = Metrics::new();
     let journal = match &cfg.store.journal {
         Some(path) => {
-            let (journal, loaded) = Journal::open(cfg.journal_rows, path)?;
+            let (mut journal, loaded) = Journal::open(cfg.journal_rows, path)?;
+            if let Some(e) = journal.take_file_error() {
+                metrics.journal_file_errors.with_label_values(&["write"]).inc();
+                warn!(error = %e, "route changes kept in memory only; the next table rewrites the file");
+            }
             info!(
                 file = %path.display(),
                 rows = loaded.rows,
@@ -573,18 +577,10 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
     let stop = stop.cancelled_owned();
     if shared.tls.is_some() {
         let incoming = tls_incoming(grpc, shared.clone(), cancel.clone(), &mut tasks);
-        tasks.spawn(async move {
-            if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
-                warn!(error = %e, "gRPC server stopped");
-            }
-        });
+        tasks.spawn(serve_grpc(router, incoming, stop));
     } else {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
-        tasks.spawn(async move {
-            if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
-                warn!(error = %e, "gRPC server stopped");
-            }
-        });
+        tasks.spawn(serve_grpc(router, incoming, stop));
     }
     tasks.spawn(crate::http::serve(http, shared.clone(), cancel.clone()));
     tasks.spawn(compute_loop(
@@ -609,6 +605,27 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 /// at its handshake (a reload swaps it: rotated certificates serve the next connections,
 /// and those already up go on). Each handshake runs on its own task, so a slow or silent
 /// client holds up no other.
+/// Serves gRPC on the connections `incoming` yields (plaintext, or already through TLS)
+/// until `stop`.
+async fn serve_grpc<I, IO, IE>(
+    router: tonic::transport::server::Router,
+    incoming: I,
+    stop: tokio_util::sync::WaitForCancellationFutureOwned,
+) where
+    I: tokio_stream::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
+        warn!(error = %e, "gRPC server stopped");
+    }
+}
+
 fn tls_incoming(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,

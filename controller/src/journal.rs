@@ -228,8 +228,10 @@ impl Journal {
     /// A journal kept in `path` as well: the rows already there are read back (the newest
     /// `capacity` of them), the file is rewritten with just those, and every row recorded
     /// from now on is appended to it. The file stays locked while the journal lives, so two
-    /// replicas cannot share one. Refused when the file cannot be created, read, locked or
-    /// rewritten; lines that do not parse are dropped and counted in [`Loaded::unreadable`].
+    /// replicas cannot share one. Refused when the file cannot be created, read or locked
+    /// (a configuration to fix); lines that do not parse are dropped and counted in
+    /// [`Loaded::unreadable`]. A rewrite that fails (a full disk) is not fatal: it is
+    /// reported by [`Journal::take_file_error`] and tried again at each recording.
     pub fn open(capacity: usize, path: &Path) -> Result<(Journal, Loaded), ControllerError> {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             ControllerError::Store(format!("journal {}: {what}: {e}", path.display()))
@@ -266,10 +268,23 @@ impl Journal {
         }
         loaded.rows = journal.rows.len();
         journal.evicted = loaded.evicted as u64;
-        let file =
-            JournalFile::write(path.to_path_buf(), &journal.rows).map_err(|e| fail("cannot rewrite", &e))?;
-        // The rewrite holds the lock on the new file; the old one is released with its handle.
-        drop(held);
+        let file = match JournalFile::write(path.to_path_buf(), &journal.rows) {
+            // The rewrite holds the lock on the new file; the old one is released with its
+            // handle.
+            Ok(file) => file,
+            // A disk full or a directory gone read-only must not keep the controller from
+            // routing: the rows stay in memory, the old file stays locked, and each recording
+            // tries the rewrite again (see `take_file_error`).
+            Err(e) => {
+                journal.file_error = Some(format!("journal {}: cannot rewrite: {e}", path.display()));
+                JournalFile {
+                    path: path.to_path_buf(),
+                    out: BufWriter::new(held),
+                    lines: 0,
+                    broken: true,
+                }
+            }
+        };
         journal.file = Some(file);
         Ok((journal, loaded))
     }
@@ -937,5 +952,49 @@ mod tests {
         drop(j);
         let (j, _) = Journal::open(100, &path).unwrap();
         assert_eq!(j.len(), 3);
+    }
+
+    #[test]
+    fn a_rewrite_that_fails_at_start_keeps_the_rows_and_is_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let (mut j, _) = Journal::open(100, &path).unwrap();
+        push(
+            &mut j,
+            1,
+            1_000,
+            vec![change("a", "b", &["a", "b"], &["a", "c", "b"])],
+        );
+        drop(j);
+        // The temporary file cannot be made (as on a full disk): the journal still opens.
+        let tmp = dir.path().join("journal.jsonl.tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let (mut j, loaded) = Journal::open(100, &path).unwrap();
+        assert_eq!(loaded.rows, 1);
+        let e = j.take_file_error().expect("the failed rewrite is reported");
+        assert!(e.contains("cannot rewrite"), "{e}");
+        // Still locked against a second replica.
+        assert!(Journal::open(100, &path).is_err());
+        // Each recording tries again, and reports again while it fails.
+        push(
+            &mut j,
+            2,
+            2_000,
+            vec![change("b", "a", &["b", "a"], &["b", "c", "a"])],
+        );
+        assert!(j.take_file_error().is_some());
+        std::fs::remove_dir(&tmp).unwrap();
+        push(
+            &mut j,
+            3,
+            3_000,
+            vec![change("a", "c", &["a", "c"], &["a", "b", "c"])],
+        );
+        assert_eq!(j.take_file_error(), None);
+        assert_eq!(
+            lines(&path).len(),
+            3,
+            "every row, the ones recorded meanwhile too"
+        );
     }
 }
