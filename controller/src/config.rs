@@ -68,6 +68,13 @@ pub struct StoreConfig {
     /// How long a new leader gathers probe reports before it publishes its first table, ms
     /// (until then agents keep the previous leader's). Default 3000.
     pub leader_warmup_ms: u64,
+    /// Every this many seconds the leader compacts etcd's history up to the revision it saw
+    /// one period before: every table rewrites each site's key, and an etcd whose history is
+    /// never compacted fills its space quota and then refuses every write (no table could be
+    /// published). Compaction covers the whole etcd, as Kubernetes' API server does; set 0
+    /// when something else sharing the etcd needs older revisions, and compact there (etcd's
+    /// `--auto-compaction-retention`). Default 300.
+    pub etcd_compact_s: u64,
     /// The URL probers and agents use to reach this replica, handed out as the leader's
     /// address by followers. Default `http://` (or `https://` with TLS) + `grpc_listen`.
     pub advertise_url: Option<String>,
@@ -83,6 +90,7 @@ impl Default for StoreConfig {
             etcd_prefix: "/axon".into(),
             lease_ttl_s: 3,
             leader_warmup_ms: 3_000,
+            etcd_compact_s: 300,
             advertise_url: None,
         }
     }
@@ -254,6 +262,12 @@ impl ControllerConfig {
         }
         if self.store.journal.is_some() && self.store.journal == self.store.snapshot {
             return bad("store.journal and store.snapshot must be two files".into());
+        }
+        if self.store.etcd_compact_s > 86_400 {
+            return bad(format!(
+                "store.etcd_compact_s {} is above 86400 (a day)",
+                self.store.etcd_compact_s
+            ));
         }
         if self.store.leader_warmup_ms > 600_000 {
             return bad("store.leader_warmup_ms is above 600000".into());

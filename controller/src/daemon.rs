@@ -105,6 +105,8 @@ pub struct Shared {
     pub etcd: Option<Etcd>,
     /// How long a new leader gathers reports before publishing (etcd only).
     pub warmup: Duration,
+    /// How often the leader compacts etcd's history (etcd only; none: never).
+    pub compact_every: Option<Duration>,
     /// Held across a computation and its publication, so tables are persisted in order.
     pub publishing: Mutex<()>,
     /// The pairs each published table moved (`axonctl changes`).
@@ -499,6 +501,7 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
         leadership,
         etcd: etcd.clone(),
         warmup: Duration::from_millis(cfg.store.leader_warmup_ms),
+        compact_every: (cfg.store.etcd_compact_s > 0).then(|| Duration::from_secs(cfg.store.etcd_compact_s)),
         publishing: Mutex::new(()),
         journal: Mutex::new(journal),
         config_drift: Mutex::new(Vec::new()),

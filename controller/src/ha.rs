@@ -280,6 +280,65 @@ async fn keep_alive(etcd: &Etcd, lease: i64, ttl: Duration) -> ControllerError {
     }
 }
 
+/// Keeps etcd's history short while this replica leads (see `store.etcd_compact_s`): at
+/// every period it compacts up to the revision seen at the one before, so at least a period
+/// of history is always left for watchers that lag.
+struct Compactor {
+    every: Option<Duration>,
+    next: tokio::time::Instant,
+    /// The revision seen at the last pass: the next pass compacts up to it.
+    seen: Option<i64>,
+}
+
+impl Compactor {
+    fn new(every: Option<Duration>) -> Self {
+        Compactor {
+            every,
+            next: tokio::time::Instant::now() + every.unwrap_or_default(),
+            seen: None,
+        }
+    }
+
+    /// Resolves at the next pass (never, when compaction is off).
+    async fn due(&self) {
+        match self.every {
+            Some(_) => tokio::time::sleep_until(self.next).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Compacts up to the revision seen at the last pass, and notes the current one. A
+    /// revision already compacted (by another client, or by etcd itself) counts as done.
+    async fn pass(&mut self, etcd: &Etcd, metrics: &crate::metrics::Metrics) {
+        self.next = tokio::time::Instant::now() + self.every.unwrap_or_default();
+        let mut kv = etcd.client.kv_client();
+        let now = match kv.get(etcd.key("table/id"), None).await {
+            Ok(r) => r.header().map(|h| h.revision()),
+            Err(e) => {
+                warn!(error = %e, "etcd: cannot read the revision to compact to");
+                None
+            }
+        };
+        if let Some(rev) = self.seen.filter(|r| *r > 0) {
+            let result = match kv.compact(rev, None).await {
+                Ok(_) => "done",
+                Err(e) if e.to_string().contains("compacted") => "done",
+                Err(e) => {
+                    warn!(error = %e, revision = rev, "etcd: compaction failed");
+                    "failed"
+                }
+            };
+            metrics.etcd_compactions.with_label_values(&[result]).inc();
+            if result == "done" {
+                tracing::debug!(revision = rev, "etcd history compacted");
+            }
+        }
+        if now.is_some() {
+            self.seen = now;
+        }
+    }
+}
+
 /// Campaigns for leadership for the replica's whole life; while leading, hands the core its
 /// epoch and the stored state, and wakes the compute loop. On shutdown a leader resigns, so
 /// another replica takes over at once.
@@ -358,11 +417,15 @@ pub async fn campaign(
             leader_url: Some(url.clone()),
         });
         shared.recompute.notify_one();
-        let resign = tokio::select! {
-            _ = cancel.cancelled() => true,
-            e = &mut keep => {
-                warn!(error = %e, "etcd: leadership lost");
-                false
+        let mut compactor = Compactor::new(shared.compact_every);
+        let resign = loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break true,
+                e = &mut keep => {
+                    warn!(error = %e, "etcd: leadership lost");
+                    break false;
+                }
+                () = compactor.due() => compactor.pass(&etcd, &shared.metrics).await,
             }
         };
         shared.leadership.send_replace(Leadership::default());

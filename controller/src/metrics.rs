@@ -64,6 +64,9 @@ pub struct Metrics {
     pub journal_file_errors: IntCounterVec,
     /// The TLS files' expiry and the replacements found by the periodic check.
     pub tls: ops::tls::TlsMetrics,
+    /// Compactions of etcd's history by the leader (`store.etcd_compact_s`), by result:
+    /// done or failed.
+    pub etcd_compactions: IntCounterVec,
 }
 
 impl Metrics {
@@ -244,6 +247,16 @@ impl Metrics {
                 ),
             ),
             tls: ops::tls::TlsMetrics::register(r),
+            etcd_compactions: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "axon_controller_etcd_compactions_total",
+                        "Compactions of etcd's history by the leader, by result: done or failed.",
+                    ),
+                    &["result"],
+                ),
+            ),
             registry,
         };
         // Series that exist from the start: an increase() over them sees the first event,
@@ -265,6 +278,9 @@ impl Metrics {
         }
         for k in ["write", "unreadable"] {
             m.journal_file_errors.with_label_values(&[k]);
+        }
+        for r in ["done", "failed"] {
+            m.etcd_compactions.with_label_values(&[r]);
         }
         m
     }

@@ -158,6 +158,8 @@ impl Mesh {
         cfg.store.etcd_endpoints = vec![etcd_url.to_string()];
         cfg.store.lease_ttl_s = 2;
         cfg.store.leader_warmup_ms = 1_000;
+        // History compacted every second: the followers' watches and reads must not mind.
+        cfg.store.etcd_compact_s = 1;
         let mut controllers = Vec::new();
         for i in 0..n {
             let c = ControllerConfig {

@@ -243,6 +243,31 @@ async fn a_new_leader_takes_over_within_the_lease_and_no_agent_goes_back() {
         );
     }
 
+    // The leaders kept etcd's history short: revisions a period old are gone.
+    {
+        let m = mesh.lock().await;
+        let (_, c) = m.running().find(|(i, _)| *i == second).unwrap();
+        let compactions = |r: &str| c.shared.metrics.etcd_compactions.with_label_values(&[r]).get();
+        eventually(long, "the new leader compacting etcd", || async {
+            (compactions("done") >= 1).then_some(())
+        })
+        .await;
+        assert_eq!(compactions("failed"), 0);
+        let mut client = etcd_client::Client::connect([etcd.url.as_str()], None)
+            .await
+            .unwrap();
+        let old = client
+            .get(
+                "/axon/table/id",
+                Some(etcd_client::GetOptions::new().with_revision(2)),
+            )
+            .await;
+        assert!(
+            old.as_ref().is_err_and(|e| e.to_string().contains("compacted")),
+            "revision 2 still readable: {old:?}"
+        );
+    }
+
     // The deposed leader's writes are fenced.
     let store = controller::StoreConfig {
         kind: "etcd".into(),
