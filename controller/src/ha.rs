@@ -3,8 +3,10 @@
 //! Every replica campaigns for leadership through etcd's election API on a lease of
 //! `lease_ttl_s`; the winner's leader key revision is its **epoch**, the fencing number every
 //! table it publishes carries. Only the leader computes. It writes each table to etcd before
-//! its own agents see it — one key per site (so a table of 500 sites never meets etcd's request
-//! size limit) and then the table's id — every write in a transaction that succeeds only while
+//! its own agents see it — one key per site, in transactions of at most about 1 MiB (a table
+//! of 500 sites is some 68 MB, and etcd refuses a request over 1.5 MiB; followers read the
+//! sites back a few per request) and then the table's id — every write in a transaction that
+//! succeeds only while
 //! its leader key still exists with that revision: a deposed leader's writes fail
 //! ([`ControllerError::Fenced`]) and it publishes nothing more. Drains and the version counter
 //! live in the same fenced writes, so a new leader continues from them.
@@ -39,6 +41,16 @@ use crate::store::Snapshot;
 
 /// Puts per transaction: well under etcd's default limit of 128 operations.
 const PUTS_PER_TXN: usize = 64;
+
+/// Bytes of values per transaction: under etcd's default request limit of 1.5 MiB with room
+/// for keys and framing. A site's update alone is about 280 bytes per destination (140 KB at
+/// 500 sites), so a table goes out in many transactions; an update over 1.5 MiB (some 5,000
+/// sites) needs etcd's `--max-request-bytes` raised.
+const TXN_BYTES: usize = 1 << 20;
+
+/// Sites' updates read per request: tonic refuses a response over 4 MiB, and an update is
+/// about 280 KB at 1,000 sites.
+const SITES_PER_GET: i64 = 8;
 
 fn store_err(what: &str, e: impl std::fmt::Display) -> ControllerError {
     ControllerError::Store(format!("etcd {what}: {e}"))
@@ -140,14 +152,18 @@ impl Etcd {
         id: TableId,
         encoded: &HashMap<SiteId, Bytes>,
     ) -> Result<(), ControllerError> {
-        let mut puts: Vec<TxnOp> = encoded
+        let mut puts: Vec<(String, Vec<u8>)> = encoded
             .iter()
-            .map(|(site, bytes)| TxnOp::put(self.key(&format!("table/sites/{site}")), bytes.to_vec(), None))
+            .map(|(site, bytes)| (self.key(&format!("table/sites/{site}")), bytes.to_vec()))
             .collect();
         let state = serde_json::to_vec(state).map_err(|e| store_err("state", e))?;
-        puts.push(TxnOp::put(self.key("state"), state, None));
+        puts.push((self.key("state"), state));
         let routing = serde_json::to_vec(routing).map_err(|e| store_err("config", e))?;
-        puts.push(TxnOp::put(self.key("config"), routing, None));
+        puts.push((self.key("config"), routing));
+        let mut batches: Vec<Vec<TxnOp>> = batches(puts)
+            .into_iter()
+            .map(|b| b.into_iter().map(|(k, v)| TxnOp::put(k, v, None)).collect())
+            .collect();
         // The id last, in a transaction of its own: a follower that sees it finds every site.
         let id = TxnOp::put(
             self.key("table/id"),
@@ -155,7 +171,6 @@ impl Etcd {
             None,
         );
         let mut kv = self.client.kv_client();
-        let mut batches: Vec<Vec<TxnOp>> = puts.chunks(PUTS_PER_TXN).map(<[TxnOp]>::to_vec).collect();
         batches.push(vec![id]);
         for ops in batches {
             let txn = Txn::new()
@@ -187,13 +202,9 @@ impl Etcd {
             return Ok(None);
         }
         let prefix = self.key("table/sites/");
-        let r = kv
-            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(|e| store_err("get tables", e))?;
         let mut updates = HashMap::new();
         let mut encoded = HashMap::new();
-        for item in r.kvs() {
+        for item in self.get_prefix(&prefix).await? {
             let site = item
                 .key_str()
                 .ok()
@@ -219,6 +230,44 @@ impl Etcd {
         }))
     }
 
+    /// Every key under `prefix` with its value, read a few at a time (a table's sites are far
+    /// over what one response may carry) at one revision, so the pages agree.
+    async fn get_prefix(&self, prefix: &str) -> Result<Vec<etcd_client::KeyValue>, ControllerError> {
+        let mut kv = self.client.kv_client();
+        let end = prefix_end(prefix.as_bytes());
+        let mut from = prefix.as_bytes().to_vec();
+        let mut revision = 0;
+        let mut out = Vec::new();
+        loop {
+            let mut opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(SITES_PER_GET);
+            if revision > 0 {
+                opts = opts.with_revision(revision);
+            }
+            let mut r = kv
+                .get(from.clone(), Some(opts))
+                .await
+                .map_err(|e| store_err("get tables", e))?;
+            if revision == 0 {
+                revision = r.header().map_or(0, |h| h.revision());
+            }
+            let more = r.more();
+            let page = r.take_kvs();
+            match page.last() {
+                Some(last) if more => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => {
+                    out.extend(page);
+                    return Ok(out);
+                }
+            }
+            out.extend(page);
+        }
+    }
+
     /// The routing configuration the leader last published with (see [`Etcd::publish`]).
     pub async fn read_config(&self) -> Result<Option<serde_json::Value>, ControllerError> {
         let r = self
@@ -233,6 +282,34 @@ impl Etcd {
             .transpose()
     }
 
+    /// A lease of `ttl`, for [`Etcd::elect`]: leadership ends when it is no longer renewed.
+    pub async fn grant(&self, ttl: Duration) -> Result<i64, ControllerError> {
+        let r = self
+            .client
+            .lease_client()
+            .grant(ttl.as_secs() as i64, None)
+            .await
+            .map_err(|e| store_err("lease", e))?;
+        Ok(r.id())
+    }
+
+    /// Campaigns for leadership under `lease`, advertising `url`; resolves once elected, with
+    /// the fence every write of this leadership carries.
+    pub async fn elect(&self, url: &str, lease: i64) -> Result<Fence, ControllerError> {
+        let r = self
+            .client
+            .election_client()
+            .campaign(self.key("election"), url, lease)
+            .await
+            .map_err(|e| store_err("campaign", e))?;
+        r.leader()
+            .map(|k| Fence {
+                key: k.key().to_vec(),
+                rev: k.rev(),
+            })
+            .ok_or_else(|| store_err("campaign", "no leader key in the answer"))
+    }
+
     /// The URL the current leader advertises, if there is one.
     pub async fn leader_url(&self) -> Option<String> {
         let r = self
@@ -243,6 +320,42 @@ impl Etcd {
             .ok()?;
         r.kv().and_then(|kv| kv.value_str().ok()).map(str::to_string)
     }
+}
+
+/// Puts grouped into transactions of at most [`PUTS_PER_TXN`] operations and about
+/// [`TXN_BYTES`] of values (a put larger than that goes alone), in order.
+fn batches(puts: Vec<(String, Vec<u8>)>) -> Vec<Vec<(String, Vec<u8>)>> {
+    let mut out: Vec<Vec<(String, Vec<u8>)>> = Vec::new();
+    let mut bytes = 0;
+    for (key, value) in puts {
+        let size = key.len() + value.len();
+        let full = out
+            .last()
+            .is_none_or(|b| b.len() == PUTS_PER_TXN || (bytes + size > TXN_BYTES && !b.is_empty()));
+        if full {
+            out.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(b) = out.last_mut() {
+            b.push((key, value));
+        }
+    }
+    out
+}
+
+/// The end of the key range that holds every key starting with `prefix` (etcd's own
+/// rule: the prefix with its last byte below 0xff incremented).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte 0xff: no end, every key from the prefix on.
+    vec![0]
 }
 
 fn parse_id(v: &[u8]) -> Option<TableId> {
@@ -349,13 +462,12 @@ pub async fn campaign(
     url: String,
     cancel: CancellationToken,
 ) {
-    let election = etcd.key("election");
     loop {
         if cancel.is_cancelled() {
             return;
         }
-        let lease = match etcd.client.lease_client().grant(ttl.as_secs() as i64, None).await {
-            Ok(l) => l.id(),
+        let lease = match etcd.grant(ttl).await {
+            Ok(l) => l,
             Err(e) => {
                 warn!(error = %e, "etcd: cannot get a lease; retrying");
                 shared.metrics.leader.set(0);
@@ -367,7 +479,6 @@ pub async fn campaign(
         };
         let keep = keep_alive(&etcd, lease, ttl);
         tokio::pin!(keep);
-        let mut client = etcd.client.election_client();
         let won = tokio::select! {
             _ = cancel.cancelled() => {
                 let _ = etcd.client.lease_client().revoke(lease).await;
@@ -377,16 +488,9 @@ pub async fn campaign(
                 warn!(error = %e, "etcd: lease lost while campaigning");
                 continue;
             }
-            r = client.campaign(election.clone(), url.clone(), lease) => r,
+            r = etcd.elect(&url, lease) => r,
         };
-        let fence = match won.map_err(|e| store_err("campaign", e)).and_then(|r| {
-            r.leader()
-                .map(|k| Fence {
-                    key: k.key().to_vec(),
-                    rev: k.rev(),
-                })
-                .ok_or_else(|| store_err("campaign", "no leader key in the answer"))
-        }) {
+        let fence = match won {
             Ok(f) => f,
             Err(e) => {
                 warn!(error = %e, "etcd: campaign failed; retrying");
@@ -595,5 +699,37 @@ impl Drop for LocalEtcd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn puts_go_out_in_transactions_under_etcds_limits_and_in_order() {
+        let put = |i: usize, size: usize| (format!("k{i:03}"), vec![0u8; size]);
+        // Small values: by count.
+        let small: Vec<_> = (0..150).map(|i| put(i, 10)).collect();
+        let b = batches(small);
+        assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), [64, 64, 22]);
+        // 140 KB values: seven to a transaction, and one over the budget goes alone.
+        let mut big: Vec<_> = (0..20).map(|i| put(i, 140_000)).collect();
+        big.insert(3, put(99, 3 << 20));
+        let b = batches(big);
+        let sizes: Vec<usize> = b.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [3, 1, 7, 7, 3]);
+        let keys: Vec<&str> = b.iter().flatten().map(|(k, _)| k.as_str()).collect();
+        let mut want: Vec<String> = (0..20).map(|i| format!("k{i:03}")).collect();
+        want.insert(3, "k099".into());
+        assert_eq!(keys, want, "every put once, in order");
+        assert!(batches(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn a_prefix_range_ends_after_its_last_key() {
+        assert_eq!(prefix_end(b"/axon/table/sites/"), b"/axon/table/sites0");
+        assert_eq!(prefix_end(b"a\xff\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), b"\0");
     }
 }

@@ -301,3 +301,91 @@ async fn a_new_leader_takes_over_within_the_lease_and_no_agent_goes_back() {
     assert!(epochs >= 2, "the agents saw {epochs} epoch(s)");
     Arc::try_unwrap(mesh).ok().unwrap().into_inner().shutdown().await;
 }
+
+/// A site's update as a mesh of `n` sites would send it: a row per destination, most of them
+/// relayed, with a backup and a reason, and every site's name for validation.
+fn big_update(n: usize, me: usize, id: topology::TableId) -> pb::RouteUpdate {
+    let name = |i: usize| format!("provider-region-{i:04}");
+    let path = |sites: Vec<String>| pb::RoutePath {
+        sites,
+        cost_ms: 123.456_789,
+        mos: 4.21,
+        r_factor: 86.5,
+    };
+    pb::RouteUpdate {
+        version: Some(pb::TableVersion {
+            epoch: id.epoch.0,
+            version: id.version.0,
+        }),
+        nonce: String::new(),
+        site: name(me),
+        computed_unix_ms: 1_700_000_000_000,
+        rows: (0..n)
+            .filter(|&d| d != me)
+            .map(|d| {
+                let relay = name((d + 1) % n);
+                pb::RouteRow {
+                    dst: name(d),
+                    primary: Some(path(vec![name(me), relay.clone(), name(d)])),
+                    backup: Some(path(vec![name(me), name((d + 2) % n), name(d)])),
+                    backup_disjoint: true,
+                    reason: "relayed: 12.3 ms cheaper than the direct link".into(),
+                }
+            })
+            .collect(),
+        drains: Vec::new(),
+        drained_sites: Vec::new(),
+        known_sites: (0..n).map(name).collect(),
+        max_relays: 2,
+    }
+}
+
+/// A table of 500 sites (DESIGN's example of a large mesh) goes through etcd whole, within
+/// its default request limit (1.5 MiB), and a follower reads it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_of_500_sites_goes_through_etcd_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = LocalEtcd::start(dir.path()).await.unwrap();
+    let store = controller::StoreConfig {
+        kind: "etcd".into(),
+        etcd_endpoints: vec![etcd.url.clone()],
+        ..Default::default()
+    };
+    let e = Etcd::connect(&store).await.unwrap();
+    // Leadership through etcd's election API, as `campaign` takes it.
+    let lease = e.grant(Duration::from_secs(30)).await.unwrap();
+    let fence = e.elect("http://127.0.0.1:1", lease).await.unwrap();
+    let id = topology::TableId {
+        epoch: topology::Epoch(fence.epoch()),
+        version: topology::Version(7),
+    };
+    let n = 500;
+    let encoded: std::collections::HashMap<topology::SiteId, bytes::Bytes> = (0..n)
+        .map(|i| {
+            let u = big_update(n, i, id);
+            (
+                topology::SiteId::new(u.site.clone()).unwrap(),
+                proto::wire::EncodedRouteUpdate::encode_shared(&u),
+            )
+        })
+        .collect();
+    let bytes: usize = encoded.values().map(bytes::Bytes::len).sum();
+    println!(
+        "{n} sites: {} KB per site, {} MB per table",
+        bytes / n / 1024,
+        bytes >> 20
+    );
+    e.publish(
+        &fence,
+        &Default::default(),
+        &serde_json::Value::Null,
+        id,
+        &encoded,
+    )
+    .await
+    .unwrap();
+    let read = e.read_published(None).await.unwrap().expect("the table, whole");
+    assert_eq!(read.id, id);
+    assert_eq!(read.encoded.len(), n);
+    assert!(read.encoded.iter().all(|(s, b)| encoded[s] == *b));
+}
