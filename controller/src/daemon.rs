@@ -107,6 +107,10 @@ pub struct Shared {
     pub warmup: Duration,
     /// How often the leader compacts etcd's history (etcd only; none: never).
     pub compact_every: Option<Duration>,
+    /// The last table this replica wrote to etcd whole or in part, while the keys there are
+    /// known to be its (none after a failed write, and at first): the next table writes only
+    /// the sites whose rows changed since it.
+    pub etcd_written: Mutex<Option<TableId>>,
     /// Held across a computation and its publication, so tables are persisted in order.
     pub publishing: Mutex<()>,
     /// The pairs each published table moved (`axonctl changes`).
@@ -350,13 +354,51 @@ impl Shared {
         }
         let id = c.table.id();
         drop(core);
+        // A site none of whose paths moved keeps the update of the table that last moved one
+        // (its costs and reasons too), stamped with this table's id: the update is the same
+        // on every replica, and only the sites that moved are written to etcd again.
+        let base = self.published.borrow().clone();
+        let computed_ms = c.table.computed_at_ms();
+        let mut moved: std::collections::HashSet<SiteId> = std::collections::HashSet::new();
+        for (site, u) in &mut updates {
+            match base
+                .as_ref()
+                .filter(|b| b.id.epoch == id.epoch)
+                .and_then(|b| b.updates.get(site))
+            {
+                Some(old) if same_paths(old, u) => *u = restamp(old, id, computed_ms),
+                _ => {
+                    moved.insert(site.clone());
+                }
+            }
+        }
         let encoded = updates
             .iter()
             .map(|(s, u)| (s.clone(), proto::wire::EncodedRouteUpdate::encode_shared(u)))
             .collect();
+        let mut sites_written = None;
         match &self.etcd {
-            Some(etcd) => tokio::runtime::Handle::current()
-                .block_on(etcd.publish(&fence, &snapshot, &routing, id, &encoded))?,
+            Some(etcd) => {
+                let mut written = self.etcd_written.lock().unwrap_or_else(|e| e.into_inner());
+                // When etcd holds this leadership's last table, only the sites that moved.
+                let only = base
+                    .as_ref()
+                    .filter(|b| Some(b.id) == *written && b.id.epoch == id.epoch)
+                    .map(|_| &moved);
+                let r = tokio::runtime::Handle::current().block_on(etcd.publish(
+                    &fence,
+                    &snapshot,
+                    &routing,
+                    id,
+                    computed_ms,
+                    &encoded,
+                    only,
+                ));
+                *written = r.as_ref().ok().map(|_| id);
+                let n = r?;
+                self.metrics.etcd_site_writes.inc_by(n as u64);
+                sites_written = Some(n);
+            }
             None => self.store.save(&snapshot)?,
         }
         self.metrics.table_version.set(id.version.0 as i64);
@@ -380,6 +422,7 @@ impl Shared {
             version = id.version.0,
             primary_changes = primary,
             backup_only_changes = backup,
+            etcd_sites_written = sites_written,
             "route table published"
         );
         self.refresh_agent_gauges();
@@ -502,6 +545,7 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
         etcd: etcd.clone(),
         warmup: Duration::from_millis(cfg.store.leader_warmup_ms),
         compact_every: (cfg.store.etcd_compact_s > 0).then(|| Duration::from_secs(cfg.store.etcd_compact_s)),
+        etcd_written: Mutex::new(None),
         publishing: Mutex::new(()),
         journal: Mutex::new(journal),
         config_drift: Mutex::new(Vec::new()),
@@ -608,6 +652,38 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 /// at its handshake (a reload swaps it: rotated certificates serve the next connections,
 /// and those already up go on). Each handshake runs on its own task, so a slow or silent
 /// client holds up no other.
+/// Whether two updates of a site route every destination the same way (same primary and
+/// backup paths) under the same drains and inventory, whatever their costs and tables.
+fn same_paths(a: &pb::RouteUpdate, b: &pb::RouteUpdate) -> bool {
+    fn sites(p: &Option<pb::RoutePath>) -> &[String] {
+        p.as_ref().map_or(&[], |p| p.sites.as_slice())
+    }
+    a.site == b.site
+        && a.drains == b.drains
+        && a.drained_sites == b.drained_sites
+        && a.known_sites == b.known_sites
+        && a.max_relays == b.max_relays
+        && a.rows.len() == b.rows.len()
+        && a.rows.iter().zip(&b.rows).all(|(x, y)| {
+            x.dst == y.dst
+                && x.backup_disjoint == y.backup_disjoint
+                && sites(&x.primary) == sites(&y.primary)
+                && sites(&x.backup) == sites(&y.backup)
+        })
+}
+
+/// `u` stamped with another table's id and time.
+fn restamp(u: &pb::RouteUpdate, id: TableId, computed_ms: u64) -> pb::RouteUpdate {
+    pb::RouteUpdate {
+        version: Some(pb::TableVersion {
+            epoch: id.epoch.0,
+            version: id.version.0,
+        }),
+        computed_unix_ms: computed_ms,
+        ..u.clone()
+    }
+}
+
 /// Serves gRPC on the connections `incoming` yields (plaintext, or already through TLS)
 /// until `stop`.
 async fn serve_grpc<I, IO, IE>(

@@ -67,6 +67,9 @@ pub struct Metrics {
     /// Compactions of etcd's history by the leader (`store.etcd_compact_s`), by result:
     /// done or failed.
     pub etcd_compactions: IntCounterVec,
+    /// Sites' keys the leader wrote to etcd: only the sites a table moved, after the first
+    /// table of a leadership.
+    pub etcd_site_writes: IntCounter,
 }
 
 impl Metrics {
@@ -255,6 +258,13 @@ impl Metrics {
                         "Compactions of etcd's history by the leader, by result: done or failed.",
                     ),
                     &["result"],
+                ),
+            ),
+            etcd_site_writes: register(
+                r,
+                IntCounter::new(
+                    "axon_controller_etcd_site_writes_total",
+                    "Sites' route keys the leader wrote to etcd (only the sites a table moved, after a leadership's first table).",
                 ),
             ),
             registry,

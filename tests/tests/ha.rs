@@ -73,6 +73,11 @@ async fn a_new_leader_takes_over_within_the_lease_and_no_agent_goes_back() {
     // c → b blackholed: the leader moves a → b off c, and every follower's journal lists
     // the move, read back from the per-site rows in etcd (and a follower answers `Changes`
     // itself).
+    let leader = mesh.running().find(|(i, _)| *i == first).unwrap().1;
+    let (writes, version) = (
+        leader.shared.metrics.etcd_site_writes.get(),
+        leader.shared.metrics.table_version.get(),
+    );
     mesh.blackhole("c", "b", true);
     for (i, c) in mesh.running().filter(|(i, _)| *i != first) {
         eventually(
@@ -90,6 +95,14 @@ async fn a_new_leader_takes_over_within_the_lease_and_no_agent_goes_back() {
         (mesh.primary("a", "b").await? == ["a", "c", "b"]).then_some(())
     })
     .await;
+    // Those tables wrote only the sites they moved to etcd, not all four each time.
+    let tables = leader.shared.metrics.table_version.get() - version;
+    let written = leader.shared.metrics.etcd_site_writes.get() - writes;
+    assert!(tables >= 2, "{tables} tables");
+    assert!(
+        written < 4 * tables as u64,
+        "{written} site keys for {tables} tables of 4 sites"
+    );
 
     // A follower reloaded with other hysteresis says its routes would differ from the
     // leader's, in its status and its metrics; reloaded back, it agrees again.
@@ -285,7 +298,9 @@ async fn a_new_leader_takes_over_within_the_lease_and_no_agent_goes_back() {
             &Default::default(),
             &serde_json::Value::Null,
             id,
+            0,
             &Default::default(),
+            None,
         )
         .await;
     assert!(matches!(r, Err(ControllerError::Fenced)), "{r:?}");
@@ -375,17 +390,116 @@ async fn a_table_of_500_sites_goes_through_etcd_whole() {
         bytes / n / 1024,
         bytes >> 20
     );
-    e.publish(
-        &fence,
-        &Default::default(),
-        &serde_json::Value::Null,
-        id,
-        &encoded,
-    )
-    .await
-    .unwrap();
-    let read = e.read_published(None).await.unwrap().expect("the table, whole");
+    let written = e
+        .publish(
+            &fence,
+            &Default::default(),
+            &serde_json::Value::Null,
+            id,
+            1_700_000_000_000,
+            &encoded,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(written, n);
+    let mut cache = controller::ha::SiteCache::default();
+    let read = e
+        .read_published(None, &mut cache)
+        .await
+        .unwrap()
+        .expect("the table, whole");
     assert_eq!(read.id, id);
     assert_eq!(read.encoded.len(), n);
     assert!(read.encoded.iter().all(|(s, b)| encoded[s] == *b));
+
+    // The next table moves two sites' paths: only they are written, and a reader gets every
+    // site stamped with the new table (the others' rows as they were).
+    let next = topology::TableId {
+        version: topology::Version(8),
+        ..id
+    };
+    let mut moved = std::collections::HashSet::new();
+    let mut all = std::collections::HashMap::new();
+    for i in 0..n {
+        let mut u = big_update(n, i, next);
+        u.computed_unix_ms = 2_000;
+        if i < 2 {
+            u.rows[0].reason = "switched: the path in use lost a link or a relay".into();
+            moved.insert(topology::SiteId::new(u.site.clone()).unwrap());
+        }
+        all.insert(topology::SiteId::new(u.site.clone()).unwrap(), u);
+    }
+    let next_encoded: std::collections::HashMap<_, _> = all
+        .iter()
+        .map(|(s, u)| (s.clone(), proto::wire::EncodedRouteUpdate::encode_shared(u)))
+        .collect();
+    let started = Instant::now();
+    let written = e
+        .publish(
+            &fence,
+            &Default::default(),
+            &serde_json::Value::Null,
+            next,
+            2_000,
+            &next_encoded,
+            Some(&moved),
+        )
+        .await
+        .unwrap();
+    println!("a table moving 2 of {n} sites written in {:?}", started.elapsed());
+    assert_eq!(written, 2);
+    let read = e
+        .read_published(Some(id), &mut cache)
+        .await
+        .unwrap()
+        .expect("the next table, whole");
+    assert_eq!(read.id, next);
+    assert_eq!(read.updates.len(), n);
+    for (site, u) in &read.updates {
+        assert_eq!(u, &all[site], "{site}: as the leader holds it");
+        assert_eq!(read.encoded[site], next_encoded[site]);
+    }
+    // A reader that starts afresh reads the same.
+    let fresh = e
+        .read_published(None, &mut controller::ha::SiteCache::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fresh.updates, read.updates);
+
+    // A leader cut off after writing a site of the next table, before its id: not whole.
+    let cut = topology::TableId {
+        version: topology::Version(9),
+        ..id
+    };
+    let one: std::collections::HashSet<_> = moved.iter().take(1).cloned().collect();
+    let partial: std::collections::HashMap<_, _> = all
+        .iter()
+        .filter(|(s, _)| one.contains(*s))
+        .map(|(s, u)| {
+            let mut u = u.clone();
+            u.version = Some(pb::TableVersion {
+                epoch: cut.epoch.0,
+                version: cut.version.0,
+            });
+            (s.clone(), proto::wire::EncodedRouteUpdate::encode_shared(&u))
+        })
+        .collect();
+    let mut client = etcd_client::Client::connect([etcd.url.as_str()], None)
+        .await
+        .unwrap();
+    for (site, bytes) in &partial {
+        client
+            .put(format!("/axon/table/sites/{site}"), bytes.to_vec(), None)
+            .await
+            .unwrap();
+    }
+    assert!(
+        e.read_published(None, &mut controller::ha::SiteCache::default())
+            .await
+            .unwrap()
+            .is_none(),
+        "a site newer than the table's id"
+    );
 }
