@@ -468,6 +468,32 @@ async fn a_table_of_500_sites_goes_through_etcd_whole() {
         .unwrap();
     assert_eq!(fresh.updates, read.updates);
 
+    // A site removed from the inventory under an earlier leadership leaves its key behind:
+    // left out, and the table is still served.
+    let mut client = etcd_client::Client::connect([etcd.url.as_str()], None)
+        .await
+        .unwrap();
+    let mut gone = big_update(n, 0, next);
+    gone.site = "gone-site".into();
+    gone.version = Some(pb::TableVersion {
+        epoch: 0,
+        version: 99,
+    });
+    client
+        .put(
+            "/axon/table/sites/gone-site",
+            proto::wire::EncodedRouteUpdate::encode_shared(&gone).to_vec(),
+            None,
+        )
+        .await
+        .unwrap();
+    let served = e
+        .read_published(None, &mut controller::ha::SiteCache::default())
+        .await
+        .unwrap()
+        .expect("whole despite the leftover key");
+    assert_eq!(served.updates.len(), n);
+
     // A leader cut off after writing a site of the next table, before its id: not whole.
     let cut = topology::TableId {
         version: topology::Version(9),
@@ -486,9 +512,6 @@ async fn a_table_of_500_sites_goes_through_etcd_whole() {
             (s.clone(), proto::wire::EncodedRouteUpdate::encode_shared(&u))
         })
         .collect();
-    let mut client = etcd_client::Client::connect([etcd.url.as_str()], None)
-        .await
-        .unwrap();
     for (site, bytes) in &partial {
         client
             .put(format!("/axon/table/sites/{site}"), bytes.to_vec(), None)
