@@ -302,7 +302,14 @@ async fn a_first_loss_on_a_clean_link_brings_a_burst_of_evidence_and_then_calm()
         (calm >= 3).then_some(())
     })
     .await;
-    assert_eq!(bursts(), 0, "a clean link burst");
+    // Nothing is injected; a burst may only follow a probe lost all the same (a datagram
+    // dropped by a starved host: seen once in a full workspace run on two busy cores).
+    let lost = a.metrics.lost.with_label_values(&["b"]).get();
+    assert!(
+        bursts() == 0 || lost > 0,
+        "a clean link burst ({} bursts) with no probe lost",
+        bursts()
+    );
     // A brown-out: the first miss starts a burst, and windows carry several times the probes.
     pipe.set(
         Way::Forward,
