@@ -111,6 +111,9 @@ pub struct Shared {
     /// known to be its (none after a failed write, and at first): the next table writes only
     /// the sites whose rows changed since it.
     pub etcd_written: Mutex<Option<TableId>>,
+    /// The routing configuration this replica last wrote to etcd with a table: written again
+    /// only when it differs (or with a table written whole).
+    pub etcd_routing: Mutex<Option<serde_json::Value>>,
     /// Held across a computation and its publication, so tables are persisted in order.
     pub publishing: Mutex<()>,
     /// The pairs each published table moved (`axonctl changes`).
@@ -385,16 +388,20 @@ impl Shared {
                     .as_ref()
                     .filter(|b| Some(b.id) == *written && b.id.epoch == id.epoch)
                     .map(|_| &moved);
+                let mut last_routing = self.etcd_routing.lock().unwrap_or_else(|e| e.into_inner());
+                let new_routing =
+                    (only.is_none() || last_routing.as_ref() != Some(&routing)).then_some(&routing);
                 let r = tokio::runtime::Handle::current().block_on(etcd.publish(
                     &fence,
                     &snapshot,
-                    &routing,
+                    new_routing,
                     id,
                     computed_ms,
                     &encoded,
                     only,
                 ));
                 *written = r.as_ref().ok().map(|_| id);
+                *last_routing = r.as_ref().ok().map(|_| routing.clone());
                 let n = r?;
                 self.metrics.etcd_site_writes.inc_by(n as u64);
                 sites_written = Some(n);
@@ -546,6 +553,7 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
         warmup: Duration::from_millis(cfg.store.leader_warmup_ms),
         compact_every: (cfg.store.etcd_compact_s > 0).then(|| Duration::from_secs(cfg.store.etcd_compact_s)),
         etcd_written: Mutex::new(None),
+        etcd_routing: Mutex::new(None),
         publishing: Mutex::new(()),
         journal: Mutex::new(journal),
         config_drift: Mutex::new(Vec::new()),

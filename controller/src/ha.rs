@@ -147,7 +147,7 @@ impl Etcd {
 
     /// Writes a table (each site's encoded update, then its id), the state that goes with it
     /// and the routing configuration that computed it (for the followers to compare with
-    /// their own), fenced by `fence`. With `only`, just those sites' keys are written: the
+    /// their own; `None` when it is the one already written), fenced by `fence`. With `only`, just those sites' keys are written: the
     /// others hold updates whose rows this table did not change (written by an earlier table
     /// of the same leadership, which readers re-stamp with this table's id; see
     /// [`Etcd::read_published`]). Returns how many sites were written.
@@ -156,7 +156,7 @@ impl Etcd {
         &self,
         fence: &Fence,
         state: &Snapshot,
-        routing: &serde_json::Value,
+        routing: Option<&serde_json::Value>,
         id: TableId,
         computed_ms: u64,
         encoded: &HashMap<SiteId, Bytes>,
@@ -170,8 +170,10 @@ impl Etcd {
         let sites = puts.len();
         let state = serde_json::to_vec(state).map_err(|e| store_err("state", e))?;
         puts.push((self.key("state"), state));
-        let routing = serde_json::to_vec(routing).map_err(|e| store_err("config", e))?;
-        puts.push((self.key("config"), routing));
+        if let Some(routing) = routing {
+            let routing = serde_json::to_vec(routing).map_err(|e| store_err("config", e))?;
+            puts.push((self.key("config"), routing));
+        }
         let mut batches: Vec<Vec<TxnOp>> = batches(puts)
             .into_iter()
             .map(|b| b.into_iter().map(|(k, v)| TxnOp::put(k, v, None)).collect())
@@ -356,18 +358,39 @@ impl Etcd {
         }
     }
 
-    /// The routing configuration the leader last published with (see [`Etcd::publish`]).
-    pub async fn read_config(&self) -> Result<Option<serde_json::Value>, ControllerError> {
-        let r = self
-            .client
-            .kv_client()
-            .get(self.key("config"), None)
+    /// The routing configuration the leader last published with (see [`Etcd::publish`]),
+    /// read only when it was written since `seen` last held it (a follower asks every 2 s;
+    /// at 1,000 sites the configuration is some 100 KB).
+    pub async fn read_config(
+        &self,
+        seen: &mut Option<(i64, serde_json::Value)>,
+    ) -> Result<Option<serde_json::Value>, ControllerError> {
+        let mut kv = self.client.kv_client();
+        let key = self.key("config");
+        let r = kv
+            .get(key.clone(), Some(GetOptions::new().with_keys_only()))
             .await
             .map_err(|e| store_err("get config", e))?;
-        r.kvs()
-            .first()
-            .map(|kv| serde_json::from_slice(kv.value()).map_err(|e| store_err("config", e)))
-            .transpose()
+        let Some(rev) = r.kvs().first().map(etcd_client::KeyValue::mod_revision) else {
+            *seen = None;
+            return Ok(None);
+        };
+        if let Some((at, value)) = seen.as_ref()
+            && *at == rev
+        {
+            return Ok(Some(value.clone()));
+        }
+        let r = kv
+            .get(key, Some(GetOptions::new().with_revision(rev)))
+            .await
+            .map_err(|e| store_err("get config", e))?;
+        let Some(item) = r.kvs().first() else {
+            return Ok(None);
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(item.value()).map_err(|e| store_err("config", e))?;
+        *seen = Some((item.mod_revision(), value.clone()));
+        Ok(Some(value))
     }
 
     /// A lease of `ttl`, for [`Etcd::elect`]: leadership ends when it is no longer renewed.
@@ -652,6 +675,7 @@ pub async fn follow(shared: Arc<Shared>, etcd: Etcd, cancel: CancellationToken) 
     let mut leadership = shared.leadership.subscribe();
     let mut watch = None;
     let mut cache = SiteCache::default();
+    let mut leader_config = None;
     loop {
         if leadership.borrow().is_leader() {
             watch = None;
@@ -698,7 +722,7 @@ pub async fn follow(shared: Arc<Shared>, etcd: Etcd, cancel: CancellationToken) 
             Ok(_) => {}
             Err(e) => warn!(error = %e, "etcd: cannot read the published table"),
         }
-        match etcd.read_config().await {
+        match etcd.read_config(&mut leader_config).await {
             Ok(Some(leader)) if !leadership.borrow().is_leader() => {
                 let differs = shared.core().config().differs_from(&leader);
                 shared.set_config_drift(differs);
