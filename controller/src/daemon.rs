@@ -311,8 +311,23 @@ impl Shared {
     /// Computes now and publishes a new table if it changed; persists the version counter and
     /// drains first (in etcd, fenced: a replica that no longer leads publishes nothing). Only
     /// the leader computes, and a new leader only once it has gathered reports for `warmup`.
-    /// Runs on a blocking thread (etcd writes are waited for here).
+    /// Runs on a blocking thread (etcd writes are waited for here). A table the store
+    /// refused is counted, and published by the next computation that can write it, even
+    /// if nothing changed since.
     pub fn compute_and_publish(&self) -> Result<bool, ControllerError> {
+        let r = self.try_compute_and_publish();
+        if let Err(e) = &r {
+            let reason = match e {
+                ControllerError::Store(_) => "store",
+                ControllerError::Fenced => "fenced",
+                _ => "other",
+            };
+            self.metrics.publish_failures.with_label_values(&[reason]).inc();
+        }
+        r
+    }
+
+    fn try_compute_and_publish(&self) -> Result<bool, ControllerError> {
         let _order = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
         let lead = self.leadership.borrow().clone();
         let Some(fence) = lead.fence else {
@@ -342,7 +357,9 @@ impl Shared {
                 .observe_mesh(&world.links.health_counts(), summary.as_ref(), &sites);
         }
         let current = self.published.borrow().as_ref().map(|p| p.id);
-        if !c.changed && current.is_some_and(|id| id.epoch == c.table.id().epoch) {
+        // Nothing new to publish only when the table in force is the one published: a table
+        // the store refused before is still to go out.
+        if !c.changed && current == Some(c.table.id()) {
             return Ok(false);
         }
         let snapshot = core.snapshot();

@@ -70,6 +70,10 @@ pub struct Metrics {
     /// Sites' keys the leader wrote to etcd: only the sites a table moved, after the first
     /// table of a leadership.
     pub etcd_site_writes: IntCounter,
+    /// Tables computed but not published, by reason: `store` (the snapshot or etcd refused
+    /// the write; agents keep the table before), `fenced` (this replica no longer leads),
+    /// `other`.
+    pub publish_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -260,6 +264,16 @@ impl Metrics {
                     &["result"],
                 ),
             ),
+            publish_failures: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "axon_controller_publish_failures_total",
+                        "Tables computed but not published, by reason: store (the store refused the write), fenced (no longer the leader), other.",
+                    ),
+                    &["reason"],
+                ),
+            ),
             etcd_site_writes: register(
                 r,
                 IntCounter::new(
@@ -291,6 +305,9 @@ impl Metrics {
         }
         for r in ["done", "failed"] {
             m.etcd_compactions.with_label_values(&[r]);
+        }
+        for r in ["store", "fenced", "other"] {
+            m.publish_failures.with_label_values(&[r]);
         }
         m
     }

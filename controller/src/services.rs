@@ -314,7 +314,14 @@ async fn publish(shared: &Arc<Shared>) -> Result<(), Status> {
     tokio::task::spawn_blocking(move || s.compute_and_publish())
         .await
         .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::internal(e.to_string()))?;
+        .map_err(|e| match e {
+            // The change itself was taken (the core holds it): say so, rather than leave the
+            // operator to think it was refused.
+            ControllerError::Store(_) => Status::unavailable(format!(
+                "the change is in force on this controller, but its table could not be stored ({e}); it is published as soon as the store takes writes again"
+            )),
+            e => Status::internal(e.to_string()),
+        })?;
     Ok(())
 }
 
@@ -659,11 +666,7 @@ impl pb::admin_server::Admin for Services {
         self.0.core().undrain(&target).map_err(topology_status)?;
         info!(target = %target, author = %author(proven, &req.author), "undrained");
         self.0.core().invalidate();
-        let s = self.0.clone();
-        tokio::task::spawn_blocking(move || s.compute_and_publish())
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(e.to_string()))?;
+        publish(&self.0).await?;
         Ok(Response::new(pb::UndrainReply {
             version: table_version(&self.0),
         }))

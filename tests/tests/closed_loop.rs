@@ -338,3 +338,62 @@ async fn the_loop_relays_reroutes_drains_and_survives_the_control_plane() {
     mesh.controller = Some(c);
     mesh.shutdown().await;
 }
+
+/// The store refuses a write (its directory replaced by a file, as a failed disk would refuse
+/// it): the table is
+/// not published, the failure is counted, and once the store takes writes again the same
+/// table goes out without waiting for another change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_the_store_refused_is_published_once_the_store_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let snapshot = state.join("controller.json");
+    let c = controller::start(mesh::controller_config(&four_sites(), Some(snapshot.clone())))
+        .await
+        .unwrap();
+    let mut admin = AdminClient::connect(endpoint(&c)).await.unwrap();
+    let version = async |admin: &mut AdminClient<tonic::transport::Channel>| {
+        let s = admin.status(pb::StatusRequest {}).await.unwrap().into_inner();
+        s.table.map(|t| (t.epoch, t.version))
+    };
+    let before = version(&mut admin).await.expect("a first table");
+
+    std::fs::remove_dir_all(&state).unwrap();
+    std::fs::write(&state, "not a directory").unwrap();
+    let refused = admin
+        .drain(pb::DrainRequest {
+            kind: "region".into(),
+            name: "r3".into(),
+            reason: "maintenance".into(),
+            ..Default::default()
+        })
+        .await;
+    let e = refused.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(
+        e.message().contains("in force on this controller")
+            && e.message()
+                .contains("published as soon as the store takes writes"),
+        "{e:?}"
+    );
+    let failures = c
+        .shared
+        .metrics
+        .publish_failures
+        .with_label_values(&["store"])
+        .get();
+    assert!(failures >= 1, "{failures} store failures counted");
+    assert_eq!(version(&mut admin).await, Some(before), "nothing published");
+
+    std::fs::remove_file(&state).unwrap();
+    std::fs::create_dir(&state).unwrap();
+    eventually(Duration::from_secs(30), "the drain's table published", || async {
+        let mut admin = AdminClient::connect(endpoint(&c)).await.ok()?;
+        (version(&mut admin).await? > before).then_some(())
+    })
+    .await;
+    let saved = std::fs::read_to_string(&snapshot).unwrap();
+    assert!(saved.contains("maintenance"), "{saved}");
+    c.shutdown().await;
+}
