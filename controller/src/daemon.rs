@@ -109,7 +109,7 @@ pub struct Shared {
     pub compact_every: Option<Duration>,
     /// The last table this replica wrote to etcd whole or in part, while the keys there are
     /// known to be its (none after a failed write, and at first): the next table writes only
-    /// the sites whose rows changed since it.
+    /// the sites whose paths it moved.
     pub etcd_written: Mutex<Option<TableId>>,
     /// The routing configuration this replica last wrote to etcd with a table: written again
     /// only when it differs (or with a table written whole).
