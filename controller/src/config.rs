@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use topology::{EngineConfig, GuardrailConfig, Inventory, LinkStateConfig, Role, Site};
+use topology::{AutoDrainConfig, EngineConfig, GuardrailConfig, Inventory, LinkStateConfig, Role, Site};
 
 use crate::error::ControllerError;
 
@@ -124,6 +124,12 @@ pub struct ControllerConfig {
     pub links: LinkStateConfig,
     /// Drain guardrails.
     pub guardrails: GuardrailConfig,
+    /// The automatic drain policy: a site whose links to most of its peers are down or
+    /// degraded at once is judged sick; `recommend` (the default) says so in `axonctl
+    /// status`, the `axon_site_sick` gauge and the `AxonSiteSick` alert, `enforce` drains it
+    /// through the guardrails (one drain per `cooldown_ms`, undone after `undrain_after_ms`
+    /// healthy), `off` judges nothing.
+    pub auto_drain: AutoDrainConfig,
     /// State that survives restarts.
     pub store: StoreConfig,
     /// TLS for every gRPC connection, with client certificates verified against `ca` (see
@@ -141,10 +147,11 @@ pub struct ControllerConfig {
 /// what the replicas of one mesh must agree on. The leader's decide the mesh's routes, and
 /// the replica that takes over decides with its own, so a difference shows up as routes that
 /// move on a change of leader.
-pub const ROUTING_SECTIONS: [&str; 6] = [
+pub const ROUTING_SECTIONS: [&str; 7] = [
     "engine",
     "links",
     "guardrails",
+    "auto_drain",
     "max_future_ms",
     "tick_ms",
     "sites",
@@ -187,6 +194,7 @@ impl Default for ControllerConfig {
             engine: EngineConfig::default(),
             links: LinkStateConfig::default(),
             guardrails: GuardrailConfig::default(),
+            auto_drain: AutoDrainConfig::default(),
             store: StoreConfig::default(),
             tls: None,
             operator_tokens: Vec::new(),
@@ -275,6 +283,9 @@ impl ControllerConfig {
         self.engine
             .validate()
             .map_err(|e| ControllerError::Config(format!("engine: {e}")))?;
+        self.auto_drain
+            .validate()
+            .map_err(|e| ControllerError::Config(format!("auto_drain: {e}")))?;
         crate::auth::Auth::new(self.tls.is_some(), &self.operator_tokens)?;
         let mut sites = Vec::with_capacity(self.sites.len());
         for s in &self.sites {

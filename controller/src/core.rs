@@ -8,10 +8,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use proto::v1 as pb;
+use topology::drain::{AutoAction, SiteHealth};
 use topology::{
-    AutoDrainConfig, Computation, Drain, DrainRequest, DrainSet, DrainTarget, Epoch, Inventory, LinkState,
-    LinkTable, LinkWindow, Liveness, Reason, RouteEngine, RouteEntry, RouteTable, SiteId, TimestampMs,
-    Version, World, site_health,
+    AutoDrainPolicy, Computation, Drain, DrainOrigin, DrainRequest, DrainSet, DrainTarget, Epoch, Guardrail,
+    Inventory, LinkState, LinkTable, LinkWindow, Liveness, Reason, RouteEngine, RouteEntry, RouteTable,
+    SiteId, TimestampMs, Version, World, site_health,
 };
 
 use crate::config::ControllerConfig;
@@ -77,6 +78,75 @@ pub struct Reload {
     pub memory_reset: bool,
 }
 
+/// What the automatic drain policy makes of a sick site ([`Core::sick_sites`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Nothing is done: `auto_drain.mode = off`, or a shadow site, which carries nothing
+    /// to drain.
+    Off,
+    /// `recommend`: an operator should drain it, and the guardrails would let them.
+    Recommended,
+    /// A guardrail or the cooldown holds the drain back (in `recommend`: a guardrail would
+    /// refuse it).
+    Held {
+        /// The rule.
+        rule: Guardrail,
+        /// Its explanation.
+        detail: String,
+    },
+    /// Drained: by the policy (`automatic`), or already by an operator.
+    Drained {
+        /// True when the policy's own drain holds it.
+        automatic: bool,
+    },
+}
+
+impl Verdict {
+    /// A short name for logs, metrics and `axonctl status`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Verdict::Off => "off",
+            Verdict::Recommended => "recommended",
+            Verdict::Held { .. } => "held",
+            Verdict::Drained { automatic: true } => "drained",
+            Verdict::Drained { automatic: false } => "drained_by_operator",
+        }
+    }
+
+    /// The same verdict for logging purposes: a held drain's explanation counts down the
+    /// cooldown, so only its rule is compared.
+    fn same_as(&self, other: &Verdict) -> bool {
+        match (self, other) {
+            (Verdict::Held { rule: a, .. }, Verdict::Held { rule: b, .. }) => a == b,
+            _ => self == other,
+        }
+    }
+}
+
+/// A site the automatic policy judges sick at the last computation: most of its peers' links
+/// to or from it are down or degraded at once, which points at the site, not at its links.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SickSite {
+    /// The site.
+    pub site: SiteId,
+    /// Its peers and how many of them are bad.
+    pub health: SiteHealth,
+    /// What the policy did or would do.
+    pub verdict: Verdict,
+}
+
+/// A change in the policy's view between two computations: what the daemon logs and counts
+/// (a verdict that stays the same is not repeated).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AutoEvent {
+    /// A site turned sick, or its verdict changed.
+    Judged(SickSite),
+    /// A site judged sick before is not any more.
+    Recovered(SiteId),
+    /// The policy lifted its own drain of a site that stayed healthy for `undrain_after_ms`.
+    Undrained(SiteId),
+}
+
 /// Everything the controller knows and decides.
 #[derive(Debug)]
 pub struct Core {
@@ -97,6 +167,12 @@ pub struct Core {
     reports: HashMap<(SiteId, u64), u64>,
     /// Drained sites not yet announced as unready: make before break (see [`Core::hold_unready`]).
     held_ready: Vec<SiteId>,
+    /// The automatic drain policy's memory (cooldown, healthy periods).
+    auto: AutoDrainPolicy,
+    /// Sites judged sick at the last computation.
+    sick: Vec<SickSite>,
+    /// What changed in the policy's view at the last computation.
+    auto_events: Vec<AutoEvent>,
 }
 
 impl Core {
@@ -109,6 +185,7 @@ impl Core {
         let n = inventory.len();
         let mut world = World::new(inventory);
         world.drains = DrainSet::from_drains(snapshot.drains.clone())?;
+        let auto = AutoDrainPolicy::resume(&world.drains);
         let engine = RouteEngine::new(
             cfg.engine.clone(),
             Epoch(snapshot.epoch.max(1)),
@@ -124,6 +201,9 @@ impl Core {
             table: None,
             reports: HashMap::new(),
             held_ready: Vec::new(),
+            auto,
+            sick: Vec::new(),
+            auto_events: Vec::new(),
         })
     }
 
@@ -139,6 +219,10 @@ impl Core {
         )?;
         self.table = None;
         self.held_ready.clear();
+        // The cooldown continues from the drains taken over; healthy periods start afresh.
+        self.auto = AutoDrainPolicy::resume(&self.world.drains);
+        self.sick.clear();
+        self.auto_events.clear();
         Ok(())
     }
 
@@ -173,8 +257,9 @@ impl Core {
 
     /// Takes a new configuration without a restart (`SIGHUP`): the tunables — link cost,
     /// path search and hysteresis (`engine`), link smoothing and health (`links`), drain
-    /// guardrails, `max_future_ms`, `journal_rows` — apply from the next window and the next
-    /// computation, which publishes a new version. Keys the running daemon was built around
+    /// guardrails, the automatic drain policy (`auto_drain`), `max_future_ms`,
+    /// `journal_rows` — apply from the next window and the next computation, which
+    /// publishes a new version. Keys the running daemon was built around
     /// (addresses, store, TLS, tokens, the inventory, its timers) need a restart: a file that
     /// changes any of them is refused whole, naming them, and nothing changes (the TLS files
     /// themselves are read again by [`crate::daemon::Shared::reload`]). Link states,
@@ -207,6 +292,7 @@ impl Core {
             ("engine", old.engine != new.engine),
             ("links", old.links != new.links),
             ("guardrails", old.guardrails != new.guardrails),
+            ("auto_drain", old.auto_drain != new.auto_drain),
             ("max_future_ms", old.max_future_ms != new.max_future_ms),
             ("journal_rows", old.journal_rows != new.journal_rows),
         ]
@@ -391,10 +477,106 @@ impl Core {
                 }
             }
         }
+        self.judge_sites(&links, now);
         self.world.links = Arc::new(links);
         let c = self.engine.compute(&self.world, now);
         self.table = Some(c.table.clone());
         c
+    }
+
+    /// Runs the automatic drain policy on the links about to be routed on: in `enforce` it
+    /// drains and undrains (the table computed next carries the change); in every mode it
+    /// records which sites are sick, with a verdict, and what changed since the last time.
+    /// A drained sick site is announced at once, without the wait for agents an operator's
+    /// drain makes: most of its links are already failing, and new sessions should stop
+    /// landing on it now.
+    fn judge_sites(&mut self, links: &LinkTable, now: TimestampMs) {
+        let cfg = &self.cfg.auto_drain;
+        let inv = &self.world.inventory;
+        let health = site_health(inv, links, cfg);
+        let actions = self.auto.evaluate(
+            inv,
+            &health,
+            &mut self.world.drains,
+            cfg,
+            &self.cfg.guardrails,
+            now,
+        );
+        let mut decided: HashMap<SiteId, Verdict> = HashMap::new();
+        let mut events = Vec::new();
+        for a in actions {
+            match a {
+                AutoAction::Recommended { site, .. } => {
+                    decided.insert(site, Verdict::Recommended);
+                }
+                AutoAction::Held { site, rule, detail } => {
+                    decided.insert(site, Verdict::Held { rule, detail });
+                }
+                AutoAction::Drained { site, .. } => {
+                    decided.insert(site, Verdict::Drained { automatic: true });
+                    self.engine.invalidate();
+                }
+                AutoAction::Undrained { site } => {
+                    events.push(AutoEvent::Undrained(site));
+                    self.engine.invalidate();
+                }
+            }
+        }
+        let drained = self.world.drains.drained_mask(inv);
+        let sick: Vec<SickSite> = inv
+            .sites()
+            .iter()
+            .zip(&health)
+            .zip(drained)
+            .filter(|((_, h), _)| h.sick)
+            .map(|((site, h), drained)| {
+                let verdict = decided.remove(&site.id).unwrap_or_else(|| {
+                    if drained {
+                        let target = DrainTarget::Site(site.id.clone());
+                        Verdict::Drained {
+                            automatic: self
+                                .world
+                                .drains
+                                .list()
+                                .iter()
+                                .any(|d| d.origin == DrainOrigin::Automatic && d.target == target),
+                        }
+                    } else {
+                        Verdict::Off
+                    }
+                });
+                SickSite {
+                    site: site.id.clone(),
+                    health: *h,
+                    verdict,
+                }
+            })
+            .collect();
+        for s in &sick {
+            let before = self.sick.iter().find(|o| o.site == s.site);
+            if !before.is_some_and(|o| o.verdict.same_as(&s.verdict)) {
+                events.push(AutoEvent::Judged(s.clone()));
+            }
+        }
+        for o in &self.sick {
+            if !sick.iter().any(|s| s.site == o.site) {
+                events.push(AutoEvent::Recovered(o.site.clone()));
+            }
+        }
+        self.sick = sick;
+        self.auto_events = events;
+    }
+
+    /// Sites judged sick at the last computation, in inventory order, with what the
+    /// automatic policy did or would do about each.
+    pub fn sick_sites(&self) -> &[SickSite] {
+        &self.sick
+    }
+
+    /// What changed in the policy's view at the last computation (taken once: the caller
+    /// logs and counts them).
+    pub fn take_auto_events(&mut self) -> Vec<AutoEvent> {
+        std::mem::take(&mut self.auto_events)
     }
 
     /// Makes the next computation publish a new version (drains changed).
@@ -404,11 +586,7 @@ impl Core {
 
     /// Per site: healthy enough to count for the last-healthy-site guardrail.
     pub fn site_healthy(&self) -> Vec<bool> {
-        let health = site_health(
-            &self.world.inventory,
-            &self.world.links,
-            &AutoDrainConfig::default(),
-        );
+        let health = site_health(&self.world.inventory, &self.world.links, &self.cfg.auto_drain);
         health.iter().map(|h| !h.sick).collect()
     }
 
@@ -597,20 +775,25 @@ mod tests {
         );
     }
 
+    /// Active sites of capacity 100, as (id, region).
+    fn site_configs(sites: &[(&str, &str)]) -> Vec<SiteConfig> {
+        sites
+            .iter()
+            .map(|(id, region)| SiteConfig {
+                id: (*id).into(),
+                region: (*region).into(),
+                provider: "metal".into(),
+                lat: 0.0,
+                lon: 0.0,
+                capacity: 100,
+                role: topology::Role::Active,
+            })
+            .collect()
+    }
+
     fn core() -> Core {
         let cfg = ControllerConfig {
-            sites: ["a", "b", "c"]
-                .iter()
-                .map(|s| SiteConfig {
-                    id: (*s).into(),
-                    region: format!("r-{s}"),
-                    provider: "metal".into(),
-                    lat: 0.0,
-                    lon: 0.0,
-                    capacity: 100,
-                    role: topology::Role::Active,
-                })
-                .collect(),
+            sites: site_configs(&[("a", "r-a"), ("b", "r-b"), ("c", "r-c")]),
             ..Default::default()
         };
         let inv = cfg.validate().unwrap();
@@ -845,10 +1028,11 @@ mod tests {
         let mut tuned = c.config().clone();
         tuned.engine.hysteresis.switch_after += 2;
         tuned.guardrails.max_drained_fraction = 0.4;
+        tuned.auto_drain.mode = topology::AutoMode::Enforce;
         let r = c.reconfigure(tuned.clone()).unwrap();
         assert_eq!(
             (r.changed.as_slice(), r.memory_reset),
-            (&["engine", "guardrails"][..], false)
+            (&["engine", "guardrails", "auto_drain"][..], false)
         );
         assert_eq!(c.config(), &tuned);
         let next = c.compute(now + 1_000);
@@ -948,6 +1132,177 @@ mod tests {
         assert_eq!(again.drained_sites(), vec![SiteId::new("b").unwrap()]);
         let mut again = again;
         assert!(again.compute(3_000).table.id().version > v1);
+    }
+
+    /// Five sites in three regions (`a`, `b` in r1; `c`, `d` in r2; `e` alone in r3) under
+    /// the automatic drain policy `auto`.
+    fn core_with_auto(auto: topology::AutoDrainConfig, guardrails: topology::GuardrailConfig) -> Core {
+        let cfg = ControllerConfig {
+            sites: site_configs(&[("a", "r1"), ("b", "r1"), ("c", "r2"), ("d", "r2"), ("e", "r3")]),
+            auto_drain: auto,
+            guardrails,
+            ..Default::default()
+        };
+        let inv = cfg.validate().unwrap();
+        Core::new(cfg, inv, &Snapshot::default()).unwrap()
+    }
+
+    /// One round of reports at `now`: every link up, but those of the `sick` sites, whose
+    /// ends report them down (or, with `heal`, up again).
+    fn reports(c: &mut Core, now: u64, sick: &[&str], heal: &[&str]) {
+        let ids = ["a", "b", "c", "d", "e"];
+        for x in ids {
+            let reporter = SiteId::new(x).unwrap();
+            for y in ids.iter().filter(|y| **y != x) {
+                let state = if sick.contains(&x) || sick.contains(y) {
+                    pb::LinkLiveness::Down
+                } else if heal.contains(&x) || heal.contains(y) {
+                    pb::LinkLiveness::Up
+                } else {
+                    c.window(&window(x, y, now - 100, 40.0), &reporter, now).unwrap();
+                    continue;
+                };
+                let ev = pb::LivenessEvent {
+                    from: x.into(),
+                    to: (*y).into(),
+                    state: state as i32,
+                    at_unix_ms: now,
+                    ..Default::default()
+                };
+                c.liveness(&ev, &reporter, now).unwrap();
+                if state == pb::LinkLiveness::Up {
+                    c.window(&window(x, y, now - 100, 40.0), &reporter, now).unwrap();
+                }
+            }
+        }
+    }
+
+    fn drained_in(c: &Core, table: &RouteTable, site: &str) -> Vec<String> {
+        site_update(c, table, &SiteId::new(site).unwrap(), String::new())
+            .unwrap()
+            .drained_sites
+    }
+
+    #[test]
+    fn enforce_drains_a_sick_site_at_once_and_lifts_the_drain_once_it_is_healthy() {
+        let loose = topology::GuardrailConfig {
+            min_active_regions: 1,
+            max_drained_fraction: 1.0,
+        };
+        let auto = topology::AutoDrainConfig {
+            mode: topology::AutoMode::Enforce,
+            cooldown_ms: 0,
+            undrain_after_ms: 10_000,
+            ..Default::default()
+        };
+        let mut c = core_with_auto(auto, loose);
+        let t = 1_000_000;
+        reports(&mut c, t, &[], &[]);
+        c.compute(t);
+        assert!(c.sick_sites().is_empty() && c.take_auto_events().is_empty());
+
+        reports(&mut c, t + 1_000, &["a"], &[]);
+        let table = c.compute(t + 1_000);
+        assert!(table.changed);
+        let a = SiteId::new("a").unwrap();
+        assert_eq!(c.sick_sites().len(), 1, "{:?}", c.sick_sites());
+        assert_eq!(c.sick_sites()[0].site, a);
+        assert_eq!(c.sick_sites()[0].health.bad_peers, 4);
+        assert_eq!(c.sick_sites()[0].verdict, Verdict::Drained { automatic: true });
+        assert!(matches!(&c.take_auto_events()[..], [AutoEvent::Judged(s)] if s.site == a));
+        // Drained for routing and announced in the same table.
+        assert_eq!(c.drained_sites(), vec![a.clone()]);
+        assert_eq!(drained_in(&c, &table.table, "b"), vec!["a".to_string()]);
+        let drain = &c.world().drains.list()[0];
+        assert_eq!(drain.origin, DrainOrigin::Automatic);
+        assert!(drain.reason.contains("4 of 4 peers"), "{}", drain.reason);
+
+        // Still sick: nothing new to say.
+        reports(&mut c, t + 2_000, &["a"], &[]);
+        c.compute(t + 2_000);
+        assert!(c.take_auto_events().is_empty());
+
+        // A restart keeps the drain (it is in the snapshot).
+        let mut c = Core::new(c.config().clone(), c.world().inventory.clone(), &c.snapshot()).unwrap();
+        assert_eq!(c.drained_sites(), vec![a.clone()]);
+        reports(&mut c, t + 3_000, &[], &["a"]);
+        c.compute(t + 3_000);
+        assert!(c.sick_sites().is_empty());
+        assert!(
+            c.take_auto_events().is_empty(),
+            "the restarted core had not judged a sick"
+        );
+        reports(&mut c, t + 12_000, &[], &[]);
+        c.compute(t + 12_000);
+        assert_eq!(c.drained_sites(), vec![a.clone()], "healthy for 9 s only");
+        reports(&mut c, t + 13_000, &[], &[]);
+        let table = c.compute(t + 13_000);
+        assert!(matches!(&c.take_auto_events()[..], [AutoEvent::Undrained(s)] if *s == a));
+        assert!(table.changed && c.drained_sites().is_empty());
+        assert!(drained_in(&c, &table.table, "b").is_empty());
+        assert!(c.snapshot().drains.is_empty());
+    }
+
+    #[test]
+    fn recommend_names_sick_sites_and_what_the_guardrails_say_and_drains_nothing() {
+        let guard = topology::GuardrailConfig {
+            min_active_regions: 3,
+            max_drained_fraction: 1.0,
+        };
+        let mut c = core_with_auto(topology::AutoDrainConfig::default(), guard.clone());
+        let t = 1_000_000;
+        reports(&mut c, t, &[], &[]);
+        c.compute(t);
+        reports(&mut c, t + 1_000, &["a", "e"], &[]);
+        let table = c.compute(t + 1_000);
+        let verdicts: Vec<(&str, &'static str)> = c
+            .sick_sites()
+            .iter()
+            .map(|s| (s.site.as_str(), s.verdict.label()))
+            .collect();
+        // e is its region's only site: draining it would leave two regions of three.
+        assert_eq!(verdicts, [("a", "recommended"), ("e", "held")]);
+        assert!(matches!(
+            &c.sick_sites()[1].verdict,
+            Verdict::Held {
+                rule: Guardrail::MinActiveRegions,
+                ..
+            }
+        ));
+        assert_eq!(c.take_auto_events().len(), 2);
+        assert!(c.drained_sites().is_empty());
+        assert!(drained_in(&c, &table.table, "b").is_empty());
+        // An operator drains a on the recommendation: its verdict says so, once.
+        let req = DrainRequest {
+            target: DrainTarget::Site(SiteId::new("a").unwrap()),
+            reason: "sick".into(),
+            author: "ops".into(),
+            at_ms: t + 1_500,
+            origin: DrainOrigin::Operator,
+            force: false,
+        };
+        c.drain(req, false).unwrap();
+        reports(&mut c, t + 2_000, &["a", "e"], &[]);
+        c.compute(t + 2_000);
+        assert_eq!(c.sick_sites()[0].verdict.label(), "drained_by_operator");
+        assert!(matches!(&c.take_auto_events()[..], [AutoEvent::Judged(s)] if s.site.as_str() == "a"));
+        // e recovers.
+        reports(&mut c, t + 3_000, &["a"], &["e"]);
+        c.compute(t + 3_000);
+        assert!(matches!(&c.take_auto_events()[..], [AutoEvent::Recovered(s)] if s.as_str() == "e"));
+
+        // Off judges and reports, and does nothing.
+        let off = topology::AutoDrainConfig {
+            mode: topology::AutoMode::Off,
+            ..Default::default()
+        };
+        let mut c = core_with_auto(off, guard);
+        reports(&mut c, t, &[], &[]);
+        c.compute(t);
+        reports(&mut c, t + 1_000, &["a"], &[]);
+        c.compute(t + 1_000);
+        assert_eq!(c.sick_sites()[0].verdict, Verdict::Off);
+        assert!(c.drained_sites().is_empty());
     }
 }
 

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::auth::Auth;
 use crate::config::ControllerConfig;
-use crate::core::{Core, Reload, site_update};
+use crate::core::{AutoEvent, Core, Reload, Verdict, site_update};
 use crate::error::ControllerError;
 use crate::ha::{Etcd, Leadership};
 use crate::journal::Journal;
@@ -343,14 +343,29 @@ impl Shared {
         self.metrics
             .compute_seconds
             .observe(started.elapsed().as_secs_f64());
+        let mode = core.config().auto_drain.mode;
+        for e in core.take_auto_events() {
+            log_auto_event(&e, mode);
+            self.metrics
+                .auto_drain_events
+                .with_label_values(&[auto_event_label(&e)])
+                .inc();
+        }
         {
             let world = core.world();
             let drained = core.drained_sites();
-            let sites: Vec<(String, bool)> = world
+            let sick = core.sick_sites();
+            let sites: Vec<(String, bool, bool)> = world
                 .inventory
                 .sites()
                 .iter()
-                .map(|s| (s.id.to_string(), drained.contains(&s.id)))
+                .map(|s| {
+                    (
+                        s.id.to_string(),
+                        drained.contains(&s.id),
+                        sick.iter().any(|k| k.site == s.id),
+                    )
+                })
                 .collect();
             let summary = c.changed.then(|| c.table.summary(&world.endpoint_mask()));
             self.metrics
@@ -679,6 +694,44 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 /// client holds up no other.
 /// Whether two updates of a site route every destination the same way (same primary and
 /// backup paths) under the same drains and inventory, whatever their costs and tables.
+/// The `event` label of `axon_controller_auto_drain_events_total`.
+fn auto_event_label(e: &AutoEvent) -> &'static str {
+    match e {
+        AutoEvent::Judged(s) => s.verdict.label(),
+        AutoEvent::Recovered(_) => "recovered",
+        AutoEvent::Undrained(_) => "undrained",
+    }
+}
+
+/// One line per change in the automatic drain policy's view: a site turning sick is worth a
+/// warning whatever is done about it.
+fn log_auto_event(e: &AutoEvent, mode: topology::AutoMode) {
+    match e {
+        AutoEvent::Judged(s) => {
+            let (site, peers, bad) = (&s.site, s.health.peers, s.health.bad_peers);
+            match &s.verdict {
+                Verdict::Off => {
+                    warn!(%site, peers, bad_peers = bad, ?mode, "site sick: most of its links are down or degraded")
+                }
+                Verdict::Recommended => {
+                    warn!(%site, peers, bad_peers = bad, "site sick: drain recommended (auto_drain.mode = recommend)")
+                }
+                Verdict::Held { rule, detail } => {
+                    warn!(%site, peers, bad_peers = bad, %rule, %detail, "site sick: automatic drain held back")
+                }
+                Verdict::Drained { automatic: true } => {
+                    warn!(%site, peers, bad_peers = bad, "site sick: drained automatically")
+                }
+                Verdict::Drained { automatic: false } => {
+                    info!(%site, peers, bad_peers = bad, "site sick, already drained by an operator")
+                }
+            }
+        }
+        AutoEvent::Recovered(site) => info!(%site, "site no longer sick"),
+        AutoEvent::Undrained(site) => info!(%site, "automatic drain lifted: the site stayed healthy"),
+    }
+}
+
 fn same_paths(a: &pb::RouteUpdate, b: &pb::RouteUpdate) -> bool {
     fn sites(p: &Option<pb::RoutePath>) -> &[String] {
         p.as_ref().map_or(&[], |p| p.sites.as_slice())

@@ -6,6 +6,17 @@ use prometheus::{
     GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+/// Every `event` of `axon_controller_auto_drain_events_total`, exported from the start.
+pub const AUTO_DRAIN_EVENTS: [&str; 7] = [
+    "recommended",
+    "held",
+    "drained",
+    "drained_by_operator",
+    "off",
+    "recovered",
+    "undrained",
+];
+
 /// The controller's metrics and the registry that exports them.
 #[derive(Clone)]
 pub struct Metrics {
@@ -56,6 +67,13 @@ pub struct Metrics {
     /// 1 for a drained site (operator or automatic drain, its region's included), else 0
     /// (leader only).
     pub site_drained: IntGaugeVec,
+    /// 1 while the automatic drain policy judges a site sick: most of its peers' links to or
+    /// from it down or degraded at once (leader only).
+    pub site_sick: IntGaugeVec,
+    /// Changes in the automatic drain policy's view, by event: a site judged sick with its
+    /// verdict (`recommended`, `held`, `drained`, `drained_by_operator`, `off`), `recovered`,
+    /// or `undrained` (the policy lifted its drain).
+    pub auto_drain_events: IntCounterVec,
     /// Configuration reloads (`SIGHUP`), by result: applied or refused.
     pub config_reloads: IntCounterVec,
     /// Trouble with the journal's file (`store.journal`), by kind: `write` (a recording
@@ -233,6 +251,26 @@ impl Metrics {
                     &["site"],
                 ),
             ),
+            site_sick: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "axon_site_sick",
+                        "1 while the automatic drain policy judges a site sick: most of its peers' links down or degraded at once.",
+                    ),
+                    &["site"],
+                ),
+            ),
+            auto_drain_events: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "axon_controller_auto_drain_events_total",
+                        "Changes in the automatic drain policy's view, by event: a site judged sick with its verdict (recommended, held, drained, drained_by_operator, off), recovered, undrained.",
+                    ),
+                    &["event"],
+                ),
+            ),
             config_reloads: register(
                 r,
                 IntCounterVec::new(
@@ -300,6 +338,9 @@ impl Metrics {
         for r in ["applied", "refused"] {
             m.config_reloads.with_label_values(&[r]);
         }
+        for e in AUTO_DRAIN_EVENTS {
+            m.auto_drain_events.with_label_values(&[e]);
+        }
         for k in ["write", "unreadable"] {
             m.journal_file_errors.with_label_values(&[k]);
         }
@@ -312,7 +353,8 @@ impl Metrics {
         m
     }
 
-    /// Sets the mesh gauges from a computation: links by health and drains every time; the
+    /// Sets the mesh gauges from a computation: links by health, and each site's drain and
+    /// sickness (`sites`: id, drained, sick), every time; the
     /// table's routes, and the pairs it switched, when the computation made a new table
     /// (`table`; an unchanged table counts the same, and counting it is a pass over every pair
     /// under the core's lock).
@@ -320,7 +362,7 @@ impl Metrics {
         &self,
         links: &topology::HealthCounts,
         table: Option<&topology::TableSummary>,
-        drained: &[(String, bool)],
+        sites: &[(String, bool, bool)],
     ) {
         for (health, n) in [
             ("up", links.up),
@@ -331,8 +373,11 @@ impl Metrics {
         ] {
             self.links.with_label_values(&[health]).set(gauge(n));
         }
-        for (site, d) in drained {
-            self.site_drained.with_label_values(&[site]).set(i64::from(*d));
+        for (site, drained, sick) in sites {
+            self.site_drained
+                .with_label_values(&[site])
+                .set(i64::from(*drained));
+            self.site_sick.with_label_values(&[site]).set(i64::from(*sick));
         }
         let Some(table) = table else { return };
         for (path, n) in [

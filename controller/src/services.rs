@@ -406,9 +406,28 @@ impl pb::admin_server::Admin for Services {
         let s = &self.0;
         let version = table_version(s);
         let latest = version_of(&version);
-        let (sites, health, computed, routes) = {
+        let (sites, health, computed, routes, sick_sites, auto_drain_mode) = {
             let core = s.core();
             let world = core.world();
+            let sick_sites = core
+                .sick_sites()
+                .iter()
+                .map(|k| pb::SickSite {
+                    site: k.site.to_string(),
+                    peers: k.health.peers,
+                    bad_peers: k.health.bad_peers,
+                    verdict: k.verdict.label().into(),
+                    detail: match &k.verdict {
+                        crate::core::Verdict::Held { rule, detail } => format!("{rule}: {detail}"),
+                        _ => String::new(),
+                    },
+                })
+                .collect();
+            let mode = match core.config().auto_drain.mode {
+                topology::AutoMode::Off => "off",
+                topology::AutoMode::Recommend => "recommend",
+                topology::AutoMode::Enforce => "enforce",
+            };
             let routes = core.table().map(|t| {
                 let r = t.summary(&world.endpoint_mask());
                 let n = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
@@ -424,6 +443,8 @@ impl pb::admin_server::Admin for Services {
                 world.links.health_counts(),
                 core.table().map_or(0, |t| t.computed_at_ms()),
                 routes,
+                sick_sites,
+                mode.to_string(),
             )
         };
         let count = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
@@ -461,6 +482,8 @@ impl pb::admin_server::Admin for Services {
             agents_behind: agents.len() as u32 - on_latest,
             agents,
             config_differs: s.config_drift.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            sick_sites,
+            auto_drain_mode,
         }))
     }
 

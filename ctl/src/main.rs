@@ -440,6 +440,22 @@ fn endpoint(cli: &Cli) -> Result<Endpoint, Failure> {
     Ok(ep)
 }
 
+/// One sick site in `axonctl status`: what is wrong and what the policy did or would do.
+fn sick_line(k: &pb::SickSite, mode: &str) -> String {
+    let what = match k.verdict.as_str() {
+        "recommended" => format!("drain recommended: axonctl drain site {} --reason …", k.site),
+        "held" => format!("automatic drain held back by {}", k.detail),
+        "drained" => "drained automatically; lifted once healthy".into(),
+        "drained_by_operator" => "drained by an operator".into(),
+        _ if mode == "off" => "automatic drains are off".into(),
+        _ => "nothing to drain (a shadow site)".into(),
+    };
+    format!(
+        "{}: {} of {} peers down or degraded; {what}",
+        k.site, k.bad_peers, k.peers
+    )
+}
+
 async fn run(cli: Cli) -> Result<(), Failure> {
     // Certificates are local files: no controller to reach.
     if let Command::Cert { action } = cli.command {
@@ -482,7 +498,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                            "routes": s.routes.as_ref().map(|r| json!({"direct": r.direct, "relayed": r.relayed,
                                "unreachable": r.unreachable, "unprotected": r.unprotected})),
                            "agents_latest": s.agents_latest, "agents_behind": s.agents_behind, "agents": agents,
-                           "config_differs": s.config_differs})
+                           "config_differs": s.config_differs, "auto_drain_mode": s.auto_drain_mode,
+                           "sick_sites": s.sick_sites.iter().map(|k| json!({"site": k.site, "peers": k.peers,
+                               "bad_peers": k.bad_peers, "verdict": k.verdict, "detail": k.detail})).collect::<Vec<_>>()})
                 );
             } else {
                 println!(
@@ -519,6 +537,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         "config      differs from the leader's in {}: routes would move if this replica took over",
                         s.config_differs.join(", ")
                     );
+                }
+                for k in &s.sick_sites {
+                    println!("sick        {}", sick_line(k, &s.auto_drain_mode));
                 }
                 if list {
                     println!();
@@ -1106,6 +1127,34 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sick_site_line_says_what_is_wrong_and_what_to_do() {
+        let site = |verdict: &str, detail: &str| pb::SickSite {
+            site: "eu1".into(),
+            peers: 4,
+            bad_peers: 3,
+            verdict: verdict.into(),
+            detail: detail.into(),
+        };
+        assert_eq!(
+            sick_line(&site("recommended", ""), "recommend"),
+            "eu1: 3 of 4 peers down or degraded; drain recommended: axonctl drain site eu1 --reason …"
+        );
+        assert_eq!(
+            sick_line(
+                &site("held", "min_active_regions: 2 regions would be left"),
+                "enforce"
+            ),
+            "eu1: 3 of 4 peers down or degraded; automatic drain held back by min_active_regions: 2 regions would be left"
+        );
+        assert!(
+            sick_line(&site("drained", ""), "enforce")
+                .ends_with("drained automatically; lifted once healthy")
+        );
+        assert!(sick_line(&site("off", ""), "off").ends_with("automatic drains are off"));
+        assert!(sick_line(&site("off", ""), "enforce").ends_with("(a shadow site)"));
+    }
 
     #[test]
     fn utc_turns_unix_ms_into_civil_time() {

@@ -126,19 +126,38 @@ impl Mesh {
         Mesh::start_tuned(sites, rtt, |_| {}).await
     }
 
+    /// [`Mesh::start`], with the controller's configuration passed through `tune` first.
+    pub async fn start_controlled(
+        sites: Vec<SiteSpec>,
+        rtt: impl Fn(&str, &str) -> u64,
+        tune: impl Fn(&mut ControllerConfig),
+    ) -> Mesh {
+        Mesh::start_with(sites, rtt, tune, |_| {}).await
+    }
+
     /// [`Mesh::start`], with every prober's configuration passed through `tune` first.
     pub async fn start_tuned(
         sites: Vec<SiteSpec>,
         rtt: impl Fn(&str, &str) -> u64,
         tune: impl Fn(&mut ProberConfig),
     ) -> Mesh {
+        Mesh::start_with(sites, rtt, |_| {}, tune).await
+    }
+
+    async fn start_with(
+        sites: Vec<SiteSpec>,
+        rtt: impl Fn(&str, &str) -> u64,
+        tune_controller: impl Fn(&mut ControllerConfig),
+        tune_prober: impl Fn(&mut ProberConfig),
+    ) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         let ids: Vec<&str> = sites.iter().map(|s| s.id).collect();
         generate_mesh(dir.path(), &ids).unwrap();
         let mut controller_cfg = controller_config(&sites, Some(dir.path().join("controller.json")));
         controller_cfg.store.journal = Some(dir.path().join("journal.jsonl"));
+        tune_controller(&mut controller_cfg);
         let controller = controller::start(controller_cfg.clone()).await.unwrap();
-        Mesh::around(dir, sites, rtt, vec![controller], controller_cfg, tune).await
+        Mesh::around(dir, sites, rtt, vec![controller], controller_cfg, tune_prober).await
     }
 
     /// Starts `n` controller replicas on the etcd at `etcd_url` (leases of 2 s, a new leader

@@ -397,3 +397,102 @@ async fn a_table_the_store_refused_is_published_once_the_store_is_back() {
     assert!(saved.contains("maintenance"), "{saved}");
     c.shutdown().await;
 }
+
+/// A site whose links all fail at once is the site's problem, not its links': the controller
+/// on `auto_drain.mode = enforce` drains it by itself (its agent turns unready, the others keep
+/// their paths), says so in `axonctl status` and its metrics, and lifts the drain once the
+/// site's links have stayed healthy for `undrain_after_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_that_loses_every_link_is_drained_by_the_policy_and_undrained_once_healthy() {
+    let mesh = Mesh::start_controlled(four_sites(), rtt, |c| {
+        c.auto_drain = topology::AutoDrainConfig {
+            mode: topology::AutoMode::Enforce,
+            cooldown_ms: 0,
+            undrain_after_ms: 3_000,
+            ..Default::default()
+        };
+    })
+    .await;
+    let long = Duration::from_secs(60);
+    let controller = mesh.controller.as_ref().unwrap();
+    let mut admin = AdminClient::connect(endpoint(controller)).await.unwrap();
+    eventually(long, "agent a to hold a → c → b", || async {
+        (mesh.primary("a", "b").await? == ["a", "c", "b"]).then_some(())
+    })
+    .await;
+    assert_eq!(mesh.agent_get("d", "/readyz").await.0, 200);
+
+    // d is cut off from every peer; its agent still reaches the controller.
+    for peer in ["a", "b", "c"] {
+        mesh.blackhole("d", peer, true);
+    }
+    eventually(long, "d's agent to turn unready", || async {
+        (mesh.agent_get("d", "/readyz").await.0 == 503).then_some(())
+    })
+    .await;
+    let status = admin.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.auto_drain_mode, "enforce");
+    let sick: Vec<(&str, &str)> = status
+        .sick_sites
+        .iter()
+        .map(|k| (k.site.as_str(), k.verdict.as_str()))
+        .collect();
+    assert_eq!(sick, [("d", "drained")], "{status:?}");
+    // Sick once more than half its peers are bad: two or three of three.
+    assert!(status.sick_sites[0].bad_peers >= 2, "{status:?}");
+    let drains = admin
+        .drains(pb::DrainsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .drains;
+    assert_eq!(drains.len(), 1, "{drains:?}");
+    assert_eq!(
+        (drains[0].name.as_str(), drains[0].origin.as_str()),
+        ("d", "auto")
+    );
+    assert!(
+        drains[0].reason.contains("of 3 peers down or degraded"),
+        "{drains:?}"
+    );
+    let events = |e: &str| {
+        controller
+            .shared
+            .metrics
+            .auto_drain_events
+            .with_label_values(&[e])
+            .get()
+    };
+    assert_eq!(events("drained"), 1);
+    for site in ["a", "b", "c"] {
+        assert_eq!(mesh.agent_get(site, "/readyz").await.0, 200, "{site}");
+    }
+    assert_eq!(mesh.primary("a", "b").await.unwrap(), ["a", "c", "b"]);
+
+    // The outage outlasts d's probing connections (closed after their idle timeout), so
+    // that the heal is not followed by the late close of a connection the cut left open.
+    eventually(long, "d's probing connections to time out", || async {
+        (mesh.probers["d"].open_connections() == 0).then_some(())
+    })
+    .await;
+    // Healed: judged healthy again, and after the healthy period the drain is lifted.
+    for peer in ["a", "b", "c"] {
+        mesh.blackhole("d", peer, false);
+    }
+    eventually(long, "d's agent to turn ready again", || async {
+        (mesh.agent_get("d", "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    let drains = admin
+        .drains(pb::DrainsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .drains;
+    assert!(drains.is_empty(), "{drains:?}");
+    assert!(events("recovered") >= 1);
+    assert_eq!(events("undrained"), 1);
+    let status = admin.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    assert!(status.sick_sites.is_empty(), "{status:?}");
+    mesh.shutdown().await;
+}

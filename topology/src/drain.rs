@@ -478,6 +478,26 @@ impl Default for AutoDrainConfig {
     }
 }
 
+impl AutoDrainConfig {
+    /// Refuses settings that would judge every site sick or none: `sick_fraction` must lie
+    /// in `0..1` and `min_peers` be at least 1.
+    pub fn validate(&self) -> Result<(), TopologyError> {
+        if !(0.0..1.0).contains(&self.sick_fraction) {
+            return Err(TopologyError::InvalidValue {
+                field: "sick_fraction",
+                detail: format!("{} (must be at least 0 and below 1)", self.sick_fraction),
+            });
+        }
+        if self.min_peers == 0 {
+            return Err(TopologyError::InvalidValue {
+                field: "min_peers",
+                detail: "0 (a site is judged on at least one peer)".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// What the automatic policy decided in one evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AutoAction {
@@ -519,6 +539,21 @@ pub struct AutoDrainPolicy {
 }
 
 impl AutoDrainPolicy {
+    /// The policy of a process that takes over `drains` (a restart, a new leader): the
+    /// cooldown runs from the newest automatic drain among them, so that a restart does not
+    /// allow a second drain at once; every site's healthy period starts afresh.
+    pub fn resume(drains: &DrainSet) -> Self {
+        AutoDrainPolicy {
+            last_drain_ms: drains
+                .list()
+                .iter()
+                .filter(|d| d.origin == DrainOrigin::Automatic)
+                .map(|d| d.at_ms)
+                .max(),
+            healthy_since: HashMap::new(),
+        }
+    }
+
     /// Judges every site and acts per the mode. Enforced drains go through
     /// [`DrainSet::drain`] with origin `Automatic` and are never forced.
     pub fn evaluate(
@@ -534,8 +569,10 @@ impl AutoDrainPolicy {
         if cfg.mode == AutoMode::Off {
             return actions;
         }
+        // Healthy means judged and found well: a site measured on too few peers (its links
+        // not yet reported, after a restart) neither starts nor keeps a healthy period.
         for (site, h) in inv.sites().iter().zip(health) {
-            if h.sick {
+            if h.sick || h.peers < cfg.min_peers {
                 self.healthy_since.remove(&site.id);
             } else {
                 self.healthy_since.entry(site.id.clone()).or_insert(now);

@@ -338,3 +338,128 @@ fn automation_is_held_by_guardrails_like_operators() {
     );
     assert!(set.list().is_empty());
 }
+
+#[test]
+fn a_resumed_policy_keeps_the_cooldown_of_the_drains_it_takes_over() {
+    let w = world_with_sick("eu1");
+    let cfg = AutoDrainConfig {
+        mode: AutoMode::Enforce,
+        cooldown_ms: 60_000,
+        ..Default::default()
+    };
+    let guard = loose();
+    let mut health = site_health(&w.inventory, &w.links, &cfg);
+    let mut set = DrainSet::default();
+    let mut policy = AutoDrainPolicy::default();
+    policy.evaluate(&w.inventory, &health, &mut set, &cfg, &guard, 10_000);
+    assert_eq!(set.list().len(), 1);
+    // A new process (a restart, a new leader) takes the drains over: a second sick site
+    // within the cooldown of the first drain is held, as it would have been before.
+    health[0].sick = true;
+    let mut resumed = AutoDrainPolicy::resume(&set);
+    let acts = resumed.evaluate(&w.inventory, &health, &mut set, &cfg, &guard, 20_000);
+    assert!(
+        matches!(
+            &acts[..],
+            [AutoAction::Held {
+                rule: Guardrail::AutoCooldown,
+                ..
+            }]
+        ),
+        "{acts:?}"
+    );
+    // Operator drains do not start a cooldown.
+    let mut operator_only = DrainSet::default();
+    operator_only
+        .drain(&w.inventory, &[true; 5], &guard, req(site("us2")))
+        .unwrap();
+    let acts = AutoDrainPolicy::resume(&operator_only).evaluate(
+        &w.inventory,
+        &health,
+        &mut operator_only,
+        &cfg,
+        &guard,
+        20_000,
+    );
+    assert!(
+        acts.iter().any(|a| matches!(a, AutoAction::Drained { .. })),
+        "{acts:?}"
+    );
+}
+
+#[test]
+fn a_site_judged_on_too_few_peers_does_not_count_as_healthy() {
+    let w = world_with_sick("eu1");
+    let cfg = AutoDrainConfig {
+        mode: AutoMode::Enforce,
+        cooldown_ms: 0,
+        undrain_after_ms: 60_000,
+        ..Default::default()
+    };
+    let guard = loose();
+    let sick = site_health(&w.inventory, &w.links, &cfg);
+    let mut set = DrainSet::default();
+    let mut policy = AutoDrainPolicy::default();
+    policy.evaluate(&w.inventory, &sick, &mut set, &cfg, &guard, 0);
+    assert_eq!(set.list().len(), 1);
+    // Its links unreported (no verdict either way) for longer than the healthy period: the
+    // drain stays.
+    let unjudged = vec![
+        SiteHealth {
+            peers: 0,
+            bad_peers: 0,
+            sick: false
+        };
+        5
+    ];
+    policy.evaluate(&w.inventory, &unjudged, &mut set, &cfg, &guard, 1_000);
+    let acts = policy.evaluate(&w.inventory, &unjudged, &mut set, &cfg, &guard, 100_000);
+    assert!(acts.is_empty(), "{acts:?}");
+    assert_eq!(set.list().len(), 1);
+    // Judged healthy, the period starts then.
+    let healed = vec![
+        SiteHealth {
+            peers: 4,
+            bad_peers: 0,
+            sick: false
+        };
+        5
+    ];
+    policy.evaluate(&w.inventory, &healed, &mut set, &cfg, &guard, 100_000);
+    assert_eq!(set.list().len(), 1);
+    let acts = policy.evaluate(&w.inventory, &healed, &mut set, &cfg, &guard, 160_000);
+    assert!(matches!(&acts[..], [AutoAction::Undrained { .. }]), "{acts:?}");
+}
+
+#[test]
+fn auto_drain_settings_that_judge_every_site_or_none_are_refused() {
+    assert!(AutoDrainConfig::default().validate().is_ok());
+    for (cfg, field) in [
+        (
+            AutoDrainConfig {
+                sick_fraction: 1.0,
+                ..Default::default()
+            },
+            "sick_fraction",
+        ),
+        (
+            AutoDrainConfig {
+                sick_fraction: -0.1,
+                ..Default::default()
+            },
+            "sick_fraction",
+        ),
+        (
+            AutoDrainConfig {
+                min_peers: 0,
+                ..Default::default()
+            },
+            "min_peers",
+        ),
+    ] {
+        match cfg.validate() {
+            Err(TopologyError::InvalidValue { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{other:?}"),
+        }
+    }
+}
