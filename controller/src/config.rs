@@ -118,6 +118,10 @@ pub struct ControllerConfig {
     /// Primary-path changes the route-change journal keeps (`axonctl changes`), oldest
     /// evicted first; about 200 bytes each. 0 turns the journal off. Default 10000.
     pub journal_rows: usize,
+    /// Drain actions the drain log keeps (`axonctl drains --history`): drains, undrains and
+    /// refused drains, operator and automatic, oldest evicted first. It is stored with the
+    /// drains (snapshot file or etcd), about 250 bytes each. Default 200.
+    pub drain_log_rows: usize,
     /// Link cost, path search and hysteresis.
     pub engine: EngineConfig,
     /// Link smoothing and health thresholds.
@@ -191,6 +195,7 @@ impl Default for ControllerConfig {
             resync_ms: 30_000,
             max_future_ms: 5_000,
             journal_rows: 10_000,
+            drain_log_rows: 200,
             engine: EngineConfig::default(),
             links: LinkStateConfig::default(),
             guardrails: GuardrailConfig::default(),
@@ -243,6 +248,12 @@ impl ControllerConfig {
         }
         if self.journal_rows > 1_000_000 {
             return bad(format!("journal_rows {} is over 1000000", self.journal_rows));
+        }
+        if self.drain_log_rows > 10_000 {
+            return bad(format!(
+                "drain_log_rows {} is over 10000 (the log is written with every table)",
+                self.drain_log_rows
+            ));
         }
         match self.store.kind.as_str() {
             "memory" => {}

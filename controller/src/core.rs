@@ -4,7 +4,7 @@
 //! decision is delegated to `topology`. Time is a parameter, so the whole controller logic is
 //! tested synchronously.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use proto::v1 as pb;
@@ -17,7 +17,7 @@ use topology::{
 
 use crate::config::ControllerConfig;
 use crate::error::ControllerError;
-use crate::store::Snapshot;
+use crate::store::{DrainAction, DrainEvent, Snapshot};
 use topology::drain::DrainImpact;
 use topology::link::Pool;
 
@@ -173,6 +173,8 @@ pub struct Core {
     sick: Vec<SickSite>,
     /// What changed in the policy's view at the last computation.
     auto_events: Vec<AutoEvent>,
+    /// The drain log, oldest first (see [`DrainEvent`]).
+    drain_log: VecDeque<DrainEvent>,
 }
 
 impl Core {
@@ -204,6 +206,7 @@ impl Core {
             auto,
             sick: Vec::new(),
             auto_events: Vec::new(),
+            drain_log: snapshot.drain_log.iter().cloned().collect(),
         })
     }
 
@@ -223,6 +226,7 @@ impl Core {
         self.auto = AutoDrainPolicy::resume(&self.world.drains);
         self.sick.clear();
         self.auto_events.clear();
+        self.drain_log = snapshot.drain_log.iter().cloned().collect();
         Ok(())
     }
 
@@ -317,6 +321,19 @@ impl Core {
             epoch: self.table.as_ref().map_or(1, |t| t.id().epoch.0),
             last_version: self.table.as_ref().map_or(0, |t| t.id().version.0),
             drains: self.world.drains.list().to_vec(),
+            drain_log: self.drain_log.iter().cloned().collect(),
+        }
+    }
+
+    /// The drain log, newest first: at most `limit` entries.
+    pub fn drain_log(&self, limit: usize) -> impl Iterator<Item = &DrainEvent> {
+        self.drain_log.iter().rev().take(limit)
+    }
+
+    fn log_drain(&mut self, event: DrainEvent) {
+        self.drain_log.push_back(event);
+        while self.drain_log.len() > self.cfg.drain_log_rows {
+            self.drain_log.pop_front();
         }
     }
 
@@ -504,6 +521,7 @@ impl Core {
         );
         let mut decided: HashMap<SiteId, Verdict> = HashMap::new();
         let mut events = Vec::new();
+        let mut logged = Vec::new();
         for a in actions {
             match a {
                 AutoAction::Recommended { site, .. } => {
@@ -513,10 +531,33 @@ impl Core {
                     decided.insert(site, Verdict::Held { rule, detail });
                 }
                 AutoAction::Drained { site, .. } => {
+                    let target = DrainTarget::Site(site.clone());
+                    if let Some(d) = self.world.drains.list().iter().find(|d| d.target == target) {
+                        logged.push(DrainEvent {
+                            at_ms: now,
+                            action: DrainAction::Drained,
+                            target,
+                            author: d.author.clone(),
+                            origin: DrainOrigin::Automatic,
+                            reason: d.reason.clone(),
+                            forced: false,
+                            detail: String::new(),
+                        });
+                    }
                     decided.insert(site, Verdict::Drained { automatic: true });
                     self.engine.invalidate();
                 }
                 AutoAction::Undrained { site } => {
+                    logged.push(DrainEvent {
+                        at_ms: now,
+                        action: DrainAction::Undrained,
+                        target: DrainTarget::Site(site.clone()),
+                        author: "auto".into(),
+                        origin: DrainOrigin::Automatic,
+                        reason: String::new(),
+                        forced: false,
+                        detail: format!("healthy for {} s", cfg.undrain_after_ms / 1_000),
+                    });
                     events.push(AutoEvent::Undrained(site));
                     self.engine.invalidate();
                 }
@@ -565,6 +606,9 @@ impl Core {
         }
         self.sick = sick;
         self.auto_events = events;
+        for e in logged {
+            self.log_drain(e);
+        }
     }
 
     /// Sites judged sick at the last computation, in inventory order, with what the
@@ -591,19 +635,66 @@ impl Core {
     }
 
     /// Checks (and unless `dry_run`, records) a drain.
+    /// A recorded drain, or one a guardrail refused, goes to the drain log.
     pub fn drain(&mut self, req: DrainRequest, dry_run: bool) -> Result<DrainImpact, ControllerError> {
         let healthy = self.site_healthy();
         let (inv, g) = (&self.world.inventory, &self.cfg.guardrails);
-        Ok(if dry_run {
-            self.world.drains.check(inv, &healthy, g, &req)?
-        } else {
-            self.world.drains.drain(inv, &healthy, g, req)?
-        })
+        if dry_run {
+            return Ok(self.world.drains.check(inv, &healthy, g, &req)?);
+        }
+        let r = self.world.drains.drain(inv, &healthy, g, req.clone());
+        let (action, detail) = match &r {
+            Ok(impact) if impact.overridden.is_empty() => (DrainAction::Drained, String::new()),
+            Ok(impact) => (
+                DrainAction::Drained,
+                format!(
+                    "overrode {}",
+                    impact
+                        .overridden
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+            Err(topology::TopologyError::GuardrailRefused { rule, detail }) => {
+                (DrainAction::Refused, format!("{rule}: {detail}"))
+            }
+            Err(_) => return Ok(r?),
+        };
+        self.log_drain(DrainEvent {
+            at_ms: req.at_ms,
+            action,
+            target: req.target,
+            author: req.author,
+            origin: req.origin,
+            reason: req.reason,
+            forced: req.force && action == DrainAction::Drained,
+            detail,
+        });
+        Ok(r?)
     }
 
-    /// Lifts a drain.
-    pub fn undrain(&mut self, target: &DrainTarget) -> Result<Drain, ControllerError> {
-        Ok(self.world.drains.undrain(target)?)
+    /// Lifts a drain on behalf of `author` at `now`, and logs it with the reason of the drain
+    /// lifted.
+    pub fn undrain(
+        &mut self,
+        target: &DrainTarget,
+        author: &str,
+        now: TimestampMs,
+    ) -> Result<Drain, ControllerError> {
+        let d = self.world.drains.undrain(target)?;
+        self.log_drain(DrainEvent {
+            at_ms: now,
+            action: DrainAction::Undrained,
+            target: target.clone(),
+            author: author.to_string(),
+            origin: DrainOrigin::Operator,
+            reason: d.reason.clone(),
+            forced: false,
+            detail: lifted(&d, now),
+        });
+        Ok(d)
     }
 
     /// Make before break: until [`Core::release_unready`], these sites are drained for routing
@@ -639,6 +730,19 @@ impl Core {
             .map(|(s, _)| s.id.clone())
             .collect()
     }
+}
+
+/// What an undrain's log line says of the drain it lifted.
+fn lifted(d: &Drain, now: TimestampMs) -> String {
+    let secs = now.saturating_sub(d.at_ms) / 1_000;
+    format!(
+        "lifted {}'s drain ({}) after {}h{:02}m{:02}s",
+        d.author,
+        origin_label(d.origin),
+        secs / 3_600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 /// A table's `(epoch, version)` on the wire.
@@ -703,21 +807,46 @@ pub fn row(e: &RouteEntry) -> pb::RouteRow {
 
 /// One drain on the wire.
 pub fn drain_entry(d: &Drain) -> pb::DrainEntry {
-    let (kind, name) = match &d.target {
-        DrainTarget::Site(s) => ("site", s.to_string()),
-        DrainTarget::Region(r) => ("region", r.to_string()),
-    };
+    let (kind, name) = target_parts(&d.target);
     pb::DrainEntry {
         kind: kind.into(),
         name,
         reason: d.reason.clone(),
         author: d.author.clone(),
         at_unix_ms: d.at_ms,
-        origin: match d.origin {
-            topology::DrainOrigin::Operator => "operator".into(),
-            topology::DrainOrigin::Automatic => "auto".into(),
-        },
+        origin: origin_label(d.origin).into(),
         forced: d.forced,
+    }
+}
+
+/// One entry of the drain log on the wire.
+pub fn drain_log_entry(e: &DrainEvent) -> pb::DrainLogEntry {
+    let (kind, name) = target_parts(&e.target);
+    pb::DrainLogEntry {
+        at_unix_ms: e.at_ms,
+        action: e.action.label().into(),
+        kind: kind.into(),
+        name,
+        author: e.author.clone(),
+        origin: origin_label(e.origin).into(),
+        reason: e.reason.clone(),
+        forced: e.forced,
+        detail: e.detail.clone(),
+    }
+}
+
+/// A drain target as the wire's `kind` and `name`.
+fn target_parts(t: &DrainTarget) -> (&'static str, String) {
+    match t {
+        DrainTarget::Site(s) => ("site", s.to_string()),
+        DrainTarget::Region(r) => ("region", r.to_string()),
+    }
+}
+
+fn origin_label(o: DrainOrigin) -> &'static str {
+    match o {
+        DrainOrigin::Operator => "operator",
+        DrainOrigin::Automatic => "auto",
     }
 }
 
@@ -1241,6 +1370,86 @@ mod tests {
         assert!(table.changed && c.drained_sites().is_empty());
         assert!(drained_in(&c, &table.table, "b").is_empty());
         assert!(c.snapshot().drains.is_empty());
+        // Both acts are in the drain log, which the restart kept.
+        let log: Vec<(DrainAction, &str, DrainOrigin, u64)> = c
+            .drain_log(10)
+            .map(|e| (e.action, e.author.as_str(), e.origin, e.at_ms))
+            .collect();
+        assert_eq!(
+            log,
+            [
+                (DrainAction::Undrained, "auto", DrainOrigin::Automatic, t + 13_000),
+                (DrainAction::Drained, "auto", DrainOrigin::Automatic, t + 1_000),
+            ]
+        );
+        assert!(c.drain_log(1).next().unwrap().detail.contains("healthy for 10 s"));
+    }
+
+    #[test]
+    fn the_drain_log_keeps_drains_undrains_and_refusals_with_who_and_why() {
+        let mut c = core_with_auto(
+            topology::AutoDrainConfig::default(),
+            topology::GuardrailConfig {
+                min_active_regions: 3,
+                max_drained_fraction: 1.0,
+            },
+        );
+        c.compute(1_000);
+        let req = |target: &str, author: &str, at_ms: u64, force: bool| DrainRequest {
+            target: DrainTarget::Site(SiteId::new(target).unwrap()),
+            reason: format!("work on {target}"),
+            author: author.into(),
+            at_ms,
+            origin: DrainOrigin::Operator,
+            force,
+        };
+        // e is its region's last site: refused, then forced.
+        assert!(c.drain(req("e", "alice", 2_000, false), false).is_err());
+        c.drain(req("e", "alice", 3_000, true), false).unwrap();
+        // A dry run and a drain of nothing new are not acts.
+        c.drain(req("a", "bob", 4_000, false), true).unwrap();
+        assert!(c.drain(req("e", "bob", 4_500, false), false).is_err());
+        let e = DrainTarget::Site(SiteId::new("e").unwrap());
+        c.undrain(&e, "carol", 3_725_000).unwrap();
+        let log: Vec<_> = c.drain_log(10).collect();
+        let acts: Vec<(DrainAction, &str, bool)> = log
+            .iter()
+            .map(|e| (e.action, e.author.as_str(), e.forced))
+            .collect();
+        assert_eq!(
+            acts,
+            [
+                (DrainAction::Undrained, "carol", false),
+                (DrainAction::Drained, "alice", true),
+                (DrainAction::Refused, "alice", false),
+            ]
+        );
+        assert_eq!(log[0].reason, "work on e", "an undrain names the drain it lifted");
+        assert_eq!(log[0].detail, "lifted alice's drain (operator) after 1h02m02s");
+        assert_eq!(
+            log[1].detail,
+            "overrode last_healthy_site_in_region, min_active_regions"
+        );
+        assert!(
+            log[2].detail.starts_with("last_healthy_site_in_region: "),
+            "{}",
+            log[2].detail
+        );
+
+        // Kept across a restart, and bounded by drain_log_rows.
+        let snap = c.snapshot();
+        assert_eq!(snap.drain_log.len(), 3);
+        let mut cfg = c.config().clone();
+        cfg.drain_log_rows = 2;
+        let mut again = Core::new(cfg, c.world().inventory.clone(), &snap).unwrap();
+        assert_eq!(
+            again.drain_log(10).count(),
+            3,
+            "what was kept is not dropped at start"
+        );
+        again.drain(req("a", "dave", 5_000, false), false).unwrap();
+        let authors: Vec<&str> = again.drain_log(10).map(|e| e.author.as_str()).collect();
+        assert_eq!(authors, ["dave", "carol"]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use topology::{DrainOrigin, DrainRequest, DrainTarget, RegionId, SiteId};
 use tracing::{debug, info, warn};
 
 use crate::auth::Caller;
-use crate::core::{drain_entry, row, version_pb};
+use crate::core::{drain_entry, drain_log_entry, row, version_pb};
 use crate::daemon::{AgentRecord, Shared, node_load, now_ms};
 use crate::error::ControllerError;
 use crate::journal::{JournalQuery, JournalRow};
@@ -686,8 +686,12 @@ impl pb::admin_server::Admin for Services {
         let proven = proven_author(&req);
         let req = req.into_inner();
         let target = target(&req.kind, &req.name)?;
-        self.0.core().undrain(&target).map_err(topology_status)?;
-        info!(target = %target, author = %author(proven, &req.author), "undrained");
+        let author = author(proven, &req.author);
+        self.0
+            .core()
+            .undrain(&target, &author, now_ms())
+            .map_err(topology_status)?;
+        info!(target = %target, author = %author, "undrained");
         self.0.core().invalidate();
         publish(&self.0).await?;
         Ok(Response::new(pb::UndrainReply {
@@ -695,11 +699,22 @@ impl pb::admin_server::Admin for Services {
         }))
     }
 
-    async fn drains(&self, _: Request<pb::DrainsRequest>) -> Result<Response<pb::DrainsReply>, Status> {
+    async fn drains(&self, req: Request<pb::DrainsRequest>) -> Result<Response<pb::DrainsReply>, Status> {
         leader_only(&self.0)?;
+        let req = req.into_inner();
+        let limit = match req.limit {
+            0 => DRAIN_LOG_DEFAULT,
+            n => n as usize,
+        };
         let core = self.0.core();
+        let history = if req.history {
+            core.drain_log(limit).map(drain_log_entry).collect()
+        } else {
+            Vec::new()
+        };
         Ok(Response::new(pb::DrainsReply {
             drains: core.world().drains.list().iter().map(drain_entry).collect(),
+            history,
         }))
     }
 
@@ -783,6 +798,9 @@ fn route_change(r: &JournalRow) -> pb::RouteChange {
 }
 
 /// The changes `explain` shows of a pair's history.
+/// Drain log entries `axonctl drains --history` gets unless it asks for a number.
+const DRAIN_LOG_DEFAULT: usize = 50;
+
 const EXPLAIN_HISTORY: usize = 5;
 
 /// Route changes a `Changes` call returns when it names no limit, and the most it may ask for.

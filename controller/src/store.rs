@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
-use topology::Drain;
+use topology::{Drain, DrainOrigin, DrainTarget, TimestampMs};
 
 use crate::error::ControllerError;
 
@@ -21,6 +21,58 @@ pub struct Snapshot {
     pub last_version: u64,
     /// Drains in force, operator and automatic.
     pub drains: Vec<Drain>,
+    /// The drain log, oldest first: the last `drain_log_rows` drains, undrains and refused
+    /// drains (absent in the state of an older controller: an empty log).
+    #[serde(default)]
+    pub drain_log: Vec<DrainEvent>,
+}
+
+/// What a drain action did ([`DrainEvent::action`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrainAction {
+    /// A drain was recorded.
+    Drained,
+    /// A drain was lifted.
+    Undrained,
+    /// A guardrail refused a drain; nothing changed.
+    Refused,
+}
+
+impl DrainAction {
+    /// Its name on the wire and in `axonctl drains --history`.
+    pub fn label(self) -> &'static str {
+        match self {
+            DrainAction::Drained => "drained",
+            DrainAction::Undrained => "undrained",
+            DrainAction::Refused => "refused",
+        }
+    }
+}
+
+/// One drain action, for the audit trail (`axonctl drains --history`): who drained, undrained
+/// or was refused what, when and why. The drains in force say only what holds now; a lifted
+/// drain, or the refusal an operator met at night, is otherwise gone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrainEvent {
+    /// When.
+    pub at_ms: TimestampMs,
+    /// What happened.
+    pub action: DrainAction,
+    /// The site or region.
+    pub target: DrainTarget,
+    /// Who acted: a person, or `auto` for the automatic policy.
+    pub author: String,
+    /// Operator or automatic.
+    pub origin: DrainOrigin,
+    /// The drain's reason (for an undrain, the reason of the drain it lifted).
+    pub reason: String,
+    /// A guardrail was overridden with `--force`.
+    pub forced: bool,
+    /// Refused: the rule and its explanation; forced: the rules overridden; undrained: whose
+    /// drain was lifted and after how long.
+    #[serde(default)]
+    pub detail: String,
 }
 
 /// Durable controller state.
@@ -78,7 +130,7 @@ impl Store for MemoryStore {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use topology::{DrainOrigin, DrainTarget, SiteId};
+    use topology::SiteId;
 
     #[test]
     fn a_snapshot_survives_reopening_the_store() {
@@ -97,12 +149,26 @@ mod tests {
                 origin: DrainOrigin::Operator,
                 forced: false,
             }],
+            drain_log: vec![DrainEvent {
+                at_ms: 6,
+                action: DrainAction::Refused,
+                target: DrainTarget::Region(topology::RegionId::new("eu").unwrap()),
+                author: "bob".into(),
+                origin: DrainOrigin::Operator,
+                reason: "test".into(),
+                forced: false,
+                detail: "min_active_regions: …".into(),
+            }],
         };
         store.save(&snap).unwrap();
         assert_eq!(
             MemoryStore::open(Some(path.clone())).unwrap().load().unwrap(),
             snap
         );
+        // The state of a controller without a drain log reads as an empty log.
+        std::fs::write(&path, br#"{"epoch": 1, "last_version": 3, "drains": []}"#).unwrap();
+        let old = MemoryStore::open(Some(path.clone())).unwrap().load().unwrap();
+        assert_eq!((old.last_version, old.drain_log.len()), (3, 0));
         // A corrupt file is an error, not an empty state.
         std::fs::write(&path, b"{ not json").unwrap();
         assert!(MemoryStore::open(Some(path)).is_err());

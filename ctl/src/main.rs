@@ -141,8 +141,16 @@ enum Command {
         /// Its name.
         name: String,
     },
-    /// The drains in force.
-    Drains,
+    /// The drains in force; with `--history`, the drain log: who drained, undrained or was
+    /// refused what, when and why (operator and automatic), newest first.
+    Drains {
+        /// Show the drain log after the drains in force.
+        #[arg(long)]
+        history: bool,
+        /// Most log entries.
+        #[arg(long, default_value_t = 50, requires = "history")]
+        limit: u32,
+    },
     /// The mesh's certificates, made locally (no controller): a CA, then one certificate per
     /// daemon or operator, naming the role (and sites) the controller and probers check.
     Cert {
@@ -828,15 +836,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 );
             }
         }
-        Command::Drains => {
+        Command::Drains { history, limit } => {
             let d = admin
-                .drains(pb::DrainsRequest {})
+                .drains(pb::DrainsRequest { history, limit })
                 .await
                 .map_err(from_status)?
                 .into_inner();
             if json_out {
                 let v: Vec<Value> = d.drains.iter().map(|x| json!({"kind": x.kind, "name": x.name, "reason": x.reason, "author": x.author, "at_unix_ms": x.at_unix_ms, "origin": x.origin, "forced": x.forced})).collect();
-                println!("{}", Value::Array(v));
+                if history {
+                    let h: Vec<Value> = d.history.iter().map(|x| json!({"at_unix_ms": x.at_unix_ms, "action": x.action, "kind": x.kind, "name": x.name,
+                        "author": x.author, "origin": x.origin, "reason": x.reason, "forced": x.forced, "detail": x.detail})).collect();
+                    println!("{}", json!({"drains": v, "history": h}));
+                } else {
+                    println!("{}", Value::Array(v));
+                }
             } else {
                 table(
                     &["KIND", "NAME", "REASON", "AUTHOR", "AT (UTC)", "ORIGIN", "FORCED"],
@@ -855,6 +869,33 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         })
                         .collect(),
                 );
+                if history {
+                    println!();
+                    table(
+                        &[
+                            "AT (UTC)", "ACTION", "KIND", "NAME", "BY", "ORIGIN", "REASON", "DETAIL",
+                        ],
+                        d.history
+                            .iter()
+                            .map(|x| {
+                                vec![
+                                    utc(x.at_unix_ms),
+                                    if x.forced {
+                                        format!("{} (forced)", x.action)
+                                    } else {
+                                        x.action.clone()
+                                    },
+                                    x.kind.clone(),
+                                    x.name.clone(),
+                                    x.author.clone(),
+                                    x.origin.clone(),
+                                    x.reason.clone(),
+                                    x.detail.clone(),
+                                ]
+                            })
+                            .collect(),
+                    );
+                }
             }
         }
         Command::Whatif { changes } => {

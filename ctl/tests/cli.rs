@@ -121,6 +121,26 @@ async fn axonctl_speaks_tables_json_and_exit_codes() {
     assert_eq!(code, 3);
     let (code, _, err) = axonctl(&["-c", &url, "undrain", "region", "r3"]).await;
     assert_eq!(code, 0, "{err}");
+    // The drain log has all three acts, newest first: the undrain, the drain, the refusal.
+    let (code, out, err) = axonctl(&["-c", &url, "drains", "--history"]).await;
+    assert_eq!(code, 0, "{err}");
+    let acts: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .filter(|w| ["drained", "undrained", "refused"].contains(w))
+        .collect();
+    assert_eq!(acts, ["undrained", "drained", "refused"], "{out}");
+    assert!(
+        out.contains("lifted") && out.contains("last_healthy_site_in_region"),
+        "{out}"
+    );
+    let (code, out, _) = axonctl(&["-c", &url, "-o", "json", "drains", "--history", "--limit", "1"]).await;
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["drains"], serde_json::json!([]));
+    assert_eq!(v["history"].as_array().map(Vec::len), Some(1), "{out}");
+    assert_eq!(v["history"][0]["action"], "undrained");
+    assert_eq!(v["history"][0]["reason"], "maintenance");
 
     // Usage errors exit 2; an unknown site is one clear line; no controller exits 69.
     let (code, _, _) = axonctl(&["-c", &url, "drain", "site", "a"]).await;

@@ -230,7 +230,11 @@ async fn the_control_plane_speaks_mutual_tls_and_checks_every_role() {
         .unwrap()
         .into_inner();
     assert!(r.refused.is_empty(), "{}", r.refused);
-    let drains = admin.drains(pb::DrainsRequest {}).await.unwrap().into_inner();
+    let drains = admin
+        .drains(pb::DrainsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(drains.drains.len(), 1);
     assert_eq!(drains.drains[0].author, "operator");
 

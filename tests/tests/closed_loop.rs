@@ -226,7 +226,7 @@ async fn the_loop_relays_reroutes_drains_and_survives_the_control_plane() {
     let (_, drain_state) = mesh.agent_get("c", "/v1/drain").await;
     assert_eq!(drain_state["site_drained"], true);
     let listed = admin
-        .drains(pb::DrainsRequest {})
+        .drains(pb::DrainsRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -441,7 +441,7 @@ async fn a_site_that_loses_every_link_is_drained_by_the_policy_and_undrained_onc
     // Sick once more than half its peers are bad: two or three of three.
     assert!(status.sick_sites[0].bad_peers >= 2, "{status:?}");
     let drains = admin
-        .drains(pb::DrainsRequest {})
+        .drains(pb::DrainsRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -484,7 +484,7 @@ async fn a_site_that_loses_every_link_is_drained_by_the_policy_and_undrained_onc
     })
     .await;
     let drains = admin
-        .drains(pb::DrainsRequest {})
+        .drains(pb::DrainsRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -492,6 +492,24 @@ async fn a_site_that_loses_every_link_is_drained_by_the_policy_and_undrained_onc
     assert!(drains.is_empty(), "{drains:?}");
     assert!(events("recovered") >= 1);
     assert_eq!(events("undrained"), 1);
+    let log = admin
+        .drains(pb::DrainsRequest {
+            history: true,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .history;
+    let acts: Vec<(&str, &str, &str)> = log
+        .iter()
+        .map(|e| (e.action.as_str(), e.name.as_str(), e.origin.as_str()))
+        .collect();
+    assert_eq!(
+        acts,
+        [("undrained", "d", "auto"), ("drained", "d", "auto")],
+        "{log:?}"
+    );
     let status = admin.status(pb::StatusRequest {}).await.unwrap().into_inner();
     assert!(status.sick_sites.is_empty(), "{status:?}");
     mesh.shutdown().await;

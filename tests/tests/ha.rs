@@ -251,8 +251,28 @@ async fn a_new_leader_takes_over_within_the_lease_and_no_agent_goes_back() {
     }
     println!("every agent on the new leader's table after {:?}", t0.elapsed());
 
-    // The drain survived the change of leader.
+    // The drain survived the change of leader, and so did its entry in the drain log.
     assert_eq!(mesh.lock().await.agent_get("d", "/readyz").await.0, 503);
+    {
+        let m = mesh.lock().await;
+        let (_, c) = m.running().find(|(i, _)| *i == second).unwrap();
+        let reply = AdminClient::connect(endpoint(c))
+            .await
+            .unwrap()
+            .drains(pb::DrainsRequest {
+                history: true,
+                limit: 10,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let log: Vec<(&str, &str, &str)> = reply
+            .history
+            .iter()
+            .map(|e| (e.action.as_str(), e.name.as_str(), e.author.as_str()))
+            .collect();
+        assert_eq!(log, [("drained", "d", "test")], "{reply:?}");
+    }
 
     // So did the history: the new leader's journal still lists the old leader's move.
     {
