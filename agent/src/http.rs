@@ -280,7 +280,8 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<State>, cancel:
                         .iter()
                         .map(|d| {
                             json!({"kind": d.kind, "name": d.name, "reason": d.reason, "author": d.author,
-                                   "at_unix_ms": d.at_unix_ms, "origin": d.origin, "forced": d.forced})
+                                   "at_unix_ms": d.at_unix_ms, "origin": d.origin, "forced": d.forced,
+                                   "until_unix_ms": (d.until_unix_ms > 0).then_some(d.until_unix_ms)})
                         })
                         .collect();
                     axum::Json(json!({

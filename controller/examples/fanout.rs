@@ -283,7 +283,7 @@ async fn main() -> anyhow::Result<()> {
                         reason: "bench".into(),
                         author: "bench".into(),
                         force: true,
-                        dry_run: false,
+                        ..Default::default()
                     })
                     .await?
                     .into_inner()

@@ -494,11 +494,35 @@ impl Core {
                 }
             }
         }
+        self.lift_expired(now);
         self.judge_sites(&links, now);
         self.world.links = Arc::new(links);
         let c = self.engine.compute(&self.world, now);
         self.table = Some(c.table.clone());
         c
+    }
+
+    /// Lifts the timed drains whose window has ended, logging each; the table computed next
+    /// gives their sites back.
+    fn lift_expired(&mut self, now: TimestampMs) {
+        let lifted = self.world.drains.lift_expired(now);
+        if lifted.is_empty() {
+            return;
+        }
+        self.engine.invalidate();
+        for d in lifted {
+            let detail = lifted_detail(&d, now);
+            self.log_drain(DrainEvent {
+                at_ms: now,
+                action: DrainAction::Undrained,
+                target: d.target,
+                author: "expiry".into(),
+                origin: d.origin,
+                reason: d.reason,
+                forced: false,
+                detail,
+            });
+        }
     }
 
     /// Runs the automatic drain policy on the links about to be routed on: in `enforce` it
@@ -644,19 +668,17 @@ impl Core {
         }
         let r = self.world.drains.drain(inv, &healthy, g, req.clone());
         let (action, detail) = match &r {
-            Ok(impact) if impact.overridden.is_empty() => (DrainAction::Drained, String::new()),
-            Ok(impact) => (
-                DrainAction::Drained,
-                format!(
-                    "overrode {}",
-                    impact
-                        .overridden
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ),
+            Ok(impact) => {
+                let mut notes = Vec::new();
+                if let Some(until) = req.until_ms {
+                    notes.push(format!("for {}", hms(until.saturating_sub(req.at_ms))));
+                }
+                if !impact.overridden.is_empty() {
+                    let rules: Vec<String> = impact.overridden.iter().map(ToString::to_string).collect();
+                    notes.push(format!("overrode {}", rules.join(", ")));
+                }
+                (DrainAction::Drained, notes.join("; "))
+            }
             Err(topology::TopologyError::GuardrailRefused { rule, detail }) => {
                 (DrainAction::Refused, format!("{rule}: {detail}"))
             }
@@ -692,7 +714,7 @@ impl Core {
             origin: DrainOrigin::Operator,
             reason: d.reason.clone(),
             forced: false,
-            detail: lifted(&d, now),
+            detail: lifted_detail(&d, now),
         });
         Ok(d)
     }
@@ -733,16 +755,19 @@ impl Core {
 }
 
 /// What an undrain's log line says of the drain it lifted.
-fn lifted(d: &Drain, now: TimestampMs) -> String {
-    let secs = now.saturating_sub(d.at_ms) / 1_000;
+fn lifted_detail(d: &Drain, now: TimestampMs) -> String {
     format!(
-        "lifted {}'s drain ({}) after {}h{:02}m{:02}s",
+        "lifted {}'s drain ({}) after {}",
         d.author,
         origin_label(d.origin),
-        secs / 3_600,
-        secs / 60 % 60,
-        secs % 60
+        hms(now.saturating_sub(d.at_ms))
     )
+}
+
+/// A span of milliseconds as `1h02m03s`.
+fn hms(ms: u64) -> String {
+    let secs = ms / 1_000;
+    format!("{}h{:02}m{:02}s", secs / 3_600, secs / 60 % 60, secs % 60)
 }
 
 /// A table's `(epoch, version)` on the wire.
@@ -816,6 +841,7 @@ pub fn drain_entry(d: &Drain) -> pb::DrainEntry {
         at_unix_ms: d.at_ms,
         origin: origin_label(d.origin).into(),
         forced: d.forced,
+        until_unix_ms: d.until_ms.unwrap_or(0),
     }
 }
 
@@ -1217,6 +1243,7 @@ mod tests {
             at_ms: 1_000,
             origin: topology::DrainOrigin::Operator,
             force: true,
+            until_ms: None,
         };
         let impact = c.drain(req, false).unwrap();
         c.hold_unready(&impact.sites);
@@ -1252,6 +1279,7 @@ mod tests {
             at_ms: 1_000,
             origin: topology::DrainOrigin::Operator,
             force: true,
+            until_ms: None,
         };
         c.drain(req, false).unwrap();
         c.invalidate();
@@ -1386,6 +1414,43 @@ mod tests {
     }
 
     #[test]
+    fn a_timed_drain_is_lifted_by_the_first_computation_after_its_window() {
+        let mut c = core();
+        c.compute(1_000);
+        let req = DrainRequest {
+            target: DrainTarget::Site(SiteId::new("b").unwrap()),
+            reason: "kernel upgrade".into(),
+            author: "ops".into(),
+            at_ms: 1_000,
+            origin: DrainOrigin::Operator,
+            force: true,
+            until_ms: Some(7_201_000),
+        };
+        c.drain(req, false).unwrap();
+        c.invalidate();
+        let drained = c.compute(2_000);
+        assert_eq!(c.drained_sites(), vec![SiteId::new("b").unwrap()]);
+        assert_eq!(
+            site_update(&c, &drained.table, &SiteId::new("a").unwrap(), String::new())
+                .unwrap()
+                .drains[0]
+                .until_unix_ms,
+            7_201_000
+        );
+        assert!(!c.compute(7_200_999).changed);
+        assert_eq!(c.drained_sites().len(), 1);
+        let lifted = c.compute(7_201_000);
+        assert!(lifted.changed && c.drained_sites().is_empty());
+        let log: Vec<_> = c.drain_log(2).collect();
+        assert_eq!(
+            (log[0].action, log[0].author.as_str(), log[0].reason.as_str()),
+            (DrainAction::Undrained, "expiry", "kernel upgrade")
+        );
+        assert_eq!(log[0].detail, "lifted ops's drain (operator) after 2h00m00s");
+        assert!(log[1].detail.starts_with("for 2h00m00s"), "{}", log[1].detail);
+    }
+
+    #[test]
     fn the_drain_log_keeps_drains_undrains_and_refusals_with_who_and_why() {
         let mut c = core_with_auto(
             topology::AutoDrainConfig::default(),
@@ -1402,6 +1467,7 @@ mod tests {
             at_ms,
             origin: DrainOrigin::Operator,
             force,
+            until_ms: None,
         };
         // e is its region's last site: refused, then forced.
         assert!(c.drain(req("e", "alice", 2_000, false), false).is_err());
@@ -1489,6 +1555,7 @@ mod tests {
             at_ms: t + 1_500,
             origin: DrainOrigin::Operator,
             force: false,
+            until_ms: None,
         };
         c.drain(req, false).unwrap();
         reports(&mut c, t + 2_000, &["a", "e"], &[]);

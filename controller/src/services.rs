@@ -632,13 +632,22 @@ impl pb::admin_server::Admin for Services {
         }
         let target = target(&req.kind, &req.name)?;
         let author = author(proven, &req.author);
+        // A window of up to a year: beyond that, an undrain is the way.
+        if req.duration_s > 366 * 86_400 {
+            return Err(Status::invalid_argument(format!(
+                "duration_s {} is over a year",
+                req.duration_s
+            )));
+        }
+        let at_ms = now_ms();
         let request = DrainRequest {
             target: target.clone(),
             reason: req.reason.clone(),
             author: author.clone(),
-            at_ms: now_ms(),
+            at_ms,
             origin: DrainOrigin::Operator,
             force: req.force,
+            until_ms: (req.duration_s > 0).then(|| at_ms + req.duration_s * 1_000),
         };
         let impact = {
             let mut core = self.0.core();

@@ -148,6 +148,7 @@ mod tests {
                 at_ms: 5,
                 origin: DrainOrigin::Operator,
                 forced: false,
+                until_ms: Some(7_200_005),
             }],
             drain_log: vec![DrainEvent {
                 at_ms: 6,

@@ -127,6 +127,10 @@ enum Command {
         /// Override the guardrails.
         #[arg(long)]
         force: bool,
+        /// A maintenance window: the drain lifts itself after this long (e.g. `2h`, `1d`);
+        /// without it, the drain holds until an undrain.
+        #[arg(long = "for", value_parser = parse_duration)]
+        window: Option<Duration>,
         /// How long to wait for every agent to apply the new table.
         #[arg(long, value_parser = parse_duration, default_value = "60s", conflicts_with = "detach")]
         timeout: Duration,
@@ -338,7 +342,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
         "h" => Ok(Duration::from_secs(n * 3_600)),
-        _ => Err(format!("invalid duration unit in {s:?} (ms, s, m, h)")),
+        "d" => Ok(Duration::from_secs(n * 86_400)),
+        _ => Err(format!("invalid duration unit in {s:?} (ms, s, m, h, d)")),
     }
 }
 
@@ -778,6 +783,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             reason,
             dry_run,
             force,
+            window,
             timeout,
             detach,
         } => {
@@ -789,6 +795,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 author,
                 force,
                 dry_run,
+                duration_s: match window {
+                    Some(w) if w.as_secs() == 0 => {
+                        return Err(Failure(2, "--for: at least one second".into()));
+                    }
+                    Some(w) => w.as_secs(),
+                    None => 0,
+                },
             };
             let r = admin.drain(req).await.map_err(from_status)?.into_inner();
             if !r.refused.is_empty() {
@@ -843,7 +856,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(from_status)?
                 .into_inner();
             if json_out {
-                let v: Vec<Value> = d.drains.iter().map(|x| json!({"kind": x.kind, "name": x.name, "reason": x.reason, "author": x.author, "at_unix_ms": x.at_unix_ms, "origin": x.origin, "forced": x.forced})).collect();
+                let v: Vec<Value> = d.drains.iter().map(|x| json!({"kind": x.kind, "name": x.name, "reason": x.reason, "author": x.author, "at_unix_ms": x.at_unix_ms, "origin": x.origin, "forced": x.forced,
+                    "until_unix_ms": (x.until_unix_ms > 0).then_some(x.until_unix_ms)})).collect();
                 if history {
                     let h: Vec<Value> = d.history.iter().map(|x| json!({"at_unix_ms": x.at_unix_ms, "action": x.action, "kind": x.kind, "name": x.name,
                         "author": x.author, "origin": x.origin, "reason": x.reason, "forced": x.forced, "detail": x.detail})).collect();
@@ -853,7 +867,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             } else {
                 table(
-                    &["KIND", "NAME", "REASON", "AUTHOR", "AT (UTC)", "ORIGIN", "FORCED"],
+                    &[
+                        "KIND",
+                        "NAME",
+                        "REASON",
+                        "AUTHOR",
+                        "AT (UTC)",
+                        "ORIGIN",
+                        "FORCED",
+                        "UNTIL (UTC)",
+                    ],
                     d.drains
                         .iter()
                         .map(|x| {
@@ -865,6 +888,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                                 utc(x.at_unix_ms),
                                 x.origin.clone(),
                                 if x.forced { "yes".into() } else { "".into() },
+                                if x.until_unix_ms > 0 {
+                                    utc(x.until_unix_ms)
+                                } else {
+                                    "".into()
+                                },
                             ]
                         })
                         .collect(),
@@ -1238,9 +1266,10 @@ mod tests {
     }
 
     #[test]
-    fn durations_take_hours_and_refuse_unknown_units() {
+    fn durations_take_hours_and_days_and_refuse_unknown_units() {
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7_200)));
+        assert_eq!(parse_duration("3d"), Ok(Duration::from_secs(259_200)));
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert!(parse_duration("3d").unwrap_err().contains("ms, s, m, h"));
+        assert!(parse_duration("3w").unwrap_err().contains("ms, s, m, h, d"));
     }
 }

@@ -122,7 +122,7 @@ async fn axonctl_speaks_tables_json_and_exit_codes() {
     let (code, _, err) = axonctl(&["-c", &url, "undrain", "region", "r3"]).await;
     assert_eq!(code, 0, "{err}");
     // The drain log has all three acts, newest first: the undrain, the drain, the refusal.
-    let (code, out, err) = axonctl(&["-c", &url, "drains", "--history"]).await;
+    let (code, out, err) = axonctl(&["-c", &url, "drains", "--history", "--limit", "3"]).await;
     assert_eq!(code, 0, "{err}");
     let acts: Vec<&str> = out
         .lines()
@@ -141,6 +141,32 @@ async fn axonctl_speaks_tables_json_and_exit_codes() {
     assert_eq!(v["history"].as_array().map(Vec::len), Some(1), "{out}");
     assert_eq!(v["history"][0]["action"], "undrained");
     assert_eq!(v["history"][0]["reason"], "maintenance");
+
+    // A maintenance window: the drain shows when it ends, and lifts itself then.
+    let (code, _, err) = axonctl(&[
+        "-c", &url, "drain", "site", "d", "--reason", "window", "--for", "2s", "--detach",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = axonctl(&["-c", &url, "drains"]).await;
+    assert!(out.contains("UNTIL (UTC)") && out.contains("window"), "{out}");
+    let (_, json, _) = axonctl(&["-c", &url, "-o", "json", "drains"]).await;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let until = v[0]["until_unix_ms"].as_u64().unwrap();
+    assert_eq!(until - v[0]["at_unix_ms"].as_u64().unwrap(), 2_000, "{json}");
+    eventually(Duration::from_secs(30), "the window to end", || async {
+        let (_, out, _) = axonctl(&["-c", &url, "-o", "json", "drains"]).await;
+        (out.trim() == "[]").then_some(())
+    })
+    .await;
+    let (_, out, _) = axonctl(&["-c", &url, "drains", "--history", "--limit", "2"]).await;
+    let newest = out.lines().skip_while(|l| !l.contains("ACTION")).nth(1);
+    assert!(
+        newest.is_some_and(|l| l.contains("undrained") && l.contains("expiry")),
+        "{out}"
+    );
+    let (code, _, err) = axonctl(&["-c", &url, "drain", "site", "d", "--reason", "x", "--for", "0s"]).await;
+    assert_eq!(code, 2, "{err}");
 
     // Usage errors exit 2; an unknown site is one clear line; no controller exits 69.
     let (code, _, _) = axonctl(&["-c", &url, "drain", "site", "a"]).await;

@@ -455,6 +455,7 @@ fn true_world(s: &Scenario, active: &[&Fault]) -> World {
                 at_ms: 0,
                 origin: topology::DrainOrigin::Operator,
                 force: true,
+                until_ms: None,
             };
             let healthy = vec![true; n];
             let _ = w
@@ -1075,7 +1076,7 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
                             reason: "lab fault".into(),
                             author: "axon-lab".into(),
                             force: true,
-                            dry_run: false,
+                            ..Default::default()
                         })
                         .await
                         .map_err(run_err)?;

@@ -225,6 +225,7 @@ async fn the_control_plane_speaks_mutual_tls_and_checks_every_role() {
             author: "somebody-else".into(),
             force: false,
             dry_run: false,
+            duration_s: 0,
         })
         .await
         .unwrap()

@@ -189,6 +189,7 @@ fn main() {
             at_ms: 0,
             origin: DrainOrigin::Operator,
             force: false,
+            until_ms: None,
         };
         let healthy = vec![true; n];
         match world.drains.drain(&world.inventory, &healthy, &guard, req) {

@@ -64,6 +64,10 @@ pub struct Drain {
     pub origin: DrainOrigin,
     /// Whether a guardrail was overridden with `--force`.
     pub forced: bool,
+    /// When the drain lifts itself (a maintenance window: `axonctl drain --for 2h`); `None`
+    /// holds until an undrain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<TimestampMs>,
 }
 
 /// A request to drain, before the guardrails have looked at it.
@@ -81,6 +85,8 @@ pub struct DrainRequest {
     pub origin: DrainOrigin,
     /// Override the guardrails (operators only).
     pub force: bool,
+    /// Lift the drain by itself at this time (after `at_ms`); `None` holds until an undrain.
+    pub until_ms: Option<TimestampMs>,
 }
 
 /// The guardrails, named so that refusals and counters can say which one fired.
@@ -212,6 +218,12 @@ impl DrainSet {
         }
         if self.drains.iter().any(|d| d.target == req.target) {
             return Err(TopologyError::AlreadyDrained(req.target.to_string()));
+        }
+        if req.until_ms.is_some_and(|u| u <= req.at_ms) {
+            return Err(TopologyError::InvalidValue {
+                field: "until",
+                detail: "a timed drain must end after it starts".into(),
+            });
         }
         if req.force && req.origin == DrainOrigin::Automatic {
             return Err(TopologyError::GuardrailRefused {
@@ -375,8 +387,19 @@ impl DrainSet {
             at_ms: req.at_ms,
             origin: req.origin,
             forced: req.force,
+            until_ms: req.until_ms,
         });
         Ok(impact)
+    }
+
+    /// Lifts the timed drains whose end has come by `now`, and returns them. Lifting needs no
+    /// guardrail: it only gives capacity back.
+    pub fn lift_expired(&mut self, now: TimestampMs) -> Vec<Drain> {
+        let (expired, kept) = std::mem::take(&mut self.drains)
+            .into_iter()
+            .partition(|d| d.until_ms.is_some_and(|u| u <= now));
+        self.drains = kept;
+        expired
     }
 
     /// Removes a drain and returns it.
@@ -620,6 +643,7 @@ impl AutoDrainPolicy {
                 at_ms: now,
                 origin: DrainOrigin::Automatic,
                 force: false,
+                until_ms: None,
             };
             if cfg.mode == AutoMode::Recommend {
                 match drains.check(inv, &healthy, guard, &req) {

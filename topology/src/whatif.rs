@@ -234,6 +234,7 @@ fn apply(
             at_ms: 0,
             origin: DrainOrigin::Operator,
             force: true,
+            until_ms: None,
         };
         let healthy = vec![true; w.inventory.len()];
         let impact = w.drains.drain(&w.inventory, &healthy, guard, req)?;

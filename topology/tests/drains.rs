@@ -30,6 +30,7 @@ fn req(target: DrainTarget) -> DrainRequest {
         at_ms: 1_000,
         origin: DrainOrigin::Operator,
         force: false,
+        until_ms: None,
     }
 }
 
@@ -462,4 +463,34 @@ fn auto_drain_settings_that_judge_every_site_or_none_are_refused() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+#[test]
+fn a_timed_drain_lifts_itself_when_its_window_ends() {
+    let inv = inventory();
+    let mut set = DrainSet::default();
+    let timed = DrainRequest {
+        until_ms: Some(61_000),
+        ..req(site("us1"))
+    };
+    set.drain(&inv, &[true; 5], &loose(), timed).unwrap();
+    set.drain(&inv, &[true; 5], &loose(), req(site("eu1"))).unwrap();
+    assert_eq!(set.list()[0].until_ms, Some(61_000));
+    assert!(set.lift_expired(60_999).is_empty());
+    let lifted = set.lift_expired(61_000);
+    assert_eq!(lifted.len(), 1);
+    assert_eq!(lifted[0].target, site("us1"));
+    // The untimed drain stays, whatever the time.
+    assert!(set.lift_expired(u64::MAX).is_empty());
+    assert_eq!(set.list().len(), 1);
+    assert_eq!(set.list()[0].target, site("eu1"));
+    // A window that ends before it starts is refused.
+    let backwards = DrainRequest {
+        until_ms: Some(1_000),
+        ..req(site("us2"))
+    };
+    assert!(matches!(
+        set.drain(&inv, &[true; 5], &loose(), backwards),
+        Err(TopologyError::InvalidValue { field: "until", .. })
+    ));
 }

@@ -296,6 +296,7 @@ fn drained_sites_keep_their_rows_but_never_relay_and_shadow_sites_have_none() {
         at_ms: 0,
         origin: DrainOrigin::Operator,
         force: true,
+        until_ms: None,
     };
     let healthy = vec![true; 4];
     w.drains.drain(&w.inventory, &healthy, &guard, req).unwrap();
