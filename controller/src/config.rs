@@ -78,6 +78,30 @@ pub struct StoreConfig {
     /// The URL probers and agents use to reach this replica, handed out as the leader's
     /// address by followers. Default `http://` (or `https://` with TLS) + `grpc_listen`.
     pub advertise_url: Option<String>,
+    /// TLS to etcd, for `https://` endpoints (see [`EtcdTls`]). Default none: plaintext
+    /// `http://` endpoints, for an etcd on a trusted network only.
+    pub etcd_tls: Option<EtcdTls>,
+    /// A user of etcd's own authentication (`etcdctl auth enable`), with read and write on
+    /// `etcd_prefix`; its password is read from `etcd_password_file` at start (kept out of
+    /// this file). Default none.
+    pub etcd_user: Option<String>,
+    /// The file holding `etcd_user`'s password (a trailing newline is ignored). Default none.
+    pub etcd_password_file: Option<PathBuf>,
+}
+
+/// TLS between a controller replica and etcd: the files are read when the replica starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTls {
+    /// CA certificates (PEM) that etcd's server certificates are verified against.
+    pub ca: PathBuf,
+    /// This replica's client certificate (PEM), for an etcd that requires one
+    /// (`--client-cert-auth`). Default none.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM). Default none; set with `cert`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 impl Default for StoreConfig {
@@ -92,6 +116,9 @@ impl Default for StoreConfig {
             leader_warmup_ms: 3_000,
             etcd_compact_s: 300,
             advertise_url: None,
+            etcd_tls: None,
+            etcd_user: None,
+            etcd_password_file: None,
         }
     }
 }
@@ -275,6 +302,29 @@ impl ControllerConfig {
                 }
                 if self.store.snapshot.is_some() {
                     return bad("store.snapshot is for `memory`; etcd keeps the state".into());
+                }
+                let scheme = if self.store.etcd_tls.is_some() {
+                    "https://"
+                } else {
+                    "http://"
+                };
+                if let Some(e) = self.store.etcd_endpoints.iter().find(|e| !e.starts_with(scheme)) {
+                    return bad(format!(
+                        "store.etcd_endpoints: `{e}` must start with `{scheme}`{}",
+                        if self.store.etcd_tls.is_some() {
+                            " (store.etcd_tls is set)"
+                        } else {
+                            " (set store.etcd_tls for https)"
+                        }
+                    ));
+                }
+                if let Some(t) = &self.store.etcd_tls
+                    && t.cert.is_some() != t.key.is_some()
+                {
+                    return bad("store.etcd_tls: `cert` and `key` go together".into());
+                }
+                if self.store.etcd_user.is_some() != self.store.etcd_password_file.is_some() {
+                    return bad("store.etcd_user and store.etcd_password_file go together".into());
                 }
             }
             other => return bad(format!("store.kind `{other}`: `memory` or `etcd`")),

@@ -593,6 +593,14 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
     });
     shared.metrics.config_matches_leader.set(1);
 
+    // The etcd client's files are read once, at start: their expiry is that of the files in
+    // force until a restart.
+    if let Some(t) = &cfg.store.etcd_tls {
+        shared.metrics.tls.observe_file("etcd_ca", &t.ca);
+        if let Some(cert) = &t.cert {
+            shared.metrics.tls.observe_file("etcd_cert", cert);
+        }
+    }
     let mut tasks = JoinSet::new();
     if let Some(files) = cfg.tls.clone() {
         shared.metrics.tls.observe(&files);

@@ -113,11 +113,34 @@ pub struct Etcd {
 
 impl Etcd {
     /// Connects to the configured endpoints.
+    /// With `etcd_tls`, over TLS (and a client certificate when one is configured); with
+    /// `etcd_user`, authenticated as that user. The files are read now.
     pub async fn connect(cfg: &StoreConfig) -> Result<Self, ControllerError> {
-        let options = etcd_client::ConnectOptions::new()
+        let read = |what: &str, path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| ControllerError::io(format!("store.{what} {}", path.display()), e))
+        };
+        let mut options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        if let Some(t) = &cfg.etcd_tls {
+            let mut tls = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read("etcd_tls.ca", &t.ca)?));
+            if let (Some(cert), Some(key)) = (&t.cert, &t.key) {
+                tls = tls.identity(etcd_client::Identity::from_pem(
+                    read("etcd_tls.cert", cert)?,
+                    read("etcd_tls.key", key)?,
+                ));
+            }
+            options = options.with_tls(tls);
+        }
+        if let (Some(user), Some(file)) = (&cfg.etcd_user, &cfg.etcd_password_file) {
+            let password = String::from_utf8(read("etcd_password_file", file)?).map_err(|_| {
+                ControllerError::Config(format!("store.etcd_password_file {}: not UTF-8", file.display()))
+            })?;
+            options = options.with_user(user.clone(), password.trim_end_matches(['\r', '\n']));
+        }
         let client = Client::connect(&cfg.etcd_endpoints, Some(options))
             .await
             .map_err(|e| store_err("connect", e))?;
@@ -773,16 +796,27 @@ pub struct LocalEtcd {
 impl LocalEtcd {
     /// Starts `etcd` on two free loopback ports and waits until it answers (10 s at most).
     pub async fn start(dir: &Path) -> Result<Self, ControllerError> {
+        LocalEtcd::start_with(dir, None).await
+    }
+
+    /// [`LocalEtcd::start`] over TLS: clients connect to `https://` with a certificate signed
+    /// by `tls.ca` (`--client-cert-auth`), and `tls.cert` (naming `127.0.0.1`) is the
+    /// server's.
+    pub async fn start_tls(dir: &Path, tls: &proto::auth::TlsFiles) -> Result<Self, ControllerError> {
+        LocalEtcd::start_with(dir, Some(tls)).await
+    }
+
+    async fn start_with(dir: &Path, tls: Option<&proto::auth::TlsFiles>) -> Result<Self, ControllerError> {
         let free = || {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .map_err(|e| ControllerError::io("free port for etcd", e))
         };
         let (client, peer) = (free()?, free()?);
-        let url = format!("http://{client}");
+        let url = format!("{}://{client}", if tls.is_some() { "https" } else { "http" });
         let peer_url = format!("http://{peer}");
-        let child = std::process::Command::new("etcd")
-            .arg("--name=axon")
+        let mut cmd = std::process::Command::new("etcd");
+        cmd.arg("--name=axon")
             .arg(format!("--data-dir={}", dir.join("etcd").display()))
             .arg(format!("--listen-client-urls={url}"))
             .arg(format!("--advertise-client-urls={url}"))
@@ -792,15 +826,25 @@ impl LocalEtcd {
             .arg("--logger=zap")
             .arg("--log-level=error")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                ControllerError::io("starting etcd (install it with `apt-get install etcd-server`)", e)
-            })?;
+            .stderr(std::process::Stdio::null());
+        if let Some(t) = tls {
+            cmd.arg(format!("--cert-file={}", t.cert.display()))
+                .arg(format!("--key-file={}", t.key.display()))
+                .arg(format!("--trusted-ca-file={}", t.ca.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = cmd.spawn().map_err(|e| {
+            ControllerError::io("starting etcd (install it with `apt-get install etcd-server`)", e)
+        })?;
         let server = LocalEtcd { child, url };
         let cfg = StoreConfig {
             kind: "etcd".into(),
             etcd_endpoints: vec![server.url.clone()],
+            etcd_tls: tls.map(|t| crate::config::EtcdTls {
+                ca: t.ca.clone(),
+                cert: Some(t.cert.clone()),
+                key: Some(t.key.clone()),
+            }),
             ..StoreConfig::default()
         };
         let deadline = Instant::now() + Duration::from_secs(10);

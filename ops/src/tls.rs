@@ -65,7 +65,18 @@ impl TlsMetrics {
         }
     }
 
-    /// The expiry exported for `file` (`cert` or `ca`), if any yet.
+    /// Sets the expiry gauge of one more file in force under its own `file` label (the
+    /// controller's etcd client files: `etcd_cert`, `etcd_ca`), so the expiry alerts cover it
+    /// too. A file whose certificates do not parse leaves the gauge as it was, and is logged.
+    pub fn observe_file(&self, label: &str, path: &std::path::Path) {
+        match proto::auth::earliest_expiry(path) {
+            Ok(t) => self.expiry.with_label_values(&[label]).set(t),
+            Err(e) => warn!(file = label, error = %e, "cannot read the certificates' expiry"),
+        }
+    }
+
+    /// The expiry exported for `file` (`cert`, `ca`, or a label of
+    /// [`TlsMetrics::observe_file`]), if any yet.
     pub fn expiry(&self, file: &str) -> Option<i64> {
         self.expiry
             .get_metric_with_label_values(&[file])

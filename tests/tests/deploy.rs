@@ -226,6 +226,31 @@ fn kubernetes_manifests_agree_with_the_configurations() {
         controller.store.journal.is_some(),
         "the example keeps the journal across restarts"
     );
+    // Per daemon: the files its configuration reads (certificates, keys, etcd's password),
+    // each of which must be on a mounted volume.
+    let tls_files = |t: &proto::auth::TlsFiles| vec![t.ca.clone(), t.cert.clone(), t.key.clone()];
+    let mut controller_reads: Vec<PathBuf> = controller.tls.as_ref().map(tls_files).unwrap_or_default();
+    if let Some(t) = &controller.store.etcd_tls {
+        controller_reads.extend(
+            [Some(&t.ca), t.cert.as_ref(), t.key.as_ref()]
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+    }
+    controller_reads.extend(controller.store.etcd_password_file.clone());
+    assert!(
+        controller.store.etcd_tls.is_some(),
+        "the example reaches etcd over TLS"
+    );
+    let reads: HashMap<&str, Vec<PathBuf>> = HashMap::from([
+        ("axon-controller", controller_reads),
+        (
+            "axon-agent",
+            agent.tls.as_ref().map(tls_files).unwrap_or_default(),
+        ),
+        ("axon-prober", tls_files(&prober.tls)),
+    ]);
 
     let kustomization = &yaml_docs("kustomization.yaml")[0];
     let resources = strings(&kustomization["resources"]);
@@ -343,6 +368,13 @@ fn kubernetes_manifests_agree_with_the_configurations() {
                 .filter_map(|v| v["name"].as_str())
                 .chain(claims)
                 .collect();
+            for file in &reads[app] {
+                let held = mounts.iter().any(|m| {
+                    let at = m["mountPath"].as_str().unwrap();
+                    file.starts_with(at) && volumes.contains(&m["name"].as_str().unwrap())
+                });
+                assert!(held, "{rel}: {} is read, but no volume holds it", file.display());
+            }
             for file in &written[app] {
                 let holder = mounts
                     .iter()
