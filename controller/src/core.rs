@@ -784,7 +784,7 @@ pub fn reason_text(r: &Reason) -> String {
         Reason::NoRoute => "no usable path".into(),
         Reason::Direct => "direct is best".into(),
         Reason::RelayBeatsDirect { direct_cost } => format!("relay beats direct ({direct_cost:.1} ms)"),
-        Reason::DirectUnusable => "direct link unusable".into(),
+        Reason::DirectUnusable => "direct link unusable (down, unmeasured or drained)".into(),
         Reason::Kept {
             candidate_cost,
             gain_needed,
@@ -866,6 +866,7 @@ fn target_parts(t: &DrainTarget) -> (&'static str, String) {
     match t {
         DrainTarget::Site(s) => ("site", s.to_string()),
         DrainTarget::Region(r) => ("region", r.to_string()),
+        DrainTarget::Link(a, b) => ("link", format!("{a}<->{b}")),
     }
 }
 
@@ -1743,6 +1744,7 @@ impl Core {
         }
         let mut usable = Vec::new();
         let mut direct = None;
+        let drained_links = w.drains.drained_links(inv);
         for c in candidates {
             let names: Vec<SiteId> = c.iter().map(|&i| inv.site(i).id.clone()).collect();
             if names == primary_path {
@@ -1761,6 +1763,13 @@ impl Core {
             let mut metrics = Vec::new();
             for pair in c.windows(2) {
                 let (a, b) = (pair[0], pair[1]);
+                if drained_links.contains(&(a, b)) {
+                    why_not = why_not.or(Some(format!(
+                        "link {} → {} is drained",
+                        inv.site(a).id,
+                        inv.site(b).id
+                    )));
+                }
                 match w.links.get(a, b) {
                     None => {
                         why_not = why_not.or(Some(format!(

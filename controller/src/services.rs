@@ -376,8 +376,14 @@ fn target(kind: &str, name: &str) -> Result<DrainTarget, Status> {
         "region" => Ok(DrainTarget::Region(
             RegionId::new(name).map_err(|e| Status::invalid_argument(e.to_string()))?,
         )),
+        "link" => {
+            let (a, b) = name
+                .split_once("<->")
+                .ok_or_else(|| Status::invalid_argument(format!("link `{name}`: expected `A<->B`")))?;
+            Ok(DrainTarget::link(site_id(a)?, site_id(b)?))
+        }
         k => Err(Status::invalid_argument(format!(
-            "drain kind `{k}`: expected site or region"
+            "drain kind `{k}`: expected site, region or link"
         ))),
     }
 }

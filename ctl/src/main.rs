@@ -60,6 +60,7 @@ enum Output {
 enum Kind {
     Site,
     Region,
+    Link,
 }
 
 impl Kind {
@@ -67,6 +68,18 @@ impl Kind {
         match self {
             Kind::Site => "site",
             Kind::Region => "region",
+            Kind::Link => "link",
+        }
+    }
+
+    /// The target's name on the wire: a site or region as named, a link as `A<->B` from its
+    /// two ends (`axonctl drain link A B`).
+    fn target(self, name: &str, peer: Option<&str>) -> Result<String, Failure> {
+        match (self, peer) {
+            (Kind::Link, Some(b)) => Ok(format!("{name}<->{b}")),
+            (Kind::Link, None) => Err(Failure(2, "a link needs both ends: link A B".into())),
+            (_, None) => Ok(name.to_string()),
+            (_, Some(_)) => Err(Failure(2, format!("a {} takes one name", self.as_str()))),
         }
     }
 }
@@ -112,12 +125,14 @@ enum Command {
         /// Egress site.
         to: String,
     },
-    /// Take a site or region out of service.
+    /// Take a site, region or link out of service.
     Drain {
-        /// `site` or `region`.
+        /// `site`, `region` or `link`.
         kind: Kind,
-        /// Its name.
+        /// Its name (a link's first end).
         name: String,
+        /// A link's other end.
+        peer: Option<String>,
         /// Why (required).
         #[arg(long)]
         reason: String,
@@ -138,12 +153,14 @@ enum Command {
         #[arg(long)]
         detach: bool,
     },
-    /// Put a drained site or region back in service.
+    /// Put a drained site, region or link back in service.
     Undrain {
-        /// `site` or `region`.
+        /// `site`, `region` or `link`.
         kind: Kind,
-        /// Its name.
+        /// Its name (a link's first end).
         name: String,
+        /// A link's other end.
+        peer: Option<String>,
     },
     /// The drains in force; with `--history`, the drain log: who drained, undrained or was
     /// refused what, when and why (operator and automatic), newest first.
@@ -780,6 +797,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Drain {
             kind,
             name,
+            peer,
             reason,
             dry_run,
             force,
@@ -787,6 +805,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             timeout,
             detach,
         } => {
+            let name = kind.target(&name, peer.as_deref())?;
             let author = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
             let req = pb::DrainRequest {
                 kind: kind.as_str().into(),
@@ -828,7 +847,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 wait_applied(&mut admin, &r.version, timeout).await?;
             }
         }
-        Command::Undrain { kind, name } => {
+        Command::Undrain { kind, name, peer } => {
+            let name = kind.target(&name, peer.as_deref())?;
             let author = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
             let r = admin
                 .undrain(pb::UndrainRequest {

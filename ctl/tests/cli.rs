@@ -168,6 +168,28 @@ async fn axonctl_speaks_tables_json_and_exit_codes() {
     let (code, _, err) = axonctl(&["-c", &url, "drain", "site", "d", "--reason", "x", "--for", "0s"]).await;
     assert_eq!(code, 2, "{err}");
 
+    // A link, named by its two ends either way round.
+    let (code, _, err) = axonctl(&[
+        "-c",
+        &url,
+        "drain",
+        "link",
+        "c",
+        "a",
+        "--reason",
+        "provider work",
+        "--detach",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = axonctl(&["-c", &url, "drains"]).await;
+    assert!(out.contains("link") && out.contains("a<->c"), "{out}");
+    let (code, _, err) = axonctl(&["-c", &url, "undrain", "link", "a", "c"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = axonctl(&["-c", &url, "drain", "link", "a", "--reason", "x"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("both ends"), "{err}");
+
     // Usage errors exit 2; an unknown site is one clear line; no controller exits 69.
     let (code, _, _) = axonctl(&["-c", &url, "drain", "site", "a"]).await;
     assert_eq!(code, 2, "--reason is required");

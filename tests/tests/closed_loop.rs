@@ -288,6 +288,71 @@ async fn the_loop_relays_reroutes_drains_and_survives_the_control_plane() {
     })
     .await;
 
+    // A link drain (a provider's maintenance on c ↔ a, named either way round): every path
+    // leaves the link while it is still measured up, no site turns unready, and the undrain
+    // brings the relay back.
+    let reply = admin
+        .drain(pb::DrainRequest {
+            kind: "link".into(),
+            name: "c<->a".into(),
+            reason: "provider maintenance".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reply.refused.is_empty() && reply.sites.is_empty(), "{reply:?}");
+    for (from, to) in [("a", "b"), ("b", "a"), ("a", "c"), ("c", "a")] {
+        let p = eventually(long, "paths off the drained link", || async {
+            let p = mesh.primary(from, to).await?;
+            (!p.windows(2)
+                .any(|w| (w[0] == "a" && w[1] == "c") || (w[0] == "c" && w[1] == "a")))
+            .then_some(p)
+        })
+        .await;
+        assert!(p.len() >= 2, "{from}→{to}: {p:?}");
+    }
+    for site in ["a", "b", "c", "d"] {
+        assert_eq!(mesh.agent_get(site, "/readyz").await.0, 200, "{site}");
+    }
+    let (_, drain_state) = mesh.agent_get("b", "/v1/drain").await;
+    assert_eq!(drain_state["drains"][0]["kind"], "link", "{drain_state}");
+    assert_eq!(drain_state["drains"][0]["name"], "a<->c", "{drain_state}");
+    let why = admin
+        .explain(pb::ExplainRequest {
+            from: "a".into(),
+            to: "c".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        why.alternatives
+            .iter()
+            .any(|alt| alt.why_not == "link a → c is drained"),
+        "{why:?}"
+    );
+    let links = admin.links(pb::LinksRequest {}).await.unwrap().into_inner();
+    assert!(
+        links
+            .links
+            .iter()
+            .any(|l| l.from == "a" && l.to == "c" && l.health == "up"),
+        "still measured: {links:?}"
+    );
+    admin
+        .undrain(pb::UndrainRequest {
+            kind: "link".into(),
+            name: "a<->c".into(),
+            author: "test".into(),
+        })
+        .await
+        .unwrap();
+    eventually(long, "a → c → b after the link's undrain", || async {
+        (mesh.primary("a", "b").await? == ["a", "c", "b"]).then_some(())
+    })
+    .await;
+
     // 4. The controller goes away; a restarted agent serves its last-known-good table.
     let before = mesh.agent_get("a", "/v1/routes").await.1["version"]
         .as_u64()

@@ -28,6 +28,21 @@ pub enum DrainTarget {
     Site(SiteId),
     /// Every site of a region.
     Region(RegionId),
+    /// The link between two sites, both ways (ends in order; see [`DrainTarget::link`]): no
+    /// path uses it, as if it were down, while it is still measured. For a provider's
+    /// announced maintenance on one link, where draining either site would be too much.
+    Link(SiteId, SiteId),
+}
+
+impl DrainTarget {
+    /// The link between `a` and `b`, whichever way round they are named.
+    pub fn link(a: SiteId, b: SiteId) -> Self {
+        if a <= b {
+            DrainTarget::Link(a, b)
+        } else {
+            DrainTarget::Link(b, a)
+        }
+    }
 }
 
 impl fmt::Display for DrainTarget {
@@ -35,6 +50,7 @@ impl fmt::Display for DrainTarget {
         match self {
             DrainTarget::Site(s) => write!(f, "site {s}"),
             DrainTarget::Region(r) => write!(f, "region {r}"),
+            DrainTarget::Link(a, b) => write!(f, "link {a}<->{b}"),
         }
     }
 }
@@ -184,7 +200,7 @@ impl DrainSet {
             .iter()
             .filter_map(|d| match &d.target {
                 DrainTarget::Site(s) => Some(s),
-                DrainTarget::Region(_) => None,
+                DrainTarget::Region(_) | DrainTarget::Link(..) => None,
             })
             .collect();
         let regions: BTreeSet<&RegionId> = self
@@ -192,12 +208,25 @@ impl DrainSet {
             .iter()
             .filter_map(|d| match &d.target {
                 DrainTarget::Region(r) => Some(r),
-                DrainTarget::Site(_) => None,
+                DrainTarget::Site(_) | DrainTarget::Link(..) => None,
             })
             .collect();
         inv.sites()
             .iter()
             .map(|s| sites.contains(&s.id) || regions.contains(&s.region))
+            .collect()
+    }
+
+    /// The drained links, both directions of each, as inventory indices (ends no longer in
+    /// the inventory are skipped).
+    pub fn drained_links(&self, inv: &Inventory) -> Vec<(SiteIdx, SiteIdx)> {
+        self.drains
+            .iter()
+            .filter_map(|d| match &d.target {
+                DrainTarget::Link(a, b) => Some((inv.index_of(a)?, inv.index_of(b)?)),
+                _ => None,
+            })
+            .flat_map(|(a, b)| [(a, b), (b, a)])
             .collect()
     }
 
@@ -242,6 +271,23 @@ impl DrainSet {
                     return Err(TopologyError::UnknownRegion(r.clone()));
                 }
                 t
+            }
+            // A link drains no site: it takes no capacity, so no guardrail holds it.
+            DrainTarget::Link(a, b) => {
+                let (i, j) = (inv.require(a)?, inv.require(b)?);
+                if i == j {
+                    return Err(TopologyError::InvalidValue {
+                        field: "link",
+                        detail: format!("{a} to itself is no link"),
+                    });
+                }
+                if *a > *b {
+                    return Err(TopologyError::InvalidValue {
+                        field: "link",
+                        detail: "ends out of order (make it with DrainTarget::link)".into(),
+                    });
+                }
+                Vec::new()
             }
         };
         let before = self.drained_mask(inv);
@@ -609,7 +655,7 @@ impl AutoDrainPolicy {
                 .filter(|d| d.origin == DrainOrigin::Automatic)
                 .filter_map(|d| match &d.target {
                     DrainTarget::Site(s) => Some(s.clone()),
-                    DrainTarget::Region(_) => None,
+                    DrainTarget::Region(_) | DrainTarget::Link(..) => None,
                 })
                 .collect();
             for site in ours {

@@ -70,7 +70,7 @@ pub struct CostMatrix {
 }
 
 impl CostMatrix {
-    /// Flattens a world: down links are unusable, stale links carry `stale_penalty_ms`,
+    /// Flattens a world: down and drained links are unusable, stale links carry `stale_penalty_ms`,
     /// prices are added per link, shadow and drained sites never relay, shadow sites are no
     /// endpoints.
     pub fn build(world: &World, weights: &CostWeights, prices: &PriceBook) -> Self {
@@ -129,6 +129,13 @@ impl CostMatrix {
         // Rows on every core for large meshes (a 1,000-site matrix is a million links).
         let threads = threads_from(n, 128);
         let any_se = parallel_rows(rows, threads, || false, |any, a, row| *any |= fill(a, row));
+        // A drained link is unusable for routing, whatever its measured health.
+        for (a, b) in world.drains.drained_links(inv) {
+            let k = usize::from(a) * n + usize::from(b);
+            cost[k] = f32::INFINITY;
+            degraded[k] = false;
+            rtt[k] = f32::INFINITY;
+        }
         let (cost_se, loss_cost) = if any_se.into_iter().any(|x| x) {
             (Some(se_all), Some(loss_all))
         } else {

@@ -494,3 +494,18 @@ fn a_timed_drain_lifts_itself_when_its_window_ends() {
         Err(TopologyError::InvalidValue { field: "until", .. })
     ));
 }
+
+#[test]
+fn drain_targets_keep_their_stored_form() {
+    for (t, json) in [
+        (site("us1"), r#"{"kind":"site","name":"us1"}"#),
+        (region("eu"), r#"{"kind":"region","name":"eu"}"#),
+        (
+            DrainTarget::link(SiteId::new("us2").unwrap(), SiteId::new("eu1").unwrap()),
+            r#"{"kind":"link","name":["eu1","us2"]}"#,
+        ),
+    ] {
+        assert_eq!(serde_json::to_string(&t).unwrap(), json);
+        assert_eq!(serde_json::from_str::<DrainTarget>(json).unwrap(), t);
+    }
+}

@@ -556,3 +556,84 @@ fn a_new_configuration_keeps_the_paths_and_publishes_its_costs() {
     assert!(e.reconfigure(bad).is_err());
     assert_eq!(e.config().paths.max_relays, 0);
 }
+
+#[test]
+fn a_drained_link_is_left_at_once_by_every_path_and_taken_back_after_the_undrain() {
+    let mut e = engine();
+    let mut w = world(120.0);
+    e.compute(&w, 1_000);
+    assert_eq!(primary(&e, "a", "b"), ["a", "c", "b"]);
+    let req = DrainRequest {
+        target: DrainTarget::link(id("c"), id("a")),
+        reason: "provider maintenance".into(),
+        author: "ops".into(),
+        at_ms: 1_500,
+        origin: DrainOrigin::Operator,
+        force: false,
+        until_ms: None,
+    };
+    // The ends are kept in order, so either naming is the same drain; it drains no site and
+    // no guardrail holds it, even the tightest.
+    assert_eq!(req.target, DrainTarget::link(id("a"), id("c")));
+    assert_eq!(req.target.to_string(), "link a<->c");
+    let tight = GuardrailConfig {
+        min_active_regions: 2,
+        max_drained_fraction: 0.0,
+    };
+    let impact = w.drains.drain(&w.inventory, &[true; 4], &tight, req).unwrap();
+    assert!(impact.sites.is_empty() && impact.overridden.is_empty());
+    assert_eq!(w.drains.drained_mask(&w.inventory), [false; 4]);
+    let t = e.compute(&w, 2_000);
+    assert!(t.changed);
+    for (x, y) in [("a", "b"), ("b", "a"), ("a", "c"), ("c", "a"), ("d", "c")] {
+        let p = primary(&e, x, y);
+        assert!(
+            !p.windows(2)
+                .any(|l| (l[0] == "a" && l[1] == "c") || (l[0] == "c" && l[1] == "a")),
+            "{x}→{y} {p:?}"
+        );
+    }
+    assert_eq!(
+        primary(&e, "a", "b"),
+        ["a", "b"],
+        "at once, not after the switching streak"
+    );
+    assert_eq!(
+        primary(&e, "a", "c").len(),
+        3,
+        "a relay, the direct link being drained"
+    );
+    // The measured link stays as it was: only routing leaves it.
+    assert_eq!(
+        w.links.get(0, 2).unwrap().health,
+        LinkHealth::Up,
+        "still measured up"
+    );
+    w.drains.undrain(&DrainTarget::link(id("a"), id("c"))).unwrap();
+    for at in [3_000, 4_000, 5_000, 6_000] {
+        e.compute(&w, at);
+    }
+    assert_eq!(primary(&e, "a", "b"), ["a", "c", "b"]);
+    // Bad links: to itself, ends out of order, an unknown end.
+    let bad = |target| DrainRequest {
+        target,
+        reason: "x".into(),
+        author: "ops".into(),
+        at_ms: 1,
+        origin: DrainOrigin::Operator,
+        force: false,
+        until_ms: None,
+    };
+    for t in [
+        DrainTarget::link(id("a"), id("a")),
+        DrainTarget::Link(id("c"), id("a")),
+        DrainTarget::link(id("a"), id("zz")),
+    ] {
+        assert!(
+            w.drains
+                .check(&w.inventory, &[true; 4], &tight, &bad(t.clone()))
+                .is_err(),
+            "{t}"
+        );
+    }
+}
