@@ -471,8 +471,23 @@ pub struct SiteHealth {
 }
 
 /// Judges every site from its links: a site is sick when, of at least `min_peers` active
-/// peers, more than `sick_fraction` have a down or degraded link to or from it.
+/// peers, more than `sick_fraction` have a down or degraded link to or from it. When more
+/// than half of the sites judged would be sick at once, none is: the trouble is the mesh's
+/// (a provider-wide event, or the controller's own view of it on a starved host), and
+/// draining sites one by one would not mend it.
 pub fn site_health(inv: &Inventory, links: &LinkTable, cfg: &AutoDrainConfig) -> Vec<SiteHealth> {
+    let mut health = judge_each(inv, links, cfg);
+    let judged = health.iter().filter(|h| h.peers >= cfg.min_peers).count();
+    let sick = health.iter().filter(|h| h.sick).count();
+    if sick * 2 > judged {
+        for h in &mut health {
+            h.sick = false;
+        }
+    }
+    health
+}
+
+fn judge_each(inv: &Inventory, links: &LinkTable, cfg: &AutoDrainConfig) -> Vec<SiteHealth> {
     let n = inv.len();
     let bad = |h: Option<LinkHealth>| matches!(h, Some(LinkHealth::Down | LinkHealth::Degraded));
     (0..n)
@@ -639,9 +654,11 @@ impl AutoDrainPolicy {
             return actions;
         }
         // Healthy means judged and found well: a site measured on too few peers (its links
-        // not yet reported, after a restart) neither starts nor keeps a healthy period.
+        // not yet reported, after a restart), or one whose links are bad but not judged sick
+        // because the whole mesh looks bad, neither starts nor keeps a healthy period.
         for (site, h) in inv.sites().iter().zip(health) {
-            if h.sick || h.peers < cfg.min_peers {
+            let bad = f64::from(h.bad_peers) > cfg.sick_fraction * f64::from(h.peers);
+            if h.sick || bad || h.peers < cfg.min_peers {
                 self.healthy_since.remove(&site.id);
             } else {
                 self.healthy_since.entry(site.id.clone()).or_insert(now);

@@ -232,6 +232,57 @@ fn a_site_with_most_links_bad_is_sick_and_its_peers_are_not() {
 }
 
 #[test]
+fn a_mesh_bad_everywhere_is_no_one_sites_fault() {
+    let mut w = world_with_sick("eu1");
+    let ids: Vec<SiteId> = w.inventory.sites().iter().map(|s| s.id.clone()).collect();
+    // Every link degraded at once: each site has all its peers bad, and none is judged sick.
+    for a in &ids {
+        for b in &ids {
+            if a != b {
+                w.set_link(a, b, LinkMetrics::rtt(20.0), LinkHealth::Degraded)
+                    .unwrap();
+            }
+        }
+    }
+    let h = site_health(&w.inventory, &w.links, &AutoDrainConfig::default());
+    assert!(h.iter().all(|s| s.bad_peers == 4 && !s.sick), "{h:?}");
+    // Nor does such a site count as healthy: a drain the policy made before stays.
+    let cfg = AutoDrainConfig {
+        mode: AutoMode::Enforce,
+        undrain_after_ms: 1_000,
+        ..Default::default()
+    };
+    let mut set = DrainSet::default();
+    let mut policy = AutoDrainPolicy::default();
+    let sick_eu1 = site_health(
+        &world_with_sick("eu1").inventory,
+        &world_with_sick("eu1").links,
+        &cfg,
+    );
+    policy.evaluate(&w.inventory, &sick_eu1, &mut set, &cfg, &loose(), 0);
+    assert_eq!(set.list().len(), 1);
+    for at in [10_000, 20_000] {
+        let acts = policy.evaluate(&w.inventory, &h, &mut set, &cfg, &loose(), at);
+        assert!(acts.is_empty(), "{acts:?}");
+    }
+    assert_eq!(set.list().len(), 1);
+    // Two sites of five down at once are still theirs: two of five is not more than half.
+    let mut w = world_with_sick("eu1");
+    for b in &ids {
+        if b.as_str() != "us1" {
+            let us1 = SiteId::new("us1").unwrap();
+            w.set_link(&us1, b, LinkMetrics::rtt(20.0), LinkHealth::Down)
+                .unwrap();
+            w.set_link(b, &us1, LinkMetrics::rtt(20.0), LinkHealth::Down)
+                .unwrap();
+        }
+    }
+    let h = site_health(&w.inventory, &w.links, &AutoDrainConfig::default());
+    let sick: Vec<usize> = (0..5).filter(|&i| h[i].sick).collect();
+    assert_eq!(sick, [0, 2], "{h:?}");
+}
+
+#[test]
 fn recommend_mode_changes_nothing_and_enforce_drains_once_per_cooldown() {
     let w = world_with_sick("eu1");
     let cfg = AutoDrainConfig {
