@@ -514,6 +514,7 @@ impl pb::admin_server::Admin for Services {
                     topology::Role::Shadow => "shadow".into(),
                 },
                 drained: drained.contains(&s.id),
+                sick: core.sick_sites().iter().any(|k| k.site == s.id),
                 nodes: loads.get(s.id.as_str()).map_or(0, |l| l.nodes),
                 nodes_reporting: loads.get(s.id.as_str()).map_or(0, |l| l.reporting),
                 sessions: loads.get(s.id.as_str()).map_or(0, |l| l.sessions),

@@ -610,14 +610,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 .map_err(from_status)?
                 .into_inner();
             if json_out {
-                let v: Vec<Value> = s.sites.iter().map(|x| json!({"id": x.id, "region": x.region, "provider": x.provider, "role": x.role, "capacity": x.capacity, "drained": x.drained,
+                let v: Vec<Value> = s.sites.iter().map(|x| json!({"id": x.id, "region": x.region, "provider": x.provider, "role": x.role, "capacity": x.capacity, "drained": x.drained, "sick": x.sick,
                                                                  "nodes": x.nodes, "nodes_reporting": x.nodes_reporting, "sessions": x.sessions, "load": x.load})).collect();
                 println!("{}", Value::Array(v));
             } else {
                 table(
                     &[
-                        "SITE", "REGION", "PROVIDER", "ROLE", "CAPACITY", "DRAINED", "NODES", "SESSIONS",
-                        "LOAD",
+                        "SITE", "REGION", "PROVIDER", "ROLE", "CAPACITY", "DRAINED", "SICK", "NODES",
+                        "SESSIONS", "LOAD",
                     ],
                     s.sites
                         .iter()
@@ -629,6 +629,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                                 x.role.clone(),
                                 format!("{}", x.capacity),
                                 if x.drained { "yes".into() } else { "".into() },
+                                if x.sick { "yes".into() } else { "".into() },
                                 x.nodes.to_string(),
                                 if x.nodes_reporting > 0 {
                                     x.sessions.to_string()

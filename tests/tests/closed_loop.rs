@@ -503,6 +503,9 @@ async fn a_site_that_loses_every_link_is_drained_by_the_policy_and_undrained_onc
         .map(|k| (k.site.as_str(), k.verdict.as_str()))
         .collect();
     assert_eq!(sick, [("d", "drained")], "{status:?}");
+    let sites = admin.sites(pb::SitesRequest {}).await.unwrap().into_inner().sites;
+    let flagged: Vec<&str> = sites.iter().filter(|s| s.sick).map(|s| s.id.as_str()).collect();
+    assert_eq!(flagged, ["d"], "{sites:?}");
     // Sick once more than half its peers are bad: two or three of three.
     assert!(status.sick_sites[0].bad_peers >= 2, "{status:?}");
     let drains = admin
