@@ -697,6 +697,21 @@ impl Core {
         Ok(r?)
     }
 
+    /// Logs a drain the controller refused for a reason of its own (a link drain that would
+    /// cut pairs off), as the guardrails' refusals are.
+    pub fn log_refusal(&mut self, req: &DrainRequest, detail: String) {
+        self.log_drain(DrainEvent {
+            at_ms: req.at_ms,
+            action: DrainAction::Refused,
+            target: req.target.clone(),
+            author: req.author.clone(),
+            origin: req.origin,
+            reason: req.reason.clone(),
+            forced: false,
+            detail,
+        });
+    }
+
     /// Lifts a drain on behalf of `author` at `now`, and logs it with the reason of the drain
     /// lifted.
     pub fn undrain(

@@ -370,6 +370,31 @@ fn table_version(shared: &Shared) -> Option<pb::TableVersion> {
     shared.published.borrow().as_ref().map(|p| version_pb(p.id))
 }
 
+/// The routed pairs that cutting the link `a`–`b` would leave without any path, as `x → y`
+/// (a what-if on a copy of the world, off the I/O threads).
+async fn pairs_cut_off(shared: &Shared, a: &SiteId, b: &SiteId) -> Result<Vec<String>, Status> {
+    let (world, cfg) = {
+        let core = shared.core();
+        (core.world().clone(), core.config().clone())
+    };
+    let change = topology::Change::CutLink {
+        a: a.clone(),
+        b: b.clone(),
+    };
+    let r = tokio::task::spawn_blocking(move || {
+        topology::what_if(
+            &world,
+            &cfg.engine,
+            &cfg.guardrails,
+            std::slice::from_ref(&change),
+        )
+    })
+    .await
+    .map_err(|e| Status::internal(e.to_string()))?
+    .map_err(|e| topology_status(e.into()))?;
+    Ok(r.lost.iter().map(|(x, y)| format!("{x} → {y}")).collect())
+}
+
 fn target(kind: &str, name: &str) -> Result<DrainTarget, Status> {
     match kind {
         "site" => Ok(DrainTarget::Site(site_id(name)?)),
@@ -656,6 +681,27 @@ impl pb::admin_server::Admin for Services {
             force: req.force,
             until_ms: (req.duration_s > 0).then(|| at_ms + req.duration_s * 1_000),
         };
+        // A link drains no capacity, but it may cut pairs off: unless forced, a link drain
+        // that would leave a routed pair without any path is refused, with the pairs named.
+        if let DrainTarget::Link(a, b) = &target
+            && !req.force
+        {
+            let lost = pairs_cut_off(&self.0, a, b).await?;
+            if !lost.is_empty() {
+                let refusal = format!(
+                    "draining {target} would leave {} pair(s) without a path ({}); use --force to drain it anyway",
+                    lost.len(),
+                    lost.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+                );
+                if !req.dry_run {
+                    self.0.core().log_refusal(&request, refusal.clone());
+                }
+                return Ok(Response::new(pb::DrainReply {
+                    refused: refusal,
+                    ..Default::default()
+                }));
+            }
+        }
         let impact = {
             let mut core = self.0.core();
             match core.drain(request, req.dry_run) {

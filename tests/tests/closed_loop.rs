@@ -352,12 +352,63 @@ async fn the_loop_relays_reroutes_drains_and_survives_the_control_plane() {
         (mesh.primary("a", "b").await? == ["a", "c", "b"]).then_some(())
     })
     .await;
+    // A link drain that would cut pairs off is refused unless forced: with a's links to c
+    // and d cut, a reaches the mesh through b alone.
+    mesh.blackhole("a", "c", true);
+    mesh.blackhole("a", "d", true);
+    eventually(long, "c → a and d → a down at the controller", || async {
+        let links = admin
+            .clone()
+            .links(pb::LinksRequest {})
+            .await
+            .ok()?
+            .into_inner()
+            .links;
+        let down = |from: &str| {
+            links
+                .iter()
+                .any(|l| l.from == from && l.to == "a" && l.health == "down")
+        };
+        (down("c") && down("d")).then_some(())
+    })
+    .await;
+    let reply = admin
+        .drain(pb::DrainRequest {
+            kind: "link".into(),
+            name: "a<->b".into(),
+            reason: "provider maintenance".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        reply.refused.contains("without a path") && reply.refused.contains("b → a"),
+        "{reply:?}"
+    );
+    let after = admin
+        .drains(pb::DrainsRequest {
+            history: true,
+            limit: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(after.drains.is_empty(), "{after:?}");
+    assert_eq!(after.history[0].action, "refused", "{after:?}");
+    mesh.blackhole("a", "c", false);
+    mesh.blackhole("a", "d", false);
+    eventually(long, "a → c → b once a's links are back", || async {
+        (mesh.primary("a", "b").await? == ["a", "c", "b"]).then_some(())
+    })
+    .await;
 
-    // 4. The controller goes away; a restarted agent serves its last-known-good table.
+    // 4. The controller goes away; a restarted agent serves its last-known-good table (the
+    // one it held when the controller stopped: nothing newer can reach it after).
+    mesh.controller.take().unwrap().shutdown().await;
     let before = mesh.agent_get("a", "/v1/routes").await.1["version"]
         .as_u64()
         .unwrap();
-    mesh.controller.take().unwrap().shutdown().await;
     let old = mesh.agents.remove("a").unwrap();
     old.shutdown().await;
     // Nothing listens on the discard port: no controller answers.
