@@ -682,7 +682,7 @@ impl Core {
             Err(topology::TopologyError::GuardrailRefused { rule, detail }) => {
                 (DrainAction::Refused, format!("{rule}: {detail}"))
             }
-            Err(_) => return Ok(r?),
+            Err(_) => return r.map_err(ControllerError::from),
         };
         self.log_drain(DrainEvent {
             at_ms: req.at_ms,
@@ -694,7 +694,7 @@ impl Core {
             forced: req.force && action == DrainAction::Drained,
             detail,
         });
-        Ok(r?)
+        r.map_err(ControllerError::from)
     }
 
     /// Logs a drain the controller refused for a reason of its own (a link drain that would

@@ -470,6 +470,14 @@ pub struct SiteHealth {
     pub sick: bool,
 }
 
+impl SiteHealth {
+    /// Judged on at least `min_peers` peers, and more than `sick_fraction` of them bad: the
+    /// site's own verdict, before the mesh-wide rule of [`site_health`] may clear `sick`.
+    pub fn failing(&self, cfg: &AutoDrainConfig) -> bool {
+        self.peers >= cfg.min_peers && f64::from(self.bad_peers) > cfg.sick_fraction * f64::from(self.peers)
+    }
+}
+
 /// Judges every site from its links: a site is sick when, of at least `min_peers` active
 /// peers, more than `sick_fraction` have a down or degraded link to or from it. When more
 /// than half of the sites judged would be sick at once, none is: the trouble is the mesh's
@@ -509,12 +517,13 @@ fn judge_each(inv: &Inventory, links: &LinkTable, cfg: &AutoDrainConfig) -> Vec<
                     bad_peers += 1;
                 }
             }
-            let sick = peers >= cfg.min_peers && f64::from(bad_peers) > cfg.sick_fraction * f64::from(peers);
-            SiteHealth {
+            let mut h = SiteHealth {
                 peers,
                 bad_peers,
-                sick,
-            }
+                sick: false,
+            };
+            h.sick = h.failing(cfg);
+            h
         })
         .collect()
 }
@@ -657,8 +666,7 @@ impl AutoDrainPolicy {
         // not yet reported, after a restart), or one whose links are bad but not judged sick
         // because the whole mesh looks bad, neither starts nor keeps a healthy period.
         for (site, h) in inv.sites().iter().zip(health) {
-            let bad = f64::from(h.bad_peers) > cfg.sick_fraction * f64::from(h.peers);
-            if h.sick || bad || h.peers < cfg.min_peers {
+            if h.sick || h.peers < cfg.min_peers || h.failing(cfg) {
                 self.healthy_since.remove(&site.id);
             } else {
                 self.healthy_since.entry(site.id.clone()).or_insert(now);
