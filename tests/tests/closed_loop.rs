@@ -406,9 +406,13 @@ async fn the_loop_relays_reroutes_drains_and_survives_the_control_plane() {
     // 4. The controller goes away; a restarted agent serves its last-known-good table (the
     // one it held when the controller stopped: nothing newer can reach it after).
     mesh.controller.take().unwrap().shutdown().await;
-    let before = mesh.agent_get("a", "/v1/routes").await.1["version"]
-        .as_u64()
-        .unwrap();
+    // A table already on the wire may still land: read the version once the agent has seen
+    // its stream end, when nothing more can reach it.
+    let before = eventually(long, "agent a sees the controller gone", || async {
+        let (_, v) = mesh.agent_get("a", "/v1/routes").await;
+        (v["controller_connected"] == false).then(|| v["version"].as_u64().unwrap())
+    })
+    .await;
     let old = mesh.agents.remove("a").unwrap();
     old.shutdown().await;
     // Nothing listens on the discard port: no controller answers.

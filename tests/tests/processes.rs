@@ -171,7 +171,17 @@ async fn separate_processes_close_the_loop_and_agents_outlive_the_controller() {
     // The controller stops (SIGTERM, graceful); agent a keeps serving, then restarts and
     // serves its last-known-good table.
     terminate(&mut controller);
-    let held = http_get(a, "/v1/routes").await.1["version"].as_u64().unwrap();
+    // A table already on the wire may still land: read the version once the agent has seen
+    // its stream end, when nothing more can reach it.
+    let held = eventually(
+        Duration::from_secs(20),
+        "agent a sees the controller gone",
+        || async {
+            let (_, v) = http_get(a, "/v1/routes").await;
+            (v["controller_connected"] == false).then(|| v["version"].as_u64().unwrap())
+        },
+    )
+    .await;
     terminate(&mut agents[0]);
     agents[0] = spawn("axon-agent", &dir.path().join("agent-a.toml"));
     let v = eventually(
