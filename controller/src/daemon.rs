@@ -114,6 +114,9 @@ pub struct Shared {
     /// The routing configuration this replica last wrote to etcd with a table: written again
     /// only when it differs (or with a table written whole).
     pub etcd_routing: Mutex<Option<serde_json::Value>>,
+    /// The drain log this replica last wrote to etcd with a table: written again only when
+    /// it differs (or with a table written whole).
+    pub etcd_drain_log: Mutex<Option<Vec<crate::store::DrainEvent>>>,
     /// Held across a computation and its publication, so tables are persisted in order.
     pub publishing: Mutex<()>,
     /// The pairs each published table moved (`axonctl changes`).
@@ -423,9 +426,13 @@ impl Shared {
                 let mut last_routing = self.etcd_routing.lock().unwrap_or_else(|e| e.into_inner());
                 let new_routing =
                     (only.is_none() || last_routing.as_ref() != Some(&routing)).then_some(&routing);
+                let mut last_log = self.etcd_drain_log.lock().unwrap_or_else(|e| e.into_inner());
+                let new_log = (only.is_none() || last_log.as_ref() != Some(&snapshot.drain_log))
+                    .then_some(snapshot.drain_log.as_slice());
                 let r = tokio::runtime::Handle::current().block_on(etcd.publish(
                     &fence,
                     &snapshot,
+                    new_log,
                     new_routing,
                     id,
                     computed_ms,
@@ -434,6 +441,7 @@ impl Shared {
                 ));
                 *written = r.as_ref().ok().map(|_| id);
                 *last_routing = r.as_ref().ok().map(|_| routing.clone());
+                *last_log = r.as_ref().ok().map(|_| snapshot.drain_log.clone());
                 let n = r?;
                 self.metrics.etcd_site_writes.inc_by(n as u64);
                 sites_written = Some(n);
@@ -586,6 +594,7 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
         compact_every: (cfg.store.etcd_compact_s > 0).then(|| Duration::from_secs(cfg.store.etcd_compact_s)),
         etcd_written: Mutex::new(None),
         etcd_routing: Mutex::new(None),
+        etcd_drain_log: Mutex::new(None),
         publishing: Mutex::new(()),
         journal: Mutex::new(journal),
         config_drift: Mutex::new(Vec::new()),

@@ -41,7 +41,7 @@ use tracing::{info, warn};
 use crate::config::StoreConfig;
 use crate::daemon::{Published, Shared};
 use crate::error::ControllerError;
-use crate::store::Snapshot;
+use crate::store::{DrainEvent, Snapshot};
 
 /// Puts per transaction: well under etcd's default limit of 128 operations.
 const PUTS_PER_TXN: usize = 64;
@@ -154,23 +154,34 @@ impl Etcd {
         format!("{}/{k}", self.prefix)
     }
 
-    /// Drains and the last version published (empty on a new mesh).
+    /// Drains, the drain log and the last version published (empty on a new mesh).
     pub async fn load(&self) -> Result<Snapshot, ControllerError> {
-        let r = self
-            .client
-            .kv_client()
+        let mut kv = self.client.kv_client();
+        let r = kv
             .get(self.key("state"), None)
             .await
             .map_err(|e| store_err("get state", e))?;
-        match r.kvs().first() {
-            Some(kv) => serde_json::from_slice(kv.value()).map_err(|e| store_err("state", e)),
-            None => Ok(Snapshot::default()),
+        let mut snapshot: Snapshot = match r.kvs().first() {
+            Some(kv) => serde_json::from_slice(kv.value()).map_err(|e| store_err("state", e))?,
+            None => Snapshot::default(),
+        };
+        let r = kv
+            .get(self.key("drain_log"), None)
+            .await
+            .map_err(|e| store_err("get drain log", e))?;
+        if let Some(kv) = r.kvs().first() {
+            let kept: Vec<DrainEvent> =
+                serde_json::from_slice(kv.value()).map_err(|e| store_err("drain log", e))?;
+            snapshot.drain_log = merge_drain_logs(kept, std::mem::take(&mut snapshot.drain_log));
         }
+        Ok(snapshot)
     }
 
     /// Writes a table (each site's encoded update, then its id), the state that goes with it
-    /// and the routing configuration that computed it (for the followers to compare with
-    /// their own; `None` when it is the one already written), fenced by `fence`. With `only`, just those sites' keys are written: the
+    /// (its drain log under a key of its own, written only when given: `None` when the log
+    /// is the one already written, so a table does not rewrite up to `drain_log_rows` rows
+    /// each time) and the routing configuration that computed it (for the followers to
+    /// compare with their own; `None` when it is the one already written), fenced by `fence`. With `only`, just those sites' keys are written: the
     /// others hold updates whose rows this table did not change (written by an earlier table
     /// of the same leadership, which readers re-stamp with this table's id; see
     /// [`Etcd::read_published`]). Returns how many sites were written.
@@ -179,6 +190,7 @@ impl Etcd {
         &self,
         fence: &Fence,
         state: &Snapshot,
+        drain_log: Option<&[DrainEvent]>,
         routing: Option<&serde_json::Value>,
         id: TableId,
         computed_ms: u64,
@@ -191,8 +203,17 @@ impl Etcd {
             .map(|(site, bytes)| (self.key(&format!("table/sites/{site}")), bytes.to_vec()))
             .collect();
         let sites = puts.len();
-        let state = serde_json::to_vec(state).map_err(|e| store_err("state", e))?;
+        // The log lives under its own key; the state carries none.
+        let state = Snapshot {
+            drain_log: Vec::new(),
+            ..state.clone()
+        };
+        let state = serde_json::to_vec(&state).map_err(|e| store_err("state", e))?;
         puts.push((self.key("state"), state));
+        if let Some(log) = drain_log {
+            let log = serde_json::to_vec(log).map_err(|e| store_err("drain log", e))?;
+            puts.push((self.key("drain_log"), log));
+        }
         if let Some(routing) = routing {
             let routing = serde_json::to_vec(routing).map_err(|e| store_err("config", e))?;
             puts.push((self.key("config"), routing));
@@ -691,6 +712,24 @@ pub async fn campaign(
     }
 }
 
+/// The drain log a new leader takes over: the one under its own key, plus any rows a
+/// controller that knew no such key wrote inside the state since (during a rolling upgrade),
+/// oldest first, each row once.
+fn merge_drain_logs(kept: Vec<DrainEvent>, in_state: Vec<DrainEvent>) -> Vec<DrainEvent> {
+    if in_state.is_empty() {
+        return kept;
+    }
+    let mut all = kept;
+    for e in in_state {
+        if !all.contains(&e) {
+            all.push(e);
+        }
+    }
+    // Stable: rows of the same millisecond keep the order they were written in.
+    all.sort_by_key(|e| e.at_ms);
+    all
+}
+
 /// While this replica follows: serves the leader's tables from etcd to its own agents (at
 /// once on a change of the table id, and every 2 s in case a change was missed), and keeps
 /// the leader's address for probers.
@@ -901,5 +940,30 @@ mod tests {
         assert_eq!(prefix_end(b"/axon/table/sites/"), b"/axon/table/sites0");
         assert_eq!(prefix_end(b"a\xff\xff"), b"b");
         assert_eq!(prefix_end(b"\xff"), b"\0");
+    }
+
+    #[test]
+    fn a_drain_log_written_inside_the_state_by_an_older_controller_is_kept() {
+        let event = |at_ms, author: &str| DrainEvent {
+            at_ms,
+            action: crate::store::DrainAction::Drained,
+            target: topology::DrainTarget::Site(SiteId::new("a").unwrap()),
+            author: author.into(),
+            origin: topology::DrainOrigin::Operator,
+            reason: "maintenance".into(),
+            forced: false,
+            detail: String::new(),
+        };
+        let kept = vec![event(1, "alice"), event(5, "bob")];
+        // Nothing since: the key's log as it is.
+        assert_eq!(merge_drain_logs(kept.clone(), Vec::new()), kept);
+        // An older leader read no log and wrote its own rows (and one it saw the newer write
+        // in an earlier state) into the state: each row once, oldest first.
+        let merged = merge_drain_logs(
+            kept.clone(),
+            vec![event(5, "bob"), event(3, "carol"), event(9, "dave")],
+        );
+        let authors: Vec<&str> = merged.iter().map(|e| e.author.as_str()).collect();
+        assert_eq!(authors, ["alice", "carol", "bob", "dave"]);
     }
 }

@@ -77,10 +77,11 @@ async fn a_new_leader_takes_over_within_the_lease_and_no_agent_goes_back() {
     let mut client = etcd_client::Client::connect([etcd.url.as_str()], None)
         .await
         .unwrap();
-    let config_rev = async |client: &mut etcd_client::Client| {
-        client.get("/axon/config", None).await.unwrap().kvs()[0].mod_revision()
+    let rev = async |client: &mut etcd_client::Client, key: &str| {
+        client.get(key, None).await.unwrap().kvs()[0].mod_revision()
     };
-    let config_before = config_rev(&mut client).await;
+    let config_before = rev(&mut client, "/axon/config").await;
+    let log_before = rev(&mut client, "/axon/drain_log").await;
     let (writes, version) = (
         leader.shared.metrics.etcd_site_writes.get(),
         leader.shared.metrics.table_version.get(),
@@ -110,8 +111,9 @@ async fn a_new_leader_takes_over_within_the_lease_and_no_agent_goes_back() {
         written < 4 * tables as u64,
         "{written} site keys for {tables} tables of 4 sites"
     );
-    // Nor the leader's configuration, which did not change.
-    assert_eq!(config_rev(&mut client).await, config_before);
+    // Nor the leader's configuration or drain log, which did not change.
+    assert_eq!(rev(&mut client, "/axon/config").await, config_before);
+    assert_eq!(rev(&mut client, "/axon/drain_log").await, log_before);
 
     // A follower reloaded with other hysteresis says its routes would differ from the
     // leader's, in its status and its metrics; reloaded back, it agrees again.
@@ -178,6 +180,20 @@ async fn a_new_leader_takes_over_within_the_lease_and_no_agent_goes_back() {
         (mesh.agent_get("d", "/readyz").await.0 == 503).then_some(())
     })
     .await;
+    // The drain log is stored under its own key, written when it changes; the state, written
+    // with every table, carries the drains alone.
+    {
+        let json = async |key: &str| {
+            let r = client.clone().get(key, None).await.unwrap();
+            serde_json::from_slice::<serde_json::Value>(r.kvs()[0].value()).unwrap()
+        };
+        let state = json("/axon/state").await;
+        assert_eq!(state["drains"].as_array().unwrap().len(), 1, "{state}");
+        assert_eq!(state["drain_log"], serde_json::json!([]), "{state}");
+        let log = json("/axon/drain_log").await;
+        assert_eq!(log[0]["action"], "drained", "{log}");
+        assert_eq!(log[0]["author"], "test", "{log}");
+    }
 
     // Watch every agent's (epoch, version) from now on: it may only move forward.
     let stop = Arc::new(AtomicBool::new(false));
@@ -326,6 +342,7 @@ async fn a_new_leader_takes_over_within_the_lease_and_no_agent_goes_back() {
             &old_fence,
             &Default::default(),
             None,
+            None,
             id,
             0,
             &Default::default(),
@@ -424,6 +441,7 @@ async fn a_table_of_500_sites_goes_through_etcd_whole() {
             &fence,
             &Default::default(),
             None,
+            None,
             id,
             1_700_000_000_000,
             &encoded,
@@ -468,6 +486,7 @@ async fn a_table_of_500_sites_goes_through_etcd_whole() {
         .publish(
             &fence,
             &Default::default(),
+            None,
             None,
             next,
             2_000,
