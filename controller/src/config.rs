@@ -82,14 +82,23 @@ pub struct StoreConfig {
     /// `http://` endpoints, for an etcd on a trusted network only.
     pub etcd_tls: Option<EtcdTls>,
     /// A user of etcd's own authentication (`etcdctl auth enable`), with read and write on
-    /// `etcd_prefix`; its password is read from `etcd_password_file` at start (kept out of
-    /// this file). Default none.
+    /// `etcd_prefix`; its password is read from `etcd_password_file` (kept out of this file)
+    /// at start and when the file is replaced. Default none.
     pub etcd_user: Option<String>,
     /// The file holding `etcd_user`'s password (a trailing newline is ignored). Default none.
     pub etcd_password_file: Option<PathBuf>,
+    /// How often the etcd client's files (`etcd_tls`'s CA, certificate and key, and
+    /// `etcd_password_file`) are read again to see whether they were replaced, s. New
+    /// contents that stayed the same for one more check are dialled with; once a read through
+    /// them succeeds, the new connection replaces the old (a leader keeps its lease, and
+    /// leads on), so a renewed certificate or a rotated password needs no restart. Contents
+    /// that do not work leave the connection in force, and are counted as refused. 0 reads
+    /// them only at start. Default 60.
+    pub etcd_files_recheck_s: u64,
 }
 
-/// TLS between a controller replica and etcd: the files are read when the replica starts.
+/// TLS between a controller replica and etcd: the files are read when the replica starts, and
+/// again when they are replaced (see [`StoreConfig::etcd_files_recheck_s`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdTls {
@@ -119,6 +128,7 @@ impl Default for StoreConfig {
             etcd_tls: None,
             etcd_user: None,
             etcd_password_file: None,
+            etcd_files_recheck_s: 60,
         }
     }
 }

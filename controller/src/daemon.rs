@@ -602,15 +602,18 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
     });
     shared.metrics.config_matches_leader.set(1);
 
-    // The etcd client's files are read once, at start: their expiry is that of the files in
-    // force until a restart.
-    if let Some(t) = &cfg.store.etcd_tls {
-        shared.metrics.tls.observe_file("etcd_ca", &t.ca);
-        if let Some(cert) = &t.cert {
-            shared.metrics.tls.observe_file("etcd_cert", cert);
-        }
-    }
+    // The etcd client's files: their expiry now, and a new connection when they are replaced.
+    crate::ha::observe_etcd_files(&cfg.store, &shared.metrics.tls);
     let mut tasks = JoinSet::new();
+    if let Some(etcd) = etcd.clone() {
+        let (metrics, stop) = (shared.metrics.tls.clone(), cancel.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                () = crate::ha::watch_files(etcd, metrics) => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
     if let Some(files) = cfg.tls.clone() {
         shared.metrics.tls.observe(&files);
         let (s, stop) = (shared.clone(), cancel.clone());

@@ -107,7 +107,9 @@ impl Leadership {
 /// The etcd side of a replica: keys, fenced writes, reads of the published table.
 #[derive(Clone)]
 pub struct Etcd {
-    client: Client,
+    /// The connection in force: replaced whole when the client's files are ([`Etcd::redial`]).
+    client: Arc<tokio::sync::watch::Sender<Client>>,
+    cfg: Arc<StoreConfig>,
     prefix: String,
 }
 
@@ -116,6 +118,16 @@ impl Etcd {
     /// With `etcd_tls`, over TLS (and a client certificate when one is configured); with
     /// `etcd_user`, authenticated as that user. The files are read now.
     pub async fn connect(cfg: &StoreConfig) -> Result<Self, ControllerError> {
+        let client = Self::dial(cfg).await?;
+        Ok(Etcd {
+            client: Arc::new(tokio::sync::watch::Sender::new(client)),
+            cfg: Arc::new(cfg.clone()),
+            prefix: cfg.etcd_prefix.clone(),
+        })
+    }
+
+    /// A client built from `cfg` and the files it names, read now.
+    async fn dial(cfg: &StoreConfig) -> Result<Client, ControllerError> {
         let read = |what: &str, path: &Path| {
             std::fs::read(path)
                 .map_err(|e| ControllerError::io(format!("store.{what} {}", path.display()), e))
@@ -141,13 +153,40 @@ impl Etcd {
             })?;
             options = options.with_user(user.clone(), password.trim_end_matches(['\r', '\n']));
         }
-        let client = Client::connect(&cfg.etcd_endpoints, Some(options))
+        Client::connect(&cfg.etcd_endpoints, Some(options))
             .await
-            .map_err(|e| store_err("connect", e))?;
-        Ok(Etcd {
-            client,
-            prefix: cfg.etcd_prefix.clone(),
-        })
+            .map_err(|e| store_err("connect", e))
+    }
+
+    /// The connection in force (a handle: cheap to clone).
+    fn client(&self) -> Client {
+        self.client.borrow().clone()
+    }
+
+    /// Dials etcd again with the client's files as they are now, and puts the new connection
+    /// in force once a read through it succeeds: a renewed certificate or a rotated password
+    /// without a restart. Streams open on the old connection (a leader's lease keep-alive, a
+    /// follower's watch) move to the new one. On an error the connection in force stays.
+    pub async fn redial(&self) -> Result<(), ControllerError> {
+        let client = Self::dial(&self.cfg).await?;
+        client
+            .kv_client()
+            .get(self.key("table/id"), Some(GetOptions::new().with_keys_only()))
+            .await
+            .map_err(|e| store_err("read through the new connection", e))?;
+        self.client.send_replace(client);
+        Ok(())
+    }
+
+    /// The files the connection was dialled with: CA, certificate, key, password.
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        let mut files = Vec::new();
+        if let Some(t) = &self.cfg.etcd_tls {
+            files.push(t.ca.clone());
+            files.extend(t.cert.iter().chain(&t.key).cloned());
+        }
+        files.extend(self.cfg.etcd_password_file.iter().cloned());
+        files
     }
 
     fn key(&self, k: &str) -> String {
@@ -156,7 +195,7 @@ impl Etcd {
 
     /// Drains, the drain log and the last version published (empty on a new mesh).
     pub async fn load(&self) -> Result<Snapshot, ControllerError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.client().kv_client();
         let r = kv
             .get(self.key("state"), None)
             .await
@@ -228,7 +267,7 @@ impl Etcd {
             format!("{} {} {computed_ms}", id.epoch.0, id.version.0),
             None,
         );
-        let mut kv = self.client.kv_client();
+        let mut kv = self.client().kv_client();
         batches.push(vec![id]);
         for ops in batches {
             let txn = Txn::new()
@@ -257,7 +296,7 @@ impl Etcd {
         after: Option<TableId>,
         cache: &mut SiteCache,
     ) -> Result<Option<Published>, ControllerError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.client().kv_client();
         let r = kv
             .get(self.key("table/id"), None)
             .await
@@ -367,7 +406,7 @@ impl Etcd {
         prefix: &str,
         revision: i64,
     ) -> Result<Vec<etcd_client::KeyValue>, ControllerError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.client().kv_client();
         let end = prefix_end(prefix.as_bytes());
         let mut from = prefix.as_bytes().to_vec();
         let mut revision = revision;
@@ -409,7 +448,7 @@ impl Etcd {
         &self,
         seen: &mut Option<(i64, serde_json::Value)>,
     ) -> Result<Option<serde_json::Value>, ControllerError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.client().kv_client();
         let key = self.key("config");
         let r = kv
             .get(key.clone(), Some(GetOptions::new().with_keys_only()))
@@ -440,7 +479,7 @@ impl Etcd {
     /// A lease of `ttl`, for [`Etcd::elect`]: leadership ends when it is no longer renewed.
     pub async fn grant(&self, ttl: Duration) -> Result<i64, ControllerError> {
         let r = self
-            .client
+            .client()
             .lease_client()
             .grant(ttl.as_secs() as i64, None)
             .await
@@ -452,7 +491,7 @@ impl Etcd {
     /// the fence every write of this leadership carries.
     pub async fn elect(&self, url: &str, lease: i64) -> Result<Fence, ControllerError> {
         let r = self
-            .client
+            .client()
             .election_client()
             .campaign(self.key("election"), url, lease)
             .await
@@ -468,7 +507,7 @@ impl Etcd {
     /// The URL the current leader advertises, if there is one.
     pub async fn leader_url(&self) -> Option<String> {
         let r = self
-            .client
+            .client()
             .election_client()
             .leader(self.key("election"))
             .await
@@ -537,13 +576,26 @@ pub struct SiteCache {
 
 /// Keeps `lease` alive until it is lost (etcd unreachable past the TTL, or revoked).
 async fn keep_alive(etcd: &Etcd, lease: i64, ttl: Duration) -> ControllerError {
-    let Ok((mut keeper, mut stream)) = etcd.client.lease_client().keep_alive(lease).await else {
+    let mut clients = etcd.client.subscribe();
+    let Ok((mut keeper, mut stream)) = etcd.client().lease_client().keep_alive(lease).await else {
         return store_err("keep-alive", "cannot open the stream");
     };
     let mut last_ok = Instant::now();
     let mut tick = tokio::time::interval(ttl / 3);
     loop {
         tokio::select! {
+            Ok(()) = clients.changed() => {
+                // The client's files were replaced: the same lease, kept over the new
+                // connection (the old one may not reconnect once its certificate expires).
+                let client = clients.borrow_and_update().clone();
+                match client.lease_client().keep_alive(lease).await {
+                    Ok(s) => {
+                        (keeper, stream) = s;
+                        info!("etcd: lease kept alive over the new connection");
+                    }
+                    Err(e) => warn!(error = %e, "etcd: keep-alive over the new connection failed; the old one goes on"),
+                }
+            }
             _ = tick.tick() => {
                 if last_ok.elapsed() >= ttl {
                     return store_err("lease", "not renewed within its TTL");
@@ -592,7 +644,7 @@ impl Compactor {
     /// revision already compacted (by another client, or by etcd itself) counts as done.
     async fn pass(&mut self, etcd: &Etcd, metrics: &crate::metrics::Metrics) {
         self.next = tokio::time::Instant::now() + self.every.unwrap_or_default();
-        let mut kv = etcd.client.kv_client();
+        let mut kv = etcd.client().kv_client();
         let now = match kv.get(etcd.key("table/id"), None).await {
             Ok(r) => r.header().map(|h| h.revision()),
             Err(e) => {
@@ -649,7 +701,7 @@ pub async fn campaign(
         tokio::pin!(keep);
         let won = tokio::select! {
             _ = cancel.cancelled() => {
-                let _ = etcd.client.lease_client().revoke(lease).await;
+                let _ = etcd.client().lease_client().revoke(lease).await;
                 return;
             }
             e = &mut keep => {
@@ -662,7 +714,7 @@ pub async fn campaign(
             Ok(f) => f,
             Err(e) => {
                 warn!(error = %e, "etcd: campaign failed; retrying");
-                let _ = etcd.client.lease_client().revoke(lease).await;
+                let _ = etcd.client().lease_client().revoke(lease).await;
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
@@ -677,7 +729,7 @@ pub async fn campaign(
             Ok(()) => {}
             Err(e) => {
                 warn!(error = %e, "etcd: cannot take the lead; resigning");
-                let _ = etcd.client.lease_client().revoke(lease).await;
+                let _ = etcd.client().lease_client().revoke(lease).await;
                 continue;
             }
         }
@@ -705,9 +757,53 @@ pub async fn campaign(
         if resign {
             // Revoking the lease deletes the leader key: the next replica is elected now,
             // not a TTL from now.
-            let _ = etcd.client.lease_client().revoke(lease).await;
+            let _ = etcd.client().lease_client().revoke(lease).await;
             info!(name = %shared.name, "resigned");
             return;
+        }
+    }
+}
+
+/// Reads the etcd client's files every `store.etcd_files_recheck_s` for as long as the
+/// returned future runs, and dials etcd again with them once they were replaced and settled
+/// ([`proto::auth::FileWatch`]; [`Etcd::redial`]). The result is counted with the process's
+/// own TLS files (`axon_tls_file_changes_total`), and the expiry gauges follow the files in
+/// force. Returns at once when the check is off or there are no files.
+pub async fn watch_files(etcd: Etcd, metrics: ops::tls::TlsMetrics) {
+    let files = etcd.files();
+    if etcd.cfg.etcd_files_recheck_s == 0 || files.is_empty() {
+        return;
+    }
+    let period = Duration::from_secs(etcd.cfg.etcd_files_recheck_s);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch = proto::auth::FileWatch::new(files);
+    loop {
+        ticks.tick().await;
+        if !watch.check() {
+            continue;
+        }
+        match etcd.redial().await {
+            Ok(()) => {
+                metrics.count_change(true);
+                observe_etcd_files(&etcd.cfg, &metrics);
+                info!("etcd client files replaced: connected with them");
+            }
+            Err(e) => {
+                metrics.count_change(false);
+                warn!(error = %e, "etcd client files replaced, but etcd refuses them; the connection in force stays");
+            }
+        }
+    }
+}
+
+/// Exports the expiry of the etcd client's certificate and CA, so the expiry alerts cover
+/// them (`file="etcd_cert"`, `file="etcd_ca"`).
+pub fn observe_etcd_files(cfg: &StoreConfig, metrics: &ops::tls::TlsMetrics) {
+    if let Some(t) = &cfg.etcd_tls {
+        metrics.observe_file("etcd_ca", &t.ca);
+        if let Some(cert) = &t.cert {
+            metrics.observe_file("etcd_cert", cert);
         }
     }
 }
@@ -738,7 +834,13 @@ pub async fn follow(shared: Arc<Shared>, etcd: Etcd, cancel: CancellationToken) 
     let mut watch = None;
     let mut cache = SiteCache::default();
     let mut leader_config = None;
+    let mut clients = etcd.client.subscribe();
     loop {
+        if clients.has_changed().unwrap_or(false) {
+            // The client's files were replaced: watch over the new connection.
+            clients.mark_unchanged();
+            watch = None;
+        }
         if leadership.borrow().is_leader() {
             watch = None;
             shared.set_config_drift(Vec::new());
@@ -749,7 +851,7 @@ pub async fn follow(shared: Arc<Shared>, etcd: Etcd, cancel: CancellationToken) 
         }
         if watch.is_none() {
             watch = etcd
-                .client
+                .client()
                 .watch_client()
                 .watch(etcd.key("table/id"), None)
                 .await
@@ -889,7 +991,7 @@ impl LocalEtcd {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(e) = Etcd::connect(&cfg).await
-                && e.client.kv_client().get("/", None).await.is_ok()
+                && e.client().kv_client().get("/", None).await.is_ok()
             {
                 return Ok(server);
             }

@@ -53,6 +53,13 @@ impl TlsMetrics {
         m
     }
 
+    /// Counts a replacement of TLS files found by a periodic check: loaded, or refused (the
+    /// files in force stay).
+    pub fn count_change(&self, loaded: bool) {
+        let result = if loaded { "loaded" } else { "refused" };
+        self.changes.with_label_values(&[result]).inc();
+    }
+
     /// Sets the expiry gauges from `files` (the files now in force). Files whose certificates
     /// do not parse leave the gauges as they were, and are logged.
     pub fn observe(&self, files: &TlsFiles) {
@@ -106,12 +113,12 @@ pub async fn watch(files: TlsFiles, metrics: TlsMetrics, mut load: impl FnMut() 
         }
         match load() {
             Ok(()) => {
-                metrics.changes.with_label_values(&["loaded"]).inc();
+                metrics.count_change(true);
                 metrics.observe(watch.files());
                 info!("TLS files replaced: new connections use them");
             }
             Err(e) => {
-                metrics.changes.with_label_values(&["refused"]).inc();
+                metrics.count_change(false);
                 warn!(error = %e, "TLS files replaced, but they do not load; the ones in force stay");
             }
         }

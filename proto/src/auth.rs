@@ -263,21 +263,14 @@ pub fn earliest_expiry(path: &Path) -> Result<i64, String> {
 #[derive(Debug)]
 pub struct TlsWatch {
     files: TlsFiles,
-    /// The contents last loaded (or found not to load: they are not tried again).
-    loaded: Option<Vec<u8>>,
-    /// New contents seen at the last check, waiting for one more check to settle.
-    seen: Option<Vec<u8>>,
+    watch: FileWatch,
 }
 
 impl TlsWatch {
     /// Watches `files`, whose present contents count as loaded.
     pub fn new(files: TlsFiles) -> Self {
-        let loaded = Self::contents(&files);
-        TlsWatch {
-            files,
-            loaded,
-            seen: None,
-        }
+        let watch = FileWatch::new(vec![files.ca.clone(), files.cert.clone(), files.key.clone()]);
+        TlsWatch { files, watch }
     }
 
     /// The files watched.
@@ -285,11 +278,41 @@ impl TlsWatch {
         &self.files
     }
 
-    /// The three files' contents, each prefixed with its length (none while one cannot be
-    /// read: it is being replaced).
-    fn contents(files: &TlsFiles) -> Option<Vec<u8>> {
+    /// See [`FileWatch::check`].
+    pub fn check(&mut self) -> bool {
+        self.watch.check()
+    }
+}
+
+/// Tells when a set of files (a certificate, its key, a CA, a password) was replaced, from
+/// their contents read at every check, so that what reads them can read them again without a
+/// signal. Replaced files are reported once they have stayed the same for one more check: a
+/// rotation caught half way (a new certificate beside the old key) is not reported.
+#[derive(Debug)]
+pub struct FileWatch {
+    paths: Vec<PathBuf>,
+    /// The contents last loaded (or found not to load: they are not tried again).
+    loaded: Option<Vec<u8>>,
+    /// New contents seen at the last check, waiting for one more check to settle.
+    seen: Option<Vec<u8>>,
+}
+
+impl FileWatch {
+    /// Watches `paths`, whose present contents count as loaded.
+    pub fn new(paths: Vec<PathBuf>) -> Self {
+        let loaded = Self::contents(&paths);
+        FileWatch {
+            paths,
+            loaded,
+            seen: None,
+        }
+    }
+
+    /// The files' contents, each prefixed with its length (none while one cannot be read: it
+    /// is being replaced).
+    fn contents(paths: &[PathBuf]) -> Option<Vec<u8>> {
         let mut all = Vec::new();
-        for path in [&files.ca, &files.cert, &files.key] {
+        for path in paths {
             let bytes = std::fs::read(path).ok()?;
             all.extend((bytes.len() as u64).to_le_bytes());
             all.extend(bytes);
@@ -301,7 +324,7 @@ impl TlsWatch {
     /// same as at the previous check: the caller should load them now. Contents that then
     /// fail to load are not tried again until they change.
     pub fn check(&mut self) -> bool {
-        let Some(now) = Self::contents(&self.files) else {
+        let Some(now) = Self::contents(&self.paths) else {
             self.seen = None;
             return false;
         };

@@ -36,6 +36,49 @@ async fn publishes(c: &controller::ControllerHandle) {
     .await;
 }
 
+/// The epoch the replica leads under (it must lead).
+fn leading_epoch(c: &controller::ControllerHandle) -> u64 {
+    c.shared
+        .leadership
+        .borrow()
+        .fence
+        .as_ref()
+        .expect("leading")
+        .epoch()
+}
+
+/// Replaced TLS files found by the periodic check, by result.
+fn file_changes(c: &controller::ControllerHandle, result: &str) -> u64 {
+    let text = c.shared.metrics.render();
+    let line = format!("axon_tls_file_changes_total{{result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// Drains `site` on the replica, which must then write the drain to etcd: the drain is
+/// refused while it does not lead, or reported unstored while etcd refuses its writes.
+async fn drains_through_etcd(c: &controller::ControllerHandle, site: &str) {
+    eventually(Duration::from_secs(30), "a drain stored through etcd", || async {
+        let mut admin = AdminClient::connect(endpoint(c)).await.ok()?;
+        let reply = admin
+            .drain(pb::DrainRequest {
+                kind: "site".into(),
+                name: site.into(),
+                reason: "maintenance".into(),
+                // What is checked is the write, not the guardrails (no prober reports).
+                force: true,
+                ..Default::default()
+            })
+            .await
+            .ok()?
+            .into_inner();
+        assert!(reply.refused.is_empty(), "{reply:?}");
+        Some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_leads_on_an_etcd_that_requires_tls_and_a_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
@@ -54,6 +97,7 @@ async fn a_replica_leads_on_an_etcd_that_requires_tls_and_a_client_certificate()
     };
     let mut cfg = replica(&etcd.url);
     cfg.store.etcd_tls = Some(tls.clone());
+    cfg.store.etcd_files_recheck_s = 1;
     let c = controller::start(cfg.clone()).await.unwrap();
     publishes(&c).await;
     // The client certificate's end is exported beside the daemon's own, for the expiry alerts.
@@ -63,6 +107,19 @@ async fn a_replica_leads_on_an_etcd_that_requires_tls_and_a_client_certificate()
         Some(proto::auth::earliest_expiry(&pki.join("controller.pem")).unwrap())
     );
     assert!(tls_metrics.expiry("etcd_ca").is_some());
+    // The certificate is renewed in place (a new key, a nearer end): the replica dials with
+    // it, exports its end, and leads on under the same lease.
+    let epoch = leading_epoch(&c);
+    let (_, renewed) = prober::tls::issue(&pki, "controller", &["controller.axon"], 10).unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the renewed certificate in force",
+        || async { (tls_metrics.expiry("etcd_cert") == Some(renewed)).then_some(()) },
+    )
+    .await;
+    assert_eq!(file_changes(&c, "loaded"), 1);
+    assert_eq!(leading_epoch(&c), epoch, "the lease was kept");
+    drains_through_etcd(&c, "d").await;
     c.shutdown().await;
 
     // etcd refuses a client without a certificate, and a plaintext one.
@@ -129,6 +186,7 @@ async fn a_replica_leads_on_an_etcd_with_authentication_as_its_own_user() {
     cfg.store.etcd_user = Some("axon".into());
     cfg.store.etcd_password_file = Some(password.clone());
     cfg.store.etcd_compact_s = 1;
+    cfg.store.etcd_files_recheck_s = 1;
     let c = controller::start(cfg.clone()).await.unwrap();
     publishes(&c).await;
     // The user's rights cover all the leader does, compaction included.
@@ -140,6 +198,41 @@ async fn a_replica_leads_on_an_etcd_with_authentication_as_its_own_user() {
     )
     .await;
     assert_eq!(compactions("failed"), 0);
+
+    // The password is rotated: etcd stops taking the old one's tokens at once. A file that
+    // does not work is refused (the connection in force stays); the new password is dialled
+    // with, and the replica stores a drain through it.
+    let mut root = etcd_client::Client::connect(
+        [etcd.url.as_str()],
+        Some(etcd_client::ConnectOptions::new().with_user("root", "root-pw")),
+    )
+    .await
+    .unwrap();
+    let mut old = etcd_client::Client::connect(
+        [etcd.url.as_str()],
+        Some(etcd_client::ConnectOptions::new().with_user("axon", "axon-pw")),
+    )
+    .await
+    .unwrap();
+    root.user_change_password("axon", "axon-pw-2").await.unwrap();
+    assert!(
+        old.get("/axon/state", None).await.is_err(),
+        "the old password still reads"
+    );
+    std::fs::write(&password, "not-it\n").unwrap();
+    eventually(Duration::from_secs(30), "a wrong password refused", || async {
+        (file_changes(&c, "refused") == 1).then_some(())
+    })
+    .await;
+    std::fs::write(&password, "axon-pw-2\n").unwrap();
+    eventually(Duration::from_secs(30), "the new password in force", || async {
+        (file_changes(&c, "loaded") == 1).then_some(())
+    })
+    .await;
+    drains_through_etcd(&c, "d").await;
+    let state = root.get("/axon/state", None).await.unwrap();
+    let state: serde_json::Value = serde_json::from_slice(state.kvs()[0].value()).unwrap();
+    assert_eq!(state["drains"][0]["target"]["name"], "d", "{state}");
     c.shutdown().await;
 
     // A wrong password, or no user at all, reads nothing.
