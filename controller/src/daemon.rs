@@ -391,10 +391,13 @@ impl Shared {
             }
         }
         let id = c.table.id();
+        let cause = if c.costs_only { "costs" } else { "paths" };
+        let refresh = core.config().engine.refresh.clone();
         drop(core);
-        // A site none of whose paths moved keeps the update of the table that last moved one
-        // (its costs and reasons too), stamped with this table's id: the update is the same
-        // on every replica, and only the sites that moved are written to etcd again.
+        // A site none of whose paths moved, and none of whose costs drifted past the refresh
+        // margin, keeps the update of the table that last rewrote it (its costs and reasons
+        // too), stamped with this table's id: the update is the same on every replica, and
+        // only the sites that moved are written to etcd again.
         let base = self.published.borrow().clone();
         let computed_ms = c.table.computed_at_ms();
         let mut moved: std::collections::HashSet<SiteId> = std::collections::HashSet::new();
@@ -404,7 +407,7 @@ impl Shared {
                 .filter(|b| b.id.epoch == id.epoch)
                 .and_then(|b| b.updates.get(site))
             {
-                Some(old) if same_paths(old, u) => *u = restamp(old, id, computed_ms),
+                Some(old) if same_rows(old, u, &refresh) => *u = restamp(old, id, computed_ms),
                 _ => {
                     moved.insert(site.clone());
                 }
@@ -464,9 +467,11 @@ impl Shared {
             }
             None => (None, None),
         };
+        self.metrics.tables_published.with_label_values(&[cause]).inc();
         info!(
             epoch = id.epoch.0,
             version = id.version.0,
+            cause,
             primary_changes = primary,
             backup_only_changes = backup,
             etcd_sites_written = sites_written,
@@ -752,9 +757,14 @@ fn log_auto_event(e: &AutoEvent, mode: topology::AutoMode) {
     }
 }
 
-fn same_paths(a: &pb::RouteUpdate, b: &pb::RouteUpdate) -> bool {
+/// Whether a site's update `b` says what `a` says: the same paths, and primary costs that did
+/// not drift past `refresh` (see [`topology::RefreshConfig`]).
+fn same_rows(a: &pb::RouteUpdate, b: &pb::RouteUpdate, refresh: &topology::RefreshConfig) -> bool {
     fn sites(p: &Option<pb::RoutePath>) -> &[String] {
         p.as_ref().map_or(&[], |p| p.sites.as_slice())
+    }
+    fn cost(p: &Option<pb::RoutePath>) -> f64 {
+        p.as_ref().map_or(f64::INFINITY, |p| p.cost_ms)
     }
     a.site == b.site
         && a.drains == b.drains
@@ -767,6 +777,7 @@ fn same_paths(a: &pb::RouteUpdate, b: &pb::RouteUpdate) -> bool {
                 && x.backup_disjoint == y.backup_disjoint
                 && sites(&x.primary) == sites(&y.primary)
                 && sites(&x.backup) == sites(&y.backup)
+                && !refresh.drifted(cost(&x.primary), cost(&y.primary))
         })
 }
 

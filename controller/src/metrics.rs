@@ -88,6 +88,10 @@ pub struct Metrics {
     /// Sites' keys the leader wrote to etcd: only the sites a table moved, after the first
     /// table of a leadership.
     pub etcd_site_writes: IntCounter,
+    /// Tables published, by cause: `paths` (a path changed, or a drain, a reload or a new
+    /// leadership asked for a new version) or `costs` (only costs drifted past
+    /// `engine.refresh`).
+    pub tables_published: IntCounterVec,
     /// Tables computed but not published, by reason: `store` (the snapshot or etcd refused
     /// the write; agents keep the table before), `fenced` (this replica no longer leads),
     /// `other`.
@@ -319,6 +323,16 @@ impl Metrics {
                     "Sites' route keys the leader wrote to etcd (only the sites a table moved, after a leadership's first table).",
                 ),
             ),
+            tables_published: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "axon_controller_tables_published_total",
+                        "Route tables published, by cause: paths (a path changed, or a drain, reload or new leadership), costs (only costs drifted past engine.refresh).",
+                    ),
+                    &["cause"],
+                ),
+            ),
             registry,
         };
         // Series that exist from the start: an increase() over them sees the first event,
@@ -346,6 +360,9 @@ impl Metrics {
         }
         for r in ["done", "failed"] {
             m.etcd_compactions.with_label_values(&[r]);
+        }
+        for c in ["paths", "costs"] {
+            m.tables_published.with_label_values(&[c]);
         }
         for r in ["store", "fenced", "other"] {
             m.publish_failures.with_label_values(&[r]);

@@ -289,6 +289,21 @@ impl Mesh {
         }
     }
 
+    /// Sets the one-way delay of the link between `from` and `to`, each way (its round trip
+    /// is twice this).
+    pub fn set_delay(&self, from: &str, to: &str, one_way: Duration) {
+        for key in [(from, to), (to, from)] {
+            let p = &self.pipes[&(key.0.to_string(), key.1.to_string())];
+            for way in [Way::Forward, Way::Backward] {
+                let params = LinkParams {
+                    delay: one_way,
+                    ..p.params(way)
+                };
+                p.set(way, params).unwrap();
+            }
+        }
+    }
+
     /// Blackholes (or heals) the link between `from` and `to`, both ways.
     pub fn blackhole(&self, from: &str, to: &str, on: bool) {
         // The pair's two sites share one probing connection (through the pipe of whichever

@@ -637,3 +637,50 @@ async fn a_site_that_loses_every_link_is_drained_by_the_policy_and_undrained_onc
     assert!(status.sick_sites.is_empty(), "{status:?}");
     mesh.shutdown().await;
 }
+
+/// A link's round trip grows without moving any path: the table is published again for its
+/// costs, and the agents serve the new cost and voice quality rather than the old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn costs_that_drift_while_the_paths_stand_reach_the_agents() {
+    let mesh = Mesh::start(four_sites(), rtt).await;
+    let long = Duration::from_secs(60);
+    let row = async |from: &str, to: &str| {
+        let (status, v) = mesh.agent_get(from, &format!("/v1/routes/{to}")).await;
+        (status == 200).then(|| v["route"]["primary"].clone())
+    };
+    // a → c is direct, 20 ms of round trip; a → b goes through c.
+    let before = eventually(long, "a → c direct at its measured cost", || async {
+        let p = row("a", "c").await?;
+        (p["sites"] == serde_json::json!(["a", "c"]) && p["cost_ms"].as_f64()? < 15.0).then_some(p)
+    })
+    .await;
+    eventually(long, "a → c → b", || async {
+        (mesh.primary("a", "b").await? == ["a", "c", "b"]).then_some(())
+    })
+    .await;
+    let c = mesh.controller.as_ref().unwrap();
+    let refreshes = || {
+        c.shared
+            .metrics
+            .tables_published
+            .with_label_values(&["costs"])
+            .get()
+    };
+    let refreshed = refreshes();
+    // 20 → 50 ms: a → c's cost goes up 15 ms; still the best path, and still the relay of a → b
+    // (35 ms of cost against 50 direct).
+    mesh.set_delay("a", "c", Duration::from_millis(25));
+    let after = eventually(long, "agent a to serve a → c's new cost", || async {
+        let p = row("a", "c").await?;
+        (p["cost_ms"].as_f64()? > before["cost_ms"].as_f64()? + 12.0).then_some(p)
+    })
+    .await;
+    assert_eq!(after["sites"], serde_json::json!(["a", "c"]), "{after}");
+    assert!(
+        after["mos"].as_f64().unwrap() <= before["mos"].as_f64().unwrap(),
+        "{before} then {after}"
+    );
+    assert_eq!(mesh.primary("a", "b").await.unwrap(), ["a", "c", "b"]);
+    assert!(refreshes() > refreshed, "published for its costs");
+    mesh.shutdown().await;
+}

@@ -2,8 +2,10 @@
 //!
 //! It owns what must survive between computations — hysteresis memory, the last table, the
 //! version counter — and nothing else. Versions move only when a primary or backup path
-//! changes, so agents are not woken by cost noise; a table is never modified after it is
-//! returned.
+//! changes, or when a pair's cost drifted past the refresh margin ([`RefreshConfig`]) while
+//! its path stayed: agents are not woken by cost noise, yet the costs and voice quality they
+//! serve do not go stale for as long as the paths stand. A table is never modified after it
+//! is returned.
 
 use std::sync::Arc;
 
@@ -14,7 +16,7 @@ use crate::error::TopologyError;
 use crate::hysteresis::{HysteresisConfig, HysteresisState};
 use crate::link::TimestampMs;
 use crate::matrix::CostMatrix;
-use crate::paths::{PathConfig, Scratch, compute_routes_in};
+use crate::paths::{PathConfig, Routes, Scratch, compute_routes_in};
 use crate::site::SiteId;
 use crate::table::{Epoch, RouteTable, TableId, Version};
 use crate::world::World;
@@ -31,6 +33,8 @@ pub struct EngineConfig {
     pub paths: PathConfig,
     /// Path switching.
     pub hysteresis: HysteresisConfig,
+    /// New versions for costs that drifted while the paths stayed.
+    pub refresh: RefreshConfig,
 }
 
 impl EngineConfig {
@@ -39,7 +43,66 @@ impl EngineConfig {
         self.cost.validate()?;
         self.prices.validate()?;
         self.paths.validate()?;
-        self.hysteresis.validate()
+        self.hysteresis.validate()?;
+        self.refresh.validate()
+    }
+}
+
+/// When a table whose paths did not change is published anyway, for its costs. A table
+/// carries each path's cost and predicted voice quality (MOS), which media servers read to
+/// place sessions; published on path changes alone, a pair whose round trip grew by 40 ms,
+/// too little to move it, would report the old figures for as long as its path stood.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RefreshConfig {
+    /// Whether drifted costs are published at all. Default true.
+    pub enabled: bool,
+    /// A pair's primary cost has drifted once it moved by more than this share of the cost in
+    /// the table in force (and `min_ms`). Default 0.1: noise moves a cost by a few percent.
+    pub ratio: f64,
+    /// ... and by more than this, ms of cost. Default 10.
+    pub min_ms: f64,
+}
+
+impl Default for RefreshConfig {
+    fn default() -> Self {
+        RefreshConfig {
+            enabled: true,
+            ratio: 0.1,
+            min_ms: 10.0,
+        }
+    }
+}
+
+impl RefreshConfig {
+    /// Refuses negative or absurd margins.
+    pub fn validate(&self) -> Result<(), TopologyError> {
+        crate::cost::check_range("refresh.ratio", self.ratio, 0.0, 10.0)?;
+        crate::cost::check_range("refresh.min_ms", self.min_ms, 0.0, 1e6)
+    }
+
+    /// Whether a cost of `old` in the table in force, now `new`, has drifted: by more than
+    /// both margins, or into or out of reach. Never when refreshing is off.
+    pub fn drifted(&self, old: f64, new: f64) -> bool {
+        if !self.enabled || old == new {
+            return false;
+        }
+        if !old.is_finite() || !new.is_finite() {
+            return true;
+        }
+        (new - old).abs() > (self.ratio * old.abs()).max(self.min_ms)
+    }
+
+    /// Whether any pair's primary cost in `now` has drifted from `before` (the same sites, in
+    /// the same order).
+    pub fn any_drifted(&self, before: &Routes, now: &Routes) -> bool {
+        self.enabled
+            && before.len() == now.len()
+            && before
+                .pairs()
+                .iter()
+                .zip(now.pairs())
+                .any(|(b, n)| self.drifted(f64::from(b.primary_cost), f64::from(n.primary_cost)))
     }
 }
 
@@ -50,6 +113,8 @@ pub struct Computation {
     pub table: RouteTable,
     /// Whether this computation produced a new version.
     pub changed: bool,
+    /// A new version whose paths are the last one's: published for costs that drifted.
+    pub costs_only: bool,
 }
 
 /// Computes route tables, one version after another.
@@ -155,15 +220,20 @@ impl RouteEngine {
             Some(t) if same_sites => t.sites_arc(),
             _ => world.inventory.sites().iter().map(|s| s.id.clone()).collect(),
         };
+        let mut costs_only = false;
         if let Some(last) = &self.last
             && unchanged
         {
-            let table = last.clone();
-            self.scratch.recycle(routes);
-            return Computation {
-                table,
-                changed: false,
-            };
+            if !self.cfg.refresh.any_drifted(last.routes(), &routes) {
+                let table = last.clone();
+                self.scratch.recycle(routes);
+                return Computation {
+                    table,
+                    changed: false,
+                    costs_only: false,
+                };
+            }
+            costs_only = true;
         }
         let id = TableId {
             epoch: self.epoch,
@@ -172,6 +242,10 @@ impl RouteEngine {
         self.next_version = Version(self.next_version.0 + 1);
         let table = RouteTable::new(id, now, sites, routes, world.links.clone());
         self.last = Some(table.clone());
-        Computation { table, changed: true }
+        Computation {
+            table,
+            changed: true,
+            costs_only,
+        }
     }
 }

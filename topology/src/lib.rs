@@ -34,7 +34,7 @@ pub use drain::{
     AutoDrainConfig, AutoDrainPolicy, AutoMode, Drain, DrainOrigin, DrainRequest, DrainSet, DrainTarget,
     Guardrail, GuardrailConfig, site_health,
 };
-pub use engine::{Computation, EngineConfig, RouteEngine};
+pub use engine::{Computation, EngineConfig, RefreshConfig, RouteEngine};
 pub use error::TopologyError;
 pub use hysteresis::{HysteresisConfig, HysteresisState, SwitchReason, VoiceThresholds};
 pub use link::{

@@ -127,7 +127,9 @@ fn a_primary_that_moves_alone_is_a_new_version() {
         let now = rows(&c.table);
         let primaries = now.iter().zip(&last).any(|(n, l)| n.0 != l.0);
         let backups = now.iter().zip(&last).any(|(n, l)| n.1 != l.1);
-        assert_eq!(c.changed, primaries || backups, "computation {t}");
+        // Costs move too: a table for them alone moves no path.
+        assert_eq!(c.changed, primaries || backups || c.costs_only, "computation {t}");
+        assert!(!(c.costs_only && (primaries || backups)), "computation {t}");
         primaries_alone += usize::from(primaries && !backups);
         last = now;
     }
@@ -636,4 +638,94 @@ fn a_drained_link_is_left_at_once_by_every_path_and_taken_back_after_the_undrain
             "{t}"
         );
     }
+}
+
+/// Three sites, x–y `xy` ms of round trip, z 200 ms from both: every pair's primary is direct
+/// and its backup the one relay, whatever `xy` is up to 200.
+fn triangle(xy: f64) -> World {
+    let s = |id: &str| Site::new(id, "r1", "aws", 0.0, 0.0, 100).unwrap();
+    let mut w = World::new(Inventory::new(vec![s("x"), s("y"), s("z")]).unwrap());
+    for (a, b) in [
+        ("x", "y"),
+        ("y", "x"),
+        ("x", "z"),
+        ("z", "x"),
+        ("y", "z"),
+        ("z", "y"),
+    ] {
+        let rtt = if a == "z" || b == "z" { 200.0 } else { xy };
+        w.set_link(&id(a), &id(b), LinkMetrics::rtt(rtt), LinkHealth::Up)
+            .unwrap();
+    }
+    w
+}
+
+fn cost(c: &topology::Computation, from: &str, to: &str) -> f32 {
+    c.table.entry(&id(from), &id(to)).unwrap().unwrap().primary_cost
+}
+
+#[test]
+fn a_cost_that_drifts_while_its_path_stands_is_published_once() {
+    let mut e = engine();
+    let first = e.compute(&triangle(50.0), 0);
+    // +5 ms of round trip, 2.5 ms of cost: under the margin, no new version.
+    let small = e.compute(&triangle(55.0), 1_000);
+    assert!(!small.changed);
+    assert_eq!(cost(&small, "x", "y"), cost(&first, "x", "y"));
+    // +30 ms: the path stands, its cost went up 15 ms, 60%: a new version with the new cost,
+    // said to be for costs only.
+    let drifted = e.compute(&triangle(80.0), 2_000);
+    assert!(
+        drifted.changed && drifted.costs_only,
+        "{:?} {:?}",
+        (drifted.changed, drifted.costs_only),
+        drifted.table.diff(&first.table)
+    );
+    assert_eq!(primary(&e, "x", "y"), ["x", "y"]);
+    assert_eq!(drifted.table.id().version, Version(2));
+    assert!(
+        cost(&drifted, "x", "y") >= cost(&first, "x", "y") + 14.0,
+        "{} then {}",
+        cost(&first, "x", "y"),
+        cost(&drifted, "x", "y")
+    );
+    // Measured against the table in force: once published, the same cost is no drift.
+    let again = e.compute(&triangle(80.0), 3_000);
+    assert!(!again.changed);
+    // A path change is no refresh.
+    let mut w = triangle(80.0);
+    w.set_link(&id("x"), &id("y"), LinkMetrics::rtt(80.0), LinkHealth::Down)
+        .unwrap();
+    let moved = e.compute(&w, 4_000);
+    assert!(moved.changed && !moved.costs_only);
+
+    // Off, only paths publish.
+    let mut cfg = EngineConfig::default();
+    cfg.refresh.enabled = false;
+    let mut off = RouteEngine::new(cfg, Epoch(7), Version(1)).unwrap();
+    off.compute(&triangle(50.0), 0);
+    assert!(!off.compute(&triangle(80.0), 1_000).changed);
+}
+
+#[test]
+fn refresh_margins_are_checked_and_drift_is_judged_on_both() {
+    let r = topology::RefreshConfig::default();
+    assert!(!r.drifted(100.0, 109.0), "9%: noise");
+    assert!(!r.drifted(50.0, 59.0), "18% but 9 ms");
+    assert!(r.drifted(100.0, 111.0));
+    assert!(r.drifted(100.0, 89.0), "down as well as up");
+    assert!(r.drifted(100.0, f64::INFINITY), "out of reach");
+    assert!(!r.drifted(f64::INFINITY, f64::INFINITY));
+    let bad = topology::RefreshConfig {
+        ratio: -0.1,
+        ..r.clone()
+    };
+    let cfg = EngineConfig {
+        refresh: bad,
+        ..Default::default()
+    };
+    let e = RouteEngine::new(cfg, Epoch(1), Version(1))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("refresh.ratio"), "{e}");
 }
