@@ -16,7 +16,7 @@ use crate::error::TopologyError;
 use crate::hysteresis::{HysteresisConfig, HysteresisState};
 use crate::link::TimestampMs;
 use crate::matrix::CostMatrix;
-use crate::paths::{PathConfig, Routes, Scratch, compute_routes_in};
+use crate::paths::{PathConfig, Scratch, compute_routes_in};
 use crate::site::SiteId;
 use crate::table::{Epoch, RouteTable, TableId, Version};
 use crate::world::World;
@@ -92,18 +92,6 @@ impl RefreshConfig {
         }
         (new - old).abs() > (self.ratio * old.abs()).max(self.min_ms)
     }
-
-    /// Whether any pair's primary cost in `now` has drifted from `before` (the same sites, in
-    /// the same order).
-    pub fn any_drifted(&self, before: &Routes, now: &Routes) -> bool {
-        self.enabled
-            && before.len() == now.len()
-            && before
-                .pairs()
-                .iter()
-                .zip(now.pairs())
-                .any(|(b, n)| self.drifted(f64::from(b.primary_cost), f64::from(n.primary_cost)))
-    }
 }
 
 /// The result of one computation.
@@ -128,6 +116,9 @@ pub struct RouteEngine {
     scratch: Scratch,
     /// When the first computation ran: the hysteresis warm-up counts from it.
     started: Option<TimestampMs>,
+    /// Every pair's primary cost in the last table returned, row-major: 4 bytes a pair, what
+    /// a cost's drift is measured from (see [`RefreshConfig`]).
+    published: Vec<f32>,
 }
 
 impl RouteEngine {
@@ -143,6 +134,7 @@ impl RouteEngine {
             next_version: first_version,
             scratch: Scratch::default(),
             started: None,
+            published: Vec::new(),
         })
     }
 
@@ -209,12 +201,14 @@ impl RouteEngine {
         } else {
             self.cfg.hysteresis.clone()
         };
-        let (routes, unchanged) = compute_routes_in(
+        let published = previous.map(|_| (&self.cfg.refresh, self.published.as_slice()));
+        let (routes, compared) = compute_routes_in(
             &cm,
             &self.cfg.paths,
             Some((&hysteresis, &mut self.state)),
             &mut self.scratch,
             previous,
+            published,
         );
         let sites: Arc<[SiteId]> = match &self.last {
             Some(t) if same_sites => t.sites_arc(),
@@ -222,9 +216,9 @@ impl RouteEngine {
         };
         let mut costs_only = false;
         if let Some(last) = &self.last
-            && unchanged
+            && compared.same_paths
         {
-            if !self.cfg.refresh.any_drifted(last.routes(), &routes) {
+            if !compared.costs_drifted {
                 let table = last.clone();
                 self.scratch.recycle(routes);
                 return Computation {
@@ -235,6 +229,10 @@ impl RouteEngine {
             }
             costs_only = true;
         }
+        // The primary costs now in force: what the next computations' drift is measured from.
+        self.published.clear();
+        self.published
+            .extend(routes.pairs().iter().map(|r| r.primary_cost));
         let id = TableId {
             epoch: self.epoch,
             version: self.next_version,

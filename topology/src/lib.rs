@@ -43,7 +43,9 @@ pub use link::{
 };
 pub use matrix::CostMatrix;
 pub use path::Path;
-pub use paths::{PairRoute, PathConfig, Reason, Routes, Scratch, compute_routes, compute_routes_in};
+pub use paths::{
+    Compared, PairRoute, PathConfig, Reason, Routes, Scratch, compute_routes, compute_routes_in,
+};
 pub use site::{Inventory, RegionId, Role, Site, SiteId, SiteIdx};
 pub use table::{
     Epoch, PrimaryChanges, RouteEntry, RouteTable, RowChange, SiteTable, TableDiff, TableId, TableSummary,

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::RefreshConfig;
 use crate::error::TopologyError;
 use crate::hysteresis::{
     Decision, HysteresisConfig, HysteresisState, PairMemory, SwitchReason, decide_with_quality,
@@ -232,24 +233,37 @@ pub fn compute_routes(
     cfg: &PathConfig,
     hysteresis: Option<(&HysteresisConfig, &mut HysteresisState)>,
 ) -> Routes {
-    compute_routes_in(cm, cfg, hysteresis, &mut Scratch::default(), None).0
+    compute_routes_in(cm, cfg, hysteresis, &mut Scratch::default(), None, None).0
 }
 
-/// [`compute_routes`] with buffers kept by the caller between computations, and whether every
-/// pair's primary and backup are those of `previous` (the last routes of the same sites).
+/// How a computation's routes compare with the routes in force (see [`compute_routes_in`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compared {
+    /// Every pair's primary and backup are those of `previous`.
+    pub same_paths: bool,
+    /// Some pair's primary cost drifted from the published costs past the refresh margins.
+    pub costs_drifted: bool,
+}
+
+/// [`compute_routes`] with buffers kept by the caller between computations, and how the
+/// routes compare with those in force: whether every pair's primary and backup are those of
+/// `previous` (the last routes of the same sites), and whether a primary cost drifted from
+/// `published` (the primary costs in force, row-major, with the margins that make a drift).
 ///
 /// With hysteresis the memory holds every pair's last primary and backup, so a change is seen
 /// where the memory is updated and `previous` is not read at all (at 1,000 sites it is 48 MB,
 /// and comparing it row by row was a cache miss per pair): `previous` must then be the routes
 /// this same memory last produced, as [`crate::RouteEngine`] keeps them. Without hysteresis,
-/// each row is compared with `previous` while it is still in cache.
+/// each row is compared with `previous` while it is still in cache. The costs are compared
+/// the same way, each row while it is in cache, against 4 bytes a pair.
 pub fn compute_routes_in(
     cm: &CostMatrix,
     cfg: &PathConfig,
     hysteresis: Option<(&HysteresisConfig, &mut HysteresisState)>,
     scratch: &mut Scratch,
     previous: Option<&Routes>,
-) -> (Routes, bool) {
+    published: Option<(&RefreshConfig, &[f32])>,
+) -> (Routes, Compared) {
     let n = cm.len();
     let threads = cfg.thread_count(n);
     let max_relays = cfg.max_relays.min(2);
@@ -325,13 +339,17 @@ pub fn compute_routes_in(
     }
 
     let previous = previous.filter(|p| p.n == n);
+    let published = published.filter(|(r, c)| r.enabled && c.len() == n * n);
     let differs = AtomicBool::new(false);
+    let drifted = AtomicBool::new(false);
     let ctx = GroupCtx {
         shared,
         search,
         hcfg,
         previous,
         differs: &differs,
+        published,
+        drifted: &drifted,
     };
     // Every group of sources, from link costs to routes, on every core.
     let pool = std::sync::Mutex::new(std::mem::take(&mut scratch.groups));
@@ -345,8 +363,11 @@ pub fn compute_routes_in(
     );
     scratch.groups = used;
     scratch.permuted = pm.into_costs();
-    let unchanged = previous.is_some() && !differs.into_inner();
-    (Routes { n, pairs }, unchanged)
+    let compared = Compared {
+        same_paths: previous.is_some() && !differs.into_inner(),
+        costs_drifted: drifted.into_inner(),
+    };
+    (Routes { n, pairs }, compared)
 }
 
 /// What every group of sources reads.
@@ -357,6 +378,10 @@ struct GroupCtx<'a> {
     previous: Option<&'a Routes>,
     /// Set once a row's primaries or backups differ from `previous`.
     differs: &'a AtomicBool,
+    /// The primary costs in force, and the margins of a drift.
+    published: Option<(&'a RefreshConfig, &'a [f32])>,
+    /// Set once a row's primary cost drifted from `published`.
+    drifted: &'a AtomicBool,
 }
 
 per_isa! {
@@ -373,6 +398,8 @@ fn run_group_body(ctx: &GroupCtx<'_>, grp: &mut Group, s0: usize, rows: &mut [Ro
         hcfg,
         previous,
         differs,
+        published,
+        drifted,
     } = ctx;
     let (hcfg, previous) = (*hcfg, *previous);
     let (n, order, max_relays) = (search.g.n, search.order, search.max_relays);
@@ -421,6 +448,16 @@ fn run_group_body(ctx: &GroupCtx<'_>, grp: &mut Group, s0: usize, rows: &mut [Ro
             let same = if remembered { !moved } else { same_as() };
             if !same {
                 differs.store(true, Ordering::Relaxed);
+            }
+        }
+        if let Some((refresh, costs)) = published.filter(|_| !drifted.load(Ordering::Relaxed)) {
+            let a = order[s0 + i] as usize;
+            let drift = costs[a * n..(a + 1) * n]
+                .iter()
+                .zip(out.iter())
+                .any(|(&c, r)| refresh.drifted(f64::from(c), f64::from(r.primary_cost)));
+            if drift {
+                drifted.store(true, Ordering::Relaxed);
             }
         }
     }
