@@ -222,6 +222,11 @@ pub struct Report {
     pub flaps_per_pair_hour: f64,
     /// Primary changes seen at the agents, all of them.
     pub route_changes: usize,
+    /// Route tables the controllers published (every replica, killed ones included), by
+    /// cause: `paths` (a path moved, or a drain or a new leadership) or `costs` (costs
+    /// drifted past `engine.refresh` while the paths stood). Each is a message to every agent.
+    #[serde(default)]
+    pub tables_published: std::collections::BTreeMap<String, u64>,
     /// Link-down verdicts the probers took back because their host stalled while the misses
     /// behind them were in flight (see `prober::session::PeerSession::poll`).
     pub downs_held: u64,
@@ -333,6 +338,13 @@ impl Report {
         s += &format!(
             "  calm             {} route changes, {:.2} flaps per pair-hour outside faults, {} link downs held and {} round trips set aside for host stalls\n",
             self.route_changes, self.flaps_per_pair_hour, self.downs_held, self.rtt_across_stall
+        );
+        let tables = |cause: &str| self.tables_published.get(cause).copied().unwrap_or(0);
+        s += &format!(
+            "  tables           {} published: {} for paths, {} for costs that drifted while the paths stood\n",
+            tables("paths") + tables("costs"),
+            tables("paths"),
+            tables("costs")
         );
         s += &format!(
             "  measurement      RTT error p50 {:.2} ms p99 {:.2} ms, jitter error p50 {:.2} ms p99 {:.2} ms, loss error {:.2} pp\n",

@@ -1682,6 +1682,21 @@ pub async fn run(s: &Scenario, opts: &Options) -> Result<Report, LabError> {
         },
         flaps_per_pair_hour: flaps as f64 / pairs / (elapsed / 3_600.0),
         route_changes: changes,
+        tables_published: {
+            let mut by_cause = std::collections::BTreeMap::new();
+            for c in mesh.controllers.iter().flatten() {
+                for cause in ["paths", "costs"] {
+                    let n = c
+                        .shared
+                        .metrics
+                        .tables_published
+                        .with_label_values(&[cause])
+                        .get();
+                    *by_cause.entry(cause.to_string()).or_default() += n;
+                }
+            }
+            by_cause
+        },
         downs_held: counter_sum(&mesh, "axon_probe_downs_held_total"),
         rtt_across_stall: counter_sum(&mesh, "axon_probe_rtt_across_stall_total"),
         reports_refused: {

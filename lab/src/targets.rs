@@ -314,6 +314,7 @@ mod tests {
             },
             flaps_per_pair_hour: 0.1,
             route_changes: 10,
+            tables_published: Default::default(),
             downs_held: 0,
             rtt_across_stall: 0,
             reports_refused: 0,

@@ -157,6 +157,9 @@ target = "c<->b"
         "{by_kind:?}"
     );
     assert!(r.route_changes >= 2, "{r:?}");
+    // The blackhole and its heal moved paths: tables for them, counted by cause.
+    assert!(r.tables_published["paths"] >= 2, "{r:?}");
+    assert!(r.tables_published.contains_key("costs"), "{r:?}");
     // The lab's probers send nothing a controller should refuse.
     assert_eq!(r.reports_refused, 0, "{r:?}");
     let bound = measurement_bound(&r);
@@ -203,6 +206,7 @@ target = "c<->b"
         "quality",
         "flaps_per_pair_hour",
         "route_changes",
+        "tables_published",
         "downs_held",
         "rtt_across_stall",
         "reports_refused",
