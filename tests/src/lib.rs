@@ -275,49 +275,32 @@ impl Mesh {
         }
     }
 
-    /// Sets the random loss of the link between `from` and `to`, each way.
-    pub fn set_loss(&self, from: &str, to: &str, loss: f64) {
+    /// Changes the link between `from` and `to`: every pipe of the pair, each way. The pair's
+    /// two sites share one probing connection (through the pipe of whichever dialled), so a
+    /// change to the link is a change to both pipes.
+    fn update_link(&self, from: &str, to: &str, change: impl Fn(LinkParams) -> LinkParams) {
         for key in [(from, to), (to, from)] {
             let p = &self.pipes[&(key.0.to_string(), key.1.to_string())];
             for way in [Way::Forward, Way::Backward] {
-                let params = LinkParams {
-                    loss,
-                    ..p.params(way)
-                };
-                p.set(way, params).unwrap();
+                p.set(way, change(p.params(way))).unwrap();
             }
         }
+    }
+
+    /// Sets the random loss of the link between `from` and `to`, each way.
+    pub fn set_loss(&self, from: &str, to: &str, loss: f64) {
+        self.update_link(from, to, |p| LinkParams { loss, ..p });
     }
 
     /// Sets the one-way delay of the link between `from` and `to`, each way (its round trip
     /// is twice this).
     pub fn set_delay(&self, from: &str, to: &str, one_way: Duration) {
-        for key in [(from, to), (to, from)] {
-            let p = &self.pipes[&(key.0.to_string(), key.1.to_string())];
-            for way in [Way::Forward, Way::Backward] {
-                let params = LinkParams {
-                    delay: one_way,
-                    ..p.params(way)
-                };
-                p.set(way, params).unwrap();
-            }
-        }
+        self.update_link(from, to, |p| LinkParams { delay: one_way, ..p });
     }
 
     /// Blackholes (or heals) the link between `from` and `to`, both ways.
     pub fn blackhole(&self, from: &str, to: &str, on: bool) {
-        // The pair's two sites share one probing connection (through the pipe of whichever
-        // dialled): cutting the link cuts both pipes of the pair.
-        for key in [(from, to), (to, from)] {
-            let p = &self.pipes[&(key.0.to_string(), key.1.to_string())];
-            for way in [Way::Forward, Way::Backward] {
-                let params = LinkParams {
-                    blackhole: on,
-                    ..p.params(way)
-                };
-                p.set(way, params).unwrap();
-            }
-        }
+        self.update_link(from, to, |p| LinkParams { blackhole: on, ..p });
     }
 
     /// The agent of `site`'s answer for `GET path`: (status, JSON body).
