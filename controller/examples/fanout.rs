@@ -5,7 +5,10 @@
 //! `cargo build --release -p axon-controller --bins --examples && target/release/examples/fanout`
 //! Environment: `AXON_FANOUT_AGENTS` (default 10000), `AXON_FANOUT_CONNS` (TCP connections the
 //! streams share, default one per agent), `AXON_FANOUT_SITES` (default 200),
-//! `AXON_FANOUT_CHANGES` (default 6).
+//! `AXON_FANOUT_CHANGES` (default 6), `AXON_FANOUT_LOG` (the controller's `RUST_LOG`, default
+//! `warn`), `AXON_FANOUT_CHANGE` (`drain`, the default: drains
+//! and undrains, which every site's update carries; `link`: the link s000 ↔ s001 cut and
+//! healed in turn, which moves a few sites' paths, while the others' updates stand).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +32,65 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Reports three one-second windows of `from` → `to` with `received` of 10 probes answered,
+/// from a new prober instance.
+async fn report(url: &str, from: &str, to: &str, instance: u64, received: u32) -> anyhow::Result<()> {
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(pb::ProberMessage {
+        body: Some(pb::prober_message::Body::Hello(pb::ProberHello {
+            site: from.to_string(),
+            instance,
+            software: "bench".into(),
+        })),
+    })
+    .await?;
+    let end = now_ms();
+    for seq in 1..=3u64 {
+        let w = pb::LinkWindow {
+            from: from.to_string(),
+            to: to.to_string(),
+            start_unix_ms: end - 4_000 + seq * 1_000,
+            end_unix_ms: end - 3_000 + seq * 1_000,
+            sent: 10,
+            received,
+            rtt_p50_ms: 50.0,
+            rtt_p90_ms: 50.0,
+            rtt_p99_ms: 50.0,
+            connected: true,
+            ..Default::default()
+        };
+        tx.send(pb::ProberMessage {
+            body: Some(pb::prober_message::Body::Report(pb::ProbeReport {
+                seq,
+                body: Some(pb::probe_report::Body::Window(w)),
+            })),
+        })
+        .await?;
+    }
+    drop(tx);
+    let mut acks = ProbeIngestClient::connect(url.to_string())
+        .await?
+        .report(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    while let Some(a) = acks.message().await? {
+        if a.acked_through == 3 {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// `GET /metrics` of the controller's HTTP listener, as text.
+async fn metrics_page(addr: std::net::SocketAddr) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
 }
 
 fn rss_mb(pid: u32) -> f64 {
@@ -81,6 +143,7 @@ async fn main() -> anyhow::Result<()> {
     let agents = env("AXON_FANOUT_AGENTS", 10_000);
     let conns = env("AXON_FANOUT_CONNS", agents).clamp(1, agents);
     let n_sites = env("AXON_FANOUT_SITES", 200).max(8);
+    let link_mode = std::env::var("AXON_FANOUT_CHANGE").is_ok_and(|v| v == "link");
     let changes = env("AXON_FANOUT_CHANGES", 6);
     let dir = tempfile::tempdir()?;
 
@@ -117,7 +180,10 @@ async fn main() -> anyhow::Result<()> {
     let mut child = std::process::Command::new(&bin)
         .arg("--config")
         .arg(&cfg_path)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("AXON_FANOUT_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let url = format!("http://{grpc}");
@@ -270,8 +336,23 @@ async fn main() -> anyhow::Result<()> {
             .table
             .map_or(0, |t| t.version);
         all_acked(&acked, version, Instant::now(), Duration::from_secs(120)).await?;
-        let site = sites[(k / 2) * 4 % n_sites].clone();
         let drain = k % 2 == 0;
+        if link_mode {
+            // Three windows each way, every probe lost (a cut: down after two), or every
+            // probe answered (the heal, taken back once the better path has won its margin).
+            let t0 = Instant::now();
+            let received = if drain { 0 } else { 10 };
+            for (from, to) in [(&sites[0], &sites[1]), (&sites[1], &sites[0])] {
+                report(&url, from, to, 2 + k as u64, received).await?;
+            }
+            let one = all_acked(&acked, version + 1, t0, Duration::from_secs(120)).await?;
+            let what = if drain { "cut" } else { "heal" };
+            eprintln!("change {k} (link {what}): all {agents} acked the next table after {one:?}");
+            first_acked.push(one.as_secs_f64() * 1e3);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let site = sites[(k / 2) * 4 % n_sites].clone();
         let mut admin = admin.clone();
         let t0 = Instant::now();
         let call = tokio::spawn(async move {
@@ -315,6 +396,22 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let rss = rss_mb(child.id());
+    // The controller's own account of its publications: from a computation's end to the
+    // table in force.
+    let page = metrics_page(http).await.unwrap_or_default();
+    let read = |name: &str| {
+        page.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let (sum, count) = (
+        read("axon_route_publish_seconds_sum "),
+        read("axon_route_publish_seconds_count "),
+    );
+    eprintln!(
+        "publications: {count} in all, {:.1} ms each on average (axon_route_publish_seconds)",
+        sum / count * 1e3
+    );
     let stats = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         let at = |i: usize| v.get(i).copied().unwrap_or(f64::NAN);

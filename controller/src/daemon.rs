@@ -33,10 +33,16 @@ pub struct Published {
     pub id: TableId,
     /// The table, on the replica that computed it (a follower has only the sites' updates).
     pub table: Option<RouteTable>,
-    /// Per site id: its update, nonce left empty (each send sets its own).
-    pub updates: HashMap<SiteId, pb::RouteUpdate>,
+    /// Per site id: its update, nonce left empty (each send sets its own). A site this table
+    /// did not build again shares the update of the table that built it, whose `version` and
+    /// `computed_unix_ms` are that table's: the wire form in `encoded` carries this one's.
+    pub updates: HashMap<SiteId, Arc<pb::RouteUpdate>>,
     /// The same updates encoded once, shared by every watch stream of the site.
     pub encoded: HashMap<SiteId, bytes::Bytes>,
+    /// Per site id: its update as encoded by the table that built it, which a later table
+    /// stamps with its own id without encoding the rows again (on the replica that computed
+    /// the table; empty on a follower).
+    pub built: HashMap<SiteId, bytes::Bytes>,
 }
 
 /// What the controller knows of one agent.
@@ -117,6 +123,10 @@ pub struct Shared {
     /// The drain log this replica last wrote to etcd with a table: written again only when
     /// it differs (or with a table written whole).
     pub etcd_drain_log: Mutex<Option<Vec<crate::store::DrainEvent>>>,
+    /// The primary cost each site's update in force carries, per pair of the leader's last
+    /// table (row-major; empty when there is none): what a cost's drift is measured from
+    /// when deciding which sites' updates to build again.
+    pub served_costs: Mutex<Vec<f32>>,
     /// Held across a computation and its publication, so tables are persisted in order.
     pub publishing: Mutex<()>,
     /// The pairs each published table moved (`axonctl changes`).
@@ -380,43 +390,91 @@ impl Shared {
         if !c.changed && current == Some(c.table.id()) {
             return Ok(false);
         }
+        let publishing = Instant::now();
         let snapshot = core.snapshot();
         let routing = core.config().routing_sections();
-        let mut updates = HashMap::new();
-        for site in core.world().inventory.sites() {
-            if site.role == topology::Role::Active
-                && let Ok(u) = site_update(&core, &c.table, &site.id, String::new())
-            {
-                updates.insert(site.id.clone(), u);
-            }
-        }
         let id = c.table.id();
         let cause = if c.costs_only { "costs" } else { "paths" };
         let refresh = core.config().engine.refresh.clone();
-        drop(core);
-        // A site none of whose paths moved, and none of whose costs drifted past the refresh
-        // margin, keeps the update of the table that last rewrote it (its costs and reasons
-        // too), stamped with this table's id: the update is the same on every replica, and
-        // only the sites that moved are written to etcd again.
-        let base = self.published.borrow().clone();
         let computed_ms = c.table.computed_at_ms();
+        // A site none of whose paths moved, and none of whose costs drifted past the refresh
+        // margin from those its update carries, keeps the update of the table that last
+        // rewrote it (its costs and reasons too), stamped with this table's id: the update is
+        // the same on every replica, only the sites that moved are written to etcd again, and
+        // only they are built (at 500 sites, building every site's rows for every table was
+        // most of a publication's time). Told from the routes, without building the update.
+        let base = self.published.borrow().clone();
+        let sites = c.table.sites();
+        let n = sites.len();
+        let mut served = self.served_costs.lock().unwrap_or_else(|e| e.into_inner());
+        let kept_from = base
+            .as_ref()
+            .filter(|b| b.id.epoch == id.epoch && served.len() == n * n)
+            .and_then(|b| Some((b.table.as_ref()?, &b.updates, &b.built)))
+            .filter(|(t, _, _)| t.sites() == sites);
+        // What every site's update shares (drains, the sites known and drained), built once
+        // and compared with the updates kept: every update of a table shares them.
+        let shared_parts = |u: &pb::RouteUpdate| {
+            (
+                u.drains.clone(),
+                u.drained_sites.clone(),
+                u.known_sites.clone(),
+                u.max_relays,
+            )
+        };
+        let fresh_parts = sites
+            .first()
+            .and_then(|s| site_update(&core, &c.table, s, String::new()).ok())
+            .map(|u| shared_parts(&u));
+        let kept_from = kept_from.filter(|(_, updates, _)| {
+            updates
+                .values()
+                .next()
+                .is_some_and(|u| Some(shared_parts(u)) == fresh_parts)
+        });
+        if kept_from.is_none() {
+            served.clear();
+            served.resize(n * n, f32::INFINITY);
+        }
+        let (mut updates, mut encoded, mut built) = (HashMap::new(), HashMap::new(), HashMap::new());
+        let stamp = pb::TableVersion {
+            epoch: id.epoch.0,
+            version: id.version.0,
+        };
         let mut moved: std::collections::HashSet<SiteId> = std::collections::HashSet::new();
-        for (site, u) in &mut updates {
-            match base
-                .as_ref()
-                .filter(|b| b.id.epoch == id.epoch)
-                .and_then(|b| b.updates.get(site))
+        for (a, site) in core.world().inventory.sites().iter().enumerate() {
+            if site.role != topology::Role::Active {
+                continue;
+            }
+            let row = a * n..(a + 1) * n;
+            if let Some((prev, old, old_built)) = kept_from
+                && let Some(u) = old.get(&site.id)
+                && let Some(body) = old_built.get(&site.id)
+                && rows_stand(prev.routes(), c.table.routes(), a, &served[row.clone()], &refresh)
+                && let Some(stamped) = proto::wire::EncodedRouteUpdate::restamp(body, stamp, computed_ms)
             {
-                Some(old) if same_rows(old, u, &refresh) => *u = restamp(old, id, computed_ms),
-                _ => {
-                    moved.insert(site.clone());
+                updates.insert(site.id.clone(), Arc::clone(u));
+                encoded.insert(site.id.clone(), stamped);
+                built.insert(site.id.clone(), body.clone());
+                continue;
+            }
+            if let Ok(u) = site_update(&core, &c.table, &site.id, String::new()) {
+                for (cost, r) in served[row]
+                    .iter_mut()
+                    .zip(&c.table.routes().pairs()[a * n..(a + 1) * n])
+                {
+                    *cost = r.primary_cost;
                 }
+                let body = proto::wire::EncodedRouteUpdate::encode_shared(&u);
+                encoded.insert(site.id.clone(), body.clone());
+                built.insert(site.id.clone(), body);
+                updates.insert(site.id.clone(), Arc::new(u));
+                moved.insert(site.id.clone());
             }
         }
-        let encoded = updates
-            .iter()
-            .map(|(s, u)| (s.clone(), proto::wire::EncodedRouteUpdate::encode_shared(u)))
-            .collect();
+        drop(served);
+        drop(core);
+        let sites_built = moved.len();
         let mut sites_written = None;
         match &self.etcd {
             Some(etcd) => {
@@ -457,8 +515,11 @@ impl Shared {
             table: Some(c.table),
             updates,
             encoded,
+            built,
         });
         let old = self.published.send_replace(Some(Arc::clone(&new)));
+        let took = publishing.elapsed();
+        self.metrics.publish_seconds.observe(took.as_secs_f64());
         // Agents have the table; what it moved is recorded after, off their path.
         let (primary, backup) = match old.as_deref() {
             Some(old) => {
@@ -472,6 +533,8 @@ impl Shared {
             epoch = id.epoch.0,
             version = id.version.0,
             cause,
+            publish_ms = took.as_millis() as u64,
+            sites_built = sites_built,
             primary_changes = primary,
             backup_only_changes = backup,
             etcd_sites_written = sites_written,
@@ -600,6 +663,7 @@ pub async fn start(cfg: ControllerConfig) -> Result<ControllerHandle, Controller
         etcd_written: Mutex::new(None),
         etcd_routing: Mutex::new(None),
         etcd_drain_log: Mutex::new(None),
+        served_costs: Mutex::new(Vec::new()),
         publishing: Mutex::new(()),
         journal: Mutex::new(journal),
         config_drift: Mutex::new(Vec::new()),
@@ -757,40 +821,26 @@ fn log_auto_event(e: &AutoEvent, mode: topology::AutoMode) {
     }
 }
 
-/// Whether a site's update `b` says what `a` says: the same paths, and primary costs that did
-/// not drift past `refresh` (see [`topology::RefreshConfig`]).
-fn same_rows(a: &pb::RouteUpdate, b: &pb::RouteUpdate, refresh: &topology::RefreshConfig) -> bool {
-    fn sites(p: &Option<pb::RoutePath>) -> &[String] {
-        p.as_ref().map_or(&[], |p| p.sites.as_slice())
-    }
-    fn cost(p: &Option<pb::RoutePath>) -> f64 {
-        p.as_ref().map_or(f64::INFINITY, |p| p.cost_ms)
-    }
-    a.site == b.site
-        && a.drains == b.drains
-        && a.drained_sites == b.drained_sites
-        && a.known_sites == b.known_sites
-        && a.max_relays == b.max_relays
-        && a.rows.len() == b.rows.len()
-        && a.rows.iter().zip(&b.rows).all(|(x, y)| {
-            x.dst == y.dst
+/// Whether site `a`'s rows in `next` say what the update it holds says: the same primaries,
+/// backups and protection as in `prev` (the table its paths come from), and primary costs
+/// within the refresh margins of `served` (the costs the update carries; see
+/// [`topology::RefreshConfig`]).
+fn rows_stand(
+    prev: &topology::Routes,
+    next: &topology::Routes,
+    a: usize,
+    served: &[f32],
+    refresh: &topology::RefreshConfig,
+) -> bool {
+    let n = next.len();
+    prev.len() == n
+        && (0..n).all(|b| {
+            let (x, y) = (prev.get(a, b), next.get(a, b));
+            x.primary == y.primary
+                && x.backup == y.backup
                 && x.backup_disjoint == y.backup_disjoint
-                && sites(&x.primary) == sites(&y.primary)
-                && sites(&x.backup) == sites(&y.backup)
-                && !refresh.drifted(cost(&x.primary), cost(&y.primary))
+                && !refresh.drifted(f64::from(served[b]), f64::from(y.primary_cost))
         })
-}
-
-/// `u` stamped with another table's id and time.
-fn restamp(u: &pb::RouteUpdate, id: TableId, computed_ms: u64) -> pb::RouteUpdate {
-    pb::RouteUpdate {
-        version: Some(pb::TableVersion {
-            epoch: id.epoch.0,
-            version: id.version.0,
-        }),
-        computed_unix_ms: computed_ms,
-        ..u.clone()
-    }
 }
 
 /// Serves gRPC on the connections `incoming` yields (plaintext, or already through TLS)

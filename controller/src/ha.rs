@@ -388,13 +388,14 @@ impl Etcd {
                 u.computed_unix_ms = computed_ms;
             }
             encoded.insert(site.clone(), proto::wire::EncodedRouteUpdate::encode_shared(&u));
-            updates.insert(site, u);
+            updates.insert(site, Arc::new(u));
         }
         Ok(Some(Published {
             id,
             table: None,
             updates,
             encoded,
+            built: HashMap::new(),
         }))
     }
 

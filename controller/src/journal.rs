@@ -348,8 +348,8 @@ impl Journal {
     /// to no path. Returns the pairs whose primary changed and those whose backup alone did.
     pub fn record_updates(
         &mut self,
-        before: &HashMap<SiteId, pb::RouteUpdate>,
-        after: &HashMap<SiteId, pb::RouteUpdate>,
+        before: &HashMap<SiteId, std::sync::Arc<pb::RouteUpdate>>,
+        after: &HashMap<SiteId, std::sync::Arc<pb::RouteUpdate>>,
         table: TableId,
     ) -> (usize, usize) {
         let mut srcs: Vec<&SiteId> = before.keys().chain(after.keys()).collect();
@@ -613,7 +613,7 @@ mod tests {
     }
 
     /// Each site's update of a table, as the leader writes them to etcd.
-    fn updates(t: &RouteTable) -> HashMap<SiteId, pb::RouteUpdate> {
+    fn updates(t: &RouteTable) -> HashMap<SiteId, std::sync::Arc<pb::RouteUpdate>> {
         ["a", "b", "c"]
             .iter()
             .map(|s| {
@@ -623,7 +623,7 @@ mod tests {
                     rows: st.rows.iter().map(crate::core::row).collect(),
                     ..Default::default()
                 };
-                (site(s), u)
+                (site(s), std::sync::Arc::new(u))
             })
             .collect()
     }
@@ -660,7 +660,7 @@ mod tests {
         let before = updates(&t1);
         let mut after = updates(&t1);
         // a's rows reordered, and its row to c gone (c left the table).
-        let rows = &mut after.get_mut(&site("a")).unwrap().rows;
+        let rows = &mut std::sync::Arc::make_mut(after.get_mut(&site("a")).unwrap()).rows;
         rows.reverse();
         rows.retain(|r| r.dst != "c");
         let mut j = Journal::new(100);

@@ -33,6 +33,9 @@ pub struct Metrics {
     pub computations: IntCounter,
     /// Time of one computation, seconds.
     pub compute_seconds: Histogram,
+    /// Time from a computation's end to its table in force (the sites' updates built, the
+    /// table stored, the agents' streams told), seconds.
+    pub publish_seconds: Histogram,
     /// The version of the table in force.
     pub table_version: IntGauge,
     /// 1 while this replica leads (always 1 on the embedded store).
@@ -138,6 +141,16 @@ impl Metrics {
                 Histogram::with_opts(
                     HistogramOpts::new("axon_route_compute_seconds", "Time of one route computation.")
                         .buckets(vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+                ),
+            ),
+            publish_seconds: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "axon_route_publish_seconds",
+                        "Time from a computation's end to its table in force: updates built, table stored, streams told.",
+                    )
+                    .buckets(vec![0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
                 ),
             ),
             table_version: register(

@@ -215,13 +215,15 @@ async fn the_loop_relays_reroutes_drains_and_survives_the_control_plane() {
         .await;
     }
     assert_eq!(mesh.agent_get("a", "/readyz").await.0, 200);
+    // With c and d unable to relay, every one of these pairs goes direct (a pair may pass
+    // through the other undrained site for a moment while a busy host inflates a link's
+    // measurements: it ends there).
     for (from, to) in [("a", "b"), ("b", "a"), ("a", "d"), ("b", "c")] {
-        let p = eventually(long, "a path without drained relays", || async {
+        eventually(long, "a direct path once c and d may not relay", || async {
             let p = mesh.primary(from, to).await?;
-            relays(&p).iter().all(|r| r != "c" && r != "d").then_some(p)
+            relays(&p).is_empty().then_some(())
         })
         .await;
-        assert!(relays(&p).is_empty(), "{from}→{to} {p:?}");
     }
     let (_, drain_state) = mesh.agent_get("c", "/v1/drain").await;
     assert_eq!(drain_state["site_drained"], true);

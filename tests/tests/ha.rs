@@ -505,7 +505,7 @@ async fn a_table_of_500_sites_goes_through_etcd_whole() {
     assert_eq!(read.id, next);
     assert_eq!(read.updates.len(), n);
     for (site, u) in &read.updates {
-        assert_eq!(u, &all[site], "{site}: as the leader holds it");
+        assert_eq!(**u, all[site], "{site}: as the leader holds it");
         assert_eq!(read.encoded[site], next_encoded[site]);
     }
     // A reader that starts afresh reads the same.
