@@ -34,33 +34,38 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Reports three one-second windows of `from` → `to` with `received` of 10 probes answered,
-/// from a new prober instance.
-async fn report(url: &str, from: &str, to: &str, instance: u64, received: u32) -> anyhow::Result<()> {
-    let (tx, rx) = mpsc::channel(8);
+/// A one-second window of `from` → `to` ending at `end_ms`: `received` of 10 probes answered,
+/// `rtt` ms of round trip.
+fn window(from: &str, to: &str, end_ms: u64, received: u32, rtt: f64) -> pb::LinkWindow {
+    pb::LinkWindow {
+        from: from.to_string(),
+        to: to.to_string(),
+        start_unix_ms: end_ms - 1_000,
+        end_unix_ms: end_ms,
+        sent: 10,
+        received,
+        rtt_p50_ms: rtt,
+        rtt_p90_ms: rtt,
+        rtt_p99_ms: rtt,
+        connected: true,
+        ..Default::default()
+    }
+}
+
+/// Reports `windows` as prober `instance` of `site` would, and waits for the controller's
+/// ack of the last.
+async fn report(url: &str, site: &str, instance: u64, windows: Vec<pb::LinkWindow>) -> anyhow::Result<()> {
+    let (tx, rx) = mpsc::channel(windows.len() + 1);
     tx.send(pb::ProberMessage {
         body: Some(pb::prober_message::Body::Hello(pb::ProberHello {
-            site: from.to_string(),
+            site: site.to_string(),
             instance,
             software: "bench".into(),
         })),
     })
     .await?;
-    let end = now_ms();
-    for seq in 1..=3u64 {
-        let w = pb::LinkWindow {
-            from: from.to_string(),
-            to: to.to_string(),
-            start_unix_ms: end - 4_000 + seq * 1_000,
-            end_unix_ms: end - 3_000 + seq * 1_000,
-            sent: 10,
-            received,
-            rtt_p50_ms: 50.0,
-            rtt_p90_ms: 50.0,
-            rtt_p99_ms: 50.0,
-            connected: true,
-            ..Default::default()
-        };
+    let last = windows.len() as u64;
+    for (seq, w) in (1..).zip(windows) {
         tx.send(pb::ProberMessage {
             body: Some(pb::prober_message::Body::Report(pb::ProbeReport {
                 seq,
@@ -76,7 +81,7 @@ async fn report(url: &str, from: &str, to: &str, instance: u64, received: u32) -
         .await?
         .into_inner();
     while let Some(a) = acks.message().await? {
-        if a.acked_through == 3 {
+        if a.acked_through == last {
             break;
         }
     }
@@ -199,54 +204,16 @@ async fn main() -> anyhow::Result<()> {
     // Measurements for every link, as probers would send them: RTT from the positions.
     eprintln!("feeding {} links …", n_sites * (n_sites - 1));
     for (i, from) in sites.iter().enumerate() {
-        let (tx, rx) = mpsc::channel(n_sites + 1);
-        tx.send(pb::ProberMessage {
-            body: Some(pb::prober_message::Body::Hello(pb::ProberHello {
-                site: from.clone(),
-                instance: 1,
-                software: "bench".into(),
-            })),
-        })
-        .await?;
-        let mut seq = 0;
-        for (j, to) in sites.iter().enumerate() {
-            if i == j {
-                continue;
-            }
-            seq += 1;
-            let rtt = 5.0 + ((i * 7 + j * 13) % 200) as f64 + (i as f64 - j as f64).abs() * 0.5;
-            let w = pb::LinkWindow {
-                from: from.clone(),
-                to: to.clone(),
-                start_unix_ms: now_ms() - 1_000,
-                end_unix_ms: now_ms(),
-                sent: 10,
-                received: 10,
-                rtt_p50_ms: rtt,
-                rtt_p90_ms: rtt,
-                rtt_p99_ms: rtt,
-                connected: true,
-                ..Default::default()
-            };
-            tx.send(pb::ProberMessage {
-                body: Some(pb::prober_message::Body::Report(pb::ProbeReport {
-                    seq,
-                    body: Some(pb::probe_report::Body::Window(w)),
-                })),
+        let windows = sites
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| j != i)
+            .map(|(j, to)| {
+                let rtt = 5.0 + ((i * 7 + j * 13) % 200) as f64 + (i as f64 - j as f64).abs() * 0.5;
+                window(from, to, now_ms(), 10, rtt)
             })
-            .await?;
-        }
-        drop(tx);
-        let mut acks = ProbeIngestClient::connect(url.clone())
-            .await?
-            .report(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        while let Some(a) = acks.message().await? {
-            if a.acked_through == seq {
-                break;
-            }
-        }
+            .collect();
+        report(&url, from, 1, windows).await?;
     }
     let first = loop {
         let s = admin.status(pb::StatusRequest {}).await?.into_inner();
@@ -342,8 +309,12 @@ async fn main() -> anyhow::Result<()> {
             // probe answered (the heal, taken back once the better path has won its margin).
             let t0 = Instant::now();
             let received = if drain { 0 } else { 10 };
+            let end = now_ms();
             for (from, to) in [(&sites[0], &sites[1]), (&sites[1], &sites[0])] {
-                report(&url, from, to, 2 + k as u64, received).await?;
+                let windows = (0..3)
+                    .map(|w| window(from, to, end - 2_000 + w * 1_000, received, 50.0))
+                    .collect();
+                report(&url, from, 2 + k as u64, windows).await?;
             }
             let one = all_acked(&acked, version + 1, t0, Duration::from_secs(120)).await?;
             let what = if drain { "cut" } else { "heal" };
