@@ -517,6 +517,8 @@ impl Shared {
             encoded,
             built,
         });
+        // Counted before the agents can see it: whoever has the table finds it counted.
+        self.metrics.tables_published.with_label_values(&[cause]).inc();
         let old = self.published.send_replace(Some(Arc::clone(&new)));
         let took = publishing.elapsed();
         self.metrics.publish_seconds.observe(took.as_secs_f64());
@@ -528,7 +530,6 @@ impl Shared {
             }
             None => (None, None),
         };
-        self.metrics.tables_published.with_label_values(&[cause]).inc();
         info!(
             epoch = id.epoch.0,
             version = id.version.0,

@@ -644,12 +644,27 @@ async fn a_site_that_loses_every_link_is_drained_by_the_policy_and_undrained_onc
 /// costs, and the agents serve the new cost and voice quality rather than the old.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn costs_that_drift_while_the_paths_stand_reach_the_agents() {
-    let mesh = Mesh::start(four_sites(), rtt).await;
-    let long = Duration::from_secs(60);
-    let row = async |from: &str, to: &str| {
-        let (status, v) = mesh.agent_get(from, &format!("/v1/routes/{to}")).await;
-        (status == 200).then(|| v["route"]["primary"].clone())
+    // The usual mesh, but with d nearer b (70 ms) than a (90 ms): with d 80 ms from both, the
+    // backups d → a → c and d → b → c tie, and a → c's drift would settle the tie, moving a
+    // backup, so that the new costs could come with a table published for its paths.
+    let drift_rtt = |x: &str, y: &str| match if x < y { (x, y) } else { (y, x) } {
+        ("a", "d") => 90,
+        ("b", "d") => 70,
+        pair => mesh::relay_rtt(pair.0, pair.1),
     };
+    let mesh = Mesh::start(four_sites(), drift_rtt).await;
+    let long = Duration::from_secs(60);
+    let route = async |from: &str, to: &str| {
+        let (status, v) = mesh.agent_get(from, &format!("/v1/routes/{to}")).await;
+        (status == 200).then(|| v["route"].clone())
+    };
+    let row = async |from: &str, to: &str| Some(route(from, to).await?["primary"].clone());
+    // Every link measured: d's backup towards c goes through b.
+    eventually(long, "d → c backed up through b", || async {
+        let r = route("d", "c").await?;
+        (r["backup"]["sites"] == serde_json::json!(["d", "b", "c"])).then_some(())
+    })
+    .await;
     // a → c is direct, 20 ms of round trip; a → b goes through c.
     let before = eventually(long, "a → c direct at its measured cost", || async {
         let p = row("a", "c").await?;
@@ -683,6 +698,8 @@ async fn costs_that_drift_while_the_paths_stand_reach_the_agents() {
         "{before} then {after}"
     );
     assert_eq!(mesh.primary("a", "b").await.unwrap(), ["a", "c", "b"]);
+    let backup = route("d", "c").await.unwrap()["backup"]["sites"].clone();
+    assert_eq!(backup, serde_json::json!(["d", "b", "c"]));
     assert!(refreshes() > refreshed, "published for its costs");
     mesh.shutdown().await;
 }
