@@ -81,7 +81,10 @@ async fn injected_delay_shows_in_the_round_trip() {
         p50 < 2 * d + Duration::from_millis(10),
         "p50 {p50:?} for an injected 40 ms"
     );
-    assert!(percentile(rtts, 1.0) < 2 * d + Duration::from_millis(30));
+    // No packet skips the delay either way. (The slowest is not bounded here: one stall of
+    // the test's own threads on a busy host is enough to make it late.)
+    let fastest = percentile(rtts, 0.0);
+    assert!(fastest >= 2 * d, "a packet came back in {fastest:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
